@@ -1,0 +1,120 @@
+"""Each structural component as its state-space block.
+
+A block gives its transition matrix T_b, its row of the design Z_b, the diagonal
+q_b of R Q Rᵀ (every component here has its disturbances on the diagonal), and
+how its initial state is set (exact diffuse, or AR's stationary covariance).
+The state ordering follows statsmodels UnobservedComponents: level, trend,
+dummy seasonals, trigonometric seasonals, cycle, AR, regression.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax.numpy as jnp
+
+from .spec import ModelSpec, seasonal_param_name
+
+
+class Block(NamedTuple):
+    name: str            # component name used for decompositions ('level', 'seasonal_12', ...)
+    transition: jnp.ndarray   # (k, k)
+    design: jnp.ndarray       # (k,)
+    noise_var: jnp.ndarray    # (k,) diagonal of R Q Rᵀ
+    stationary_cov: jnp.ndarray | None  # (k, k) for stationary blocks, None for diffuse
+    kind: str            # how T_b acts: 'dense' or 'dummy' (shift with a sum row)
+    observed: bool = True  # whether the block enters y_t through the design (trend does not)
+
+
+def _zero() -> jnp.ndarray:
+    return jnp.zeros(())
+
+
+def trend_blocks(spec: ModelSpec, p: dict) -> list[Block]:
+    level, stoch_level, trend, stoch_trend = spec.trend_flags
+    if not level:
+        return []
+    var_level = p["sigma2.level"] if stoch_level else _zero()
+    if not trend:
+        return [Block("level", jnp.ones((1, 1)), jnp.ones(1), jnp.reshape(var_level, (1,)), None, "dense")]
+    var_trend = p["sigma2.trend"] if stoch_trend else _zero()
+    T = jnp.array([[1.0, 1.0], [0.0, 1.0]])
+    return [Block("level", T, jnp.array([1.0, 0.0]), jnp.stack([var_level, var_trend]), None, "dense")]
+
+
+def seasonal_block(spec: ModelSpec, s, p: dict) -> Block:
+    var = p[seasonal_param_name(spec, s)] if s.stochastic else _zero()
+    name = f"seasonal_{s.period}" if s.form == "dummy" else f"freq_seasonal_{s.period}({s.n_harmonics})"
+    if s.form == "dummy":
+        k = int(s.period) - 1
+        T = jnp.zeros((k, k)).at[0, :].set(-1.0).at[jnp.arange(1, k), jnp.arange(k - 1)].set(1.0)
+        design = jnp.zeros(k).at[0].set(1.0)
+        noise = jnp.zeros(k).at[0].set(var)
+        return Block(name, T, design, noise, None, "dummy")
+    h = s.n_harmonics
+    lam = 2 * math.pi * jnp.arange(1, h + 1) / float(s.period)
+    T = _rotation_blocks(jnp.cos(lam), jnp.sin(lam))
+    design = jnp.tile(jnp.array([1.0, 0.0]), h)
+    return Block(name, T, design, jnp.full(2 * h, var), None, "dense")
+
+
+def _rotation_blocks(cos: jnp.ndarray, sin: jnp.ndarray) -> jnp.ndarray:
+    """Block-diagonal of [[cos, sin], [-sin, cos]] rotations."""
+    h = cos.shape[0]
+    T = jnp.zeros((2 * h, 2 * h))
+    i = jnp.arange(h) * 2
+    T = T.at[i, i].set(cos).at[i, i + 1].set(sin).at[i + 1, i].set(-sin).at[i + 1, i + 1].set(cos)
+    return T
+
+
+def cycle_block(spec: ModelSpec, p: dict) -> Block:
+    c = spec.cycle
+    lam = p["frequency.cycle"]
+    rho = p["damping.cycle"] if c.damped else jnp.ones(())
+    T = rho * _rotation_blocks(jnp.reshape(jnp.cos(lam), (1,)), jnp.reshape(jnp.sin(lam), (1,)))
+    var = p["sigma2.cycle"] if c.stochastic else _zero()
+    return Block("cycle", T, jnp.array([1.0, 0.0]), jnp.full(2, var), None, "dense")
+
+
+def ar_block(spec: ModelSpec, p: dict) -> Block:
+    order = spec.ar_order
+    phi = jnp.stack([p[f"ar.L{i + 1}"] for i in range(order)])
+    T = jnp.zeros((order, order)).at[0, :].set(phi)
+    if order > 1:
+        T = T.at[jnp.arange(1, order), jnp.arange(order - 1)].set(1.0)
+    noise = jnp.zeros(order).at[0].set(p["sigma2.ar"])
+    return Block("autoregressive", T, jnp.zeros(order).at[0].set(1.0), noise,
+                 stationary_covariance(T, jnp.diag(noise)), "dense")
+
+
+def regression_block(spec: ModelSpec, p: dict) -> Block:
+    k = spec.k_exog
+    if spec.regression.coefficients == "time_varying":
+        noise = jnp.stack([p[f"sigma2.{c}"] for c in spec.exog_columns])
+    else:
+        noise = jnp.zeros(k)
+    # the design of regression states is x_t; filled per time step by the system
+    return Block("regression", jnp.eye(k), jnp.zeros(k), noise, None, "dense")
+
+
+def stationary_covariance(T: jnp.ndarray, Q: jnp.ndarray) -> jnp.ndarray:
+    """Solve P = T P Tᵀ + Q (discrete Lyapunov) by vectorisation: (I − T⊗T) vec P = vec Q."""
+    k = T.shape[0]
+    vec = jnp.linalg.solve(jnp.eye(k * k) - jnp.kron(T, T), Q.reshape(-1))
+    P = vec.reshape(k, k)
+    return 0.5 * (P + P.T)
+
+
+def blocks(spec: ModelSpec, params: dict) -> list[Block]:
+    """All blocks of a spec in state order."""
+    out = trend_blocks(spec, params)
+    out += [seasonal_block(spec, s, params) for s in spec.seasonal if s.form == "dummy"]
+    out += [seasonal_block(spec, s, params) for s in spec.seasonal if s.form == "trig"]
+    if spec.cycle is not None:
+        out.append(cycle_block(spec, params))
+    if spec.ar_order:
+        out.append(ar_block(spec, params))
+    if spec.regression_in_state:
+        out.append(regression_block(spec, params))
+    return out

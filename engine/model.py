@@ -1,0 +1,258 @@
+"""Spec-level functions: log-likelihood, filtering, smoothing, forecasting, simulation.
+
+Each takes a spec (ModelSpec or dict), parameters (dict name → value, or a vector in
+`param_names` order), and a series `y` of shape (time,) with NaN for missing values.
+All are usable under `jax.jit` and `jax.vmap`; `loglik_many` is the batched form that
+shares one time loop across series (much faster than vmapping `loglik`).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import kalman
+from .spec import ModelSpec, as_spec, param_names
+from .system import (Layout, System, build_system, check_exog, layout, params_from_vector,
+                     params_to_vector)
+
+FILTERS = ("standard", "sqrt")
+
+
+def _check_filter(filter: str) -> bool:
+    if filter not in FILTERS:
+        raise ValueError(f"filter={filter!r} is not known; use one of {FILTERS}")
+    return filter == "sqrt"
+
+
+def as_param_vector(spec: ModelSpec, params) -> jnp.ndarray:
+    """Accept a dict name → value or an array in `param_names` order (last axis)."""
+    if isinstance(params, Mapping):
+        unknown = set(params) - set(param_names(spec))
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {sorted(unknown)}; the spec has {param_names(spec)}")
+        return params_to_vector(spec, params)
+    vec = jnp.asarray(params, dtype=jnp.float64)
+    if vec.shape[-1:] != (len(param_names(spec)),):
+        raise ValueError(f"expected {len(param_names(spec))} parameters {param_names(spec)}, got shape {vec.shape}")
+    return vec
+
+
+def as_series(y, name: str = "y") -> jnp.ndarray:
+    """A float64 series; infinities are refused, NaN means missing."""
+    if isinstance(y, jax.core.Tracer):
+        return y
+    arr = np.asarray(getattr(y, "values", y), dtype=float)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one series of shape (time,), got shape {arr.shape}")
+    if np.isinf(arr).any():
+        raise ValueError(f"{name} has an infinite value at index {int(np.flatnonzero(np.isinf(arr))[0])}; "
+                         "use NaN for missing values")
+    return jnp.asarray(arr)
+
+
+def _systems(spec: ModelSpec, pvec: jnp.ndarray, exog) -> System:
+    """Systems with a leading batch axis from parameter vectors (batch, k) and exog (batch, time, k)."""
+    def one(pv, x):
+        return build_system(spec, params_from_vector(spec, pv), x)
+    return jax.vmap(one, in_axes=(0, None if exog is None or exog.ndim == 2 else 0))(pvec, exog)
+
+
+@partial(jax.jit, static_argnames=("spec", "sqrt", "keep"))
+def _run(spec: ModelSpec, pvec, Y, exog, sqrt: bool, keep: bool):
+    """Filter Y (time, batch) with parameters pvec (batch, k)."""
+    lay = layout(spec)
+    return kalman.run(lay, _systems(spec, pvec, exog), Y, sqrt=sqrt, keep=keep)
+
+
+def _prepare(spec, params, y, exog):
+    spec = as_spec(spec)
+    y = as_series(y)
+    spec.check_data(y.shape[0])
+    x = check_exog(spec, exog, y.shape[0])
+    x = None if x is None else jnp.asarray(x)[: y.shape[0]]
+    return spec, as_param_vector(spec, params), y, x
+
+
+def loglik_terms(spec, params, y, exog=None, filter: str = "standard") -> jnp.ndarray:
+    """Pointwise log p(y_t | y_{1:t-1}) (time,), exact diffuse; 0 at missing and diffuse-skipped steps."""
+    sqrt = _check_filter(filter)
+    spec, pvec, y, x = _prepare(spec, params, y, exog)
+    _, ll = _run(spec, pvec[None], y[:, None], x, sqrt, False)
+    return ll[:, 0]
+
+
+def loglik(spec, params, y, exog=None, filter: str = "standard") -> jnp.ndarray:
+    """Exact (diffuse) log-likelihood of one series; equals statsmodels UnobservedComponents.loglike."""
+    return jnp.sum(loglik_terms(spec, params, y, exog, filter))
+
+
+def loglik_many(spec, params, Y, exog=None, filter: str = "standard") -> jnp.ndarray:
+    """Log-likelihoods of many series at once: Y (series, time); params (series, k), (k,) or a dict.
+
+    exog: (time, k) shared or (series, time, k). One time loop serves the whole batch.
+    """
+    sqrt = _check_filter(filter)
+    spec = as_spec(spec)
+    Y = jnp.asarray(Y, dtype=jnp.float64)
+    if Y.ndim != 2:
+        raise ValueError(f"Y must be (series, time), got shape {Y.shape}")
+    pvec = as_param_vector(spec, params)
+    pvec = jnp.broadcast_to(pvec, (Y.shape[0], pvec.shape[-1]))
+    x = None if exog is None else jnp.asarray(exog, dtype=jnp.float64)
+    if spec.regression is not None and x is None:
+        check_exog(spec, None, Y.shape[1])
+    _, ll = _run(spec, pvec, Y.T, x, sqrt, False)
+    return jnp.sum(ll, axis=0)
+
+
+class FilterResult(NamedTuple):
+    """Per-step filter output for one series (time leading)."""
+
+    predicted_mean: jnp.ndarray     # (time, state) a_t = E[α_t | y_{1:t-1}] (diffuse part excluded)
+    predicted_cov: jnp.ndarray      # (time, state, state) P*_t
+    predicted_diffuse: jnp.ndarray  # (time, state, state) P∞_t
+    filtered_mean: jnp.ndarray      # (time, state)
+    filtered_cov: jnp.ndarray       # (time, state, state)
+    innovation: jnp.ndarray         # (time,) v_t
+    innov_var: jnp.ndarray          # (time,) F_t
+    loglik_terms: jnp.ndarray       # (time,)
+    kind: jnp.ndarray               # (time,) 0 missing, 1 standard, 2 diffuse
+    final_mean: jnp.ndarray         # (state,) a_{n+1}
+    final_cov: jnp.ndarray          # (state, state) P_{n+1}
+    final_diffuse: jnp.ndarray      # (state, state) P∞_{n+1}
+
+
+def filter_series(spec, params, y, exog=None, filter: str = "standard") -> FilterResult:
+    """Run the exact-diffuse Kalman filter and keep every step's moments."""
+    sqrt = _check_filter(filter)
+    spec, pvec, y, x = _prepare(spec, params, y, exog)
+    final, info = _run(spec, pvec[None], y[:, None], x, sqrt, True)
+    first = lambda a: a[:, 0]
+    cov = final.cov[0] @ final.cov[0].T if sqrt else final.cov[0]
+    return FilterResult(first(info.pred_mean), first(info.pred_cov), first(info.pred_diffuse),
+                        first(info.filt_mean), first(info.filt_cov), first(info.innovation),
+                        first(info.innov_var), first(info.loglik), first(info.kind),
+                        final.mean[0], cov, final.diffuse_cov[0])
+
+
+class SmoothedComponents(NamedTuple):
+    """Smoothed states and the contribution of each component to y_t, with variances."""
+
+    state_mean: jnp.ndarray        # (time, state)
+    state_cov: jnp.ndarray         # (time, state, state)
+    components: dict               # name → (mean (time,), var (time,))
+
+
+def _component_designs(spec: ModelSpec, lay: Layout, Z_t: jnp.ndarray) -> dict:
+    """For each component a (time, state) design that picks its contribution to y_t."""
+    n_time, m = Z_t.shape
+    out = {}
+    for name, start, k, _, _ in lay.blocks:
+        if name == "unused":
+            continue
+        sel = jnp.zeros(m).at[start:start + k].set(1.0)
+        out[name] = Z_t * sel
+        if name == "level" and k == 2:  # the slope state, reported as 'trend'
+            out["trend"] = jnp.zeros((n_time, m)).at[:, start + 1].set(1.0)
+    return out
+
+
+def smooth(spec, params, y, exog=None) -> SmoothedComponents:
+    """Fixed-interval (RTS-type, exact diffuse) smoother: states and components given all of y."""
+    spec, pvec, y, x = _prepare(spec, params, y, exog)
+    return _smooth(spec, pvec, y, x)
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def _smooth(spec, pvec, y, x):
+    lay = layout(spec)
+    _, info = kalman.run(lay, _systems(spec, pvec[None], x), y[:, None], keep=True)
+    info1 = jax.tree_util.tree_map(lambda a: a[:, 0], info)
+    system = build_system(spec, params_from_vector(spec, pvec), x)
+    Z_t = jnp.broadcast_to(system.design, (y.shape[0], lay.n_states))
+    res = kalman.smooth_one(lay, system, info1, Z_t)
+    comps = {}
+    for name, Zc in _component_designs(spec, lay, Z_t).items():
+        mean = jnp.einsum("ti,ti->t", Zc, res.mean)
+        var = jnp.einsum("ti,tij,tj->t", Zc, res.cov, Zc)
+        comps[name] = (mean, var)
+    if spec.regression is not None and spec.regression.coefficients == "parameters":
+        comps["regression"] = (jnp.broadcast_to(system.obs_intercept, y.shape), jnp.zeros_like(y))
+    return SmoothedComponents(res.mean, res.cov, comps)
+
+
+class Forecast(NamedTuple):
+    mean: jnp.ndarray    # (steps,) E[y_{n+h} | y_{1:n}]
+    var: jnp.ndarray     # (steps,) predictive variance (incl. the irregular)
+    lower: jnp.ndarray   # (steps,)
+    upper: jnp.ndarray   # (steps,)
+
+
+def forecast(spec, params, y, steps: int, exog=None, exog_future=None, level: float = 0.95) -> Forecast:
+    """Plug-in h-step forecasts with Gaussian intervals (parameters taken as known)."""
+    spec, pvec, y, x = _prepare(spec, params, y, exog)
+    xf = None
+    if spec.regression is not None:
+        if exog_future is None:
+            raise ValueError(f"forecasting a regression model needs exog_future with columns "
+                             f"{list(spec.exog_columns)} for the {steps} future steps")
+        xf = jnp.asarray(check_exog(spec, exog_future, steps))[:steps]
+    # the future is a run of missing observations: the filter predicts through it
+    y_ext = jnp.concatenate([y, jnp.full(steps, jnp.nan)])
+    x_ext = None if x is None else jnp.concatenate([x, xf], axis=0)
+    res = filter_series(spec, pvec, y_ext, x_ext)
+    system = build_system(spec, params_from_vector(spec, pvec), x_ext)
+    n = y.shape[0]
+    Z = jnp.broadcast_to(system.design, (n + steps, res.predicted_mean.shape[-1]))[n:]
+    d = jnp.broadcast_to(system.obs_intercept, (n + steps,))[n:]
+    mean = jnp.einsum("ti,ti->t", Z, res.predicted_mean[n:]) + d
+    var = jnp.einsum("ti,tij,tj->t", Z, res.predicted_cov[n:], Z) + system.obs_var
+    if np.any(np.asarray(jax.device_get(jnp.einsum("ti,tij,tj->t", Z, res.predicted_diffuse[n:], Z))) > 1e-8) \
+            if not isinstance(var, jax.core.Tracer) else False:
+        raise ValueError("the series is too short to identify every component (still diffuse at its end); "
+                         "forecasts would have infinite variance")
+    z = jax.scipy.stats.norm.ppf(0.5 + level / 2)
+    sd = jnp.sqrt(var)
+    return Forecast(mean, var, mean - z * sd, mean + z * sd)
+
+
+def simulate(key, spec, params, n_time: int, exog=None, n_series: int | None = None,
+             init_scale: float = 1.0) -> jnp.ndarray:
+    """Draw series from the model. Diffuse initial states are drawn N(0, init_scale²).
+
+    Returns (time,) or (n_series, time).
+    """
+    spec = as_spec(spec)
+    pvec = as_param_vector(spec, params)
+    x = None if exog is None else jnp.asarray(check_exog(spec, exog, n_time))[:n_time]
+    if spec.regression is not None and x is None:
+        check_exog(spec, None, n_time)
+    keys = jax.random.split(key, n_series or 1)
+    ys = jax.vmap(lambda k: _simulate_one(spec, pvec, x, n_time, k, init_scale))(keys)
+    return ys if n_series else ys[0]
+
+
+@partial(jax.jit, static_argnames=("spec", "n_time"))
+def _simulate_one(spec, pvec, x, n_time, key, init_scale):
+    system = build_system(spec, params_from_vector(spec, pvec), x)
+    m = system.transition.shape[0]
+    k0, k1, k2, k3 = jax.random.split(key, 4)
+    P0 = system.init_cov + init_scale ** 2 * system.init_diffuse
+    w, V = jnp.linalg.eigh(P0)
+    alpha0 = V @ (jnp.sqrt(jnp.clip(w, 0.0)) * jax.random.normal(k0, (m,)))
+    eta = jax.random.normal(k1, (n_time, m)) * jnp.sqrt(system.state_var)
+    eps = jax.random.normal(k2, (n_time,)) * jnp.sqrt(system.obs_var)
+    Z = jnp.broadcast_to(system.design, (n_time, m))
+    d = jnp.broadcast_to(system.obs_intercept, (n_time,))
+
+    def body(alpha, xs):
+        e, z = xs
+        return system.transition @ alpha + e, z @ alpha
+
+    _, signal = jax.lax.scan(body, alpha0, (eta, Z))
+    return signal + d + eps

@@ -1,0 +1,321 @@
+"""ModelSpec: the one JSON-serialisable description of a structural model.
+
+The widgets edit it, the engine builds matrices from it, files store it. A spec
+is frozen and hashable so that it can be a static argument of ``jax.jit``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+# statsmodels UnobservedComponents trend specifications, named with underscores:
+# kind -> (irregular, level, stochastic_level, trend, stochastic_trend)
+TREND_KINDS: dict[str, tuple[bool, bool, bool, bool, bool]] = {
+    "irregular": (True, False, False, False, False),
+    "fixed_intercept": (False, True, False, False, False),
+    "deterministic_constant": (True, True, False, False, False),
+    "local_level": (True, True, True, False, False),
+    "random_walk": (False, True, True, False, False),
+    "fixed_slope": (False, True, False, True, False),
+    "deterministic_trend": (True, True, False, True, False),
+    "local_linear_deterministic_trend": (True, True, True, True, False),
+    "random_walk_with_drift": (False, True, True, True, False),
+    "local_linear_trend": (True, True, True, True, True),
+    "smooth_trend": (True, True, False, True, True),
+    "random_trend": (False, True, False, True, True),
+}
+
+REGRESSION_MODES = ("parameters", "state", "time_varying")
+SEASONAL_FORMS = ("dummy", "trig")
+
+
+def _fail(field_name: str, problem: str, fix: str) -> None:
+    raise ValueError(f"spec field '{field_name}': {problem}. {fix}")
+
+
+def format_period(period: float) -> str:
+    """Period as statsmodels prints it in parameter names (12 -> '12', 365.25 -> '365.25')."""
+    return repr(int(period)) if float(period).is_integer() else repr(float(period))
+
+
+@dataclass(frozen=True)
+class Seasonal:
+    period: float
+    form: str = "dummy"
+    harmonics: int | None = None
+    stochastic: bool = True
+
+    @property
+    def n_harmonics(self) -> int:
+        return self.harmonics if self.harmonics is not None else int(math.floor(self.period / 2))
+
+    @property
+    def n_states(self) -> int:
+        return int(self.period) - 1 if self.form == "dummy" else 2 * self.n_harmonics
+
+    def to_dict(self) -> dict:
+        d = {"period": self.period, "form": self.form, "stochastic": self.stochastic}
+        if self.form == "trig":
+            d["harmonics"] = self.n_harmonics
+        return d
+
+
+@dataclass(frozen=True)
+class Cycle:
+    period_bounds: tuple[float, float] = (1.5 * 4, 12 * 4)
+    damped: bool = True
+    stochastic: bool = True
+
+    @property
+    def frequency_bounds(self) -> tuple[float, float]:
+        """Bounds on the cycle frequency λ = 2π / period, in radians."""
+        lo, hi = self.period_bounds
+        return (2 * math.pi / hi, 2 * math.pi / lo)
+
+    def to_dict(self) -> dict:
+        return {"period_bounds": list(self.period_bounds), "damped": self.damped,
+                "stochastic": self.stochastic}
+
+
+@dataclass(frozen=True)
+class Regression:
+    columns: tuple[str, ...]
+    coefficients: str = "parameters"
+
+    def to_dict(self) -> dict:
+        return {"columns": list(self.columns), "coefficients": self.coefficients}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A structural time-series model: y_t = level + seasonals + cycle + AR + xβ + ε_t."""
+
+    irregular: bool = True
+    level: str | None = None  # one of TREND_KINDS, or None for no level/trend
+    seasonal: tuple[Seasonal, ...] = ()
+    cycle: Cycle | None = None
+    ar_order: int = 0
+    regression: Regression | None = None
+    priors: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = field(default=())
+
+    # -- construction -----------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: Mapping | "ModelSpec") -> "ModelSpec":
+        """Parse and validate a plain dict (as stored in JSON)."""
+        if isinstance(d, ModelSpec):
+            return d
+        if not isinstance(d, Mapping):
+            raise ValueError(f"a model spec must be a dict, got {type(d).__name__}")
+        known = {"irregular", "level", "seasonal", "cycle", "autoregressive", "regression", "priors"}
+        unknown = set(d) - known
+        if unknown:
+            _fail(sorted(unknown)[0], "unknown field", f"Valid fields are {sorted(known)}")
+
+        level_d = d.get("level")
+        level_kind = None
+        if level_d is not None:
+            if isinstance(level_d, str):
+                level_kind = level_d
+            elif isinstance(level_d, Mapping):
+                level_kind = level_d.get("kind")
+            else:
+                _fail("level", f"expected a dict like {{'kind': 'local_level'}}, got {level_d!r}", "")
+            if level_kind not in TREND_KINDS:
+                _fail("level.kind", f"unknown kind {level_kind!r}",
+                      f"Choose one of {', '.join(TREND_KINDS)}")
+        irregular = d.get("irregular")
+        if irregular is None:
+            irregular = TREND_KINDS[level_kind][0] if level_kind else True
+        if level_kind == "irregular":
+            level_kind = None  # the 'irregular' trend kind means: no level, no trend
+
+        seasonal_d = d.get("seasonal") or []
+        if isinstance(seasonal_d, Mapping):
+            seasonal_d = [seasonal_d]
+        seasonals = []
+        for i, s in enumerate(seasonal_d):
+            name = f"seasonal[{i}]"
+            if not isinstance(s, Mapping) or "period" not in s:
+                _fail(name, "each seasonal needs a 'period'", "Example: {'period': 12, 'form': 'dummy'}")
+            period = float(s["period"])
+            form = s.get("form", "dummy")
+            if form not in SEASONAL_FORMS:
+                _fail(f"{name}.form", f"unknown form {form!r}", "Use 'dummy' or 'trig'")
+            if not math.isfinite(period) or period < 2:
+                _fail(f"{name}.period", f"period {s['period']!r} is below 2", "A season needs period >= 2")
+            if form == "dummy" and not period.is_integer():
+                _fail(f"{name}.period", f"a dummy seasonal needs an integer period, got {period}",
+                      "Use form 'trig' for fractional periods such as 365.25")
+            harmonics = s.get("harmonics")
+            if form == "trig":
+                if harmonics is None:
+                    harmonics = int(math.floor(period / 2))
+                harmonics = int(harmonics)
+                if harmonics < 1 or harmonics > period / 2:
+                    _fail(f"{name}.harmonics", f"{harmonics} harmonics for period {period}",
+                          f"Use between 1 and {int(math.floor(period / 2))} (period/2)")
+            elif harmonics is not None:
+                _fail(f"{name}.harmonics", "harmonics only apply to form 'trig'", "Remove it or use form 'trig'")
+            seasonals.append(Seasonal(period=int(period) if period.is_integer() else period, form=form,
+                                      harmonics=harmonics, stochastic=bool(s.get("stochastic", True))))
+        names = [(s.form, s.period) for s in seasonals]
+        if len(set(names)) != len(names):
+            _fail("seasonal", "the same seasonal period and form appear twice", "Remove the duplicate")
+        # state order as in statsmodels: dummy seasonals, then trigonometric ones
+        seasonals = [s for s in seasonals if s.form == "dummy"] + [s for s in seasonals if s.form == "trig"]
+
+        cycle = None
+        cycle_d = d.get("cycle")
+        if cycle_d:
+            if cycle_d is True:
+                cycle_d = {}
+            bounds = tuple(float(b) for b in cycle_d.get("period_bounds", (6.0, 48.0)))
+            if len(bounds) != 2 or not (2 <= bounds[0] < bounds[1]) or not all(map(math.isfinite, bounds)):
+                _fail("cycle.period_bounds", f"got {list(bounds)}",
+                      "Give [low, high] with 2 <= low < high (periods in time steps)")
+            cycle = Cycle(period_bounds=bounds, damped=bool(cycle_d.get("damped", True)),
+                          stochastic=bool(cycle_d.get("stochastic", True)))
+
+        ar = d.get("autoregressive") or {}
+        if isinstance(ar, int):
+            ar = {"order": ar}
+        order = ar.get("order", 0) if isinstance(ar, Mapping) else ar
+        if not isinstance(order, int) or isinstance(order, bool) or order < 0:
+            _fail("autoregressive.order", f"got {order!r}", "Use a whole number >= 0")
+
+        regression = None
+        reg = d.get("regression")
+        if reg:
+            cols = reg.get("columns") if isinstance(reg, Mapping) else reg
+            if isinstance(cols, str):
+                cols = [cols]
+            if not cols or not all(isinstance(c, str) and c for c in cols):
+                _fail("regression.columns", f"got {cols!r}", "Give a list of column names")
+            if len(set(cols)) != len(cols):
+                _fail("regression.columns", "a column is listed twice", "Remove the duplicate")
+            mode = reg.get("coefficients", "parameters") if isinstance(reg, Mapping) else "parameters"
+            if mode not in REGRESSION_MODES:
+                _fail("regression.coefficients", f"unknown mode {mode!r}", f"Choose one of {REGRESSION_MODES}")
+            regression = Regression(columns=tuple(cols), coefficients=mode)
+
+        priors_d = d.get("priors") or {}
+        if not isinstance(priors_d, Mapping):
+            _fail("priors", "expected a dict parameter name -> {'dist': ...}", "")
+        priors = tuple(sorted((str(k), tuple(sorted(dict(v).items()))) for k, v in priors_d.items()))
+
+        spec = cls(irregular=bool(irregular), level=level_kind, seasonal=tuple(seasonals), cycle=cycle,
+                   ar_order=int(order), regression=regression, priors=priors)
+        if spec.n_states == 0 and not spec.irregular:
+            _fail("level", "the model is empty (no irregular, level, seasonal, cycle, AR or regression)",
+                  "Add at least one component")
+        return spec
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"irregular": self.irregular}
+        if self.level is not None:
+            d["level"] = {"kind": self.level}
+        if self.seasonal:
+            d["seasonal"] = [s.to_dict() for s in self.seasonal]
+        if self.cycle is not None:
+            d["cycle"] = self.cycle.to_dict()
+        if self.ar_order:
+            d["autoregressive"] = {"order": self.ar_order}
+        if self.regression is not None:
+            d["regression"] = self.regression.to_dict()
+        if self.priors:
+            d["priors"] = {k: dict(v) for k, v in self.priors}
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelSpec":
+        return cls.from_dict(json.loads(text))
+
+    # -- derived structure ------------------------------------------------------------
+    @property
+    def trend_flags(self) -> tuple[bool, bool, bool, bool]:
+        """(level, stochastic_level, trend, stochastic_trend)."""
+        if self.level is None:
+            return (False, False, False, False)
+        return TREND_KINDS[self.level][1:]
+
+    @property
+    def exog_columns(self) -> tuple[str, ...]:
+        return self.regression.columns if self.regression else ()
+
+    @property
+    def k_exog(self) -> int:
+        return len(self.exog_columns)
+
+    @property
+    def regression_in_state(self) -> bool:
+        return self.regression is not None and self.regression.coefficients != "parameters"
+
+    @property
+    def n_states(self) -> int:
+        level, _, trend, _ = self.trend_flags
+        return (int(level) + int(trend) + sum(s.n_states for s in self.seasonal)
+                + (2 if self.cycle else 0) + self.ar_order
+                + (self.k_exog if self.regression_in_state else 0))
+
+    def check_data(self, n_obs: int, exog_columns: tuple[str, ...] | None = None) -> None:
+        """Validate the spec against data: AR order vs length, regression columns present."""
+        if self.ar_order and self.ar_order >= n_obs:
+            _fail("autoregressive.order", f"order {self.ar_order} >= series length {n_obs}",
+                  "Use a lower AR order or a longer series")
+        if self.regression is not None and exog_columns is not None:
+            missing = [c for c in self.exog_columns if c not in exog_columns]
+            if missing:
+                _fail("regression.columns", f"column(s) {missing} not in the data",
+                      f"Available columns: {list(exog_columns)}")
+
+
+def as_spec(spec: Mapping | ModelSpec) -> ModelSpec:
+    """Accept a ModelSpec or a plain dict."""
+    return ModelSpec.from_dict(spec)
+
+
+def param_names(spec: Mapping | ModelSpec) -> list[str]:
+    """Parameter names in statsmodels UnobservedComponents order and spelling."""
+    spec = as_spec(spec)
+    level, stoch_level, trend, stoch_trend = spec.trend_flags
+    names = []
+    if spec.irregular:
+        names.append("sigma2.irregular")
+    if level and stoch_level:
+        names.append("sigma2.level")
+    if trend and stoch_trend:
+        names.append("sigma2.trend")
+    names += [seasonal_param_name(spec, s) for s in spec.seasonal if s.stochastic]
+    if spec.cycle is not None and spec.cycle.stochastic:
+        names.append("sigma2.cycle")
+    if spec.ar_order:
+        names.append("sigma2.ar")
+    if spec.regression is not None and spec.regression.coefficients == "time_varying":
+        names += [f"sigma2.{c}" for c in spec.exog_columns]
+    if spec.cycle is not None:
+        names.append("frequency.cycle")
+        if spec.cycle.damped:
+            names.append("damping.cycle")
+    names += [f"ar.L{i + 1}" for i in range(spec.ar_order)]
+    if spec.regression is not None and spec.regression.coefficients == "parameters":
+        names += [f"beta.{c}" for c in spec.exog_columns]
+    return names
+
+
+def seasonal_param_name(spec: ModelSpec, s: Seasonal) -> str:
+    """statsmodels' name for a seasonal variance; extra dummy seasonals get their period appended."""
+    if s.form == "trig":
+        return f"sigma2.freq_seasonal_{format_period(s.period)}({s.n_harmonics})"
+    n_dummy = sum(1 for x in spec.seasonal if x.form == "dummy")
+    return "sigma2.seasonal" if n_dummy == 1 else f"sigma2.seasonal_{format_period(s.period)}"
+
+
+def variance_names(spec: ModelSpec) -> list[str]:
+    """The parameters that are variances (constrained positive)."""
+    return [n for n in param_names(spec) if n.startswith("sigma2.")]

@@ -1,0 +1,159 @@
+"""Blocks → one linear Gaussian state-space system.
+
+    y_t     = Z_t α_t + d_t + ε_t,        ε_t ~ N(0, H)
+    α_{t+1} = T α_t + η_t,                η_t ~ N(0, diag(q))
+    α_1     ~ N(a_1, P*_1 + κ P∞_1),      κ → ∞  (exact diffuse)
+
+`Layout` is the static part (block positions and kinds, hashable for jit); `System`
+is the pytree of numbers. `transition_apply` multiplies by T using the block
+structure, so T P Tᵀ costs O(m²) for the shift/companion blocks instead of O(m³).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .components import blocks
+from .spec import ModelSpec, as_spec, param_names
+
+
+class Layout(NamedTuple):
+    """Static description of the state vector: per block (name, start, size, kind, diffuse)."""
+
+    blocks: tuple[tuple[str, int, int, str, bool], ...]
+    n_states: int
+    time_varying_design: bool  # regression coefficients in the state: Z_t contains x_t
+
+
+class System(NamedTuple):
+    transition: jnp.ndarray     # (state, state)
+    design: jnp.ndarray         # (state,) or (time, state) when time-varying
+    obs_intercept: jnp.ndarray  # (time,) d_t  (x_t β for regression on parameters), or ()
+    obs_var: jnp.ndarray        # () H
+    state_var: jnp.ndarray      # (state,) diagonal of R Q Rᵀ
+    init_mean: jnp.ndarray      # (state,)
+    init_cov: jnp.ndarray       # (state, state) P*_1 (stationary part)
+    init_diffuse: jnp.ndarray   # (state, state) P∞_1
+
+
+def layout(spec: ModelSpec | Mapping) -> Layout:
+    spec = as_spec(spec)
+    dummy_params = {n: jnp.asarray(0.5) for n in param_names(spec)}
+    out, start = [], 0
+    for b in blocks(spec, dummy_params):
+        k = b.transition.shape[0]
+        out.append((b.name, start, k, b.kind, b.stationary_cov is None))
+        start += k
+    if start == 0:  # irregular only: one known, unused state (as statsmodels does)
+        out.append(("unused", 0, 1, "dense", False))
+        start = 1
+    return Layout(tuple(out), start, spec.regression_in_state)
+
+
+def build_system(spec: ModelSpec | Mapping, params: Mapping[str, jnp.ndarray],
+                 exog: jnp.ndarray | None = None, n_time: int | None = None) -> System:
+    """Assemble the system matrices for parameter values `params` (name → scalar)."""
+    spec = as_spec(spec)
+    p = {k: jnp.asarray(v, dtype=jnp.float64) for k, v in params.items()}
+    missing = [n for n in param_names(spec) if n not in p]
+    if missing:
+        raise ValueError(f"missing parameter(s) {missing}; the spec needs {param_names(spec)}")
+    bl = blocks(spec, p)
+    if not bl:
+        T = jnp.zeros((1, 1)); Z = jnp.zeros(1); q = jnp.zeros(1)
+        P0 = jnp.zeros((1, 1)); Pinf = jnp.zeros((1, 1))
+    else:
+        T = jax.scipy.linalg.block_diag(*[b.transition for b in bl])
+        Z = jnp.concatenate([b.design for b in bl])
+        q = jnp.concatenate([b.noise_var for b in bl])
+        P0 = jax.scipy.linalg.block_diag(*[b.stationary_cov if b.stationary_cov is not None
+                                           else jnp.zeros_like(b.transition) for b in bl])
+        Pinf = jnp.diag(jnp.concatenate([jnp.full(b.transition.shape[0], 1.0 if b.stationary_cov is None else 0.0)
+                                         for b in bl]))
+    m = T.shape[0]
+    H = p["sigma2.irregular"] if spec.irregular else jnp.zeros(())
+    d = jnp.zeros(())
+    if spec.regression is not None:
+        if exog is None:
+            raise ValueError(f"spec field 'regression.columns': the model regresses on "
+                             f"{list(spec.exog_columns)} but no exog was given. Pass exog with those columns")
+        x = jnp.asarray(exog, dtype=jnp.float64)
+        if x.ndim == 1:
+            x = x[:, None]
+        if x.shape[-1] != spec.k_exog:
+            raise ValueError(f"spec field 'regression.columns': exog has {x.shape[-1]} column(s), "
+                             f"the spec names {spec.k_exog}: {list(spec.exog_columns)}")
+        if spec.regression.coefficients == "parameters":
+            beta = jnp.stack([p[f"beta.{c}"] for c in spec.exog_columns])
+            d = x @ beta
+        else:
+            k = spec.k_exog
+            Z = jnp.concatenate([jnp.broadcast_to(Z[: m - k], (x.shape[0], m - k)), x], axis=1)
+    return System(T, Z, d, H, q, jnp.zeros(m), P0, Pinf)
+
+
+def transition_apply(lay: Layout, T: jnp.ndarray, X: jnp.ndarray) -> jnp.ndarray:
+    """T @ X for X of shape (state, ...), using the block structure of T."""
+    parts = []
+    for _, start, k, kind, _ in lay.blocks:
+        Xb = X[start:start + k]
+        if kind == "dummy":   # [-Σ x, x_1, ..., x_{k-1}]
+            parts.append(jnp.concatenate([-jnp.sum(Xb, axis=0, keepdims=True), Xb[:-1]], axis=0))
+        elif k == 1:
+            parts.append(T[start, start] * Xb)
+        else:
+            parts.append(jnp.tensordot(T[start:start + k, start:start + k], Xb, axes=1))
+    return jnp.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+
+
+def transition_sandwich(lay: Layout, T: jnp.ndarray, P: jnp.ndarray) -> jnp.ndarray:
+    """T P Tᵀ for symmetric P."""
+    A = transition_apply(lay, T, P)
+    return transition_apply(lay, T, A.T)
+
+
+def design_at(system: System, t) -> jnp.ndarray:
+    return system.design[t] if system.design.ndim == 2 else system.design
+
+
+def params_from_vector(spec: ModelSpec | Mapping, vector: jnp.ndarray) -> dict[str, jnp.ndarray]:
+    """Parameter vector (statsmodels order) → dict name → value; works on traced arrays."""
+    names = param_names(spec)
+    return {n: vector[..., i] for i, n in enumerate(names)}
+
+
+def params_to_vector(spec: ModelSpec | Mapping, params: Mapping[str, float]) -> jnp.ndarray:
+    names = param_names(spec)
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise ValueError(f"missing parameter(s) {missing}; the spec needs {names}")
+    return jnp.stack([jnp.asarray(params[n], dtype=jnp.float64) for n in names], axis=-1)
+
+
+def check_exog(spec: ModelSpec, exog, n_time: int):
+    """Validate exog against the spec (shape, finiteness) when the values are concrete."""
+    if spec.regression is None:
+        return None
+    if exog is None:
+        raise ValueError(f"spec field 'regression.columns': the model regresses on {list(spec.exog_columns)} "
+                         "but no exog was given. Pass exog with those columns")
+    if hasattr(exog, "columns"):  # a DataFrame: pick the spec's columns by name
+        spec.check_data(n_time, tuple(map(str, exog.columns)))
+        exog = exog[list(spec.exog_columns)].to_numpy(dtype=float)
+    if isinstance(exog, jax.core.Tracer):
+        return exog
+    x = np.asarray(exog, dtype=float)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.shape[0] < n_time:
+        raise ValueError(f"exog has {x.shape[0]} rows but the series has {n_time}; give exog for every time step")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        col, row = np.argwhere(bad.T)[0]
+        raise ValueError(f"exog column '{spec.exog_columns[col]}' has a NaN/inf at row {row}; "
+                         "regressors must be finite (fill or drop those rows)")
+    return x
