@@ -11,11 +11,12 @@ from .spec import ModelSpec, TREND_KINDS, param_names  # noqa: E402
 from .system import System, build_system, layout  # noqa: E402
 from .model import (FilterResult, Forecast, SmoothedComponents, filter_series, forecast,  # noqa: E402
                     loglik, loglik_many, loglik_terms, simulate, smooth)
+from .mle import MLEResult, fit_mle  # noqa: E402
 from .data import catalogue_entry, list_datasets, load_dataset  # noqa: E402
 
 __all__ = [
     "ModelSpec", "TREND_KINDS", "param_names", "System", "build_system", "layout",
     "FilterResult", "Forecast", "SmoothedComponents", "filter_series", "forecast", "loglik",
     "loglik_many", "loglik_terms", "simulate", "smooth",
-    "catalogue_entry", "list_datasets", "load_dataset",
+    "MLEResult", "fit_mle", "catalogue_entry", "list_datasets", "load_dataset",
 ]

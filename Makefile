@@ -1,0 +1,104 @@
+# StreamSSM developer tasks.
+#
+#   make serve   - run the Panel app on http://$(ADDRESS):$(PORT)/app
+#   make test    - install test extras + Debian Chromium, run pytest
+#   make bench   - install bench extras, run every bench/*.py in order
+#
+# Each install level has its own stamp file inside .venv, rebuilt whenever
+# pyproject.toml changes.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON      ?= python3
+VENV        := .venv
+VPY         := $(VENV)/bin/python
+UV          := $(VENV)/bin/uv
+UV_INSTALL  := $(UV) pip install --python $(VPY)
+
+ADDRESS     ?= 127.0.0.1
+PORT        ?= 5006
+PYTEST_ARGS ?=
+CHROMIUM    := /usr/bin/chromium
+
+BENCH_SCRIPTS := $(sort $(wildcard bench/*.py))
+
+# Use sudo for apt only when not root and sudo exists.
+SUDO := $(shell if [ "$$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then echo sudo; fi)
+
+.PHONY: help venv venv-serve venv-test venv-bench serve chromium test bench clean distclean
+
+help:
+	@echo "Targets:"
+	@echo "  make venv      create .venv and install the package with test extras"
+	@echo "  make serve     serve the app on http://$(ADDRESS):$(PORT)/app  (PORT=, ADDRESS= to override)"
+	@echo "  make test      run the test suite (installs Debian chromium if missing; PYTEST_ARGS=...)"
+	@echo "  make bench     run every bench/*.py script"
+	@echo "  make chromium  install Debian's chromium for the browser tests"
+	@echo "  make clean     remove caches and build artifacts (distclean also removes .venv)"
+
+# --- virtual environment -----------------------------------------------------
+
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+
+$(UV): | $(VPY)
+	$(VPY) -m pip install --quiet --disable-pip-version-check uv
+
+$(VENV)/.installed-serve: pyproject.toml | $(UV)
+	$(UV_INSTALL) -e .
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(UV)
+	$(UV_INSTALL) -e ".[test]"
+	@touch $@
+
+$(VENV)/.installed-bench: pyproject.toml | $(UV)
+	$(UV_INSTALL) -e ".[bench]"
+	@touch $@
+
+venv: $(VENV)/.installed-test
+venv-serve: $(VENV)/.installed-serve
+venv-test: $(VENV)/.installed-test
+venv-bench: $(VENV)/.installed-bench
+
+# --- app ---------------------------------------------------------------------
+
+# `panel serve app` serves the directory-format app (app/main.py, with
+# app/app_hooks.py for server start/stop) under the route /app.
+serve: $(VENV)/.installed-serve
+	$(VENV)/bin/panel serve app --address $(ADDRESS) --port $(PORT) \
+		--allow-websocket-origin=$(ADDRESS):$(PORT) \
+		--allow-websocket-origin=localhost:$(PORT)
+
+# --- browser for the UI tests --------------------------------------------------
+
+chromium:
+	@if [ -x $(CHROMIUM) ]; then \
+		echo "chromium: $(CHROMIUM) present"; \
+	else \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	fi
+
+# --- tests & benchmarks ------------------------------------------------------
+
+test: $(VENV)/.installed-test chromium
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed-bench
+	@if [ -z "$(BENCH_SCRIPTS)" ]; then echo "bench: no bench/*.py scripts yet"; fi
+	@for f in $(BENCH_SCRIPTS); do \
+		echo "=== $$f"; \
+		$(VPY) "$$f"; \
+	done
+
+# --- housekeeping ------------------------------------------------------------
+
+clean:
+	rm -rf .pytest_cache build dist *.egg-info
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -print0 | xargs -0 rm -rf
+
+distclean: clean
+	rm -rf $(VENV)

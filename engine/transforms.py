@@ -1,0 +1,109 @@
+"""Maps between unconstrained vectors (for optimisers and samplers) and model parameters.
+
+variances  σ² = s · exp(u)                       (s: a data-based scale, for conditioning)
+frequency  λ = lo + (hi − lo) · sigmoid(u)       (inside the cycle's period bounds)
+damping    ρ = sigmoid(u)                        ∈ (0, 1)
+AR         φ from partial autocorrelations tanh(u) by Durbin–Levinson (stationary by construction)
+betas      β = s_β · u
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .spec import ModelSpec, param_names
+
+
+def pacf_to_ar(pacf: jnp.ndarray) -> jnp.ndarray:
+    """Durbin–Levinson: partial autocorrelations in (−1, 1) → coefficients of a stationary AR(p)."""
+    p = pacf.shape[-1]
+    phi = jnp.zeros(0)
+    for k in range(p):
+        r = pacf[k]
+        phi = jnp.concatenate([phi - r * phi[::-1], r[None]])
+    return phi
+
+
+def ar_to_pacf(phi: np.ndarray) -> np.ndarray:
+    """Inverse of `pacf_to_ar` (step-down recursion); numpy, for start values."""
+    phi = np.asarray(phi, dtype=float).copy()
+    p = phi.shape[0]
+    pacf = np.zeros(p)
+    for k in range(p - 1, -1, -1):
+        r = phi[k]
+        pacf[k] = r
+        if k:
+            phi = (phi[:k] + r * phi[:k][::-1]) / (1 - r * r)
+    return pacf
+
+
+def scales(spec: ModelSpec, y: np.ndarray, exog: np.ndarray | None = None) -> dict[str, float]:
+    """Typical magnitudes of each parameter for this data (used for conditioning and default priors)."""
+    y = np.asarray(y, dtype=float)
+    obs = y[np.isfinite(y)]
+    dy = np.diff(y)
+    dy = dy[np.isfinite(dy)]
+    var_y = float(np.var(obs)) if obs.size > 1 else 1.0
+    var_dy = float(np.var(dy)) if dy.size > 1 else var_y
+    base = max(var_dy, var_y * 1e-6, 1e-300) if var_y > 0 else 1.0
+    out = {}
+    for i, name in enumerate(param_names(spec)):
+        if name.startswith("sigma2."):
+            out[name] = base
+        elif name.startswith("beta."):
+            col = spec.exog_columns.index(name[len("beta."):])
+            sx = float(np.nanstd(exog[:, col])) if exog is not None else 1.0
+            out[name] = np.sqrt(var_y) / sx if sx > 0 else 1.0
+        else:
+            out[name] = 1.0
+    return out
+
+
+def constrain(spec: ModelSpec, u: jnp.ndarray, scale: dict[str, float]) -> jnp.ndarray:
+    """Unconstrained vector → parameter vector in `param_names` order."""
+    names = param_names(spec)
+    out = []
+    i = 0
+    while i < len(names):
+        name = names[i]
+        if name.startswith("sigma2."):
+            out.append(scale[name] * jnp.exp(u[i]))
+        elif name == "frequency.cycle":
+            lo, hi = spec.cycle.frequency_bounds
+            out.append(lo + (hi - lo) * jax.nn.sigmoid(u[i]))
+        elif name == "damping.cycle":
+            out.append(jax.nn.sigmoid(u[i]))
+        elif name == "ar.L1":
+            p = spec.ar_order
+            out.extend(list(pacf_to_ar(jnp.tanh(u[i:i + p]))))
+            i += p
+            continue
+        else:  # beta
+            out.append(scale[name] * u[i])
+        i += 1
+    return jnp.stack(out)
+
+
+def unconstrain(spec: ModelSpec, params: np.ndarray, scale: dict[str, float]) -> np.ndarray:
+    names = param_names(spec)
+    params = np.asarray(params, dtype=float)
+    out = np.zeros(len(names))
+    for i, name in enumerate(names):
+        x = params[i]
+        if name.startswith("sigma2."):
+            out[i] = np.log(max(x, 1e-300) / scale[name])
+        elif name == "frequency.cycle":
+            lo, hi = spec.cycle.frequency_bounds
+            f = np.clip((x - lo) / (hi - lo), 1e-9, 1 - 1e-9)
+            out[i] = np.log(f / (1 - f))
+        elif name == "damping.cycle":
+            f = np.clip(x, 1e-9, 1 - 1e-9)
+            out[i] = np.log(f / (1 - f))
+        elif name.startswith("beta."):
+            out[i] = x / scale[name]
+    if spec.ar_order:
+        j = names.index("ar.L1")
+        out[j:j + spec.ar_order] = np.arctanh(np.clip(ar_to_pacf(params[j:j + spec.ar_order]), -0.999999, 0.999999))
+    return out
