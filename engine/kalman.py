@@ -29,74 +29,104 @@ LOG_2PI = jnp.log(2 * jnp.pi)
 
 
 class FilterState(NamedTuple):
-    """Predicted belief at time t for each batch member (the `init`/`step` carry)."""
+    """Predicted belief at time t for each batch member (the `init`/`step` carry).
 
-    mean: jnp.ndarray          # (batch, state) a_t
-    cov: jnp.ndarray           # (batch, state, state) P*_t, or its Cholesky factor in sqrt mode
-    diffuse_cov: jnp.ndarray   # (batch, state, state) P∞_t
+    Batch-last layout: the batch is the minor (fastest) axis, so every update is a
+    fused elementwise loop over the batch.
+    """
+
+    mean: jnp.ndarray          # (state, batch) a_t
+    cov: jnp.ndarray           # (state, state, batch) P*_t, or its Cholesky factor in sqrt mode
+    diffuse_cov: jnp.ndarray   # (state, state, batch) P∞_t
     diffuse: jnp.ndarray       # (batch,) bool: ‖P∞‖² > tolerance
     steady: jnp.ndarray        # (batch,) bool: P has converged (time-invariant models only)
-    gain: jnp.ndarray          # (batch, state) K = P Zᵀ/F at convergence
+    gain: jnp.ndarray          # (state, batch) K = P Zᵀ/F at convergence
     innov_var: jnp.ndarray     # (batch,) F at convergence
     prev_observed: jnp.ndarray  # (batch,) bool
 
 
 class StepInfo(NamedTuple):
-    """What one observation step reveals (per batch member)."""
+    """What one observation step reveals (per batch member, batch last)."""
 
     loglik: jnp.ndarray         # (batch,) log p(y_t | y_{1:t-1}), 0 when missing
     innovation: jnp.ndarray     # (batch,) v_t (0 when missing)
     innov_var: jnp.ndarray      # (batch,) F*_t
     diffuse_var: jnp.ndarray    # (batch,) F∞_t
     kind: jnp.ndarray           # (batch,) int: 0 skipped/missing, 1 standard, 2 diffuse
-    pred_mean: jnp.ndarray      # (batch, state) a_t
-    pred_cov: jnp.ndarray       # (batch, state, state) P*_t (dense)
-    pred_diffuse: jnp.ndarray   # (batch, state, state) P∞_t
-    filt_mean: jnp.ndarray      # (batch, state) a_{t|t}
-    filt_cov: jnp.ndarray       # (batch, state, state) P*_{t|t}
+    pred_mean: jnp.ndarray      # (state, batch) a_t
+    pred_cov: jnp.ndarray       # (state, state, batch) P*_t (dense)
+    pred_diffuse: jnp.ndarray   # (state, state, batch) P∞_t
+    filt_mean: jnp.ndarray      # (state, batch) a_{t|t}
+    filt_cov: jnp.ndarray       # (state, state, batch) P*_{t|t}
+    gain: jnp.ndarray           # (state, batch) K_t, a_{t|t} = a_t + K_t v_t
 
 
 def tria(A: jnp.ndarray) -> jnp.ndarray:
-    """Lower-triangular L with L Lᵀ = A Aᵀ (via QR of Aᵀ)."""
-    r = jnp.linalg.qr(A.T, mode="r")
-    return r.T
+    """Lower-triangular L with L Lᵀ = A Aᵀ (via QR of Aᵀ); A is (..., m, n)."""
+    r = jnp.linalg.qr(jnp.swapaxes(A, -1, -2), mode="r")
+    return jnp.swapaxes(r, -1, -2)
 
 
-def init(lay: Layout, system: System, batch: int, sqrt: bool = False) -> FilterState:
-    """Belief before the first observation, broadcast to `batch` members if needed."""
-    def one(sys1):
-        cov = sys1.init_cov
-        if sqrt:
-            # the stationary part can be singular (zeros for diffuse states): factor with a QR
-            w, V = jnp.linalg.eigh(cov)
-            cov = tria(V * jnp.sqrt(jnp.clip(w, 0.0)))
-        return cov
-    T_b = system.transition
-    if T_b.ndim == 2:
-        system = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (batch,) + x.shape), system)
-    cov = jax.vmap(one)(system)
+def _tria_b(A: jnp.ndarray) -> jnp.ndarray:
+    """tria for batch-last A (m, n, batch) → (m, m, batch)."""
+    return jnp.moveaxis(tria(jnp.moveaxis(A, -1, 0)), 0, -1)
+
+
+def _mv(P, z):
+    """P z for batch-last P (m, m, B), z (m, B)."""
+    return jnp.sum(P * z[None], axis=1)
+
+
+def _outer(x, y):
+    return x[:, None] * y[None, :]
+
+
+def _sym(P):
+    return 0.5 * (P + jnp.swapaxes(P, 0, 1))
+
+
+def _dense(P, sqrt):
+    return jnp.einsum("ikb,jkb->ijb", P, P) if sqrt else P
+
+
+def batch_last(system: System) -> System:
+    """Move the leading batch axis of a batched system to the end (time stays leading in Z, d)."""
+    T, Z, d, H, q, a0, P0, Pinf0 = system
+    Z = jnp.moveaxis(Z, 0, -1)                     # (state, B) or (time, state, B)
+    d = jnp.moveaxis(d, 0, -1) if d.ndim == 2 else d
+    return System(jnp.moveaxis(T, 0, -1), Z, d, H, q.T, a0.T, jnp.moveaxis(P0, 0, -1),
+                  jnp.moveaxis(Pinf0, 0, -1))
+
+
+def init(lay: Layout, system: System, sqrt: bool = False) -> FilterState:
+    """Belief before the first observation; `system` is batch-last (see `batch_last`)."""
+    batch = system.obs_var.shape[-1]
+    cov = system.init_cov
+    if sqrt:   # the stationary part is singular (zeros for diffuse states): factor by eigh
+        w, V = jnp.linalg.eigh(jnp.moveaxis(cov, -1, 0))
+        cov = jnp.moveaxis(tria(V * jnp.sqrt(jnp.clip(w, 0.0))[:, None, :]), 0, -1)
     m = lay.n_states
-    diffuse = jnp.sum(system.init_diffuse ** 2, axis=(-2, -1)) > TOL_DIFFUSE
-    return FilterState(system.init_mean, cov, system.init_diffuse, diffuse,
-                       jnp.zeros(batch, bool), jnp.zeros((batch, m)), jnp.ones(batch), jnp.zeros(batch, bool))
+    diffuse = jnp.sum(system.init_diffuse ** 2, axis=(0, 1)) > TOL_DIFFUSE
+    return FilterState(system.init_mean, cov, system.init_diffuse, diffuse, jnp.zeros(batch, bool),
+                       jnp.zeros((m, batch)), jnp.ones(batch), jnp.zeros(batch, bool))
 
 
-def _observe_one(a, P, Pinf, y, z, d, H, observed, use_diffuse: bool, sqrt: bool):
-    """Univariate update of one member (Durbin & Koopman 2012, §5.2 / §6.4, univariate form)."""
+def _observe(a, P, Pinf, y, z, d, H, observed, use_diffuse: bool, sqrt: bool):
+    """Univariate update (Durbin & Koopman 2012, §5.2 and §6.4), batch-last."""
     y0 = jnp.where(observed, y, 0.0)       # keep NaN out of the arithmetic (and of gradients)
-    v = y0 - z @ a - d
+    v = y0 - jnp.sum(z * a, axis=0) - d
     if sqrt:
-        w = P.T @ z
-        Ms, Fs = P @ w, w @ w + H
+        w = jnp.sum(P * z[:, None], axis=0)          # Lᵀ z  (m, B)
+        Ms, Fs = _mv(P, w), jnp.sum(w * w, axis=0) + H
     else:
-        Ms = P @ z
-        Fs = z @ Ms + H
+        Ms = _mv(P, z)
+        Fs = jnp.sum(z * Ms, axis=0) + H
     if use_diffuse:
-        Mi = Pinf @ z
-        Fi = z @ Mi
+        Mi = _mv(Pinf, z)
+        Fi = jnp.sum(z * Mi, axis=0)
         is_d = observed & (Fi > TOL_DIFFUSE)
     else:
-        Mi, Fi, is_d = jnp.zeros_like(z), jnp.zeros(()), jnp.zeros((), bool)
+        Mi, Fi, is_d = jnp.zeros_like(z), jnp.zeros_like(Fs), jnp.zeros_like(observed)
     is_s = observed & ~is_d & (Fs > TOL_DIFFUSE)
     Fi_safe = jnp.where(is_d, Fi, 1.0)
     Fs_safe = jnp.where(is_s | is_d, Fs, 1.0)
@@ -104,86 +134,73 @@ def _observe_one(a, P, Pinf, y, z, d, H, observed, use_diffuse: bool, sqrt: bool
     v = jnp.where(is_d | is_s, v, 0.0)
     a_f = a + K * v
     if sqrt:
-        A = jnp.concatenate([P - jnp.outer(K, z @ P), (K * jnp.sqrt(H))[:, None]], axis=1)
-        P_f = tria(A)
+        zL = jnp.sum(z[:, None] * P, axis=0)          # zᵀ L  (m, B)
+        A = jnp.concatenate([P - _outer(K, zL), (K * jnp.sqrt(H))[:, None]], axis=1)
+        P_f = _tria_b(A)
     else:
-        P_f = P - jnp.outer(K, Ms) - jnp.outer(Ms, K) + Fs * jnp.outer(K, K)
-        P_f = 0.5 * (P_f + P_f.T)
-    if use_diffuse:
-        Pinf_f = Pinf - jnp.where(is_d, jnp.outer(Mi, Mi) / Fi_safe, 0.0)
-        Pinf_f = 0.5 * (Pinf_f + Pinf_f.T)
-    else:
-        Pinf_f = Pinf
+        P_f = _sym(P - _outer(K, Ms) - _outer(Ms, K) + Fs * _outer(K, K))
+    Pinf_f = _sym(Pinf - jnp.where(is_d, _outer(Mi, Mi) / Fi_safe, 0.0)) if use_diffuse else Pinf
     llf = jnp.where(is_d, -0.5 * (LOG_2PI + jnp.log(Fi_safe)),
                     jnp.where(is_s, -0.5 * (LOG_2PI + jnp.log(Fs_safe) + v * v / Fs_safe), 0.0))
     kind = jnp.where(is_d, 2, jnp.where(is_s, 1, 0))
     return a_f, P_f, Pinf_f, llf, v, Fs, Fi, kind, K
 
 
-def _predict_one(lay, T, q, a_f, P_f, Pinf_f, use_diffuse: bool, sqrt: bool):
+def _predict(lay, T, q, a_f, P_f, Pinf_f, use_diffuse: bool, sqrt: bool):
     a = transition_apply(lay, T, a_f)
     if sqrt:
-        P = tria(jnp.concatenate([transition_apply(lay, T, P_f), jnp.diag(jnp.sqrt(q))], axis=1))
+        m = q.shape[0]
+        Q_half = jnp.eye(m)[:, :, None] * jnp.sqrt(q)[None]
+        P = _tria_b(jnp.concatenate([transition_apply(lay, T, P_f), Q_half], axis=1))
     else:
-        P = transition_sandwich(lay, T, P_f) + jnp.diag(q)
+        P = transition_sandwich(lay, T, P_f) + jnp.eye(q.shape[0])[:, :, None] * q[None]
     Pinf = transition_sandwich(lay, T, Pinf_f) if use_diffuse else Pinf_f
     return a, P, Pinf
-
-
-def _dense(P, sqrt):
-    return P @ jnp.swapaxes(P, -1, -2) if sqrt else P
 
 
 def step(lay: Layout, system: System, state: FilterState, y, d, z, *, sqrt: bool = False,
          keep: bool = False):
     """One time step for the whole batch: observe y_t, then predict t+1.
 
-    y, d: (batch,); z: (batch, state). Returns (new state, StepInfo or loglik (batch,)).
+    system: batch-last; y, d: (batch,); z: (state, batch). Returns (new state, StepInfo if
+    keep else loglik (batch,)).
     """
     observed = ~jnp.isnan(y)
     T, q, H = system.transition, system.state_var, system.obs_var
-    vmapped = jax.vmap
 
     def full(use_diffuse):
-        def one(a, P, Pinf, y_, z_, d_, H_, obs_, T_, q_, prev_obs):
-            a_f, P_f, Pinf_f, llf, v, Fs, Fi, kind, K = _observe_one(a, P, Pinf, y_, z_, d_, H_, obs_,
-                                                                    use_diffuse, sqrt)
-            a_n, P_n, Pinf_n = _predict_one(lay, T_, q_, a_f, P_f, Pinf_f, use_diffuse, sqrt)
-            diffuse_n = (jnp.sum(Pinf_n ** 2) > TOL_DIFFUSE) if use_diffuse else jnp.zeros((), bool)
-            if sqrt or lay.time_varying_design:
-                steady_n = jnp.zeros((), bool)
-            else:
-                change = jnp.sum((P_n - P) ** 2)
-                steady_n = (~diffuse_n & (kind == 1) & prev_obs & obs_
-                            & (change <= TOL_STEADY * jnp.sum(P_n ** 2)))
-            info = StepInfo(llf, v, Fs, Fi, kind, a, _dense(P, sqrt), Pinf, a_f, _dense(P_f, sqrt))
-            return (a_n, P_n, Pinf_n, diffuse_n, steady_n, K, Fs), info
-
-        (a_n, P_n, Pinf_n, diffuse_n, steady_n, K, Fs), info = vmapped(one)(
-            state.mean, state.cov, state.diffuse_cov, y, z, d, H, observed, T, q, state.prev_observed)
+        a, P, Pinf = state.mean, state.cov, state.diffuse_cov
+        a_f, P_f, Pinf_f, llf, v, Fs, Fi, kind, K = _observe(a, P, Pinf, y, z, d, H, observed,
+                                                            use_diffuse, sqrt)
+        a_n, P_n, Pinf_n = _predict(lay, T, q, a_f, P_f, Pinf_f, use_diffuse, sqrt)
+        if use_diffuse:
+            diffuse_n = jnp.sum(Pinf_n ** 2, axis=(0, 1)) > TOL_DIFFUSE
+        else:
+            diffuse_n = jnp.zeros_like(observed)
+        if sqrt or lay.time_varying_design:
+            steady_n = jnp.zeros_like(observed)
+        else:
+            change = jnp.sum((P_n - P) ** 2, axis=(0, 1))
+            steady_n = (~diffuse_n & (kind == 1) & state.prev_observed & observed
+                        & (change <= TOL_STEADY * jnp.sum(P_n ** 2, axis=(0, 1))))
         new = FilterState(a_n, P_n, Pinf_n, diffuse_n, steady_n, K, Fs, observed)
+        info = StepInfo(llf, v, Fs, Fi, kind, a, _dense(P, sqrt), Pinf, a_f, _dense(P_f, sqrt), K) if keep else llf
         return new, info
 
     def steady():
-        def one(a, K, F, y_, z_, d_, T_):
-            v = y_ - z_ @ a - d_
-            a_f = a + K * v
-            llf = -0.5 * (LOG_2PI + jnp.log(F) + v * v / F)
-            return transition_apply(lay, T_, a_f), a_f, llf, v
-        a_n, a_f, llf, v = vmapped(one)(state.mean, state.gain, state.innov_var, jnp.where(observed, y, 0.0),
-                                        z, d, T)
-        new = state._replace(mean=a_n, prev_observed=observed)
+        K, F = state.gain, state.innov_var
+        v = jnp.where(observed, y, 0.0) - jnp.sum(z * state.mean, axis=0) - d
+        a_f = state.mean + K * v
+        llf = -0.5 * (LOG_2PI + jnp.log(F) + v * v / F)
+        new = state._replace(mean=transition_apply(lay, T, a_f), prev_observed=observed)
+        if not keep:
+            return new, llf
         P = _dense(state.cov, sqrt)
-        P_f = P - jnp.einsum("bi,bj->bij", state.gain, state.gain) * state.innov_var[:, None, None]
-        info = StepInfo(llf, v, state.innov_var, jnp.zeros_like(llf), jnp.ones_like(llf, dtype=int),
-                        state.mean, P, state.diffuse_cov, a_f, P_f)
+        info = StepInfo(llf, v, F, jnp.zeros_like(llf), jnp.ones_like(llf, dtype=int), state.mean, P,
+                        state.diffuse_cov, a_f, P - F * _outer(K, K), K)
         return new, info
 
-    def out(res):
-        new, info = res
-        return new, (info if keep else info.loglik)
-
-    branches = [lambda: out(steady()), lambda: out(full(False)), lambda: out(full(True))]
+    branches = [steady, lambda: full(False), lambda: full(True)]
     all_steady = jnp.all(state.steady & observed)
     index = jnp.where(all_steady, 0, jnp.where(jnp.any(state.diffuse), 2, 1))
     return lax.switch(index, branches)
@@ -193,26 +210,56 @@ def run(lay: Layout, system: System, y: jnp.ndarray, *, sqrt: bool = False, keep
         state: FilterState | None = None):
     """Filter a batch over time.
 
-    system: leaves with a leading batch axis; y: (time, batch). Returns (final state,
-    per-step outputs stacked over time: StepInfo if keep else loglik (time, batch)).
+    system: batched with the batch axis LEADING (as `jax.vmap(build_system)` gives it);
+    y: (time, batch). Returns (final batch-last state, per-step outputs stacked over time:
+    StepInfo (batch last) if keep else loglik (time, batch)).
     """
     n_time, batch = y.shape
+    system = batch_last(system)
     if state is None:
-        state = init(lay, system, batch, sqrt)
+        state = init(lay, system, sqrt)
     d = system.obs_intercept
-    d = jnp.broadcast_to(d.T if d.ndim == 2 else d, (n_time, batch)) if d.ndim else jnp.zeros((n_time, batch))
-    Z = system.design
+    d = jnp.broadcast_to(d if d.ndim == 2 else d[None], (n_time, batch))
     time_varying = lay.time_varying_design
 
     def body(carry, xs):
         if time_varying:
             y_t, d_t, z_t = xs
         else:
-            (y_t, d_t), z_t = xs, Z
+            (y_t, d_t), z_t = xs, system.design
         return step(lay, system, carry, y_t, d_t, z_t, sqrt=sqrt, keep=keep)
 
-    xs = (y, d, jnp.swapaxes(Z, 0, 1)) if time_varying else (y, d)
+    xs = (y, d, system.design) if time_varying else (y, d)
     return lax.scan(body, state, xs)
+
+
+def mean_pass(lay: Layout, transition: jnp.ndarray, design: jnp.ndarray, obs_intercept: jnp.ndarray,
+              gains: StepInfo, Y: jnp.ndarray) -> jnp.ndarray:
+    """Log-likelihood terms of many series that share one system and one missing-data pattern.
+
+    The covariances, gains K_t and variances F_t do not depend on the data, only on the
+    parameters and on which y_t are missing; `gains` holds them for one member (from
+    `run(..., keep=True)`, batch axis dropped). Each series then needs only
+    a ← T(a + K_t v_t), v_t = y_t − Z a − d_t: O(m) per series and step.
+    transition (m, m); design (m,); obs_intercept (time,) or (); Y (time, series).
+    Returns (time, series).
+    """
+    n_time, n_series = Y.shape
+    d = jnp.broadcast_to(obs_intercept, (n_time,))
+
+    def body(a, xs):
+        y_t, d_t, K, F, Fi, kind = xs
+        v = jnp.where(jnp.isnan(y_t), 0.0, y_t) - design @ a - d_t
+        v = jnp.where(kind > 0, v, 0.0)
+        a_f = a + K[:, None] * v[None]
+        F_safe = jnp.where(kind == 1, F, 1.0)
+        llf = jnp.where(kind == 2, -0.5 * (LOG_2PI + jnp.log(jnp.where(kind == 2, Fi, 1.0))),
+                        jnp.where(kind == 1, -0.5 * (LOG_2PI + jnp.log(F_safe) + v * v / F_safe), 0.0))
+        return transition_apply(lay, transition, a_f), llf
+
+    a0 = jnp.zeros((lay.n_states, n_series))
+    xs = (Y, d, gains.gain, gains.innov_var, gains.diffuse_var, gains.kind)
+    return lax.scan(body, a0, xs)[1]
 
 
 class SmoothResult(NamedTuple):

@@ -21,6 +21,7 @@ from .system import (Layout, System, build_system, check_exog, layout, params_fr
                      params_to_vector)
 
 FILTERS = ("standard", "sqrt")
+CHUNK = 64  # series per batched-filter chunk (fits the covariances in cache on CPU)
 
 
 def _check_filter(filter: str) -> bool:
@@ -102,12 +103,56 @@ def loglik_many(spec, params, Y, exog=None, filter: str = "standard") -> jnp.nda
     if Y.ndim != 2:
         raise ValueError(f"Y must be (series, time), got shape {Y.shape}")
     pvec = as_param_vector(spec, params)
-    pvec = jnp.broadcast_to(pvec, (Y.shape[0], pvec.shape[-1]))
     x = None if exog is None else jnp.asarray(exog, dtype=jnp.float64)
     if spec.regression is not None and x is None:
         check_exog(spec, None, Y.shape[1])
-    _, ll = _run(spec, pvec, Y.T, x, sqrt, False)
-    return jnp.sum(ll, axis=0)
+    shared = pvec.ndim == 1 and (x is None or x.ndim == 2) and not sqrt
+    return _loglik_many(spec, pvec, Y.T, x, sqrt, shared)
+
+
+@partial(jax.jit, static_argnames=("spec", "sqrt", "shared"))
+def _loglik_many(spec, pvec, Y, x, sqrt, shared):
+    """(series,) log-likelihoods of Y (time, series).
+
+    With one parameter vector (and shared exog) and the same missing pattern in every
+    series, the covariance recursion runs once and each series only needs the O(m)
+    mean recursion (`kalman.mean_pass`); otherwise the full batched filter runs.
+    """
+    n_series = Y.shape[1]
+
+    def full():
+        # chunks of CHUNK series keep each member's covariances in cache
+        p = jnp.broadcast_to(pvec, (n_series, pvec.shape[-1]))
+        if n_series <= CHUNK:
+            return jnp.sum(_run(spec, p, Y, x, sqrt, False)[1], axis=0)
+        n_chunks = -(-n_series // CHUNK)
+        pad = n_chunks * CHUNK - n_series
+        p_c = jnp.pad(p, ((0, pad), (0, 0)), mode="edge").reshape(n_chunks, CHUNK, -1)
+        Y_c = jnp.pad(Y, ((0, 0), (0, pad)), mode="edge").T.reshape(n_chunks, CHUNK, -1)
+        if x is not None and x.ndim == 3:
+            x_c = jnp.pad(x, ((0, pad), (0, 0), (0, 0)), mode="edge").reshape((n_chunks, CHUNK) + x.shape[1:])
+            chunk = lambda args: jnp.sum(_run(spec, args[0], args[1].T, args[2], sqrt, False)[1], axis=0)
+            out = jax.lax.map(chunk, (p_c, Y_c, x_c))
+        else:
+            chunk = lambda args: jnp.sum(_run(spec, args[0], args[1].T, x, sqrt, False)[1], axis=0)
+            out = jax.lax.map(chunk, (p_c, Y_c))
+        return out.reshape(-1)[:n_series]
+
+    if not shared:
+        return full()
+    lay = layout(spec)
+
+    def one_pass():
+        _, info = kalman.run(lay, _systems(spec, pvec[None], x), Y[:, :1], keep=True)
+        gains = jax.tree_util.tree_map(lambda a: a[..., 0], info)
+        system = build_system(spec, params_from_vector(spec, pvec), x)
+        if lay.time_varying_design:
+            return full()
+        return jnp.sum(kalman.mean_pass(lay, system.transition, system.design, system.obs_intercept,
+                                        gains, Y), axis=0)
+
+    mask = jnp.isnan(Y)
+    return jax.lax.cond(jnp.all(mask == mask[:, :1]), one_pass, full)
 
 
 class FilterResult(NamedTuple):
@@ -132,12 +177,12 @@ def filter_series(spec, params, y, exog=None, filter: str = "standard") -> Filte
     sqrt = _check_filter(filter)
     spec, pvec, y, x = _prepare(spec, params, y, exog)
     final, info = _run(spec, pvec[None], y[:, None], x, sqrt, True)
-    first = lambda a: a[:, 0]
-    cov = final.cov[0] @ final.cov[0].T if sqrt else final.cov[0]
+    first = lambda a: a[..., 0]
+    cov = first(final.cov) @ first(final.cov).T if sqrt else first(final.cov)
     return FilterResult(first(info.pred_mean), first(info.pred_cov), first(info.pred_diffuse),
                         first(info.filt_mean), first(info.filt_cov), first(info.innovation),
                         first(info.innov_var), first(info.loglik), first(info.kind),
-                        final.mean[0], cov, final.diffuse_cov[0])
+                        first(final.mean), cov, first(final.diffuse_cov))
 
 
 class SmoothedComponents(NamedTuple):
@@ -172,7 +217,7 @@ def smooth(spec, params, y, exog=None) -> SmoothedComponents:
 def _smooth(spec, pvec, y, x):
     lay = layout(spec)
     _, info = kalman.run(lay, _systems(spec, pvec[None], x), y[:, None], keep=True)
-    info1 = jax.tree_util.tree_map(lambda a: a[:, 0], info)
+    info1 = jax.tree_util.tree_map(lambda a: a[..., 0], info)
     system = build_system(spec, params_from_vector(spec, pvec), x)
     Z_t = jnp.broadcast_to(system.design, (y.shape[0], lay.n_states))
     res = kalman.smooth_one(lay, system, info1, Z_t)

@@ -97,23 +97,33 @@ def build_system(spec: ModelSpec | Mapping, params: Mapping[str, jnp.ndarray],
 
 
 def transition_apply(lay: Layout, T: jnp.ndarray, X: jnp.ndarray) -> jnp.ndarray:
-    """T @ X for X of shape (state, ...), using the block structure of T."""
+    """T @ X along the state axis (axis 0), using the block structure of T.
+
+    Either T is (state, state) and X is (state, ...), or batch-last: T is (state, state, batch)
+    and X is (state, ..., batch); the batch-last form is a fused elementwise loop over the
+    batch (SIMD-friendly), which is what makes the batched filter fast on CPU.
+    """
+    batched = T.ndim == 3
     parts = []
     for _, start, k, kind, _ in lay.blocks:
         Xb = X[start:start + k]
+        Tb = T[start:start + k, start:start + k]
         if kind == "dummy":   # [-Σ x, x_1, ..., x_{k-1}]
             parts.append(jnp.concatenate([-jnp.sum(Xb, axis=0, keepdims=True), Xb[:-1]], axis=0))
         elif k == 1:
-            parts.append(T[start, start] * Xb)
+            parts.append(Tb[0, 0] * Xb)
+        elif batched:
+            Tb = Tb.reshape((k, k) + (1,) * (X.ndim - 2) + (T.shape[-1],))
+            parts.append(jnp.sum(Tb * Xb[None], axis=1))
         else:
-            parts.append(jnp.tensordot(T[start:start + k, start:start + k], Xb, axes=1))
+            parts.append(jnp.tensordot(Tb, Xb, axes=1))
     return jnp.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
 
 
 def transition_sandwich(lay: Layout, T: jnp.ndarray, P: jnp.ndarray) -> jnp.ndarray:
-    """T P Tᵀ for symmetric P."""
+    """T P Tᵀ for symmetric P ((state, state) or batch-last (state, state, batch))."""
     A = transition_apply(lay, T, P)
-    return transition_apply(lay, T, A.T)
+    return transition_apply(lay, T, jnp.swapaxes(A, 0, 1))
 
 
 def design_at(system: System, t) -> jnp.ndarray:
