@@ -13,6 +13,7 @@ import math
 from typing import NamedTuple
 
 import jax.numpy as jnp
+import numpy as np
 
 from .spec import ModelSpec, seasonal_param_name
 
@@ -53,8 +54,14 @@ def seasonal_block(spec: ModelSpec, s, p: dict) -> Block:
         noise = jnp.zeros(k).at[0].set(var)
         return Block(name, T, design, noise, None, "dummy")
     h = s.n_harmonics
-    lam = 2 * math.pi * jnp.arange(1, h + 1) / float(s.period)
-    T = _rotation_blocks(jnp.cos(lam), jnp.sin(lam))
+    j = np.arange(1, h + 1)
+    lam = 2 * np.pi * j / float(s.period)
+    # the Nyquist harmonic (2j = period) rotates by exactly π: keep sin at 0 so that its
+    # never-observed second state cannot leak roundoff into the likelihood
+    nyquist = 2 * j == s.period
+    cos = np.where(nyquist, -1.0, np.cos(lam))
+    sin = np.where(nyquist, 0.0, np.sin(lam))
+    T = _rotation_blocks(jnp.asarray(cos), jnp.asarray(sin))
     design = jnp.tile(jnp.array([1.0, 0.0]), h)
     return Block(name, T, design, jnp.full(2 * h, var), None, "dense")
 

@@ -127,7 +127,7 @@ def _observe(a, P, Pinf, y, z, d, H, observed, use_diffuse: bool, sqrt: bool):
         is_d = observed & (Fi > TOL_DIFFUSE)
     else:
         Mi, Fi, is_d = jnp.zeros_like(z), jnp.zeros_like(Fs), jnp.zeros_like(observed)
-    is_s = observed & ~is_d & (Fs > TOL_DIFFUSE)
+    is_s = observed & ~is_d & (Fs > 0.0)
     Fi_safe = jnp.where(is_d, Fi, 1.0)
     Fs_safe = jnp.where(is_s | is_d, Fs, 1.0)
     K = jnp.where(is_d, Mi / Fi_safe, jnp.where(is_s, Ms / Fs_safe, 0.0))

@@ -1,0 +1,109 @@
+"""Maximum likelihood against statsmodels' fits, and recovery of known parameters."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+import engine
+
+from .helpers import air, nile, sm_model
+
+CASES = {
+    "nile_local_level": ({"level": {"kind": "local_level"}}, nile),
+    "air_llt_dummy12": ({"level": {"kind": "local_linear_trend"}, "seasonal": [{"period": 12}]}, air),
+    "air_ll_trig12_ar1": ({"level": {"kind": "local_level"},
+                           "seasonal": [{"period": 12, "form": "trig", "harmonics": 3}],
+                           "autoregressive": {"order": 1}}, air),
+}
+
+
+@pytest.fixture(scope="module")
+def fits():
+    """Each case fitted once (by the engine and by statsmodels), lazily."""
+    cache = {}
+
+    def get(case):
+        if case not in cache:
+            spec, data = CASES[case]
+            y = data()
+            ours = engine.fit_mle(spec, y)
+            mod = sm_model(spec, y)
+            # statsmodels' default L-BFGS tolerances stop ~1% short on Nile; tighten them
+            ref = mod.fit(disp=False, maxiter=1000, pgtol=1e-10, factr=10)
+            at_ours = mod.smooth(ours.param_vector, cov_type="approx")
+            cache[case] = (spec, y, ours, mod, ref, at_ours)
+        return cache[case]
+
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_fit_reaches_statsmodels_optimum(case, fits):
+    spec, y, ours, mod, ref, at_ours = fits(case)
+    assert ours.converged, ours.message
+    assert list(ours.params) == engine.param_names(spec) == list(mod.param_names)
+    assert np.all(np.isfinite(ours.param_vector))
+    # at least as good as statsmodels' own fit
+    assert ours.loglik >= ref.llf - 1e-4
+    # the reported log-likelihood is the model's log-likelihood at the reported parameters
+    assert ours.loglik == pytest.approx(at_ours.llf, rel=1e-9)
+    assert ours.loglik == pytest.approx(float(engine.loglik(spec, ours.params, y)), rel=1e-12)
+    # variances are non-negative, AR inside the stationary region
+    for name, value in ours.params.items():
+        if name.startswith("sigma2."):
+            assert value >= 0, name
+        if name.startswith("ar.L"):
+            assert abs(value) < 1, name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_aic_bic_follow_statsmodels(case, fits):
+    """statsmodels' information criteria count the diffuse states as parameters."""
+    _, y, ours, _, _, at_ours = fits(case)
+    assert ours.aic == pytest.approx(at_ours.aic, rel=1e-9)
+    assert ours.bic == pytest.approx(at_ours.bic, rel=1e-9)
+    assert ours.n_obs == len(y)
+
+
+@pytest.mark.slow
+def test_nile_parameters_and_standard_errors(fits):
+    _, _, ours, mod, ref, at_ours = fits("nile_local_level")
+    for i, name in enumerate(mod.param_names):
+        assert ours.params[name] == pytest.approx(ref.params[i], rel=1e-2), name
+    # Durbin & Koopman (2012, §2.10): σ²_ε ≈ 15099, σ²_η ≈ 1469.1
+    assert ours.params["sigma2.irregular"] == pytest.approx(15099, rel=1e-3)
+    assert ours.params["sigma2.level"] == pytest.approx(1469.1, rel=1e-3)
+    # standard errors from the observed information, as statsmodels' numerical Hessian
+    for i, name in enumerate(mod.param_names):
+        assert ours.se[name] == pytest.approx(at_ours.bse[i], rel=1e-4), name
+
+
+@pytest.mark.slow
+def test_airpassengers_parameters(fits):
+    _, _, ours, mod, ref, _ = fits("air_llt_dummy12")
+    sm_params = dict(zip(mod.param_names, ref.params))
+    for name in ("sigma2.irregular", "sigma2.level", "sigma2.seasonal"):
+        assert ours.params[name] == pytest.approx(sm_params[name], rel=1e-2), name
+    # the slope variance sits on the boundary at the optimum
+    assert ours.params["sigma2.trend"] < 1e-8 and sm_params["sigma2.trend"] < 1e-8
+
+
+@pytest.mark.slow
+def test_recovers_simulated_local_level():
+    truth = {"sigma2.irregular": 1.0, "sigma2.level": 0.1}
+    spec = {"level": {"kind": "local_level"}}
+    y = np.asarray(engine.simulate(jax.random.PRNGKey(0), spec, truth, 2000))
+    assert y.shape == (2000,)
+    res = engine.fit_mle(spec, y)
+    assert res.converged
+    for name, value in truth.items():
+        se = res.se[name]
+        assert np.isfinite(se) and se > 0
+        assert abs(res.params[name] - value) < 3 * se, (name, res.params[name], se)
+    # and statsmodels agrees on this likelihood's optimum
+    ref = sm_model(spec, y).fit(disp=False, pgtol=1e-10, factr=10)
+    assert res.loglik >= ref.llf - 1e-4

@@ -1,0 +1,284 @@
+"""ModelSpec: JSON round trips, statsmodels parameter names, validation messages."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import engine
+
+from .helpers import KINDS, air, seatbelts, sm_model
+
+# -- round trips --------------------------------------------------------------------------
+CANONICAL = [
+    {"irregular": True, "level": {"kind": "local_level"}},
+    {"irregular": False, "level": {"kind": "local_linear_trend"}},
+    {"irregular": True, "level": {"kind": "local_linear_trend"},
+     "seasonal": [{"period": 12, "form": "dummy", "stochastic": True}]},
+    {"irregular": True, "level": {"kind": "smooth_trend"},
+     "seasonal": [{"period": 7, "form": "dummy", "stochastic": False},
+                  {"period": 365.25, "form": "trig", "stochastic": True, "harmonics": 4},
+                  {"period": 12, "form": "trig", "stochastic": True, "harmonics": 6}]},
+    {"irregular": True, "level": {"kind": "random_walk_with_drift"},
+     "cycle": {"period_bounds": [6.0, 40.0], "damped": False, "stochastic": True},
+     "autoregressive": {"order": 2}},
+    {"irregular": True, "level": {"kind": "local_level"},
+     "regression": {"columns": ["petrol_price", "law"], "coefficients": "time_varying"}},
+    {"irregular": True, "autoregressive": {"order": 3},
+     "regression": {"columns": ["x"], "coefficients": "state"},
+     "priors": {"sigma2.irregular": {"dist": "halfnormal", "scale": 2.0}}},
+]
+
+
+@pytest.mark.parametrize("d", CANONICAL, ids=range(len(CANONICAL)))
+def test_round_trip_dict_and_json(d):
+    spec = engine.ModelSpec.from_dict(d)
+    assert spec.to_dict() == d
+    assert engine.ModelSpec.from_dict(spec.to_dict()) == spec
+    # through JSON text, both the engine's own and a plain json.dumps of the dict
+    assert engine.ModelSpec.from_json(spec.to_json()) == spec
+    assert engine.ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    # frozen and hashable: usable as a static jit argument / dict key
+    assert hash(spec) == hash(engine.ModelSpec.from_dict(d))
+    assert engine.param_names(spec) == engine.param_names(d)
+
+
+def test_round_trip_normalises_shorthand():
+    short = {"level": "local_linear_trend", "seasonal": {"period": 12}, "cycle": True,
+             "autoregressive": 1, "regression": {"columns": "x"}}
+    spec = engine.ModelSpec.from_dict(short)
+    d = spec.to_dict()
+    assert d["level"] == {"kind": "local_linear_trend"}
+    assert d["irregular"] is True  # the kind's statsmodels default
+    assert d["seasonal"] == [{"period": 12, "form": "dummy", "stochastic": True}]
+    assert d["cycle"]["damped"] is True and d["cycle"]["stochastic"] is True
+    assert d["autoregressive"] == {"order": 1}
+    assert d["regression"] == {"columns": ["x"], "coefficients": "parameters"}
+    assert engine.ModelSpec.from_dict(d) == spec
+    assert engine.ModelSpec.from_dict(d).to_dict() == d
+
+
+def test_trig_default_harmonics_is_floor_half_period():
+    spec = engine.ModelSpec.from_dict({"seasonal": [{"period": 12, "form": "trig"},
+                                                    {"period": 7, "form": "trig"}]})
+    assert [s["harmonics"] for s in spec.to_dict()["seasonal"]] == [6, 3]
+
+
+@pytest.mark.parametrize("kind,default_irregular", [
+    ("irregular", True), ("deterministic_constant", True), ("local_level", True), ("random_walk", False),
+    ("deterministic_trend", True), ("local_linear_deterministic_trend", True),
+    ("random_walk_with_drift", False), ("local_linear_trend", True), ("smooth_trend", True),
+    ("random_trend", False)])
+def test_irregular_default_and_override(kind, default_irregular):
+    assert engine.ModelSpec.from_dict({"level": {"kind": kind}}).irregular is default_irregular
+    assert ("sigma2.irregular" in engine.param_names({"level": {"kind": kind}})) is default_irregular
+    if kind != "irregular":
+        flipped = {"level": {"kind": kind}, "irregular": not default_irregular}
+        assert ("sigma2.irregular" in engine.param_names(flipped)) is (not default_irregular)
+
+
+def test_trend_kinds_are_the_statsmodels_specifications():
+    assert sorted(engine.TREND_KINDS) == sorted(KINDS)
+
+
+# -- parameter names against statsmodels ---------------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+def test_param_names_every_level_kind(kind):
+    """Names and order equal statsmodels' for the kind on its own.
+
+    statsmodels adds an irregular to a model with no stochastic element at all
+    ('fixed intercept', 'fixed slope'); the engine must describe the same model.
+    """
+    spec = {"level": {"kind": kind}}
+    mod = sm_model(spec, air())
+    assert engine.param_names(spec) == list(mod.param_names)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_param_names_every_level_kind_with_seasonal_and_ar(kind):
+    spec = {"level": {"kind": kind}, "seasonal": [{"period": 12}], "autoregressive": {"order": 1}}
+    mod = sm_model(spec, air())
+    assert engine.param_names(spec) == list(mod.param_names)
+
+
+COMBOS = {
+    "dummy": {"level": {"kind": "local_linear_trend"}, "seasonal": [{"period": 12}]},
+    "dummy_deterministic": {"level": {"kind": "local_level"},
+                            "seasonal": [{"period": 4, "stochastic": False}]},
+    "trig": {"level": {"kind": "local_level"},
+             "seasonal": [{"period": 12, "form": "trig", "harmonics": 3}]},
+    "two_trig": {"level": {"kind": "local_level"},
+                 "seasonal": [{"period": 12, "form": "trig", "harmonics": 3},
+                              {"period": 4, "form": "trig", "harmonics": 1}]},
+    "two_trig_one_deterministic": {"level": {"kind": "smooth_trend"},
+                                   "seasonal": [{"period": 12, "form": "trig", "harmonics": 2,
+                                                 "stochastic": False},
+                                                {"period": 4, "form": "trig"}]},
+    "trig_listed_before_dummy": {"level": {"kind": "local_level"},
+                                 "seasonal": [{"period": 12, "form": "trig", "harmonics": 3},
+                                              {"period": 4, "form": "dummy"}]},
+    "fractional_trig": {"level": {"kind": "local_level"},
+                        "seasonal": [{"period": 365.25, "form": "trig", "harmonics": 2}]},
+    "cycle_damped": {"level": {"kind": "local_level"}, "cycle": {"damped": True, "stochastic": True}},
+    "cycle_undamped": {"level": {"kind": "local_level"}, "cycle": {"damped": False, "stochastic": True}},
+    "cycle_deterministic": {"level": {"kind": "local_level"}, "cycle": {"damped": True, "stochastic": False}},
+    "ar2": {"level": {"kind": "local_level"}, "autoregressive": {"order": 2}},
+    "ar2_only": {"autoregressive": {"order": 2}},
+    "no_irregular": {"irregular": False, "level": {"kind": "local_linear_trend"},
+                     "seasonal": [{"period": 12}]},
+    "everything": {"level": {"kind": "local_linear_trend"},
+                   "seasonal": [{"period": 12}, {"period": 4, "form": "trig"}],
+                   "cycle": {"damped": True}, "autoregressive": {"order": 2},
+                   "regression": {"columns": ["petrol_price", "law"]}},
+    "regression_parameters": {"level": {"kind": "local_level"}, "seasonal": [{"period": 12}],
+                              "regression": {"columns": ["petrol_price", "law"],
+                                             "coefficients": "parameters"}},
+    "regression_state": {"level": {"kind": "local_level"}, "seasonal": [{"period": 12}],
+                         "regression": {"columns": ["petrol_price", "law"], "coefficients": "state"}},
+}
+
+
+@pytest.mark.parametrize("name", list(COMBOS))
+def test_param_names_combinations(name):
+    spec = COMBOS[name]
+    y, exog = seatbelts()
+    mod = sm_model(spec, y, exog if "regression" in spec else None)
+    assert engine.param_names(spec) == list(mod.param_names)
+
+
+def test_param_names_time_varying_regression():
+    names = engine.param_names({"level": {"kind": "local_level"},
+                                "regression": {"columns": ["petrol_price", "law"],
+                                               "coefficients": "time_varying"}})
+    assert names == ["sigma2.irregular", "sigma2.level", "sigma2.petrol_price", "sigma2.law"]
+
+
+# -- validation -----------------------------------------------------------------------------
+INVALID = [
+    ({"level": {"kind": "local level"}}, "level.kind"),
+    ({"level": {"kind": "quadratic_trend"}}, "level.kind"),
+    ({"level": 3}, "level"),
+    ({"levels": {"kind": "local_level"}}, "levels"),
+    ({"seasonal": [{"period": 1}]}, "seasonal[0].period"),
+    ({"seasonal": [{"period": 12}, {"period": 1.5, "form": "trig"}]}, "seasonal[1].period"),
+    ({"seasonal": [{"period": float("nan"), "form": "trig"}]}, "seasonal[0].period"),
+    ({"seasonal": [{"period": 12, "form": "trig", "harmonics": 7}]}, "seasonal[0].harmonics"),
+    ({"seasonal": [{"period": 12, "form": "trig", "harmonics": 0}]}, "seasonal[0].harmonics"),
+    ({"seasonal": [{"period": 12, "harmonics": 2}]}, "seasonal[0].harmonics"),
+    ({"seasonal": [{"period": 12.5}]}, "seasonal[0].period"),
+    ({"seasonal": [{"period": 12, "form": "fourier"}]}, "seasonal[0].form"),
+    ({"seasonal": [{"form": "dummy"}]}, "seasonal[0]"),
+    ({"seasonal": [{"period": 12}, {"period": 12}]}, "seasonal"),
+    ({"cycle": {"period_bounds": [10, 5]}}, "cycle.period_bounds"),
+    ({"cycle": {"period_bounds": [1, 5]}}, "cycle.period_bounds"),
+    ({"autoregressive": {"order": -1}}, "autoregressive.order"),
+    ({"autoregressive": {"order": 1.5}}, "autoregressive.order"),
+    ({"regression": {"columns": []}, "level": "local_level"}, "regression.columns"),
+    ({"regression": {"columns": ["x", "x"]}}, "regression.columns"),
+    ({"regression": {"columns": ["x"], "coefficients": "random"}}, "regression.coefficients"),
+    ({"priors": ["sigma2.level"]}, "priors"),
+]
+
+
+@pytest.mark.parametrize("d,field", INVALID, ids=[f for _, f in INVALID])
+def test_invalid_spec_names_the_field(d, field):
+    with pytest.raises(ValueError) as info:
+        engine.ModelSpec.from_dict(d)
+    assert f"'{field}'" in str(info.value)
+
+
+@pytest.mark.parametrize("d", [{"irregular": False}, {"irregular": False, "seasonal": []},
+                               {"irregular": False, "autoregressive": {"order": 0}}])
+def test_empty_model_is_refused(d):
+    with pytest.raises(ValueError, match="empty"):
+        engine.ModelSpec.from_dict(d)
+
+
+def test_not_a_dict_is_refused():
+    with pytest.raises(ValueError, match="dict"):
+        engine.ModelSpec.from_dict(["local_level"])
+
+
+def test_ar_order_checked_against_series_length():
+    spec = {"autoregressive": {"order": 5}}
+    params = [1.0, 1.0, 0.1, 0.1, 0.1, 0.1, 0.1]
+    y = np.arange(5.0)
+    with pytest.raises(ValueError, match=r"autoregressive\.order"):
+        engine.loglik(spec, params, y)
+    with pytest.raises(ValueError, match=r"autoregressive\.order"):
+        engine.ModelSpec.from_dict(spec).check_data(5)
+    engine.ModelSpec.from_dict(spec).check_data(6)  # order < length is fine
+
+
+def test_regression_column_missing_from_dataframe():
+    y, exog = seatbelts(["petrol_price"])
+    spec = {"level": "local_level", "regression": {"columns": ["petrol_price", "law"]}}
+    params = [1e-3, 1e-3, 0.0, 0.0]
+    with pytest.raises(ValueError, match=r"regression\.columns") as info:
+        engine.loglik(spec, params, y, exog)
+    assert "law" in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_exog_is_refused(bad):
+    y, exog = seatbelts()
+    exog = exog.astype(float)
+    exog.loc[7, "law"] = bad
+    spec = {"level": "local_level", "regression": {"columns": ["petrol_price", "law"]}}
+    params = [1e-3, 1e-3, 0.0, 0.0]
+    with pytest.raises(ValueError, match="law") as info:
+        engine.loglik(spec, params, y, exog)
+    assert "7" in str(info.value)
+    with pytest.raises(ValueError, match="law"):
+        engine.loglik(spec, params, y, exog.to_numpy())
+
+
+def test_regression_without_exog_is_refused():
+    y, _ = seatbelts()
+    spec = {"level": "local_level", "regression": {"columns": ["petrol_price"]}}
+    with pytest.raises(ValueError, match=r"regression\.columns"):
+        engine.loglik(spec, [1e-3, 1e-3, 0.0], y)
+
+
+def test_dataframe_exog_is_picked_by_column_name():
+    """A DataFrame with extra columns in another order gives the same answer as the right array."""
+    y, exog = seatbelts(["law", "kms", "petrol_price"])
+    spec = {"level": "local_level", "regression": {"columns": ["petrol_price", "law"]}}
+    params = [1e-3, 1e-3, -0.5, -0.2]
+    a = engine.loglik(spec, params, y, exog)
+    b = engine.loglik(spec, params, y, exog[["petrol_price", "law"]].to_numpy())
+    assert float(a) == pytest.approx(float(b), rel=1e-13)
+
+
+def test_bad_parameters_are_refused():
+    spec = {"level": "local_level"}
+    y = air()
+    with pytest.raises(ValueError):
+        engine.loglik(spec, [1.0, 2.0, 3.0], y)
+    with pytest.raises(ValueError):
+        engine.loglik(spec, {"sigma2.irregular": 1.0}, y)
+    with pytest.raises(ValueError):
+        engine.loglik(spec, {"sigma2.irregular": 1.0, "sigma2.level": 1.0, "sigma2.trend": 1.0}, y)
+
+
+def test_infinite_y_is_refused():
+    y = air().copy()
+    y[3] = np.inf
+    with pytest.raises(ValueError, match="infinite"):
+        engine.loglik({"level": "local_level"}, [1e-3, 1e-3], y)
+
+
+def test_unknown_filter_is_refused():
+    with pytest.raises(ValueError, match="filter"):
+        engine.loglik({"level": "local_level"}, [1e-3, 1e-3], air(), filter="square-root")
+
+
+def test_dataframe_series_input():
+    """A pandas Series is accepted as y."""
+    s = pd.Series(air())
+    a = engine.loglik({"level": "local_level"}, [1e-3, 1e-3], s)
+    b = engine.loglik({"level": "local_level"}, [1e-3, 1e-3], air())
+    assert float(a) == float(b)
