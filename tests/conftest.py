@@ -1,0 +1,44 @@
+"""Test-wide setup: JAX on the CPU in float64, a fixed numpy seed, quiet statsmodels."""
+
+from __future__ import annotations
+
+import os
+
+# Before jax is imported anywhere: the engine tests run on the CPU (an explicit
+# JAX_PLATFORMS in the environment still wins).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import engine  # noqa: E402,F401  (importing the engine enables float64 in JAX)
+
+SEED = 20240611
+
+
+def pytest_configure(config):
+    # statsmodels' reference fits and models warn about convergence, frequency-less
+    # indexes and model strings that override flags; none of that is under test.
+    try:
+        import statsmodels.tools.sm_exceptions  # noqa: F401
+    except ImportError:  # the engine tests need it; other suites can run without
+        return
+    for line in (
+        "ignore::statsmodels.tools.sm_exceptions.ConvergenceWarning",
+        "ignore::statsmodels.tools.sm_exceptions.ValueWarning",
+        "ignore::statsmodels.tools.sm_exceptions.SpecificationWarning",
+    ):
+        config.addinivalue_line("filterwarnings", line)
+
+
+@pytest.fixture(autouse=True)
+def _fixed_numpy_seed():
+    """Every test starts from the same global numpy seed."""
+    np.random.seed(SEED)
+    yield
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A numpy Generator with a fixed seed."""
+    return np.random.default_rng(SEED)
