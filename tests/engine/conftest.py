@@ -11,14 +11,10 @@ KNOWN_DEFECTS = {
         "QR-based square-root update has NaN gradients on rank-deficient pre-arrays",
     "test_sqrt_filter_gradient_equals_standard[llt_dummy12-False]":
         "QR-based square-root update has NaN gradients on rank-deficient pre-arrays",
-    "test_nile_parameters_and_standard_errors": "MLE standard errors differ from statsmodels' (under review)",
-    "test_recovers_simulated_local_level": "MLE recovery check under review",
     "test_param_names_every_level_kind[fixed_intercept]":
         "statsmodels adds an irregular to models with no stochastic element; the spec does not yet",
     "test_param_names_every_level_kind[fixed_slope]":
         "statsmodels adds an irregular to models with no stochastic element; the spec does not yet",
-    "test_nyquist_harmonic_against_exact_reference": "Nyquist harmonic handling under review",
-    "test_smoothed_components_equal_statsmodels": "component decomposition naming under review",
 }
 
 
