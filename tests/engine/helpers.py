@@ -89,9 +89,9 @@ def sm_model(spec: dict, y, exog=None, exact_steady=True) -> sm.tsa.UnobservedCo
     if kind is not None:
         name = kind.replace("_", " ")
         if "irregular" in spec:
-            irr, lev, slev, tr,str_ = SM_TREND_FLAGS[name]
+            _, lev, slev, tr, stoch_tr = SM_TREND_FLAGS[name]
             kw.update(irregular=bool(spec["irregular"]), level=lev, stochastic_level=slev,
-                      trend=tr, stochastic_trend=str_)
+                      trend=tr, stochastic_trend=stoch_tr)
         else:
             kw["level"] = name
     else:

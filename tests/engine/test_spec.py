@@ -104,6 +104,30 @@ def test_param_names_every_level_kind_with_seasonal_and_ar(kind):
     assert engine.param_names(spec) == list(mod.param_names)
 
 
+NO_STOCHASTIC_ELEMENT = [
+    {"level": {"kind": "fixed_intercept"}},
+    {"level": {"kind": "fixed_slope"}},
+    {"level": {"kind": "deterministic_trend"}, "irregular": False},
+    {"level": {"kind": "fixed_slope"}, "seasonal": [{"period": 12, "stochastic": False}]},
+]
+
+
+@pytest.mark.parametrize("d", NO_STOCHASTIC_ELEMENT, ids=range(len(NO_STOCHASTIC_ELEMENT)))
+def test_model_without_stochastic_element_is_not_silently_degenerate(d):
+    """A model with no disturbance at all makes y exactly deterministic after the diffuse
+    steps: every later observation has F*_t = 0 and is skipped, so the likelihood does not
+    depend on the data. statsmodels adds an irregular in that case (with a warning); the
+    engine must either do the same or refuse the spec, not accept it silently.
+    """
+    mod = sm_model(d, air())
+    assert "sigma2.irregular" in mod.param_names  # what statsmodels does
+    try:
+        names = engine.param_names(d)
+    except ValueError:
+        return  # refusing the spec is fine too
+    assert names == list(mod.param_names)
+
+
 COMBOS = {
     "dummy": {"level": {"kind": "local_linear_trend"}, "seasonal": [{"period": 12}]},
     "dummy_deterministic": {"level": {"kind": "local_level"},
