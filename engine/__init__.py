@@ -12,11 +12,11 @@ from .system import System, build_system, layout  # noqa: E402
 from .model import (FilterResult, Forecast, SmoothedComponents, filter_series, forecast,  # noqa: E402
                     loglik, loglik_many, loglik_terms, simulate, smooth)
 from .mle import MLEResult, fit_mle  # noqa: E402
-from .data import catalogue_entry, list_datasets, load_dataset  # noqa: E402
+from .data import DataError, catalogue_entry, list_datasets, load_dataset, read_table  # noqa: E402
 
 __all__ = [
     "ModelSpec", "TREND_KINDS", "param_names", "System", "build_system", "layout",
     "FilterResult", "Forecast", "SmoothedComponents", "filter_series", "forecast", "loglik",
     "loglik_many", "loglik_terms", "simulate", "smooth",
-    "MLEResult", "fit_mle", "catalogue_entry", "list_datasets", "load_dataset",
+    "MLEResult", "fit_mle", "DataError", "catalogue_entry", "list_datasets", "load_dataset", "read_table",
 ]

@@ -103,3 +103,114 @@ def test_catalogue_entry_is_a_copy():
     entry = catalogue_entry("nile")
     entry["exog"].append("x")
     assert catalogue_entry("nile")["exog"] == []
+
+
+# -- the safe CSV parser ---------------------------------------------------------------
+
+from engine.data import DataError, read_table  # noqa: E402
+
+
+def _csv(text: str) -> bytes:
+    return text.encode("utf-8")
+
+
+def test_dataset_roundtrips_through_read_table_as_bytes_and_file_object():
+    import io
+    raw = (DATASETS_DIR / "nile.csv").read_bytes()
+    direct = pd.read_csv(io.BytesIO(raw))
+    for source in (raw, io.BytesIO(raw)):
+        df = read_table(source)
+        assert df.attrs["time_column"] == "year" and df.attrs["freq"] == "YS"
+        assert df.index.freq == pd.tseries.frequencies.to_offset("YS")
+        np.testing.assert_array_equal(df["flow"].to_numpy(), direct["flow"].to_numpy().astype(float))
+        np.testing.assert_array_equal(df["year"].to_numpy(), direct["year"].to_numpy())
+        assert df["flow"].dtype == np.float64
+
+
+def test_monthly_dates_with_gaps_become_nan_rows_and_empty_cells_nan():
+    df = read_table(_csv("month,y,x\n2020-01-01,1,5\n2020-02-01,,6\n2020-04-01,4,NA\n"))
+    assert df.attrs["freq"] == "MS" and df.attrs["filled_steps"] == 1
+    assert list(df.index) == list(pd.date_range("2020-01-01", periods=4, freq="MS"))
+    np.testing.assert_array_equal(df["y"].to_numpy(), [1.0, np.nan, np.nan, 4.0])
+    np.testing.assert_array_equal(df["x"].to_numpy(), [5.0, 6.0, np.nan, np.nan])
+
+
+def test_integer_index_and_no_time_column():
+    df = read_table(_csv("t,y\n1,3\n2,4\n4,5\n"))
+    assert list(df.index) == [1, 2, 3, 4] and np.isnan(df["y"].iloc[2])
+    df = read_table(_csv("a,b\n1,2\n3,4\n"))
+    assert df.attrs["time_column"] is None and list(df.index) == [0, 1]
+    df = read_table(_csv("when,y\n1,3\n2,4\n"), time_column="when")
+    assert list(df.index) == [1, 2]
+
+
+@pytest.mark.parametrize("text, words", [
+    ("", ["empty"]),
+    ("\n\n  \n", ["empty"]),
+    ("year,flow\n", ["header", "no data rows"]),
+    ("year,flow\n1871,1120\n1872,abc\n1873,1000\n1874,n/a?\n", ["'flow'", "lines 3 and 5", "'abc'"]),
+    ("year,flow\n1871,1120\n1872,1160,9\n", ["line 3", "expected 2 values"]),
+    ("year,flow\n1871,1120\n1871,1160\n", ["repeats", "line 3", "'year'"]),
+    ("year,flow\n1872,1120\n1871,1160\n1873,1\n", ["not in increasing order", "line 3", "'year'"]),
+    ("date,y\n2020-01-01,1\nyesterday,2\n", ["'date'", "line 3", "not dates"]),
+    ("date,y\n2020-01-01,1\n,2\n", ["'date'", "line 3", "empty"]),
+    ("year,flow\n1871,inf\n", ["'flow'", "infinite", "line 2"]),
+    ("year,flow,flow\n1871,1,2\n", ["more than once", "flow"]),
+    ("year,\n1871,1\n", ["empty column name"]),
+    ("year\n1871\n", ["only the time column"]),
+    ("date,y\n2020-01-01,1\n2020-01-03,2\n2020-02-17,3\n", ["regular"]),
+])
+def test_bad_tables_name_the_problem(text, words):
+    with pytest.raises(DataError) as exc:
+        read_table(_csv(text))
+    assert isinstance(exc.value, ValueError)
+    for w in words:
+        assert w in str(exc.value), (w, str(exc.value))
+
+
+def test_bad_encoding_and_binary_are_refused():
+    with pytest.raises(DataError, match="UTF-8.*line 2"):
+        read_table(b"year,flow\n1871,\xff\xfe\n")
+    with pytest.raises(DataError, match="binary"):
+        read_table(b"year,flow\n\x00\x01,2\n")
+
+
+def test_size_is_checked_before_parsing():
+    import io
+
+    class CountingReader(io.BytesIO):
+        asked: list[int] = []
+
+        def read(self, n=-1):
+            self.asked.append(n)
+            return super().read(n)
+
+    big = CountingReader(b"y\n" + b"1\n" * 1000)
+    with pytest.raises(DataError, match="larger than"):
+        read_table(big, max_bytes=100)
+    assert big.asked == [101]  # never reads more than the limit + 1 byte
+    with pytest.raises(DataError, match="larger than"):
+        read_table(b"y\n" + b"1\n" * 1000, max_bytes=100)
+
+
+def test_paths_and_urls_are_refused():
+    with pytest.raises(DataError, match="not a path or URL"):
+        read_table(str(DATASETS_DIR / "nile.csv"))
+    with pytest.raises(DataError, match="not a path or URL"):
+        read_table("https://example.org/data.csv")
+
+
+def test_sorting_only_when_asked():
+    text = _csv("year,flow\n1872,2\n1871,1\n1873,3\n")
+    with pytest.raises(DataError, match="ask for the rows to be sorted"):
+        read_table(text)
+    df = read_table(text, sort=True)
+    np.testing.assert_array_equal(df["flow"].to_numpy(), [1.0, 2.0, 3.0])
+    assert list(df["year"]) == [1871, 1872, 1873]
+    with pytest.raises(DataError, match="repeats"):
+        read_table(_csv("year,flow\n1872,2\n1871,1\n1872,3\n"), sort=True)
+
+
+def test_catalogue_frequency_is_enforced():
+    with pytest.raises(DataError, match="frequency 'MS'"):
+        read_table(_csv("month,y\n2020-01-01,1\n2020-01-15,2\n"), freq="MS")
