@@ -1,0 +1,702 @@
+"""Online engine: O(1) Bayesian updates of a bank of Kalman filters, one per posterior draw.
+
+After a fit, each of S posterior draws θ_s keeps its own exact (diffuse-initialised)
+Kalman belief. A new observation costs one batched Kalman step for the whole bank,
+independent of the history length, and re-weights the draws by their one-step
+predictive density (sequential importance sampling of the static parameters, as in
+IBIS):
+
+    log w_s ← log w_s + log p(y_t | y_{1:t-1}, θ_s) − log Σ_r w_r p(y_t | y_{1:t-1}, θ_r)
+
+The predictive of y_t is the mixture Σ_s w_s N(μ_s, F_s). The pure core is the
+`init`/`step` pair over the `Belief` pytree (the caller jits, `OnlineConfig` is static);
+`OnlineFilter` is the thin stateful wrapper that also keeps the history, runs the
+background rejuvenation (see `engine.rejuvenation`) and swaps the new bank in.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from functools import lru_cache, partial
+from typing import Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.scipy.special import ndtr, ndtri
+
+from . import kalman
+from .components import blocks
+from .model import _systems, as_param_vector
+from .spec import ModelSpec, as_spec, param_names
+from .system import Layout, System, check_exog, layout, params_from_vector
+
+# quantiles reported for the 95%, 80% and 50% bands, and the median
+PROBS = (0.025, 0.1, 0.25, 0.5, 0.75, 0.9, 0.975)
+BAND_LEVELS = {0.95: (0, 6), 0.8: (1, 5), 0.5: (2, 4)}  # level → (lower, upper) index in PROBS
+
+
+class OnlineConfig(NamedTuple):
+    """Static settings of the online step (hashable: a `jax.jit` static argument)."""
+
+    spec: ModelSpec
+    sqrt: bool = False          # square-root (Cholesky) covariance recursion
+    quantile_iters: int = 2     # Newton refinements of the mixture quantiles (0: Cornish–Fisher only)
+    anomaly_z: float = 3.5      # |standardised innovation| above this flags an anomaly
+    cusum_k: float = 0.5        # CUSUM allowance (in standard deviations)
+    cusum_h: float = 5.0        # CUSUM decision threshold
+
+
+class Bank(NamedTuple):
+    """The S parameter draws and their systems (batch-last); constant between rejuvenations."""
+
+    params: jnp.ndarray   # (draw, param) in `param_names` order
+    system: System        # batch-last: transition (state, state, draw), ...
+
+
+class Belief(NamedTuple):
+    """What the next step needs: each draw's predicted Kalman belief and its log weight."""
+
+    filter: kalman.FilterState  # a_{t+1}, P_{t+1} (or its Cholesky factor), P∞, per draw (draw last)
+    log_weight: jnp.ndarray     # (draw,) normalised: logsumexp = 0
+    cusum: jnp.ndarray          # (2,) upper and lower CUSUM of the standardised innovations
+    t: jnp.ndarray              # () observations consumed
+
+
+class OnlineInfo(NamedTuple):
+    """What one observation reveals. Mixture quantities use the weights before (predictive)
+    or after (filtered) the update; bands are quantiles at `PROBS`."""
+
+    t: jnp.ndarray                    # () index of this observation (0-based)
+    observed: jnp.ndarray             # () bool: y_t is not NaN
+    diffuse: jnp.ndarray              # () bool: the predictive is still improper (diffuse phase)
+    draw_mean: jnp.ndarray            # (draw,) μ_s = E[y_t | y_{1:t-1}, θ_s]
+    draw_var: jnp.ndarray             # (draw,) F_s (inf while diffuse)
+    loglik: jnp.ndarray               # (draw,) log p(y_t | y_{1:t-1}, θ_s) (exact diffuse term; 0 if missing)
+    mean: jnp.ndarray                 # () mixture predictive mean
+    var: jnp.ndarray                  # () mixture predictive variance
+    quantiles: jnp.ndarray            # (len(PROBS),) mixture predictive quantiles
+    log_pred: jnp.ndarray             # () log Σ_s w_s p(y_t | θ_s): the increment of the log evidence
+    pit: jnp.ndarray                  # () Σ_s w_s Φ((y_t − μ_s)/√F_s)
+    innovation: jnp.ndarray           # () standardised innovation Φ⁻¹(PIT) (= v/√F for one draw)
+    anomaly: jnp.ndarray              # () bool: |innovation| > anomaly_z
+    cusum: jnp.ndarray                # (2,) CUSUM statistics after this step
+    drift: jnp.ndarray                # () bool: a CUSUM crossed its threshold (then it restarts)
+    ess: jnp.ndarray                  # () effective sample size 1/Σ w_s² after the update
+    filtered_mean: jnp.ndarray        # (state, draw) a_{t|t} per draw
+    state_mean: jnp.ndarray           # (state,) Σ_s w_s a_{t|t,s}
+    component_mean: jnp.ndarray       # (component,) mixture mean of each component (see `component_names`)
+    component_var: jnp.ndarray        # (component,) mixture variance (inf while that component is diffuse)
+    component_quantiles: jnp.ndarray  # (component, len(PROBS))
+
+
+class OnlineForecast(NamedTuple):
+    """h-step predictive of y from the current belief, mixed over the draws."""
+
+    mean: jnp.ndarray        # (steps,)
+    var: jnp.ndarray         # (steps,)
+    quantiles: jnp.ndarray   # (steps, len(PROBS))
+    draw_mean: jnp.ndarray   # (steps, draw)
+    draw_var: jnp.ndarray    # (steps, draw)
+    weight: jnp.ndarray      # (draw,)
+
+
+# -- mixtures of Gaussians ------------------------------------------------------------------
+def mixture_moments(w, mu, var):
+    """Mean and central moments m2, m3, m4 of Σ_s w_s N(μ_s, var_s) over the last axis."""
+    mean = jnp.sum(w * mu, axis=-1)
+    dev = mu - mean[..., None]
+    d2 = dev * dev
+    m2 = jnp.sum(w * (var + d2), axis=-1)
+    m3 = jnp.sum(w * dev * (d2 + 3 * var), axis=-1)
+    m4 = jnp.sum(w * (d2 * d2 + 6 * d2 * var + 3 * var * var), axis=-1)
+    return mean, m2, m3, m4
+
+
+def mixture_quantiles(w, mu, var, probs=PROBS, iters: int = 2):
+    """Quantiles of the mixture Σ_s w_s N(μ_s, var_s) (mixture over the last axis).
+
+    Start from the Cornish–Fisher expansion with the mixture's exact skewness and kurtosis
+    (exact for one draw), then `iters` Newton steps on Σ w_s Φ((q − μ_s)/σ_s) = p, kept
+    inside the bracket [min μ − 8σ, max μ + 8σ]. Returns (..., len(probs)).
+    """
+    mean, m2, m3, m4 = mixture_moments(w, mu, var)
+    sd = jnp.sqrt(jnp.maximum(m2, 0.0))
+    m2_safe = jnp.where(m2 > 0, m2, 1.0)
+    g1 = jnp.where(m2 > 0, m3 / (m2_safe * jnp.sqrt(m2_safe)), 0.0)[..., None]
+    g2 = jnp.where(m2 > 0, m4 / (m2_safe * m2_safe) - 3.0, 0.0)[..., None]
+    p = jnp.asarray(probs)
+    z = ndtri(p)
+    cf = z + (z * z - 1) * g1 / 6 + (z ** 3 - 3 * z) * g2 / 24 - (2 * z ** 3 - 5 * z) * g1 * g1 / 36
+    q = mean[..., None] + sd[..., None] * cf
+    if iters:
+        sd_s = jnp.sqrt(jnp.maximum(var, 0.0))
+        lo = jnp.min(mu - 8 * sd_s, axis=-1)[..., None]
+        hi = jnp.max(mu + 8 * sd_s, axis=-1)[..., None]
+        safe_sd = jnp.where(sd_s > 0, sd_s, 1.0)[..., None, :]
+        for _ in range(iters):
+            u = (q[..., None] - mu[..., None, :]) / safe_sd
+            cdf = jnp.sum(w[..., None, :] * ndtr(u), axis=-1)
+            pdf = jnp.sum(w[..., None, :] * jnp.exp(-0.5 * u * u) / safe_sd, axis=-1) / jnp.sqrt(2 * jnp.pi)
+            q = jnp.where(pdf > 0, jnp.clip(q - (cdf - p) / jnp.where(pdf > 0, pdf, 1.0), lo, hi), q)
+    return q
+
+
+# -- components -----------------------------------------------------------------------------
+@lru_cache(maxsize=64)
+def _component_index(spec: ModelSpec) -> tuple[tuple[str, tuple[int, ...], bool], ...]:
+    """Static (name, state indices whose design entry can be non-zero, use the design?) per component.
+
+    The slope of a local linear trend is reported as 'trend' (its own state, unit weight).
+    """
+    spec = as_spec(spec)
+    lay = layout(spec)
+    out = []
+    with jax.ensure_compile_time_eval():   # static structure, also when called under jit
+        dummy = {n: jnp.asarray(0.5) for n in param_names(spec)}
+        designs = [np.asarray(b.design) for b in blocks(spec, dummy)]
+    for design, (name, start, k, _, _) in zip(designs, lay.blocks):
+        nz = tuple(start + int(i) for i in np.flatnonzero(design))
+        if name == "regression":
+            nz = tuple(range(start, start + k))
+        if nz:
+            out.append((name, nz, True))
+        if name == "level" and k == 2:
+            out.append(("trend", (start + 1,), False))
+    if spec.regression is not None and spec.regression.coefficients == "parameters":
+        out.append(("regression", (), True))
+    return tuple(out)
+
+
+def component_names(spec) -> list[str]:
+    """Names of the components reported in `OnlineInfo.component_*`, in order."""
+    return [name for name, _, _ in _component_index(as_spec(spec))]
+
+
+def _components(spec, z, d, a_f, P_f, Pinf_next):
+    """Per-draw filtered mean and variance of each component: (component, draw) each."""
+    means, variances = [], []
+    for name, idx, use_design in _component_index(spec):
+        if not idx:   # regression on parameters: x_t β, known given the draw
+            means.append(d)
+            variances.append(jnp.zeros_like(d))
+            continue
+        ix = jnp.asarray(idx)
+        c = z[ix] if use_design else jnp.ones((len(idx), z.shape[-1]))
+        means.append(jnp.sum(c * a_f[ix], axis=0))
+        block = P_f[ix[:, None], ix[None, :]]
+        var = jnp.sum(c[:, None] * block * c[None, :], axis=(0, 1))
+        still_diffuse = jnp.sum(Pinf_next[ix[:, None], ix[None, :]] ** 2, axis=(0, 1)) > kalman.TOL_DIFFUSE
+        variances.append(jnp.where(still_diffuse, jnp.inf, var))
+    return jnp.stack(means), jnp.stack(variances)
+
+
+# -- pure core ------------------------------------------------------------------------------
+def make_bank(spec, params) -> Bank:
+    """Systems for S parameter draws (draw, param): built once per bank, batch-last."""
+    spec = as_spec(spec)
+    params = jnp.asarray(params, dtype=jnp.float64)
+    exog = jnp.zeros((1, spec.k_exog)) if spec.regression is not None else None
+    return Bank(params, kalman.batch_last(_systems(spec, params, exog)))
+
+
+def _design(spec: ModelSpec, bank: Bank, exog_t):
+    """(z (state, draw), d (draw,)) at one time step; with regression they depend on x_t."""
+    n_draws = bank.params.shape[0]
+    if spec.regression is None:
+        return bank.system.design, jnp.zeros(n_draws)
+    x = jnp.reshape(jnp.asarray(exog_t, dtype=jnp.float64), (1, spec.k_exog))
+    sys_t = _systems(spec, bank.params, x)   # only Z_t and d_t are used (the rest is dead code)
+    z = sys_t.design[:, 0] if sys_t.design.ndim == 3 else sys_t.design
+    d = jnp.broadcast_to(sys_t.obs_intercept, (n_draws, 1))[:, 0] if sys_t.obs_intercept.ndim else jnp.zeros(n_draws)
+    return z.T, d
+
+
+def init(config: OnlineConfig, bank: Bank, log_weight=None) -> Belief:
+    """Belief before any observation: each draw's exact diffuse prior; equal weights by default."""
+    n_draws = bank.params.shape[0]
+    if log_weight is None:
+        log_weight = jnp.full(n_draws, -jnp.log(n_draws))
+    log_weight = jnp.asarray(log_weight, dtype=jnp.float64)
+    log_weight = log_weight - jax.scipy.special.logsumexp(log_weight)
+    fs = kalman.init(layout(config.spec), bank.system, config.sqrt)
+    return Belief(fs, log_weight, jnp.zeros(2), jnp.zeros((), jnp.int64))
+
+
+def step(config: OnlineConfig, bank: Bank, belief: Belief, y, exog=None) -> tuple[Belief, OnlineInfo]:
+    """Observe y_t (NaN: predict only) for every draw; re-weight; report the predictive and filtered belief."""
+    spec = config.spec
+    lay = layout(spec)
+    n_draws = bank.params.shape[0]
+    y = jnp.asarray(y, dtype=jnp.float64)
+    z, d = _design(spec, bank, exog)
+    fs, si = kalman.step(lay, bank.system, belief.filter, jnp.broadcast_to(y, (n_draws,)), d, z,
+                         sqrt=config.sqrt, keep=True)
+    observed = ~jnp.isnan(y)
+
+    # predictive of y_t under each draw and under the mixture (weights before the update)
+    w_prior = jnp.exp(belief.log_weight)
+    draw_diffuse = si.diffuse_var > kalman.TOL_DIFFUSE
+    diffuse = jnp.any(draw_diffuse)
+    mu = jnp.sum(z * si.pred_mean, axis=0) + d
+    F = jnp.where(draw_diffuse, jnp.inf, si.innov_var)
+    F_finite = jnp.where(draw_diffuse, 1.0, si.innov_var)
+    mean = jnp.sum(w_prior * mu)
+    var = jnp.where(diffuse, jnp.inf, jnp.sum(w_prior * (F_finite + mu * mu)) - mean * mean)
+    quantiles = jnp.where(diffuse, jnp.nan, mixture_quantiles(w_prior, mu, F_finite, PROBS, config.quantile_iters))
+
+    # sequential importance weights: w_s ∝ w_s p(y_t | θ_s)
+    lw = belief.log_weight + si.loglik
+    log_pred = jax.scipy.special.logsumexp(lw)
+    log_weight = lw - log_pred
+    w_post = jnp.exp(log_weight)
+    ess = 1.0 / jnp.sum(w_post * w_post)
+
+    # calibration: PIT, standardised innovation, anomaly flag, two-sided CUSUM
+    valid = observed & ~diffuse
+    pit = jnp.sum(w_prior * ndtr((jnp.where(observed, y, 0.0) - mu) / jnp.sqrt(F_finite)))
+    pit = jnp.where(valid, pit, jnp.nan)
+    tiny = jnp.finfo(jnp.float64).eps
+    innovation = jnp.where(valid, ndtri(jnp.clip(pit, tiny, 1 - tiny)), jnp.nan)
+    anomaly = valid & (jnp.abs(innovation) > config.anomaly_z)
+    zc = jnp.where(valid, innovation, 0.0)
+    upper = jnp.maximum(0.0, belief.cusum[0] + zc - config.cusum_k)
+    lower = jnp.maximum(0.0, belief.cusum[1] - zc - config.cusum_k)
+    cusum = jnp.where(valid, jnp.stack([upper, lower]), belief.cusum)
+    drift = jnp.max(cusum) > config.cusum_h
+    cusum = jnp.where(drift, 0.0, cusum)
+
+    # filtered states and components, mixed with the updated weights
+    comp_mu, comp_var = _components(spec, z, d, si.filt_mean, si.filt_cov, fs.diffuse_cov)
+    comp_diffuse = jnp.any(jnp.isinf(comp_var), axis=-1)
+    comp_var_finite = jnp.where(jnp.isinf(comp_var), 1.0, comp_var)
+    c_mean, c_m2, _, _ = mixture_moments(w_post, comp_mu, comp_var_finite)
+    c_q = mixture_quantiles(w_post, comp_mu, comp_var_finite, PROBS, config.quantile_iters)
+
+    info = OnlineInfo(
+        t=belief.t, observed=observed, diffuse=diffuse, draw_mean=mu, draw_var=F, loglik=si.loglik,
+        mean=mean, var=var, quantiles=quantiles, log_pred=log_pred, pit=pit, innovation=innovation,
+        anomaly=anomaly, cusum=cusum, drift=drift, ess=ess, filtered_mean=si.filt_mean,
+        state_mean=si.filt_mean @ w_post, component_mean=c_mean,
+        component_var=jnp.where(comp_diffuse, jnp.inf, c_m2),
+        component_quantiles=jnp.where(comp_diffuse[:, None], jnp.nan, c_q))
+    return Belief(fs, log_weight, cusum, belief.t + 1), info
+
+
+def step_many(config: OnlineConfig, bank: Bank, belief: Belief, ys, exog=None, valid=None):
+    """`step` over a micro-batch ys (time,) in one `lax.scan`; steps with valid = False are skipped
+    (the belief is unchanged, their info is zeros), which lets padded batches share one trace."""
+    n = ys.shape[0]
+    valid = jnp.ones(n, bool) if valid is None else valid
+    xs = jnp.zeros((n, 0)) if exog is None else exog
+    info_shape = jax.eval_shape(lambda b, y, x: step(config, bank, b, y, x)[1], belief, ys[0],
+                                None if exog is None else xs[0])
+    blank = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), info_shape)
+
+    def body(b, inp):
+        y_t, x_t, ok = inp
+        x_t = None if exog is None else x_t
+        return lax.cond(ok, lambda: step(config, bank, b, y_t, x_t), lambda: (b, blank))
+
+    return lax.scan(body, belief, (ys, xs, valid))
+
+
+def catch_up(config: OnlineConfig, bank: Bank, belief: Belief, ys, exog=None) -> Belief:
+    """Consume a stretch of history (time,) in one batched filter pass (no per-step reports).
+
+    The log weights gain each draw's summed log-likelihood; the CUSUM is left as it is.
+    exog: (time, k) for the same stretch.
+    """
+    spec = config.spec
+    lay = layout(spec)
+    x = None if spec.regression is None else jnp.asarray(exog, dtype=jnp.float64)
+    systems = _systems(spec, bank.params, x)
+    n_draws = bank.params.shape[0]
+    Y = jnp.broadcast_to(jnp.asarray(ys, dtype=jnp.float64)[:, None], (ys.shape[0], n_draws))
+    fs, ll = kalman.run(lay, systems, Y, sqrt=config.sqrt, state=belief.filter)
+    lw = belief.log_weight + jnp.sum(ll, axis=0)
+    return belief._replace(filter=fs, log_weight=lw - jax.scipy.special.logsumexp(lw),
+                           t=belief.t + ys.shape[0])
+
+
+def forecast(config: OnlineConfig, bank: Bank, belief: Belief, steps: int, exog_future=None) -> OnlineForecast:
+    """h = 1..steps predictive of y from the belief: a run of predict-only steps, O(steps)."""
+    spec = config.spec
+    lay = layout(spec)
+    n_draws = bank.params.shape[0]
+    xs = jnp.zeros((steps, 0)) if exog_future is None else jnp.asarray(exog_future, dtype=jnp.float64)
+    nan = jnp.full(n_draws, jnp.nan)
+
+    def body(fs, x_t):
+        z, d = _design(spec, bank, None if exog_future is None else x_t)
+        fs, si = kalman.step(lay, bank.system, fs, nan, d, z, sqrt=config.sqrt, keep=True)
+        mu = jnp.sum(z * si.pred_mean, axis=0) + d
+        var = jnp.einsum("ib,ijb,jb->b", z, si.pred_cov, z) + bank.system.obs_var
+        diffuse = jnp.einsum("ib,ijb,jb->b", z, si.pred_diffuse, z) > kalman.TOL_DIFFUSE
+        return fs, (mu, jnp.where(diffuse, jnp.inf, var))
+
+    _, (mu, var) = lax.scan(body, belief.filter, xs)
+    w = jnp.exp(belief.log_weight)
+    finite = jnp.isfinite(var)
+    var_f = jnp.where(finite, var, 1.0)
+    mean, m2, _, _ = mixture_moments(w, mu, var_f)
+    q = mixture_quantiles(w, mu, var_f, PROBS, config.quantile_iters)
+    bad = ~jnp.all(finite, axis=-1)
+    return OnlineForecast(mean, jnp.where(bad, jnp.inf, m2), jnp.where(bad[:, None], jnp.nan, q), mu, var, w)
+
+
+_step_jit = jax.jit(step, static_argnums=0)
+_step_many_jit = jax.jit(step_many, static_argnums=0)
+_catch_up_jit = jax.jit(catch_up, static_argnums=0)
+_forecast_jit = jax.jit(forecast, static_argnums=(0, 3))
+_make_bank_jit = jax.jit(make_bank, static_argnums=0)
+
+
+# -- posterior draws ------------------------------------------------------------------------
+def posterior_draws(spec, posterior) -> np.ndarray:
+    """(draw, param) from an arviz.InferenceData (variables named as `param_names`, dims
+    (chain, draw)), a dict name → draws (S,) or scalar, or an array (S, k) / (k,)."""
+    spec = as_spec(spec)
+    names = param_names(spec)
+    group = getattr(posterior, "posterior", None)
+    if group is not None:   # arviz.InferenceData
+        missing = [n for n in names if n not in group.data_vars]
+        if missing:
+            raise ValueError(f"the posterior has no variable(s) {missing}; the spec needs {names}")
+        cols = [np.asarray(group[n].values, dtype=float).reshape(-1) for n in names]
+    elif isinstance(posterior, Mapping):
+        unknown = set(posterior) - set(names)
+        missing = [n for n in names if n not in posterior]
+        if unknown or missing:
+            raise ValueError(f"posterior names do not match the spec: missing {missing}, unknown "
+                             f"{sorted(unknown)}; the spec needs {names}")
+        cols = [np.atleast_1d(np.asarray(posterior[n], dtype=float)).reshape(-1) for n in names]
+        sizes = {c.size for c in cols}
+        if len(sizes - {1}) > 1:
+            raise ValueError(f"posterior draws have different lengths {sorted(sizes)}; give each parameter "
+                             "the same number of draws (or a scalar)")
+        n = max(sizes) if sizes else 1
+        cols = [np.broadcast_to(c, (n,)) for c in cols]
+    else:
+        arr = np.atleast_2d(np.asarray(posterior, dtype=float))
+        if arr.shape[-1] != len(names):
+            raise ValueError(f"posterior array must be (draws, {len(names)}) for {names}, got {arr.shape}")
+        cols = list(arr.T)
+    draws = np.stack(cols, axis=-1) if cols else np.zeros((1, 0))
+    if not np.all(np.isfinite(draws)):
+        bad = names[int(np.argwhere(~np.isfinite(draws))[0, 1])]
+        raise ValueError(f"posterior draws of {bad!r} contain NaN or inf")
+    return draws
+
+
+# -- stateful wrapper -----------------------------------------------------------------------
+class _History:
+    """Growing host-side buffers of y (time,) and exog (time, k) (amortised doubling)."""
+
+    def __init__(self, k: int, y=None, x=None):
+        self.k, self.n = k, 0
+        self.y = np.empty(1024)
+        self.x = np.empty((1024, k))
+        if y is not None and len(y):
+            self.extend(np.asarray(y, dtype=float), None if x is None else np.asarray(x, dtype=float))
+
+    def extend(self, y: np.ndarray, x: np.ndarray | None):
+        need = self.n + len(y)
+        if need > len(self.y):
+            size = max(need, 2 * len(self.y))
+            self.y = np.concatenate([self.y[: self.n], np.empty(size - self.n)])
+            self.x = np.concatenate([self.x[: self.n], np.empty((size - self.n, self.k))])
+        self.y[self.n:need] = y
+        if self.k:
+            self.x[self.n:need] = x
+        self.n = need
+
+    def view(self, start: int = 0, stop: int | None = None):
+        stop = self.n if stop is None else stop
+        return self.y[start:stop].copy(), (self.x[start:stop].copy() if self.k else None)
+
+
+def _bucket(n: int) -> int:
+    """Padded micro-batch length: the next power of two, so a stream compiles only log2 shapes."""
+    return 1 << max(0, int(n - 1).bit_length())
+
+
+class OnlineFilter:
+    """A posterior bank of Kalman filters updated one observation at a time.
+
+    `update` / `update_many` never re-filter the history. When the effective sample size falls
+    below `ess_threshold`·S (or the CUSUM signals drift, with `refit_on_drift`), a background
+    thread resamples and moves the draws with MCMC on the full-data posterior; the stream keeps
+    using the old bank meanwhile and the new one is swapped in at the next update, after
+    catching up on what arrived during the move. Each event goes to `events` and `on_event`.
+    """
+
+    def __init__(self, spec, params, *, y_history=None, exog_history=None, log_weight=None,
+                 belief: Belief | None = None, sqrt: bool = False, quantile_iters: int = 2,
+                 anomaly_z: float = 3.5, cusum_k: float = 0.5, cusum_h: float = 5.0,
+                 ess_threshold: float = 0.5, rejuvenate: bool = True, refit_on_drift: bool = False,
+                 log_posterior: Callable | None = None, priors=None, move_steps: int = 10,
+                 seed: int = 0, on_event: Callable[[dict], None] | None = None):
+        spec = as_spec(spec)
+        self.spec = spec
+        self.config = OnlineConfig(spec, bool(sqrt), int(quantile_iters), float(anomaly_z),
+                                   float(cusum_k), float(cusum_h))
+        params = np.atleast_2d(np.asarray(as_param_vector(spec, params), dtype=float))
+        self.bank = _make_bank_jit(spec, jnp.asarray(params))
+        y_hist = np.zeros(0) if y_history is None else np.asarray(getattr(y_history, "values", y_history), float)
+        if y_hist.ndim != 1:
+            raise ValueError(f"y_history must be one series of shape (time,), got shape {y_hist.shape}")
+        if np.isinf(y_hist).any():
+            raise ValueError(f"y_history has an infinite value at index {int(np.flatnonzero(np.isinf(y_hist))[0])}; "
+                             "use NaN for missing values")
+        x_hist = None
+        if spec.regression is not None and len(y_hist):
+            x_hist = np.asarray(check_exog(spec, exog_history, len(y_hist)), dtype=float)[: len(y_hist)]
+        self._history = _History(spec.k_exog, y_hist, x_hist)
+        if belief is None:
+            belief = init(self.config, self.bank, log_weight)
+            if len(y_hist):
+                belief = _catch_up_jit(self.config, self.bank, belief, jnp.asarray(y_hist),
+                                       None if x_hist is None else jnp.asarray(x_hist))
+        elif int(belief.t) != len(y_hist):
+            raise ValueError(f"the belief has consumed {int(belief.t)} observations but the history has {len(y_hist)}")
+        self._belief = belief
+        self.ess_threshold = float(ess_threshold)
+        self.rejuvenate_enabled = bool(rejuvenate)
+        self.refit_on_drift = bool(refit_on_drift)
+        self.move_steps = int(move_steps)
+        self.priors = priors
+        self._log_posterior = log_posterior
+        self._key = jax.random.PRNGKey(seed)
+        self.on_event = on_event
+        self.events: list[dict] = []
+        self.bank_version = 0
+        self._lock = threading.Lock()
+        self._move: threading.Thread | None = None
+        self._pending = None
+        self._last_info: OnlineInfo | None = None
+        self._unavailable_reported = False
+
+    @classmethod
+    def from_posterior(cls, spec, posterior, y_history=None, exog_history=None, **kwargs) -> "OnlineFilter":
+        """Bank from an InferenceData / dict of draws / single parameter set, caught up on the history."""
+        return cls(spec, posterior_draws(spec, posterior), y_history=y_history, exog_history=exog_history,
+                   **kwargs)
+
+    # -- read-only views -----------------------------------------------------------------
+    @property
+    def state(self) -> Belief:
+        return self._belief
+
+    @property
+    def params(self) -> np.ndarray:
+        return np.asarray(self.bank.params)
+
+    @property
+    def weights(self) -> np.ndarray:
+        return np.exp(np.asarray(self._belief.log_weight))
+
+    @property
+    def ess(self) -> float:
+        w = self.weights
+        return float(1.0 / np.sum(w * w))
+
+    @property
+    def t(self) -> int:
+        return self._history.n
+
+    @property
+    def n_draws(self) -> int:
+        return int(self.bank.params.shape[0])
+
+    def history(self):
+        """(y (time,), exog (time, k) or None): everything consumed so far."""
+        return self._history.view()
+
+    # -- updates -------------------------------------------------------------------------
+    def _exog_rows(self, exog, n: int):
+        if self.spec.regression is None:
+            if exog is not None:
+                raise ValueError("exog was given but the spec has no regression")
+            return None
+        if exog is None:
+            raise ValueError(f"the model regresses on {list(self.spec.exog_columns)}: pass exog for each observation")
+        x = np.asarray(exog, dtype=float).reshape(n, self.spec.k_exog)
+        if not np.all(np.isfinite(x)):
+            raise ValueError("exog must be finite (NaN/inf found)")
+        return x
+
+    @staticmethod
+    def _check_y(ys: np.ndarray):
+        if np.isinf(ys).any():
+            raise ValueError("an observation is infinite; use NaN for a missing value")
+
+    def update(self, y, exog=None) -> OnlineInfo:
+        """Consume one observation (NaN: predict only). Returns its `OnlineInfo` (device arrays)."""
+        y = float(y)
+        self._check_y(np.array([y]))
+        x = self._exog_rows(exog, 1)
+        self._before_update()
+        self._history.extend(np.array([y]), x)
+        self._belief, info = _step_jit(self.config, self.bank, self._belief, jnp.asarray(y),
+                                       None if x is None else jnp.asarray(x[0]))
+        self._after_update(info, last=None)
+        return info
+
+    def update_many(self, ys, exog=None) -> OnlineInfo:
+        """Consume a micro-batch in one call (one `lax.scan`); the info is stacked over time."""
+        ys = np.asarray(ys, dtype=float).reshape(-1)
+        n = len(ys)
+        if n == 0:
+            raise ValueError("update_many needs at least one observation")
+        self._check_y(ys)
+        x = self._exog_rows(exog, n)
+        self._before_update()
+        self._history.extend(ys, x)
+        size = _bucket(n)
+        pad = size - n
+        y_pad = np.concatenate([ys, np.zeros(pad)])
+        x_pad = None if x is None else np.concatenate([x, np.zeros((pad, x.shape[1]))])
+        valid = np.arange(size) < n
+        self._belief, info = _step_many_jit(self.config, self.bank, self._belief, jnp.asarray(y_pad),
+                                            None if x_pad is None else jnp.asarray(x_pad), jnp.asarray(valid))
+        if pad:
+            info = jax.tree_util.tree_map(lambda a: a[:n], info)
+        self._after_update(info, last=n - 1)
+        return info
+
+    def forecast(self, steps: int, exog_future=None) -> OnlineForecast:
+        """Predictive of y for the next `steps` observations, mixed over the draws (O(steps))."""
+        steps = int(steps)
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        xf = None
+        if self.spec.regression is not None:
+            if exog_future is None:
+                raise ValueError(f"forecasting a regression model needs exog_future with columns "
+                                 f"{list(self.spec.exog_columns)} for the {steps} future steps")
+            xf = jnp.asarray(check_exog(self.spec, exog_future, steps))[:steps]
+        return _forecast_jit(self.config, self.bank, self._belief, steps, xf)
+
+    # -- rejuvenation --------------------------------------------------------------------
+    def _emit(self, event: dict):
+        self.events.append(event)
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def _before_update(self):
+        """Swap in a finished rejuvenated bank (caught up on what arrived during the move)."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        if isinstance(pending, BaseException):
+            return
+        bank, belief, event = pending
+        n_now = self._history.n
+        t_bank = int(belief.t)
+        if t_bank < n_now:
+            ys, xs = self._history.view(t_bank, n_now)
+            belief = _catch_up_jit(self.config, bank, belief, jnp.asarray(ys), None if xs is None else jnp.asarray(xs))
+        belief = belief._replace(cusum=self._belief.cusum)
+        self.bank, self._belief = bank, belief
+        self.bank_version += 1
+        event = dict(event, kind="rejuvenation_done", t_swap=n_now, caught_up=n_now - event["t_start"],
+                     ess_after=self.ess, duration_s=time.perf_counter() - event.pop("_t0"))
+        self._emit(event)
+
+    def _after_update(self, info: OnlineInfo, last):
+        """Trigger a background move on low ESS or drift (reads the previous step's info: no stall)."""
+        prev, self._last_info = self._last_info, (info, last)
+        if prev is None or not self.rejuvenate_enabled or self.rejuvenating:
+            return
+        pinfo, plast = prev
+        ess = pinfo.ess if plast is None else pinfo.ess[plast]
+        low = float(ess) < self.ess_threshold * self.n_draws
+        drift = self.refit_on_drift and bool(np.any(np.asarray(pinfo.drift)))
+        if low or drift:
+            self.rejuvenate(reason="low_ess" if low else "drift")
+
+    @property
+    def rejuvenating(self) -> bool:
+        return self._move is not None and self._move.is_alive()
+
+    def _log_posterior_factory(self):
+        if self._log_posterior is not None:
+            return self._log_posterior
+        from . import bayes  # the full-data posterior of the fit
+        return getattr(bayes, "log_posterior", None)
+
+    def rejuvenate(self, reason: str = "requested", background: bool = True) -> bool:
+        """Resample and move the draws on the full-data posterior; returns False if not possible now."""
+        if self.rejuvenating:
+            return False
+        try:
+            factory = self._log_posterior_factory()
+        except ImportError:
+            factory = None
+        if factory is None:
+            if not self._unavailable_reported:
+                self._unavailable_reported = True
+                self._emit({"kind": "rejuvenation_unavailable", "t": self.t,
+                            "reason": "no full-data log posterior (engine.bayes.log_posterior) available"})
+            return False
+        from .rejuvenation import resample_move
+        t0 = self.t
+        y, x = self._history.view()
+        params = self.bank.params
+        log_weight = self._belief.log_weight
+        self._key, key = jax.random.split(self._key)
+        ess_before = self.ess
+        event = {"kind": "rejuvenation_start", "reason": reason, "t_start": t0, "ess_before": ess_before}
+        self._emit(dict(event))
+        event["_t0"] = time.perf_counter()
+
+        def work():
+            try:
+                logp, to_unc, to_con = factory(self.spec, jnp.asarray(y), None if x is None else jnp.asarray(x),
+                                               self.priors)
+                move = jax.jit(partial(resample_move, logp=logp, to_unconstrained=to_unc,
+                                       to_constrained=to_con, n_steps=self.move_steps))
+                new_params, move_info = move(key, params=params, log_weight=log_weight)
+                bank = _make_bank_jit(self.spec, new_params)
+                belief = init(self.config, bank)
+                if t0:
+                    belief = _catch_up_jit(self.config, bank, belief, jnp.asarray(y),
+                                           None if x is None else jnp.asarray(x))
+                    belief = belief._replace(log_weight=jnp.full(bank.params.shape[0], -jnp.log(bank.params.shape[0])))
+                # keep up with the stream while it runs, so the swap itself has little left to do
+                while True:
+                    n_now = self._history.n
+                    if n_now - int(belief.t) <= 16:
+                        break
+                    ys, xs = self._history.view(int(belief.t), n_now)
+                    belief = _catch_up_jit(self.config, bank, belief, jnp.asarray(ys),
+                                           None if xs is None else jnp.asarray(xs))
+                jax.block_until_ready(belief)
+                done = dict(event, acceptance=float(move_info.acceptance),
+                            unique_draws=int(move_info.unique_draws))
+                with self._lock:
+                    self._pending = (bank, belief, done)
+            except BaseException as exc:  # surfaced as an event, never silent
+                with self._lock:
+                    self._pending = exc
+                self._emit({"kind": "rejuvenation_failed", "t_start": t0, "error": repr(exc)})
+
+        self._move = threading.Thread(target=work, name="rejuvenation", daemon=True)
+        self._move.start()
+        if not background:
+            self._move.join()
+        return True
+
+    def wait_for_rejuvenation(self, timeout: float | None = None) -> bool:
+        """Block until a running move has finished (its bank is swapped in at the next update)."""
+        if self._move is not None:
+            self._move.join(timeout)
+        return not self.rejuvenating
+
+    def apply_pending(self):
+        """Swap in a finished move now (otherwise it happens at the next update)."""
+        self._before_update()
