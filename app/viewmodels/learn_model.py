@@ -1,0 +1,230 @@
+"""LearnModel: one time step of the Kalman filter, taken apart for teaching.
+
+prior state a_t, P_t → predicted observation ŷ_t = Z a_t + d_t with variance F_t = Z P_t Zᵀ + H
+→ innovation v_t = y_t − ŷ_t → gain K_t = P_t Zᵀ / F_t → posterior a_{t|t} = a_t + K_t v_t,
+P_{t|t} = P_t − K_t F_t K_tᵀ. The moments come from `engine.filter_series`; only the gain is
+formed here (from the engine's P_t and F_t) to show how the update splits the innovation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import param
+
+import engine
+from engine.spec import ModelSpec, param_names
+from engine.transforms import scales
+
+from ..workers import SessionWorker
+from .data_model import DataModel
+from .fit_model import FitModel
+from .spec_model import SpecModel
+
+KINDS = {0: "missing", 1: "standard", 2: "diffuse"}
+
+EXPLANATIONS = {
+    "prior": "**Prior state** a_t, P_t: what the model believes about each component before seeing y_t "
+             "(the previous posterior pushed one step through the transition, plus the state noise).",
+    "predicted": "**Predicted observation** ŷ_t = Z a_t + d_t, with variance F_t = Z P_t Zᵀ + H: "
+                 "the sum of the components' predictions plus the measurement noise H.",
+    "innovation": "**Innovation** v_t = y_t − ŷ_t: the surprise. Its log-density under N(0, F_t) is this "
+                  "step's contribution to the log-likelihood.",
+    "gain": "**Kalman gain** K_t = P_t Zᵀ / F_t: how much of the surprise each state absorbs. Components "
+            "that are more uncertain (or whose noise variance is larger) take a larger share; "
+            "Z K_t = 1 − H / F_t of it in all.",
+    "posterior": "**Posterior** a_{t|t} = a_t + K_t v_t, P_{t|t} = P_t − K_t F_t K_tᵀ: the belief after "
+                 "y_t, with less uncertainty than the prior.",
+    "diffuse": "**Diffuse step**: some state still has an infinite (flat) prior, so this observation pins "
+               "it down exactly; the gain is K = P∞ Zᵀ / (Z P∞ Zᵀ) and the step adds no likelihood term.",
+    "missing": "**Missing observation**: nothing to learn, so the posterior equals the prior and the "
+               "uncertainty keeps growing.",
+}
+
+
+@dataclass(frozen=True)
+class FilterStep:
+    """Every quantity of one filter step, for one time index t."""
+
+    t: int
+    time: object
+    kind: str
+    y: float
+    predicted: float        # ŷ_t
+    innov_var: float        # F_t (F∞_t on diffuse steps)
+    innovation: float       # v_t
+    obs_var: float          # H
+    loglik: float
+    prior_mean: np.ndarray      # (state,)
+    prior_cov: np.ndarray       # (state, state)
+    gain: np.ndarray            # (state,)
+    posterior_mean: np.ndarray  # (state,)
+    posterior_cov: np.ndarray   # (state, state)
+    components: pd.DataFrame    # one row per component: prior/posterior mean and sd, share of v_t
+
+
+def _component_selectors(lay, design_t: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """(label, vector s) such that s·α is the component's contribution (or the slope state)."""
+    out = []
+    for name, start, k, _, _ in lay.blocks:
+        if name == "unused":
+            continue
+        sel = np.zeros(lay.n_states)
+        sel[start:start + k] = design_t[start:start + k]
+        out.append((name, sel))
+        if name == "level" and k == 2:
+            slope = np.zeros(lay.n_states)
+            slope[start + 1] = 1.0
+            out.append(("slope", slope))
+    return out
+
+
+def filter_step(spec: ModelSpec, params: dict, y: np.ndarray, exog, result: engine.FilterResult,
+                t: int, index=None) -> FilterStep:
+    """Take step t of a filter run apart into prior → prediction → innovation → gain → posterior."""
+    lay = engine.layout(spec)
+    system = engine.build_system(spec, params, None if exog is None else np.asarray(exog, dtype=float))
+    design = np.asarray(system.design)
+    Z = design[t] if design.ndim == 2 else design
+    d_all = np.asarray(system.obs_intercept)
+    d = float(d_all[t]) if d_all.ndim else float(d_all)
+    H = float(system.obs_var)
+    a, P = np.asarray(result.predicted_mean[t]), np.asarray(result.predicted_cov[t])
+    Pinf = np.asarray(result.predicted_diffuse[t])
+    a_post, P_post = np.asarray(result.filtered_mean[t]), np.asarray(result.filtered_cov[t])
+    kind = KINDS[int(result.kind[t])]
+    v = float(result.innovation[t])
+    F = float(result.innov_var[t])
+    if kind == "standard":
+        gain = P @ Z / F
+    elif kind == "diffuse":
+        F = float(Z @ Pinf @ Z)
+        gain = Pinf @ Z / F
+    else:
+        gain = np.zeros_like(a)
+    rows = []
+    for name, s in _component_selectors(lay, Z):
+        flat = float(s @ Pinf @ s) > 0
+        rows.append({"component": name,
+                     "prior mean": float(s @ a), "prior sd": np.inf if flat else float(np.sqrt(max(s @ P @ s, 0))),
+                     "share of innovation": float(s @ gain),
+                     "posterior mean": float(s @ a_post),
+                     "posterior sd": float(np.sqrt(max(s @ P_post @ s, 0)))})
+    if spec.regression is not None and spec.regression.coefficients == "parameters":
+        rows.append({"component": "regression", "prior mean": d, "prior sd": 0.0, "share of innovation": 0.0,
+                     "posterior mean": d, "posterior sd": 0.0})
+    return FilterStep(t, None if index is None else index[t], kind, float(y[t]), float(Z @ a + d), F, v, H,
+                      float(result.loglik_terms[t]), a, P, gain, a_post, P_post, pd.DataFrame(rows))
+
+
+def default_params(spec: ModelSpec, y: np.ndarray, exog) -> dict[str, float]:
+    """Starting values for teaching: variances at the data's scale (as the optimiser starts), a
+    mid-range cycle frequency, damping 0.9, AR and regression coefficients 0."""
+    base = scales(spec, y, None if exog is None else np.asarray(exog, dtype=float))
+    out = {}
+    for n in param_names(spec):
+        if n.startswith("sigma2."):
+            out[n] = float(base[n]) * 0.1
+        elif n == "frequency.cycle":
+            lo, hi = spec.cycle.frequency_bounds
+            out[n] = 0.5 * (lo + hi)
+        elif n == "damping.cycle":
+            out[n] = 0.9
+        else:
+            out[n] = 0.0
+    return out
+
+
+class LearnModel(param.Parameterized):
+    """State of the teaching mode: the step shown, the variances in use and the filter run behind them."""
+
+    t = param.Integer(default=0, bounds=(0, None))
+    variances = param.Dict(default={}, doc="sigma2.* → value used by the filter")
+    step = param.ClassSelector(class_=FilterStep, default=None, allow_None=True, constant=True)
+    busy = param.Boolean(default=False, constant=True)
+    error = param.String(default="", constant=True)
+    n_obs = param.Integer(default=0, constant=True)
+    generation = param.Integer(default=0, constant=True, doc="Counts resets (new model, data or fit)")
+
+    def __init__(self, data: DataModel, spec: SpecModel, fit: FitModel, worker: SessionWorker, **params):
+        super().__init__(**params)
+        self.data, self.spec_model, self.fit, self.worker = data, spec, fit, worker
+        self._params: dict[str, float] = {}
+        self._run = None  # (spec, params, y, exog, FilterResult)
+        spec.param.watch(self._reset, ["spec"])
+        data.param.watch(self._reset, ["frame", "target", "exog", "log_transform"])
+        fit.param.watch(self._reset, ["result"])
+        self._reset()
+
+    def _set(self, **values):
+        with param.edit_constant(self):
+            self.param.update(**values)
+
+    def _reset(self, *_):
+        """New model or data: start from the fitted values when there are some, else the defaults."""
+        spec = self.spec_model.spec
+        if spec is None or not self.data.ready:
+            self._run = None
+            self._set(step=None, error="Choose valid data and a valid model first.")
+            return
+        y, exog = self.data.y, self.data.exog_frame
+        params = default_params(spec, y, exog)
+        fit = self.fit.result
+        if fit is not None and fit.spec == spec and not self.fit.stale:
+            params.update(fit.params)
+        self._params = params
+        with param.parameterized.discard_events(self):
+            self.t = min(self.t, len(y) - 1)
+        self.param.t.bounds = (0, len(y) - 1)
+        with param.parameterized.discard_events(self):
+            self.variances = {n: v for n, v in params.items() if n.startswith("sigma2.")}
+        self._set(n_obs=len(y), generation=self.generation + 1)
+        self._refilter()
+
+    @param.depends("variances", watch=True)
+    def _refilter(self):
+        spec = self.spec_model.spec
+        if spec is None or not self.data.ready:
+            return
+        params = dict(self._params, **self.variances)
+        y, exog = self.data.y, self.data.exog_frame
+        self._set(busy=True)
+        self.worker.submit(engine.filter_series, spec, params, y, exog,
+                           on_done=lambda res: self._filtered(spec, params, y, exog, res),
+                           on_error=self._failed)
+
+    def _filtered(self, spec, params, y, exog, result):
+        if spec != self.spec_model.spec:
+            return  # an older request; a newer one is on its way
+        self._run = (spec, params, y, exog, result)
+        self._set(busy=False, error="")
+        self._show()
+
+    def _failed(self, exc):
+        self._set(busy=False, error=f"The filter failed: {exc}")
+
+    @param.depends("t", watch=True)
+    def _show(self):
+        if self._run is None:
+            return
+        spec, params, y, exog, result = self._run
+        t = min(self.t, len(y) - 1)
+        self._set(step=filter_step(spec, params, y, exog, result, t, self.data.index))
+
+    def forward(self):
+        if self.t < self.n_obs - 1:
+            self.t += 1
+
+    def back(self):
+        if self.t > 0:
+            self.t -= 1
+
+    def explanation(self) -> str:
+        """The texts for this step's kind, in the order the quantities are computed."""
+        kind = self.step.kind if self.step else "standard"
+        keys = ["prior", "predicted", "innovation", "gain", "posterior"]
+        if kind != "standard":
+            keys.insert(0, kind)
+        return "\n\n".join(EXPLANATIONS[k] for k in keys)

@@ -1,0 +1,189 @@
+"""SpecModel: the model the user builds, as plain parameters → one validated `ModelSpec`."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import numpy as np
+import pandas as pd
+import param
+
+import engine
+from engine.spec import REGRESSION_MODES, SEASONAL_FORMS, TREND_KINDS, ModelSpec, param_names
+
+from ..codegen import pymc_extras_code, spec_json, statsmodels_code
+from .data_model import DataModel
+
+NO_LEVEL = "none"
+log = logging.getLogger("streamssm.app")
+_FIELD = re.compile(r"spec field '([^']+)'")
+
+
+def error_group(field: str) -> str:
+    """Which widget group a spec field belongs to: 'level', 'seasonal[0]', 'cycle', 'ar', 'regression', ..."""
+    head = field.split(".")[0]
+    if head.startswith("seasonal["):
+        return head
+    return {"autoregressive": "ar", "irregular": "level"}.get(head, head)
+
+
+class SpecModel(param.Parameterized):
+    """Widget-level choices for every part of the spec; `spec` is the parsed result or None."""
+
+    irregular = param.Boolean(default=True, doc="Measurement (irregular) noise ε_t")
+    level = param.Selector(default="local_level", objects=[NO_LEVEL, *TREND_KINDS], doc="Level/trend kind")
+    seasonals = param.List(default=[], item_type=dict, doc="Seasonals: period, form, harmonics, stochastic")
+    cycle = param.Boolean(default=False)
+    cycle_period_low = param.Number(default=6.0)
+    cycle_period_high = param.Number(default=48.0)
+    cycle_damped = param.Boolean(default=True)
+    cycle_stochastic = param.Boolean(default=True)
+    ar_order = param.Integer(default=0, bounds=(0, None))
+    regression_columns = param.ListSelector(default=[], objects=[])
+    regression_mode = param.Selector(default="parameters", objects=list(REGRESSION_MODES))
+
+    spec = param.Parameter(default=None, constant=True, doc="The parsed ModelSpec, or None when invalid")
+    errors = param.Dict(default={}, constant=True, doc="widget group → message")
+    spec_text = param.String(default="", constant=True)
+    statsmodels_text = param.String(default="", constant=True)
+    pymc_text = param.String(default="", constant=True)
+    priors = param.DataFrame(default=None, allow_None=True, constant=True,
+                             doc="Data-scaled default priors, when the engine provides them")
+
+    def __init__(self, data: DataModel, **params):
+        super().__init__(**params)
+        self.data = data
+        data.param.watch(self._on_data, ["frame", "exog", "target", "log_transform", "suggested_spec"])
+        self._on_data()
+
+    # -- editing -----------------------------------------------------------------------
+    def add_seasonal(self, period: float = 12, form: str = "dummy", harmonics: int | None = None,
+                     stochastic: bool = True) -> None:
+        self.seasonals = [*self.seasonals, {"period": period, "form": form, "harmonics": harmonics,
+                                            "stochastic": stochastic}]
+
+    def remove_seasonal(self, i: int) -> None:
+        self.seasonals = [s for j, s in enumerate(self.seasonals) if j != i]
+
+    def update_seasonal(self, i: int, **changes) -> None:
+        unknown = set(changes) - {"period", "form", "harmonics", "stochastic"}
+        if unknown:
+            raise ValueError(f"unknown seasonal field(s) {sorted(unknown)}")
+        self.seasonals = [dict(s, **changes) if j == i else s for j, s in enumerate(self.seasonals)]
+
+    @param.depends("level", watch=True)
+    def _level_default_irregular(self):
+        """Each trend kind implies whether there is an irregular term (statsmodels' convention)."""
+        if self.level != NO_LEVEL:
+            self.irregular = TREND_KINDS[self.level][0]
+
+    def load(self, spec: dict | ModelSpec) -> None:
+        """Set every widget from a spec (e.g. a dataset's suggested spec)."""
+        spec = ModelSpec.from_dict(spec)
+        with param.parameterized.batch_call_watchers(self):
+            self.level = spec.level or NO_LEVEL
+            self.irregular = spec.irregular
+            self.seasonals = [{"period": s.period, "form": s.form,
+                               "harmonics": s.n_harmonics if s.form == "trig" else None,
+                               "stochastic": s.stochastic} for s in spec.seasonal]
+            self.cycle = spec.cycle is not None
+            if spec.cycle is not None:
+                self.cycle_period_low, self.cycle_period_high = spec.cycle.period_bounds
+                self.cycle_damped, self.cycle_stochastic = spec.cycle.damped, spec.cycle.stochastic
+            self.ar_order = spec.ar_order
+            if spec.regression is not None:
+                self.regression_columns = [c for c in spec.exog_columns if c in self.param.regression_columns.objects]
+                self.regression_mode = spec.regression.coefficients
+            else:
+                self.regression_columns = []
+
+    def _on_data(self, *events):
+        """Chosen regressors join the regression; a dataset's suggested spec sets the widgets."""
+        names = {e.name for e in events}
+        exog = list(self.data.exog)
+        with param.parameterized.batch_call_watchers(self):
+            self.param.regression_columns.objects = exog
+            if "exog" in names or not events:
+                self.regression_columns = exog
+            else:
+                self.regression_columns = [c for c in self.regression_columns if c in exog]
+            if ("suggested_spec" in names or not events) and self.data.suggested_spec:
+                try:
+                    self.load(self.data.suggested_spec)
+                except ValueError as exc:
+                    log.warning("suggested spec of %s does not parse: %s", self.data.source, exc)
+        self._update()
+
+    # -- derived -----------------------------------------------------------------------
+    def as_dict(self) -> dict:
+        """The spec as the widgets describe it (before validation)."""
+        d: dict = {"irregular": self.irregular}
+        if self.level != NO_LEVEL:
+            d["level"] = {"kind": self.level}
+        seas = []
+        for s in self.seasonals:
+            item = {"period": s["period"], "form": s["form"], "stochastic": s["stochastic"]}
+            if s["form"] == "trig" and s.get("harmonics") is not None:
+                item["harmonics"] = s["harmonics"]
+            seas.append(item)
+        if seas:
+            d["seasonal"] = seas
+        if self.cycle:
+            d["cycle"] = {"period_bounds": [self.cycle_period_low, self.cycle_period_high],
+                          "damped": self.cycle_damped, "stochastic": self.cycle_stochastic}
+        if self.ar_order:
+            d["autoregressive"] = {"order": self.ar_order}
+        if self.regression_columns:
+            d["regression"] = {"columns": list(self.regression_columns), "coefficients": self.regression_mode}
+        return d
+
+    @param.depends("irregular", "level", "seasonals", "cycle", "cycle_period_low", "cycle_period_high",
+                   "cycle_damped", "cycle_stochastic", "ar_order", "regression_columns", "regression_mode",
+                   watch=True)
+    def _update(self):
+        spec, errors = None, {}
+        try:
+            spec = ModelSpec.from_dict(self.as_dict())
+            if self.data.frame is not None and self.data.target is not None:
+                spec.check_data(len(self.data.frame), tuple(self.data.exog))
+        except ValueError as exc:
+            m = _FIELD.search(str(exc))
+            errors[error_group(m.group(1)) if m else "spec"] = str(exc)
+            spec = None
+        with param.edit_constant(self):
+            self.errors = errors
+            self.spec = spec
+            if spec is None:
+                self.spec_text = self.statsmodels_text = self.pymc_text = ""
+                self.priors = None
+                return
+            self.spec_text = spec_json(spec)
+            target = self.data.target_label if self.data.target else "y"
+            self.statsmodels_text = statsmodels_code(spec, target)
+            self.pymc_text = pymc_extras_code(spec, self._data_sd(), target)
+            self.priors = self._default_priors(spec)
+
+    def _data_sd(self) -> float:
+        if self.data.frame is None or self.data.target is None:
+            return 1.0
+        y = self.data.y
+        y = y[np.isfinite(y)]
+        return float(np.std(y)) if y.size > 1 and np.std(y) > 0 else 1.0
+
+    def _default_priors(self, spec: ModelSpec):
+        """The engine's data-scaled default priors, one row per parameter (None until the engine has them)."""
+        default_priors = getattr(engine, "default_priors", None)
+        if default_priors is None or self.data.frame is None:
+            return None
+        try:
+            priors = default_priors(spec, self.data.y, self.data.exog_frame)
+        except (TypeError, ValueError) as exc:
+            log.warning("engine.default_priors failed for %s: %s", spec.to_dict(), exc)
+            return None
+        rows = [{"parameter": n, **{k: v for k, v in dict(priors[n]).items()}} for n in param_names(spec)
+                if n in priors]
+        return pd.DataFrame(rows)
+
+
+__all__ = ["SpecModel", "SEASONAL_FORMS", "NO_LEVEL", "error_group"]

@@ -1,0 +1,56 @@
+"""The Fit tab: the quick maximum likelihood fit, its estimates and the decomposition."""
+
+from __future__ import annotations
+
+import panel as pn
+import param
+
+from ..plots import decomposition_plot
+from ..viewmodels import FitModel
+
+
+class FitView(pn.viewable.Viewer):
+    model = param.ClassSelector(class_=FitModel)
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        m = self.model
+        self._button = pn.widgets.Button(name="Quick fit (maximum likelihood)", button_type="primary")
+        self._button.on_click(lambda _: m.run_quick_fit())
+        self._spinner = pn.indicators.LoadingSpinner(value=False, size=30, visible=False)
+        self._status = pn.pane.Alert("", visible=False, sizing_mode="stretch_width")
+        m.param.watch(self._on_status, ["status", "message", "stale"])
+        self._on_status()
+        self._layout = pn.Column(pn.Row(self._button, self._spinner), self._status, pn.panel(self._results),
+                                 sizing_mode="stretch_width")
+
+    def _on_status(self, *_):
+        m = self.model
+        running = m.status == "running"
+        self._button.disabled = running
+        self._spinner.value = self._spinner.visible = running
+        kind = {"error": "danger", "running": "info", "done": "success"}.get(m.status, "light")
+        text = m.message
+        if m.stale and m.status == "done":
+            kind, text = "warning", text + " The data or model changed since: fit again to update."
+        self._status.param.update(object=text, alert_type=kind, visible=bool(text))
+
+    @param.depends("model.result")
+    def _results(self):
+        r = self.model.result
+        if r is None:
+            return pn.pane.Markdown("*No fit yet.*")
+        data = self.model.data
+        stats = (f"**log-likelihood** {r.loglik:.4f} &nbsp; **AIC** {r.aic:.4f} &nbsp; **BIC** {r.bic:.4f} "
+                 f"&nbsp; ({r.n_obs} observations)")
+        return pn.Column(
+            pn.pane.Markdown(stats),
+            pn.pane.DataFrame(r.table(), index=False, float_format="{:.6g}".format, width=520),
+            "### Decomposition",
+            pn.pane.HoloViews(decomposition_plot(data.index, data.y, data.target_label, r.components),
+                              sizing_mode="stretch_width"),
+            sizing_mode="stretch_width",
+        )
+
+    def __panel__(self):
+        return self._layout

@@ -1,0 +1,79 @@
+"""The Learn tab: one step of the filter, quantity by quantity, with variance sliders."""
+
+from __future__ import annotations
+
+import numpy as np
+import panel as pn
+import param
+
+from ..plots import learn_plot
+from ..viewmodels import LearnModel
+
+SLIDER_DECADES = 3  # each variance slider spans 10^±3 around its starting value
+
+
+class LearnView(pn.viewable.Viewer):
+    model = param.ClassSelector(class_=LearnModel)
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        m = self.model
+        back = pn.widgets.Button(name="◀ Step back", width=110)
+        fwd = pn.widgets.Button(name="Step forward ▶", width=130)
+        back.on_click(lambda _: m.back())
+        fwd.on_click(lambda _: m.forward())
+        self._t = pn.widgets.IntInput(name="Time index t", value=m.t, start=0, width=120)
+        self._t.param.watch(lambda e: setattr(m, "t", max(0, min(int(e.new), m.n_obs - 1))), "value")
+        m.param.watch(lambda e: setattr(self._t, "value", e.new), "t")
+        self._layout = pn.Column(
+            pn.Row(back, fwd, self._t),
+            pn.Row(pn.Column("### Variances", pn.panel(self._sliders), width=340),
+                   pn.Column(pn.panel(self._step), sizing_mode="stretch_width"),
+                   sizing_mode="stretch_width"),
+            sizing_mode="stretch_width",
+        )
+
+    @param.depends("model.generation")
+    def _sliders(self):
+        m = self.model
+        sliders = []
+        for name, value in m.variances.items():
+            centre = np.log10(value) if value > 0 else -3.0
+            s = pn.widgets.FloatSlider(name=f"log10 {name}", start=round(centre - SLIDER_DECADES, 2),
+                                       end=round(centre + SLIDER_DECADES, 2), step=0.05,
+                                       value=round(centre, 2), width=300)
+            s.param.watch(lambda e, n=name: setattr(m, "variances", dict(m.variances, **{n: 10 ** e.new})),
+                          "value_throttled")
+            sliders.append(s)
+        return pn.Column(*sliders) if sliders else pn.pane.Markdown("*This model has no variances.*")
+
+    @param.depends("model.step", "model.error", "model.busy")
+    def _step(self):
+        m = self.model
+        if m.error:
+            return pn.pane.Alert(m.error, alert_type="warning")
+        s = m.step
+        if s is None:
+            return pn.pane.Markdown("*Computing the filter…*" if m.busy else "")
+        d = m.data
+        level = s.components.set_index("component")["posterior mean"].get("level")
+        summary = (f"**t = {s.t}** ({s.time}) — step kind: **{s.kind}**\n\n"
+                   f"| quantity | value |\n|---|---|\n"
+                   f"| observation y_t | {s.y:.6g} |\n"
+                   f"| predicted observation ŷ_t | {s.predicted:.6g} |\n"
+                   f"| predictive variance F_t | {s.innov_var:.6g} |\n"
+                   f"| innovation v_t | {s.innovation:.6g} |\n"
+                   f"| measurement variance H | {s.obs_var:.6g} |\n"
+                   f"| log-likelihood term | {s.loglik:.6g} |\n")
+        return pn.Column(
+            pn.pane.HoloViews(learn_plot(d.index, d.y, d.target_label, s.t, s.predicted,
+                                         np.sqrt(s.innov_var) if s.kind == "standard" else np.inf, level),
+                              sizing_mode="stretch_width"),
+            pn.Row(pn.pane.Markdown(summary, width=360),
+                   pn.pane.DataFrame(s.components, index=False, float_format="{:.5g}".format)),
+            pn.pane.Markdown(m.explanation(), sizing_mode="stretch_width"),
+            sizing_mode="stretch_width",
+        )
+
+    def __panel__(self):
+        return self._layout

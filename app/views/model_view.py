@@ -1,0 +1,110 @@
+"""The Model tab: widgets for every part of the spec, problems shown next to them, the spec as
+JSON and as statsmodels / pymc-extras code."""
+
+from __future__ import annotations
+
+import panel as pn
+import param
+
+from engine.spec import SEASONAL_FORMS
+
+from ..viewmodels import SpecModel
+
+
+class ModelView(pn.viewable.Viewer):
+    model = param.ClassSelector(class_=SpecModel)
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        m = self.model
+        add = pn.widgets.Button(name="Add seasonal", button_type="default")
+        add.on_click(lambda _: m.add_seasonal())
+        w = pn.widgets
+        self._layout = pn.Row(
+            pn.Column(
+                "### Level and noise",
+                w.Select.from_param(m.param.level, name="Level / trend"),
+                w.Checkbox.from_param(m.param.irregular, name="Irregular (measurement) noise"),
+                self._problem("level"),
+                "### Seasonals",
+                pn.panel(self._seasonals),
+                add,
+                "### Cycle",
+                w.Checkbox.from_param(m.param.cycle, name="Include a cycle"),
+                pn.Row(w.FloatInput.from_param(m.param.cycle_period_low, name="Shortest period", width=130),
+                       w.FloatInput.from_param(m.param.cycle_period_high, name="Longest period", width=130)),
+                pn.Row(w.Checkbox.from_param(m.param.cycle_damped, name="Damped"),
+                       w.Checkbox.from_param(m.param.cycle_stochastic, name="Stochastic")),
+                self._problem("cycle"),
+                "### Autoregressive",
+                w.IntInput.from_param(m.param.ar_order, name="AR order", width=130),
+                self._problem("ar"),
+                "### Regression",
+                w.MultiChoice.from_param(m.param.regression_columns, name="Columns (choose regressors on "
+                                                                            "the Data tab)"),
+                w.Select.from_param(m.param.regression_mode, name="Coefficients"),
+                self._problem("regression"),
+                self._problem("spec"),
+                "### Priors",
+                pn.panel(self._priors),
+                width=420,
+            ),
+            pn.Tabs(("Spec (JSON)", self._code("spec_text", "json")),
+                    ("statsmodels", self._code("statsmodels_text", "python")),
+                    ("pymc-extras", self._code("pymc_text", "python")),
+                    sizing_mode="stretch_width"),
+            sizing_mode="stretch_width",
+        )
+
+    def _problem(self, group: str) -> pn.pane.Alert:
+        """The validation message for one widget group, shown right under it."""
+        alert = pn.pane.Alert("", alert_type="warning", visible=False, sizing_mode="stretch_width")
+
+        def update(*_):
+            msg = self.model.errors.get(group, "")
+            alert.object, alert.visible = msg, bool(msg)
+        self.model.param.watch(update, "errors")
+        update()
+        return alert
+
+    def _code(self, name: str, lang: str) -> pn.pane.Markdown:
+        pane = pn.pane.Markdown("", sizing_mode="stretch_width")
+
+        def update(*_):
+            text = getattr(self.model, name)
+            pane.object = f"```{lang}\n{text}\n```" if text else "*The model is not valid yet; see the messages.*"
+        self.model.param.watch(update, name)
+        update()
+        return pane
+
+    @param.depends("model.seasonals", "model.errors")
+    def _seasonals(self):
+        m = self.model
+        rows = []
+        for i, s in enumerate(m.seasonals):
+            period = pn.widgets.FloatInput(name="Period", value=float(s["period"]), width=90)
+            form = pn.widgets.Select(name="Form", options=list(SEASONAL_FORMS), value=s["form"], width=90)
+            harm = pn.widgets.IntInput(name="Harmonics", value=s.get("harmonics") or max(1, int(s["period"] // 2)), width=90,
+                                       disabled=s["form"] != "trig")
+            stoch = pn.widgets.Checkbox(name="Stochastic", value=s["stochastic"])
+            remove = pn.widgets.Button(name="Remove", width=80)
+            period.param.watch(lambda e, i=i: m.update_seasonal(i, period=e.new), "value")
+            form.param.watch(lambda e, i=i: m.update_seasonal(
+                i, form=e.new, harmonics=None), "value")
+            harm.param.watch(lambda e, i=i: m.update_seasonal(i, harmonics=e.new), "value")
+            stoch.param.watch(lambda e, i=i: m.update_seasonal(i, stochastic=e.new), "value")
+            remove.on_click(lambda _, i=i: m.remove_seasonal(i))
+            problem = m.errors.get(f"seasonal[{i}]", "")
+            rows.append(pn.Column(pn.Row(period, form, harm), pn.Row(stoch, remove),
+                                  pn.pane.Alert(problem, alert_type="warning", visible=bool(problem))))
+        return pn.Column(*rows) if rows else pn.pane.Markdown("*No seasonal component.*")
+
+    @param.depends("model.priors")
+    def _priors(self):
+        if self.model.priors is None:
+            return pn.pane.Markdown("*Data-scaled default priors are shown here when the Bayesian fit "
+                                    "is available.*")
+        return pn.pane.DataFrame(self.model.priors, index=False, sizing_mode="stretch_width")
+
+    def __panel__(self):
+        return self._layout
