@@ -12,11 +12,19 @@ from .system import System, build_system, layout  # noqa: E402
 from .model import (FilterResult, Forecast, SmoothedComponents, filter_series, forecast,  # noqa: E402
                     loglik, loglik_many, loglik_terms, simulate, smooth)
 from .mle import MLEResult, fit_mle  # noqa: E402
+from .online import (Bank, Belief, OnlineConfig, OnlineFilter, OnlineForecast, OnlineInfo,  # noqa: E402
+                     component_names, make_bank, posterior_draws, init as online_init, step as online_step,
+                     step_many as online_step_many, catch_up as online_catch_up, forecast as online_forecast)
+from .persist import DurableFilter  # noqa: E402
+from .stream import StreamBatch, StreamError, StreamRunner  # noqa: E402
 from .data import DataError, catalogue_entry, list_datasets, load_dataset, read_table  # noqa: E402
 
 __all__ = [
     "ModelSpec", "TREND_KINDS", "param_names", "System", "build_system", "layout",
     "FilterResult", "Forecast", "SmoothedComponents", "filter_series", "forecast", "loglik",
     "loglik_many", "loglik_terms", "simulate", "smooth",
+    "Bank", "Belief", "OnlineConfig", "OnlineFilter", "OnlineForecast", "OnlineInfo", "component_names",
+    "make_bank", "posterior_draws", "online_init", "online_step", "online_step_many", "online_catch_up",
+    "online_forecast", "DurableFilter", "StreamBatch", "StreamError", "StreamRunner",
     "MLEResult", "fit_mle", "DataError", "catalogue_entry", "list_datasets", "load_dataset", "read_table",
 ]

@@ -528,16 +528,23 @@ class OnlineFilter:
             raise ValueError("exog must be finite (NaN/inf found)")
         return x
 
-    @staticmethod
-    def _check_y(ys: np.ndarray):
+    def check_input(self, ys, exog=None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Validated (ys (time,), exog (time, k) or None) for an update; raises naming what is wrong."""
+        try:
+            ys = np.asarray(ys, dtype=float).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"observations must be numbers (NaN for missing): {exc}") from None
+        if len(ys) == 0:
+            raise ValueError("an update needs at least one observation")
         if np.isinf(ys).any():
-            raise ValueError("an observation is infinite; use NaN for a missing value")
+            raise ValueError(f"observation {int(np.flatnonzero(np.isinf(ys))[0])} of the batch is infinite; "
+                             "use NaN for a missing value")
+        return ys, self._exog_rows(exog, len(ys))
 
     def update(self, y, exog=None) -> OnlineInfo:
         """Consume one observation (NaN: predict only). Returns its `OnlineInfo` (device arrays)."""
-        y = float(y)
-        self._check_y(np.array([y]))
-        x = self._exog_rows(exog, 1)
+        ys, x = self.check_input([y], None if exog is None else [exog])
+        y = float(ys[0])
         self._before_update()
         self._history.extend(np.array([y]), x)
         self._belief, info = _step_jit(self.config, self.bank, self._belief, jnp.asarray(y),
@@ -547,12 +554,8 @@ class OnlineFilter:
 
     def update_many(self, ys, exog=None) -> OnlineInfo:
         """Consume a micro-batch in one call (one `lax.scan`); the info is stacked over time."""
-        ys = np.asarray(ys, dtype=float).reshape(-1)
+        ys, x = self.check_input(ys, exog)
         n = len(ys)
-        if n == 0:
-            raise ValueError("update_many needs at least one observation")
-        self._check_y(ys)
-        x = self._exog_rows(exog, n)
         self._before_update()
         self._history.extend(ys, x)
         size = _bucket(n)
