@@ -1,0 +1,446 @@
+"""Bayesian fits: NumPyro NUTS on the marginal (Kalman) likelihood, and a MAP/Laplace fit.
+
+The latent states are integrated out exactly by the filter, so the sampler only sees the
+hyperparameters θ:  log p(θ | y) = log p(y | θ) + log p(θ) + const, with log p(y | θ) the
+exact-diffuse log-likelihood (NaN gaps included). Sample sites carry statsmodels' names
+(AR coefficients are sampled as partial autocorrelations `pacf.L{i}` and recorded as
+`ar.L{i}`), so posteriors line up with `UnobservedComponents` parameters by name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from functools import lru_cache, partial
+from typing import Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import scipy.optimize
+from jax import lax
+from jax.flatten_util import ravel_pytree
+from numpyro.distributions import biject_to
+from numpyro.infer.hmc import hmc
+from numpyro.infer.util import initialize_model
+
+from . import kalman
+from .model import _prepare, _systems, as_param_vector
+from .priors import Prior, make_distribution, resolve_priors, sample_sites
+from .spec import ModelSpec, as_spec, param_names
+from .system import layout
+from .transforms import pacf_to_ar
+
+CHUNK_DRAWS = 64   # draws per batched-filter chunk when evaluating pointwise log-likelihoods
+
+
+class FitCancelled(RuntimeError):
+    """Raised by `fit_nuts` when its `cancel` event is set."""
+
+
+# --------------------------------------------------------------------------- the model
+
+def _loglik_terms_batch(spec: ModelSpec, pvec, y, x):
+    """Pointwise log-likelihoods (time, batch) of y (time,) under parameters pvec (batch, k)."""
+    n = pvec.shape[0]
+    _, ll = kalman.run(layout(spec), _systems(spec, pvec, x), jnp.broadcast_to(y[:, None], (y.shape[0], n)))
+    return ll
+
+
+def loglik_value(spec: ModelSpec, pvec, y, x):
+    """The exact log-likelihood, batched natively when vmapped (one filter over the batch)."""
+    return jnp.sum(_loglik_terms_batch(spec, pvec[None], y, x)[:, 0])
+
+
+def _model(spec: ModelSpec, families: tuple[str, ...], y, x, prior_args):
+    """NumPyro model: one sample site per parameter with its prior; the Kalman likelihood as a factor."""
+    sites = sample_sites(spec)
+    values = {name: numpyro.sample(name, make_distribution(fam, args))
+              for name, fam, args in zip(sites, families, prior_args)}
+    pvec = _site_values_to_params(spec, values)
+    if spec.ar_order:
+        for i in range(spec.ar_order):
+            numpyro.deterministic(f"ar.L{i + 1}", pvec[param_names(spec).index(f"ar.L{i + 1}")])
+    numpyro.factor("loglik", loglik_value(spec, pvec, y, x))
+
+
+def _site_values_to_params(spec: ModelSpec, values: Mapping) -> jnp.ndarray:
+    """Sample-site values → parameter vector in `param_names` order (PACFs → AR coefficients)."""
+    names = param_names(spec)
+    out = [values[n] for n in names if not n.startswith("ar.L")]
+    if not spec.ar_order:
+        return jnp.stack(out) if out else jnp.zeros(0)
+    phi = pacf_to_ar(jnp.stack([values[f"pacf.L{i + 1}"] for i in range(spec.ar_order)]))
+    j = names.index("ar.L1")
+    out = out[:j] + list(phi) + out[j:]
+    return jnp.stack(out)
+
+
+def _ar_to_pacf(phi: jnp.ndarray) -> jnp.ndarray:
+    """Step-down recursion (inverse of `pacf_to_ar`), traceable."""
+    p = phi.shape[-1]
+    pacf = [None] * p
+    for k in range(p - 1, -1, -1):
+        r = phi[k]
+        pacf[k] = r
+        if k:
+            phi = (phi[:k] + r * phi[:k][::-1]) / (1 - r * r)
+    return jnp.stack(pacf)
+
+
+def _params_to_site_values(spec: ModelSpec, pvec: jnp.ndarray) -> dict:
+    names = param_names(spec)
+    values = {n: pvec[i] for i, n in enumerate(names) if not n.startswith("ar.L")}
+    if spec.ar_order:
+        j = names.index("ar.L1")
+        pacf = _ar_to_pacf(pvec[j:j + spec.ar_order])
+        values.update({f"pacf.L{i + 1}": pacf[i] for i in range(spec.ar_order)})
+    return values
+
+
+class Problem(NamedTuple):
+    """A spec with resolved priors and prepared data: everything a fit needs."""
+
+    spec: ModelSpec
+    priors: dict[str, Prior]
+    y: jnp.ndarray            # (time,)
+    x: jnp.ndarray | None     # (time, exog)
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        return tuple(self.priors[n].family for n in sample_sites(self.spec))
+
+    @property
+    def args(self) -> tuple:
+        """Model arguments: data and prior numbers are traced, so new data reuses compiled code."""
+        prior_args = tuple(tuple(jnp.asarray(a, dtype=jnp.float64) for a in self.priors[n].args)
+                           for n in sample_sites(self.spec))
+        return (self.y, self.x, prior_args)
+
+
+def make_problem(spec, y, exog=None, priors: Mapping | None = None) -> Problem:
+    spec = as_spec(spec)
+    spec, _, y, x = _prepare(spec, np.zeros(len(param_names(spec))), y, exog)
+    if not param_names(spec):
+        raise ValueError("this model has no parameters to infer (every component is fixed)")
+    resolved = resolve_priors(spec, np.asarray(y), None if x is None else np.asarray(x), priors)
+    return Problem(spec, resolved, y, x)
+
+
+def make_model(spec, y, exog=None, priors: Mapping | None = None) -> Callable[[], None]:
+    """The NumPyro model for this spec, data and priors, as a function of no arguments."""
+    prob = make_problem(spec, y, exog, priors)
+    return partial(_model, prob.spec, prob.families, *prob.args)
+
+
+# ----------------------------------------------------------- unconstrained coordinates
+
+class _Coordinates(NamedTuple):
+    potential_fn_gen: Callable    # (*args) → (unconstrained dict → −log p)
+    postprocess_fn_gen: Callable  # (*args) → (unconstrained dict → constrained dict)
+    unravel: Callable             # (k,) vector → unconstrained dict
+    transforms: dict              # site → bijection unconstrained → constrained
+
+
+@lru_cache(maxsize=32)
+def _coordinates(spec: ModelSpec, families: tuple[str, ...], shapes: tuple) -> _Coordinates:
+    """NumPyro's potential and transforms for a model structure (cached per spec, priors and shapes)."""
+    n_time, x_shape = shapes
+    y = jnp.zeros(n_time)
+    x = None if x_shape is None else jnp.zeros(x_shape)
+    sites = sample_sites(spec)
+    prior_args = tuple(tuple(jnp.asarray(v) for v in _placeholder_args(f)) for f in families)
+    model = partial(_model, spec, families)
+    init, potential_fn_gen, postprocess_fn_gen, _ = initialize_model(
+        jax.random.PRNGKey(0), model, model_args=(y, x, prior_args), dynamic_args=True,
+        init_strategy=numpyro.infer.init_to_median(num_samples=3), validate_grad=False)
+    _, unravel = ravel_pytree(init.z)
+    transforms = {n: biject_to(make_distribution(f, _placeholder_args(f)).support)
+                  for n, f in zip(sites, families)}
+    return _Coordinates(potential_fn_gen, postprocess_fn_gen, unravel, transforms)
+
+
+def _placeholder_args(family: str) -> tuple[float, ...]:
+    return {"uniform": (0.0, 1.0), "normal": (0.0, 1.0), "log_normal": (0.0, 1.0),
+            "half_student_t": (3.0, 1.0), "beta": (1.0, 1.0), "gamma": (2.0, 1.0),
+            "inverse_gamma": (2.0, 1.0)}.get(family, (1.0,))
+
+
+def _coords(prob: Problem) -> _Coordinates:
+    shapes = (int(prob.y.shape[0]), None if prob.x is None else tuple(prob.x.shape))
+    return _coordinates(prob.spec, prob.families, shapes)
+
+
+def _to_unconstrained_fn(prob: Problem):
+    """params (k,) → unconstrained z (k,) with the bijections of *these* priors' supports."""
+    sites = sample_sites(prob.spec)
+    tr = {n: biject_to(prob.priors[n].distribution().support) for n in sites}
+
+    def to_unconstrained(pvec):
+        values = _params_to_site_values(prob.spec, pvec)
+        return jnp.stack([tr[n].inv(values[n]) for n in sorted(sites)])  # ravel_pytree sorts dict keys
+    return to_unconstrained
+
+
+def _to_constrained_fn(prob: Problem):
+    sites = sample_sites(prob.spec)
+    tr = {n: biject_to(prob.priors[n].distribution().support) for n in sites}
+
+    def to_constrained(z):
+        values = {n: tr[n](z[i]) for i, n in enumerate(sorted(sites))}
+        return _site_values_to_params(prob.spec, values)
+    return to_constrained
+
+
+def log_posterior(spec, y, exog=None, priors: Mapping | None = None):
+    """Log posterior density on unconstrained coordinates, and the maps to and from parameters.
+
+    Returns (logp, to_unconstrained, to_constrained): logp(z) = log p(y | θ(z)) + log p(θ(z))
+    + log |dθ/dz| for z (k,); to_constrained(z) → θ in `param_names` order; to_unconstrained(θ)
+    its inverse. All pure JAX and vmappable.
+    """
+    prob = make_problem(spec, y, exog, priors)
+    co = _coords(prob)
+    potential = co.potential_fn_gen(*prob.args)
+
+    def logp(z):
+        return -potential(co.unravel(z))
+    return logp, _to_unconstrained_fn(prob), _to_constrained_fn(prob)
+
+
+# ----------------------------------------------------------------------------- MAP
+
+@dataclass
+class MAPResult:
+    """Posterior mode on unconstrained coordinates, with its Laplace (Gaussian) approximation.
+
+    The mode is taken where the Laplace approximation lives (log variances, logit damping,
+    atanh PACFs …), as Stan's `laplace_sample` does; it is interior even when a variance's
+    constrained mode is 0.
+    """
+
+    spec: ModelSpec
+    priors: dict[str, dict]
+    params: dict[str, float]
+    z: np.ndarray                # (k,) unconstrained mode
+    z_cov: np.ndarray            # (k, k) inverse negative Hessian of log p at the mode
+    log_posterior: float
+    loglik: float
+    converged: bool
+    message: str
+    _to_constrained: Callable = None
+
+    def laplace_draws(self, n: int = 1000, seed: int = 0) -> dict[str, np.ndarray]:
+        """n draws from the Laplace approximation, mapped to parameters: name → (n,)."""
+        L = np.linalg.cholesky(self.z_cov + 1e-12 * np.eye(len(self.z)))
+        eps = np.random.default_rng(seed).standard_normal((n, len(self.z)))
+        z = self.z + eps @ L.T
+        theta = np.asarray(jax.vmap(self._to_constrained)(jnp.asarray(z)))
+        return {name: theta[:, i] for i, name in enumerate(param_names(self.spec))}
+
+
+@partial(jax.jit, static_argnames=("spec", "families"))
+def _neg_logp_and_grad(spec, families, z, args):
+    prob_co = _coordinates(spec, families, (int(args[0].shape[0]), None if args[1] is None else tuple(args[1].shape)))
+    potential = lambda zz: prob_co.potential_fn_gen(*args)(prob_co.unravel(zz))
+    return jax.value_and_grad(potential)(z)
+
+
+def fit_map(spec, y, exog=None, *, priors: Mapping | None = None, start=None, maxiter: int = 500) -> MAPResult:
+    """MAP fit (log-likelihood plus log prior) by L-BFGS, with a Laplace approximation.
+
+    Starts from the prior medians (or `start`, a dict of parameter values) and from the MLE
+    start design, keeping the best.
+    """
+    from .mle import start_points
+    from .transforms import constrain, scales
+
+    prob = make_problem(spec, y, exog, priors)
+    spec = prob.spec
+    to_u, to_c = _to_unconstrained_fn(prob), _to_constrained_fn(prob)
+    args = prob.args
+    candidates = []
+    if start is not None:
+        candidates.append(np.asarray(to_u(as_param_vector(spec, start))))
+    sc = scales(spec, np.asarray(prob.y), None if prob.x is None else np.asarray(prob.x))
+    for u in start_points(spec):
+        theta = constrain(spec, jnp.asarray(u), sc)
+        candidates.append(np.asarray(to_u(theta)))
+
+    def fun(z):
+        v, g = _neg_logp_and_grad(spec, prob.families, jnp.asarray(z), args)
+        v, g = float(v), np.asarray(g, dtype=float)
+        if not np.isfinite(v) or not np.all(np.isfinite(g)):
+            return 1e300, np.zeros_like(g)
+        return v, g
+
+    values = [fun(c)[0] for c in candidates]
+    best = None
+    for i in np.argsort(values)[:2]:
+        res = scipy.optimize.minimize(fun, candidates[i], jac=True, method="L-BFGS-B",
+                                      options={"maxiter": maxiter, "gtol": 1e-8, "ftol": 1e-13})
+        if best is None or res.fun < best.fun:
+            best = res
+    z = jnp.asarray(best.x)
+    co = _coords(prob)
+    potential = lambda zz: co.potential_fn_gen(*args)(co.unravel(zz))
+    hess = np.asarray(jax.hessian(potential)(z))
+    try:
+        z_cov = np.linalg.inv(hess)
+        np.linalg.cholesky(z_cov)
+    except np.linalg.LinAlgError:
+        z_cov = np.linalg.pinv(hess)
+        w, V = np.linalg.eigh((z_cov + z_cov.T) / 2)
+        z_cov = (V * np.clip(w, 1e-10, None)) @ V.T
+    theta = to_c(z)
+    names = param_names(spec)
+    ll = float(loglik_value(spec, theta, prob.y, prob.x))
+    converged = bool(best.success) and bool(np.all(np.isfinite(best.x)))
+    return MAPResult(spec, {n: p.as_dict() for n, p in prob.priors.items()},
+                     dict(zip(names, map(float, np.asarray(theta)))), np.asarray(best.x), z_cov,
+                     float(-best.fun), ll, converged, str(best.message), to_c)
+
+
+# ----------------------------------------------------------------------------- NUTS
+
+class _Sampler(NamedTuple):
+    init: Callable     # (z (chain, k-dict), keys (chain, 2), args) → state
+    chunk: Callable    # (state, args) → (state, per-iteration fields)
+    chunk_len: int
+
+
+def _chunk_len(warmup: int, draws: int, cap: int = 100) -> int:
+    g = math.gcd(warmup, draws) if warmup else draws
+    return max(d for d in range(1, min(g, cap) + 1) if g % d == 0)
+
+
+@lru_cache(maxsize=16)
+def _sampler(spec: ModelSpec, families: tuple, shapes: tuple, warmup: int, chunk_len: int,
+             target_accept: float, max_tree_depth: int) -> _Sampler:
+    """Jitted NUTS init and chunked sampling loop, vectorised over chains (compiled once per key)."""
+    co = _coordinates(spec, families, shapes)
+    init_kernel, sample_kernel = hmc(potential_fn_gen=co.potential_fn_gen, algo="NUTS")
+
+    def init_one(z, key, args):
+        return init_kernel(z, num_warmup=warmup, target_accept_prob=target_accept,
+                           max_tree_depth=max_tree_depth, model_args=args, rng_key=key)
+
+    init_all = jax.jit(jax.vmap(init_one, in_axes=(0, 0, None)))
+
+    @jax.jit
+    def chunk(state, args):
+        step = jax.vmap(lambda s: sample_kernel(s, args, None))
+
+        def body(s, _):
+            s = step(s)
+            return s, (s.z, s.diverging, s.energy, s.num_steps, s.adapt_state.step_size,
+                       s.accept_prob, s.potential_energy)
+        return lax.scan(body, state, None, length=chunk_len)
+
+    return _Sampler(init_all, chunk, chunk_len)
+
+
+def _initial_points(prob: Problem, co: _Coordinates, chains: int, key) -> dict:
+    """Per-chain starts: prior medians on unconstrained coordinates, jittered by U(−1, 1)."""
+    sites = sample_sites(prob.spec)
+    z0 = {}
+    for n in sites:
+        d = prob.priors[n].distribution()
+        try:
+            med = d.icdf(jnp.asarray(0.5))
+        except NotImplementedError:
+            med = jnp.median(d.sample(jax.random.PRNGKey(1), (101,)))
+        z0[n] = biject_to(d.support).inv(med)
+    keys = jax.random.split(key, len(sites))
+    return {n: z0[n] + jax.random.uniform(k, (chains,), minval=-1.0, maxval=1.0) for n, k in zip(sites, keys)}
+
+
+def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: int = 1000, seed: int = 0,
+             priors: Mapping | None = None, progress: Callable[[int, int, int], None] | None = None,
+             cancel=None, target_accept: float = 0.8, max_tree_depth: int = 10, time_index=None):
+    """Sample the posterior of the hyperparameters with NUTS; returns an `arviz.InferenceData`.
+
+    Chains run vectorised (one batched Kalman filter serves all chains). `progress(chain,
+    iteration, total)` is called as sampling advances; `cancel` (anything with `is_set()`)
+    stops the fit with `FitCancelled`. Data of the same shape reuses the compiled sampler.
+    """
+    import arviz as az
+
+    prob = make_problem(spec, y, exog, priors)
+    spec, args = prob.spec, prob.args
+    shapes = (int(prob.y.shape[0]), None if prob.x is None else tuple(prob.x.shape))
+    chunk_len = _chunk_len(warmup, draws)
+    sampler = _sampler(spec, prob.families, shapes, warmup, chunk_len, float(target_accept), int(max_tree_depth))
+    co = _coords(prob)
+    key_init, key_chains = jax.random.split(jax.random.PRNGKey(seed))
+    t0 = time.perf_counter()
+    state = sampler.init(_initial_points(prob, co, chains, key_init), jax.random.split(key_chains, chains), args)
+    total = warmup + draws
+    kept = []
+    done = 0
+    while done < total:
+        if cancel is not None and cancel.is_set():
+            raise FitCancelled(f"NUTS fit cancelled after {done} of {total} iterations")
+        state, fields = sampler.chunk(state, args)
+        done += chunk_len
+        if done > warmup:
+            kept.append(jax.device_get(fields))
+        if progress is not None:
+            for c in range(chains):
+                progress(c, done, total)
+    seconds = time.perf_counter() - t0
+    z, diverging, energy, num_steps, step_size, accept, potential = jax.tree_util.tree_map(
+        lambda *a: np.concatenate(a, axis=0), *kept)
+    # (draw, chain, …) → (chain, draw, …)
+    sw = lambda a: np.swapaxes(a, 0, 1)
+    z = {n: sw(v) for n, v in z.items()}
+    to_c = _to_constrained_fn(prob)
+    sites = sorted(sample_sites(spec))
+    zmat = np.stack([z[n] for n in sites], axis=-1).reshape(-1, len(sites))
+    theta = np.asarray(jax.jit(jax.vmap(to_c))(jnp.asarray(zmat))).reshape(chains, draws, -1)
+    names = param_names(spec)
+    posterior = {n: theta[..., i] for i, n in enumerate(names)}
+    pointwise = pointwise_loglik(spec, theta.reshape(chains * draws, -1), prob.y, prob.x)
+    time_coord = np.arange(prob.y.shape[0]) if time_index is None else np.asarray(time_index)
+    n_steps = sw(num_steps)
+    sample_stats = {
+        "diverging": sw(diverging).astype(bool),
+        "energy": sw(energy),
+        "n_steps": n_steps,
+        "tree_depth": (np.floor(np.log2(np.maximum(n_steps, 1))) + 1).astype(int),
+        "step_size": sw(step_size),
+        "acceptance_rate": sw(accept),
+        "lp": -sw(potential),
+    }
+    attrs = {"spec": spec.to_json(), "priors": json.dumps({n: p.as_dict() for n, p in prob.priors.items()}),
+             "inference_library": "numpyro", "inference_library_version": numpyro.__version__,
+             "sampling_time": seconds, "engine": "streamssm", "warmup": warmup}
+    return az.from_dict(
+        posterior=posterior, sample_stats=sample_stats,
+        log_likelihood={"y": pointwise.reshape(chains, draws, -1)},
+        observed_data={"y": np.asarray(prob.y)},
+        constant_data=None if prob.x is None else {"exog": np.asarray(prob.x)},
+        coords={"time": time_coord, **({} if prob.x is None else {"exog_column": list(spec.exog_columns)})},
+        dims={"y": ["time"], **({} if prob.x is None else {"exog": ["time", "exog_column"]})},
+        attrs=attrs)
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def _pointwise(spec, theta, y, x):
+    n = theta.shape[0]
+    n_chunks = -(-n // CHUNK_DRAWS)
+    pad = n_chunks * CHUNK_DRAWS - n
+    th = jnp.pad(theta, ((0, pad), (0, 0)), mode="edge").reshape(n_chunks, CHUNK_DRAWS, -1)
+    out = lax.map(lambda t: _loglik_terms_batch(spec, t, y, x).T, th)
+    return out.reshape(n_chunks * CHUNK_DRAWS, -1)[:n]
+
+
+def pointwise_loglik(spec, theta, y, exog=None) -> np.ndarray:
+    """log p(y_t | y_{1:t-1}, θ_d) for each draw: (draw, time); NaN/diffuse steps give 0."""
+    spec = as_spec(spec)
+    theta = jnp.asarray(theta, dtype=jnp.float64)
+    x = None if exog is None else jnp.asarray(exog, dtype=jnp.float64)
+    return np.asarray(_pointwise(spec, theta, jnp.asarray(y, dtype=jnp.float64), x))

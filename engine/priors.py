@@ -1,0 +1,199 @@
+"""Priors on the model's parameters: families, data-scaled defaults, validation.
+
+A prior is a dict `{"dist": <family>, <argument>: <number or "auto">, ...}` using NumPyro's
+distribution names (snake_case) and parameterisation, placed on the named parameter itself
+(a prior on `sigma2.level` is a prior on the variance). `"auto"` takes the data-scaled default
+for that argument.
+
+Defaults (weakly informative, scaled to the data; `default_priors` shows them):
+
+  variances `sigma2.*`    half_normal(scale = 2·v),  v = var(Δy) (var(y) if Δy is unavailable):
+                          every component's variance is at most of the order of the variance
+                          of the differenced series, and 2·v leaves ample room above it.
+  `frequency.cycle`       uniform over the frequencies of the period bounds.
+  `damping.cycle`         uniform(0, 1).
+  `pacf.L{i}`             uniform(−1, 1) on the partial autocorrelations of the AR part
+                          (the AR coefficients `ar.L{i}` follow from them and are stationary).
+  `beta.<col>`            normal(0, 10·sd(y)/sd(x)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Mapping, NamedTuple
+
+import numpy as np
+import numpyro.distributions as dist
+
+from .spec import ModelSpec, as_spec, param_names
+from .transforms import scales
+
+#: family → (NumPyro class, argument names in constructor order)
+FAMILIES: dict[str, tuple[type, tuple[str, ...]]] = {
+    "half_normal": (dist.HalfNormal, ("scale",)),
+    "half_cauchy": (dist.HalfCauchy, ("scale",)),
+    "half_student_t": (dist.LeftTruncatedDistribution, ("df", "scale")),
+    "inverse_gamma": (dist.InverseGamma, ("concentration", "rate")),
+    "log_normal": (dist.LogNormal, ("loc", "scale")),
+    "exponential": (dist.Exponential, ("rate",)),
+    "gamma": (dist.Gamma, ("concentration", "rate")),
+    "normal": (dist.Normal, ("loc", "scale")),
+    "uniform": (dist.Uniform, ("low", "high")),
+    "beta": (dist.Beta, ("concentration1", "concentration0")),
+}
+POSITIVE_ARGS = {"scale", "df", "concentration", "rate", "concentration1", "concentration0"}
+POSITIVE_FAMILIES = {"half_normal", "half_cauchy", "half_student_t", "inverse_gamma", "log_normal",
+                     "exponential", "gamma"}
+
+
+class Prior(NamedTuple):
+    """One resolved prior: the family and its numeric arguments (constructor order)."""
+
+    family: str
+    args: tuple[float, ...]
+
+    def as_dict(self) -> dict:
+        return {"dist": self.family, **dict(zip(FAMILIES[self.family][1], self.args))}
+
+    def distribution(self, args=None) -> dist.Distribution:
+        """The NumPyro distribution; `args` may be traced arrays replacing the numbers."""
+        return make_distribution(self.family, self.args if args is None else args)
+
+
+def make_distribution(family: str, args) -> dist.Distribution:
+    cls, _ = FAMILIES[family]
+    if family == "half_student_t":
+        df, scale = args
+        return dist.LeftTruncatedDistribution(dist.StudentT(df, 0.0, scale), low=0.0)
+    return cls(*args)
+
+
+def sample_sites(spec: ModelSpec | Mapping) -> list[str]:
+    """Names of the sampled quantities: `param_names` with AR coefficients replaced by PACFs."""
+    spec = as_spec(spec)
+    return [n.replace("ar.", "pacf.") if n.startswith("ar.L") else n for n in param_names(spec)]
+
+
+def _default(spec: ModelSpec, name: str, scale: Mapping[str, float]) -> Prior:
+    if name.startswith("sigma2."):
+        return Prior("half_normal", (2.0 * scale[name],))
+    if name == "frequency.cycle":
+        return Prior("uniform", tuple(float(b) for b in spec.cycle.frequency_bounds))
+    if name == "damping.cycle":
+        return Prior("uniform", (0.0, 1.0))
+    if name.startswith("pacf."):
+        return Prior("uniform", (-1.0, 1.0))
+    return Prior("normal", (0.0, 10.0 * scale[name]))
+
+
+def _support_problem(name: str, prior: Prior, spec: ModelSpec) -> str | None:
+    """Why this prior cannot be put on this parameter (None if it can)."""
+    fam, args = prior.family, prior.args
+    lo_hi = {"uniform": args, "beta": (0.0, 1.0)}.get(fam)
+    if name.startswith("sigma2."):
+        if fam in POSITIVE_FAMILIES or (fam == "uniform" and args[0] >= 0):
+            return None
+        return "a variance must be positive; use a family on (0, ∞) such as half_normal or inverse_gamma"
+    bounds = {"frequency.cycle": tuple(spec.cycle.frequency_bounds) if spec.cycle else None,
+              "damping.cycle": (0.0, 1.0)}.get(name)
+    if name.startswith("pacf."):
+        bounds = (-1.0, 1.0)
+    if bounds is not None:
+        if lo_hi is not None and bounds[0] <= lo_hi[0] and lo_hi[1] <= bounds[1]:
+            return None
+        return (f"it must stay inside ({bounds[0]:.6g}, {bounds[1]:.6g}); "
+                "use uniform with bounds inside that range" + (" or beta" if bounds == (0.0, 1.0) else ""))
+    return None
+
+
+def resolve_priors(spec, y=None, exog=None, priors: Mapping | None = None) -> dict[str, Prior]:
+    """Priors for every sampled site: the spec's and the `priors` argument's, then defaults.
+
+    Raises ValueError naming the parameter for unknown names, families, arguments, or a
+    support that does not fit the parameter's constraint.
+    """
+    spec = as_spec(spec)
+    sites = sample_sites(spec)
+    y_arr = np.zeros(2) if y is None else np.asarray(getattr(y, "values", y), dtype=float)
+    x_arr = None if exog is None else np.asarray(getattr(exog, "values", exog), dtype=float)
+    if x_arr is not None and x_arr.ndim == 1:
+        x_arr = x_arr[:, None]
+    scale = {n.replace("ar.", "pacf.") if n.startswith("ar.L") else n: v
+             for n, v in scales(spec, y_arr, x_arr).items()}
+    given = {k: dict(v) for k, v in spec.priors}
+    given.update({k: dict(v) for k, v in (priors or {}).items()})
+    if spec.ar_order == 1 and "ar.L1" in given:  # for AR(1) the PACF is the coefficient
+        given["pacf.L1"] = given.pop("ar.L1")
+    unknown = sorted(set(given) - set(sites))
+    if unknown:
+        hint = " (priors on AR coefficients go on their partial autocorrelations pacf.L1, …)" \
+            if any(u.startswith("ar.") for u in unknown) else ""
+        raise ValueError(f"prior for unknown parameter(s) {unknown}{hint}; the model's parameters are {sites}")
+    out = {}
+    for name in sites:
+        default = _default(spec, name, scale)
+        if name not in given:
+            out[name] = default
+            continue
+        out[name] = prior = _parse(name, given[name], default)
+        problem = _support_problem(name, prior, spec)
+        if problem:
+            raise ValueError(f"prior for {name}: {prior.family} does not fit this parameter: {problem}")
+    return out
+
+
+def _parse(name: str, d: Mapping, default: Prior) -> Prior:
+    d = dict(d)
+    family = d.pop("dist", None)
+    if family not in FAMILIES:
+        raise ValueError(f"prior for {name}: 'dist' must be one of {sorted(FAMILIES)}, got {family!r}")
+    arg_names = FAMILIES[family][1]
+    extra = sorted(set(d) - set(arg_names))
+    if extra:
+        raise ValueError(f"prior for {name}: {family} takes arguments {list(arg_names)}, not {extra}")
+    args = []
+    for a in arg_names:
+        v = d.get(a, "auto")
+        if v == "auto":
+            v = _auto_argument(name, family, a, default)
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"prior for {name}: argument {a} must be a number or 'auto', got {v!r}") from None
+        if not np.isfinite(v):
+            raise ValueError(f"prior for {name}: argument {a} must be finite, got {v}")
+        if a in POSITIVE_ARGS and v <= 0:
+            raise ValueError(f"prior for {name}: argument {a} of {family} must be positive, got {v}")
+        args.append(v)
+    if family == "uniform" and not args[0] < args[1]:
+        raise ValueError(f"prior for {name}: uniform needs low < high, got low={args[0]}, high={args[1]}")
+    return Prior(family, tuple(args))
+
+
+def _auto_argument(name: str, family: str, arg: str, default: Prior) -> float:
+    """The data-scaled value of one argument: the default's scale, or a neutral shape."""
+    if family == default.family:
+        return default.args[FAMILIES[family][1].index(arg)]
+    typical = default.args[0] if default.family == "half_normal" else (
+        default.args[1] if default.family == "normal" else 1.0)
+    if arg in ("scale",):
+        return typical
+    if arg == "loc":
+        return float(np.log(typical)) if family == "log_normal" else 0.0
+    if arg == "rate":  # mean at the typical size: exponential 1/rate, gamma(2) 2/rate, inverse_gamma(2) rate
+        return {"exponential": 1.0 / typical, "gamma": 2.0 / typical}.get(family, typical)
+    if arg in ("df",):
+        return 3.0
+    if arg in ("concentration", "concentration1", "concentration0"):
+        return 2.0 if family in ("gamma", "inverse_gamma") else 1.0
+    if arg == "low":
+        return 0.0 if name.startswith(("sigma2.", "damping.")) else -1.0
+    if arg == "high":
+        return 2.0 * typical if name.startswith("sigma2.") else 1.0
+    raise ValueError(f"prior for {name}: no automatic value for argument {arg} of {family}")
+
+
+def default_priors(spec, y, exog=None) -> dict[str, dict]:
+    """The default priors for this spec and data, as plain dicts (for display and editing)."""
+    spec = as_spec(spec)
+    return {n: p.as_dict() for n, p in resolve_priors(replace(spec, priors=()), y, exog).items()}
