@@ -18,6 +18,7 @@ from .online import (Bank, Belief, OnlineConfig, OnlineFilter, OnlineForecast, O
 from .persist import DurableFilter  # noqa: E402
 from .stream import StreamBatch, StreamError, StreamRunner  # noqa: E402
 from .data import DataError, catalogue_entry, list_datasets, load_dataset, read_table  # noqa: E402
+from .demo import DEMO_STREAMS, DemoEvent, DemoStream, Fleet, demo_stream, list_demo_streams, make_fleet  # noqa: E402
 
 __all__ = [
     "ModelSpec", "TREND_KINDS", "param_names", "System", "build_system", "layout",
@@ -27,4 +28,5 @@ __all__ = [
     "make_bank", "posterior_draws", "online_init", "online_step", "online_step_many", "online_catch_up",
     "online_forecast", "DurableFilter", "StreamBatch", "StreamError", "StreamRunner",
     "MLEResult", "fit_mle", "DataError", "catalogue_entry", "list_datasets", "load_dataset", "read_table",
+    "DEMO_STREAMS", "DemoEvent", "DemoStream", "Fleet", "demo_stream", "list_demo_streams", "make_fleet",
 ]
