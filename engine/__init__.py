@@ -12,6 +12,11 @@ from .system import System, build_system, layout  # noqa: E402
 from .model import (FilterResult, Forecast, SmoothedComponents, filter_series, forecast,  # noqa: E402
                     loglik, loglik_many, loglik_terms, simulate, smooth)
 from .mle import MLEResult, fit_mle  # noqa: E402
+from .priors import FAMILIES as PRIOR_FAMILIES, default_priors, resolve_priors  # noqa: E402
+from .bayes import FitCancelled, MAPResult, fit_map, fit_nuts, log_posterior, make_model, pointwise_loglik  # noqa: E402
+from .diagnostics import Diagnosis, diagnose, from_netcdf, spec_of, to_netcdf  # noqa: E402
+from .posterior import (Band, PosteriorForecast, PredictiveCheck, posterior_components,  # noqa: E402
+                        posterior_forecast, posterior_matrix, predictive_residuals)
 from .online import (Bank, Belief, OnlineConfig, OnlineFilter, OnlineForecast, OnlineInfo,  # noqa: E402
                      component_names, make_bank, posterior_draws, init as online_init, step as online_step,
                      step_many as online_step_many, catch_up as online_catch_up, forecast as online_forecast)
@@ -27,6 +32,10 @@ __all__ = [
     "Bank", "Belief", "OnlineConfig", "OnlineFilter", "OnlineForecast", "OnlineInfo", "component_names",
     "make_bank", "posterior_draws", "online_init", "online_step", "online_step_many", "online_catch_up",
     "online_forecast", "DurableFilter", "StreamBatch", "StreamError", "StreamRunner",
-    "MLEResult", "fit_mle", "DataError", "catalogue_entry", "list_datasets", "load_dataset", "read_table",
+    "MLEResult", "fit_mle", "PRIOR_FAMILIES", "default_priors", "resolve_priors", "FitCancelled", "MAPResult",
+    "fit_map", "fit_nuts", "log_posterior", "make_model", "pointwise_loglik", "Diagnosis", "diagnose",
+    "from_netcdf", "spec_of", "to_netcdf", "Band", "PosteriorForecast", "PredictiveCheck",
+    "posterior_components", "posterior_forecast", "posterior_matrix", "predictive_residuals",
+    "DataError", "catalogue_entry", "list_datasets", "load_dataset", "read_table",
     "DEMO_STREAMS", "DemoEvent", "DemoStream", "Fleet", "demo_stream", "list_demo_streams", "make_fleet",
 ]
