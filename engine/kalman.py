@@ -61,10 +61,48 @@ class StepInfo(NamedTuple):
     gain: jnp.ndarray           # (state, batch) K_t, a_{t|t} = a_t + K_t v_t
 
 
+@jax.custom_jvp
 def tria(A: jnp.ndarray) -> jnp.ndarray:
     """Lower-triangular L with L Lᵀ = A Aᵀ (via QR of Aᵀ); A is (..., m, n)."""
     r = jnp.linalg.qr(jnp.swapaxes(A, -1, -2), mode="r")
     return jnp.swapaxes(r, -1, -2)
+
+
+@tria.defjvp
+def _tria_jvp(primals, tangents):
+    """Tangent of a square root of A Aᵀ that exists even when A is rank deficient.
+
+    With Aᵀ = Q R (Q orthonormal columns) we have A = L Qᵀ, so dL = dA Q satisfies
+    dL Lᵀ + L dLᵀ = dA Aᵀ + A dAᵀ = d(A Aᵀ) exactly, for any rank. It differs from the
+    tangent of the triangular factor itself by an infinitesimal rotation L W (W skew), which
+    that factor's QR derivative needs R⁻¹ to resolve (NaN when a state has zero variance, as
+    diffuse or deterministic states do). The filter uses L only through L Lᵀ, so its
+    derivatives are exact; second derivatives through the sqrt filter are not supported.
+    """
+    (A,), (dA,) = primals, tangents
+    q, r = jnp.linalg.qr(jnp.swapaxes(A, -1, -2), mode="reduced")
+    return jnp.swapaxes(r, -1, -2), dA @ q
+
+
+def _safe_sqrt(x: jnp.ndarray) -> jnp.ndarray:
+    """√x with a zero (not infinite) derivative at x = 0: the variances of deterministic
+    states are structural zeros, and √ of them must not turn a zero tangent into 0·∞ = NaN."""
+    pos = x > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
+
+
+def _factor_psd(P: jnp.ndarray) -> jnp.ndarray:
+    """Lower factor L L ᵀ = P of a PSD matrix whose singular part is zero rows/columns.
+
+    The stationary initial covariance is block diagonal: AR blocks are positive definite,
+    the diffuse and deterministic states are exact zeros. Those rows get a unit pivot in
+    the Cholesky factorisation and are zeroed afterwards, so the factor is exact and its
+    derivative is the (defined) Cholesky derivative of the positive definite part.
+    """
+    zero = jnp.diagonal(P, axis1=-2, axis2=-1) <= 0
+    eye = jnp.eye(P.shape[-1], dtype=bool)
+    L = jnp.linalg.cholesky(jnp.where(eye & zero[..., None, :], 1.0, P))
+    return jnp.where(zero[..., :, None], 0.0, L)
 
 
 def _tria_b(A: jnp.ndarray) -> jnp.ndarray:
@@ -102,9 +140,8 @@ def init(lay: Layout, system: System, sqrt: bool = False) -> FilterState:
     """Belief before the first observation; `system` is batch-last (see `batch_last`)."""
     batch = system.obs_var.shape[-1]
     cov = system.init_cov
-    if sqrt:   # the stationary part is singular (zeros for diffuse states): factor by eigh
-        w, V = jnp.linalg.eigh(jnp.moveaxis(cov, -1, 0))
-        cov = jnp.moveaxis(tria(V * jnp.sqrt(jnp.clip(w, 0.0))[:, None, :]), 0, -1)
+    if sqrt:
+        cov = jnp.moveaxis(_factor_psd(jnp.moveaxis(cov, -1, 0)), 0, -1)
     m = lay.n_states
     diffuse = jnp.sum(system.init_diffuse ** 2, axis=(0, 1)) > TOL_DIFFUSE
     return FilterState(system.init_mean, cov, system.init_diffuse, diffuse, jnp.zeros(batch, bool),
@@ -135,7 +172,7 @@ def _observe(a, P, Pinf, y, z, d, H, observed, use_diffuse: bool, sqrt: bool):
     a_f = a + K * v
     if sqrt:
         zL = jnp.sum(z[:, None] * P, axis=0)          # zᵀ L  (m, B)
-        A = jnp.concatenate([P - _outer(K, zL), (K * jnp.sqrt(H))[:, None]], axis=1)
+        A = jnp.concatenate([P - _outer(K, zL), (K * _safe_sqrt(H))[:, None]], axis=1)
         P_f = _tria_b(A)
     else:
         P_f = _sym(P - _outer(K, Ms) - _outer(Ms, K) + Fs * _outer(K, K))
@@ -150,7 +187,7 @@ def _predict(lay, T, q, a_f, P_f, Pinf_f, use_diffuse: bool, sqrt: bool):
     a = transition_apply(lay, T, a_f)
     if sqrt:
         m = q.shape[0]
-        Q_half = jnp.eye(m)[:, :, None] * jnp.sqrt(q)[None]
+        Q_half = jnp.eye(m)[:, :, None] * _safe_sqrt(q)[None]
         P = _tria_b(jnp.concatenate([transition_apply(lay, T, P_f), Q_half], axis=1))
     else:
         P = transition_sandwich(lay, T, P_f) + jnp.eye(q.shape[0])[:, :, None] * q[None]

@@ -444,20 +444,26 @@ def test_gradient_finite_for_regression_state():
     assert np.all(np.isfinite(np.asarray(g)))
 
 
-@pytest.mark.parametrize("case,gaps", [("local_level", True), ("llt_dummy12", False)])
-def test_sqrt_filter_gradient_equals_standard(case, gaps):
-    """ENGINE BUG: jax.grad through filter="sqrt" is NaN for most models.
+SQRT_GRAD_CASES = {
+    "local_level": ({"level": LL}, np.array([1e-3, 1e-3])),
+    **GRAD_CASES,
+    # a deterministic seasonal (structural zero variances) and no irregular (H = 0)
+    "dummy12det_trig4": (CASES["dummy12det_trig4"][0], np.array([1e-3, 1e-3, 1e-4])),
+    "no_irregular": (CASES["no_irregular"][0], np.array([7e-4, 1e-6, 5e-3])),
+}
 
-    kalman.tria() factors with a QR, whose derivative is undefined (NaN) for
-    rank-deficient input; P* is rank deficient whenever a state is diffuse (its P* part
-    starts at 0), so e.g. a local level with a missing first value, or any trend with a
-    seasonal, gives NaN gradients. (init()'s eigh of the zero/degenerate stationary part
-    has the same problem: eigh's derivative divides by eigenvalue gaps.)
+
+@pytest.mark.parametrize("case,gaps", [("local_level", True), ("llt_dummy12", False), ("ll_cycle_ar1", True), ("dummy12det_trig4", True),
+                                       ("no_irregular", False)])
+def test_sqrt_filter_gradient_equals_standard(case, gaps):
+    """jax.grad through filter="sqrt" is finite and equals the standard filter's gradient.
+
+    The square-root pre-arrays are rank deficient whenever a state has zero variance
+    (diffuse states start with P* = 0, deterministic states have q = 0, no irregular gives
+    H = 0), where the derivative of a QR is undefined; AR blocks start from a factor of
+    their stationary covariance.
     """
-    if case == "local_level":
-        spec, p = {"level": LL}, np.array([1e-3, 1e-3])
-    else:
-        spec, p = GRAD_CASES[case]
+    spec, p = SQRT_GRAD_CASES[case]
     y = with_gaps(air()) if gaps else air()
     std = np.asarray(jax.grad(lambda v: engine.loglik(spec, v, y))(jnp.asarray(p)))
     sq = np.asarray(jax.grad(lambda v: engine.loglik(spec, v, y, filter="sqrt"))(jnp.asarray(p)))
