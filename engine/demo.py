@@ -1,9 +1,9 @@
 """Synthetic data with known truth: demo streams for live monitoring and a fleet of sensors.
 
 Every generator is a pure function of a PRNG key (or an integer seed) and sizes, so a
-stream or a fleet is reproduced exactly from its seed. The stochastic parts of the level
-and the seasonal pattern are drawn with `engine.simulate` from the structural model they
-suggest; the events (level shifts, outliers, gaps, drift, a change of seasonal pattern)
+stream or a fleet is reproduced exactly from its seed. The stochastic level and seasonal
+pattern of a demo stream are drawn with `engine.simulate` from the structural model it
+suggests; the events (level shifts, outliers, gaps, drift, a change of seasonal pattern)
 are then laid on top, and each is reported with where it is and how large it is.
 """
 
@@ -102,24 +102,50 @@ def _stream_params(spec: dict) -> dict[str, float]:
     return {n: values[n] for n in param_names(spec)}
 
 
+class _Draws(NamedTuple):
+    """All the randomness of one demo stream, drawn in one compiled call."""
+
+    level: jnp.ndarray       # (time,) random-walk level from 0
+    seasonal: jnp.ndarray    # (time,) trigonometric seasonal
+    fresh: jnp.ndarray       # (time,) a second, independent seasonal (after a change of pattern)
+    irregular: jnp.ndarray   # (time,)
+    u_shift: jnp.ndarray     # (2, MAX_SHIFTS) uniforms for shift sizes and signs
+    u_outlier: jnp.ndarray   # (4, time // PERIOD) uniforms: hit, position in the cycle, size, sign
+    u_missing: jnp.ndarray   # (time,) uniforms for scattered missing values
+
+
+MAX_SHIFTS = 8
+_SEASONAL = {"irregular": False, "seasonal": [dict(_TRIG)]}
+
+
+@partial(jax.jit, static_argnames=("n_time",))
+def _draws(key, n_time: int) -> _Draws:
+    k = jax.random.split(key, 7)
+    seas_params = {f"sigma2.freq_seasonal_{PERIOD}({HARMONICS})": SEASONAL_VAR}
+    return _Draws(simulate(k[0], _RANDOM_WALK, {"sigma2.level": LEVEL_SD ** 2}, n_time, init_scale=0.0),
+                  simulate(k[1], _SEASONAL, seas_params, n_time, init_scale=3.0),
+                  simulate(k[2], _SEASONAL, seas_params, n_time, init_scale=3.0),
+                  NOISE_SD * jax.random.normal(k[3], (n_time,)),
+                  jax.random.uniform(k[4], (2, MAX_SHIFTS)),
+                  jax.random.uniform(k[5], (4, n_time // PERIOD)),
+                  jax.random.uniform(k[6], (n_time,)))
+
+
+def _signed_sizes(u: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Sizes uniform in [low, high) noise s.d. with random signs, from uniforms u (2, n)."""
+    return (low + (high - low) * u[0]) * NOISE_SD * np.where(u[1] < 0.5, 1.0, -1.0)
+
+
 def _compose(key, n_time: int, plan: _Plan, name: str) -> DemoStream:
     """Draw the base model with `simulate`, then add the planned events and record them."""
     n_time = _check_size("n_time", n_time, 4 * PERIOD)
-    k_level, k_seas, k_seas2, k_noise, k_shift, k_out, k_miss = jax.random.split(_as_key(key), 7)
-    level = 20.0 + np.array(simulate(k_level, _RANDOM_WALK, {"sigma2.level": LEVEL_SD ** 2}, n_time,
-                                       init_scale=0.0))
-    seas_spec = {"irregular": False, "seasonal": [dict(_TRIG)]}
-    seas_params = {f"sigma2.freq_seasonal_{PERIOD}({HARMONICS})": SEASONAL_VAR}
-    seasonal = np.array(simulate(k_seas, seas_spec, seas_params, n_time, init_scale=3.0))
-    irregular = NOISE_SD * np.array(jax.random.normal(k_noise, (n_time,)))
+    if len(plan.shifts) > MAX_SHIFTS:
+        raise ValueError(f"a demo stream has at most {MAX_SHIFTS} level shifts, got {len(plan.shifts)}")
+    d = jax.tree_util.tree_map(np.array, jax.device_get(_draws(_as_key(key), n_time)))
+    level, seasonal, irregular = 20.0 + d.level, d.seasonal, d.irregular
     events: list[DemoEvent] = []
 
-    def signed_sizes(k, n, low, high):
-        """n sizes uniform in [low, high) noise s.d. with random signs."""
-        u = np.asarray(jax.random.uniform(k, (2, n)))
-        return (low + (high - low) * u[0]) * NOISE_SD * np.where(u[1] < 0.5, 1.0, -1.0)
-
-    for frac, size in zip(plan.shifts, signed_sizes(k_shift, len(plan.shifts), 6.0, 10.0)):
+    for frac, size in zip(plan.shifts, _signed_sizes(d.u_shift, 6.0, 10.0)):
         t = int(frac * n_time)
         level[t:] += size
         events.append(DemoEvent("level_shift", t, t + 1, float(size)))
@@ -133,8 +159,7 @@ def _compose(key, n_time: int, plan: _Plan, name: str) -> DemoStream:
         # after the change the pattern is a fresh draw scaled to `ratio` times the old amplitude
         frac, ratio = plan.seasonal_change
         t = int(frac * n_time)
-        fresh = np.asarray(simulate(k_seas2, seas_spec, seas_params, n_time, init_scale=3.0))
-        seasonal[t:] = fresh[t:] * (ratio * np.std(seasonal[:t]) / np.std(fresh[t:]))
+        seasonal[t:] = d.fresh[t:] * (ratio * np.std(seasonal[:t]) / np.std(d.fresh[t:]))
         events.append(DemoEvent("seasonal_change", t, t + 1, float(ratio)))
 
     missing = np.zeros(n_time, dtype=bool)
@@ -143,7 +168,7 @@ def _compose(key, n_time: int, plan: _Plan, name: str) -> DemoStream:
         missing[t:t + length] = True
         events.append(DemoEvent("gap", t, min(t + length, n_time), 0.0))
     if plan.missing_rate:
-        single = (np.asarray(jax.random.uniform(k_miss, (n_time,))) < plan.missing_rate) & ~missing
+        single = (d.u_missing < plan.missing_rate) & ~missing
         single[0] = False
         events += [DemoEvent("gap", int(t), int(t) + 1, 0.0) for t in np.flatnonzero(single)]
         missing |= single
@@ -151,12 +176,10 @@ def _compose(key, n_time: int, plan: _Plan, name: str) -> DemoStream:
     outliers = np.zeros(n_time)
     if plan.outlier_rate:
         # at most one outlier per seasonal cycle, on an observed step, so that each stands alone
-        k_hit, k_size = jax.random.split(k_out)
-        n_cycles = n_time // PERIOD
-        u = np.asarray(jax.random.uniform(k_hit, (2, n_cycles)))
-        times = np.arange(n_cycles) * PERIOD + (u[1] * PERIOD).astype(int)
-        times = times[(u[0] < plan.outlier_rate * PERIOD) & ~missing[times]]
-        for t, size in zip(times, signed_sizes(k_size, len(times), 6.0, 12.0)):
+        hit, where = d.u_outlier[0], d.u_outlier[1]
+        times = np.arange(len(hit)) * PERIOD + (where * PERIOD).astype(int)
+        chosen = (hit < plan.outlier_rate * PERIOD) & ~missing[times]
+        for t, size in zip(times[chosen], _signed_sizes(d.u_outlier[2:, chosen], 6.0, 12.0)):
             outliers[t] = size
             events.append(DemoEvent("outlier", int(t), int(t) + 1, float(size)))
 
@@ -272,7 +295,8 @@ def _fleet_chunk(key, index, n_time: int, period: int, outlier_rate, missing_rat
             start=jnp.where(late, jnp.floor(0.3 * u[14] * n_time), 0).astype(jnp.int32),
         )
         t = jnp.arange(n_time)
-        walk = simulate(k[2], _RANDOM_WALK, {"sigma2.level": 1.0}, n_time, init_scale=0.0)
+        # a unit random walk from 0 (one cumsum: `simulate` would cost a second compile per fleet shape)
+        walk = jnp.concatenate([jnp.zeros(1), jnp.cumsum(jax.random.normal(k[2], (n_time - 1,)))])
         angle = 2 * jnp.pi * t / period + draw.phase
         signal = (draw.level + draw.slope * t + draw.level_sd * walk
                   + draw.amplitude * jnp.cos(angle) + draw.amplitude2 * jnp.cos(2 * angle + 1.0)
@@ -293,7 +317,7 @@ def make_fleet(n_series: int, n_time: int, seed=0, *, period: int = PERIOD, outl
                missing_rate: float = 0.002) -> Fleet:
     """A fleet of `n_series` sensors over `n_time` steps with known truth.
 
-    Each sensor: level + slope·t + a slowly wandering random walk (drawn with `simulate`)
+    Each sensor: level + slope·t + a slowly wandering random walk
     + a two-harmonic pattern of period `period` + N(0, noise_sd²) noise. About 30% have a
     regime change (a level shift of 5-15 noise s.d.), 30% a gap of 5-15% of the series,
     10% start late (NaN before `start`); outliers of 6-12 noise s.d. hit observed steps at
@@ -309,7 +333,7 @@ def make_fleet(n_series: int, n_time: int, seed=0, *, period: int = PERIOD, outl
         if not 0.0 <= float(rate) < 1.0:
             raise ValueError(f"{name} must be in [0, 1), got {rate!r}")
     key = _as_key(seed)
-    chunk = min(n_series, FLEET_CHUNK)
+    chunk = min(FLEET_CHUNK, 1 << (n_series - 1).bit_length())   # few distinct shapes, few compiles
     parts = [jax.device_get(_fleet_chunk(key, jnp.arange(lo, lo + chunk), n_time, period, outlier_rate,
                                          missing_rate))
              for lo in range(0, n_series, chunk)]   # the last chunk may run past n_series: trimmed
