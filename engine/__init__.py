@@ -7,7 +7,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-from .spec import ModelSpec, TREND_KINDS, param_names  # noqa: E402
+from .spec import ModelSpec, SpecificationWarning, TREND_KINDS, param_names  # noqa: E402
 from .system import System, build_system, layout  # noqa: E402
 from .model import (FilterResult, Forecast, SmoothedComponents, filter_series, forecast,  # noqa: E402
                     loglik, loglik_many, loglik_terms, simulate, smooth)
@@ -26,7 +26,7 @@ from .data import DataError, catalogue_entry, list_datasets, load_dataset, read_
 from .demo import DEMO_STREAMS, DemoEvent, DemoStream, Fleet, demo_stream, list_demo_streams, make_fleet  # noqa: E402
 
 __all__ = [
-    "ModelSpec", "TREND_KINDS", "param_names", "System", "build_system", "layout",
+    "ModelSpec", "SpecificationWarning", "TREND_KINDS", "param_names", "System", "build_system", "layout",
     "FilterResult", "Forecast", "SmoothedComponents", "filter_series", "forecast", "loglik",
     "loglik_many", "loglik_terms", "simulate", "smooth",
     "Bank", "Belief", "OnlineConfig", "OnlineFilter", "OnlineForecast", "OnlineInfo", "component_names",

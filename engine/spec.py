@@ -6,8 +6,10 @@ is frozen and hashable so that it can be a static argument of ``jax.jit``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -30,6 +32,10 @@ TREND_KINDS: dict[str, tuple[bool, bool, bool, bool, bool]] = {
 
 REGRESSION_MODES = ("parameters", "state", "time_varying")
 SEASONAL_FORMS = ("dummy", "trig")
+
+
+class SpecificationWarning(UserWarning):
+    """A spec was accepted but changed to describe a usable model (as statsmodels would)."""
 
 
 def _fail(field_name: str, problem: str, fix: str) -> None:
@@ -208,9 +214,18 @@ class ModelSpec:
 
         spec = cls(irregular=bool(irregular), level=level_kind, seasonal=tuple(seasonals), cycle=cycle,
                    ar_order=int(order), regression=regression, priors=priors)
-        if spec.n_states == 0 and not spec.irregular:
-            _fail("level", "the model is empty (no irregular, level, seasonal, cycle, AR or regression)",
+        if not spec.irregular and spec.level is None and not spec.seasonal and spec.cycle is None \
+                and not spec.ar_order and spec.regression is None:
+            _fail("irregular", "the model is empty (no irregular, level, seasonal, cycle, AR or regression)",
                   "Add at least one component")
+        if not spec.has_stochastic_element:
+            # Nothing random but the initial state: after the diffuse steps y is known exactly, every
+            # F*_t is 0 and the likelihood ignores the data. statsmodels adds an irregular; so do we.
+            warnings.warn("spec: the model has no stochastic element (no irregular, no stochastic "
+                          "level, trend, seasonal or cycle, no AR); an irregular component was added, as "
+                          "statsmodels UnobservedComponents does. Set 'irregular': true to say so explicitly",
+                          SpecificationWarning, stacklevel=2)
+            spec = dataclasses.replace(spec, irregular=True)
         return spec
 
     def to_dict(self) -> dict:
@@ -243,6 +258,14 @@ class ModelSpec:
         if self.level is None:
             return (False, False, False, False)
         return TREND_KINDS[self.level][1:]
+
+    @property
+    def has_stochastic_element(self) -> bool:
+        """Whether anything but the initial state is random (statsmodels' test, plus time-varying betas)."""
+        _, stoch_level, _, stoch_trend = self.trend_flags
+        return (self.irregular or stoch_level or stoch_trend or any(s.stochastic for s in self.seasonal)
+                or (self.cycle is not None and self.cycle.stochastic) or self.ar_order > 0
+                or (self.regression is not None and self.regression.coefficients == "time_varying"))
 
     @property
     def exog_columns(self) -> tuple[str, ...]:

@@ -2,14 +2,7 @@
 
 import pytest
 
-KNOWN_DEFECTS = {
-    "test_model_without_stochastic_element_is_not_silently_degenerate":
-        "a model with no stochastic element is accepted silently (statsmodels adds an irregular)",
-    "test_param_names_every_level_kind[fixed_intercept]":
-        "statsmodels adds an irregular to models with no stochastic element; the spec does not yet",
-    "test_param_names_every_level_kind[fixed_slope]":
-        "statsmodels adds an irregular to models with no stochastic element; the spec does not yet",
-}
+KNOWN_DEFECTS: dict[str, str] = {}
 
 
 def pytest_collection_modifyitems(items):

@@ -8,6 +8,8 @@ magnitude, the square-root filter against the standard one 1e-9.
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,16 +50,13 @@ def _y(data: str, gaps: bool):
 
 
 def _kind_spec(kind: str, y) -> tuple[dict, object]:
-    """Spec for a trend kind and the statsmodels model it is compared with.
-
-    statsmodels adds an irregular to models without any stochastic element ('fixed
-    intercept', 'fixed slope'); there the engine spec names the irregular explicitly so
-    that the same model is compared (the name mismatch itself is tested in test_spec).
-    """
+    """Spec for a trend kind and the statsmodels model it is compared with (for 'fixed
+    intercept' and 'fixed slope' both add an irregular: nothing else is random)."""
     spec = {"level": {"kind": kind}}
     mod = sm_model(spec, y)
-    if engine.param_names(spec) != list(mod.param_names) and mod.irregular:
-        spec = {"level": {"kind": kind}, "irregular": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", engine.SpecificationWarning)  # tested in test_spec
+        spec = engine.ModelSpec.from_dict(spec).to_dict()
     assert engine.param_names(spec) == list(mod.param_names)
     return spec, mod
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,7 @@ import pytest
 
 import engine
 
-from .helpers import KINDS, air, seatbelts, sm_model
+from .helpers import KINDS, RTOL_LL, air, default_params, seatbelts, sm_model
 
 # -- round trips --------------------------------------------------------------------------
 CANONICAL = [
@@ -73,11 +74,19 @@ def test_trig_default_harmonics_is_floor_half_period():
     ("random_walk_with_drift", False), ("local_linear_trend", True), ("smooth_trend", True),
     ("random_trend", False)])
 def test_irregular_default_and_override(kind, default_irregular):
+    """The kind sets statsmodels' default irregular; `irregular` overrides it, except that a
+    model left with no stochastic element keeps its irregular (with a warning), as statsmodels."""
     assert engine.ModelSpec.from_dict({"level": {"kind": kind}}).irregular is default_irregular
     assert ("sigma2.irregular" in engine.param_names({"level": {"kind": kind}})) is default_irregular
     if kind != "irregular":
         flipped = {"level": {"kind": kind}, "irregular": not default_irregular}
-        assert ("sigma2.irregular" in engine.param_names(flipped)) is (not default_irregular)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            names = engine.param_names(flipped)
+        assert names == list(sm_model(flipped, air()).param_names)
+        readded = kind in ("deterministic_constant", "deterministic_trend")  # nothing else is random
+        assert ("sigma2.irregular" in names) is (readded or not default_irregular)
+        assert any(issubclass(w.category, engine.SpecificationWarning) for w in caught) is readded
 
 
 def test_trend_kinds_are_the_statsmodels_specifications():
@@ -94,7 +103,9 @@ def test_param_names_every_level_kind(kind):
     """
     spec = {"level": {"kind": kind}}
     mod = sm_model(spec, air())
-    assert engine.param_names(spec) == list(mod.param_names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", engine.SpecificationWarning)  # tested below
+        assert engine.param_names(spec) == list(mod.param_names)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -109,6 +120,8 @@ NO_STOCHASTIC_ELEMENT = [
     {"level": {"kind": "fixed_slope"}},
     {"level": {"kind": "deterministic_trend"}, "irregular": False},
     {"level": {"kind": "fixed_slope"}, "seasonal": [{"period": 12, "stochastic": False}]},
+    {"irregular": False, "level": {"kind": "fixed_intercept"}, "cycle": {"stochastic": False}},
+    {"irregular": False, "regression": {"columns": ["petrol_price", "law"], "coefficients": "state"}},
 ]
 
 
@@ -117,15 +130,31 @@ def test_model_without_stochastic_element_is_not_silently_degenerate(d):
     """A model with no disturbance at all makes y exactly deterministic after the diffuse
     steps: every later observation has F*_t = 0 and is skipped, so the likelihood does not
     depend on the data. statsmodels adds an irregular in that case (with a warning); the
-    engine must either do the same or refuse the spec, not accept it silently.
+    engine does the same, warns, and then describes statsmodels' model exactly.
     """
-    mod = sm_model(d, air())
+    y, exog = seatbelts()
+    exog = exog if "regression" in d else None
+    mod = sm_model(d, y, exog)
     assert "sigma2.irregular" in mod.param_names  # what statsmodels does
-    try:
-        names = engine.param_names(d)
-    except ValueError:
-        return  # refusing the spec is fine too
-    assert names == list(mod.param_names)
+    with pytest.warns(engine.SpecificationWarning, match="no stochastic element"):
+        spec = engine.ModelSpec.from_dict(d)
+    assert spec.irregular and engine.param_names(spec) == list(mod.param_names)
+    # the normalised spec says so explicitly: parsing it again is silent
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert engine.ModelSpec.from_dict(spec.to_dict()) == spec
+    p = default_params(mod.param_names, frequency=2 * np.pi / 20)
+    assert float(engine.loglik(spec, p, y, exog)) == pytest.approx(float(mod.loglike(p)), rel=RTOL_LL)
+
+
+@pytest.mark.parametrize("d", [{"level": {"kind": "fixed_slope"}, "seasonal": [{"period": 12}]},
+                               {"irregular": False, "autoregressive": {"order": 1}},
+                               {"irregular": False, "level": {"kind": "fixed_intercept"},
+                                "regression": {"columns": ["x"], "coefficients": "time_varying"}}])
+def test_a_single_stochastic_element_keeps_irregular_off(d):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not engine.ModelSpec.from_dict(d).irregular
 
 
 COMBOS = {
@@ -217,8 +246,11 @@ def test_invalid_spec_names_the_field(d, field):
 @pytest.mark.parametrize("d", [{"irregular": False}, {"irregular": False, "seasonal": []},
                                {"irregular": False, "autoregressive": {"order": 0}}])
 def test_empty_model_is_refused(d):
-    with pytest.raises(ValueError, match="empty"):
+    """No component at all is a mistake to report, not a model to complete (statsmodels would
+    silently fit white noise around zero)."""
+    with pytest.raises(ValueError, match="empty") as info:
         engine.ModelSpec.from_dict(d)
+    assert "'irregular'" in str(info.value)
 
 
 def test_not_a_dict_is_refused():
