@@ -190,6 +190,8 @@ def _components(spec, z, d, a_f, P_f, Pinf_next):
         var = jnp.sum(c[:, None] * block * c[None, :], axis=(0, 1))
         still_diffuse = jnp.sum(Pinf_next[ix[:, None], ix[None, :]] ** 2, axis=(0, 1)) > kalman.TOL_DIFFUSE
         variances.append(jnp.where(still_diffuse, jnp.inf, var))
+    if not means:   # irregular only: nothing to decompose
+        return jnp.zeros((0, d.shape[0])), jnp.zeros((0, d.shape[0]))
     return jnp.stack(means), jnp.stack(variances)
 
 
@@ -303,22 +305,35 @@ def step_many(config: OnlineConfig, bank: Bank, belief: Belief, ys, exog=None, v
     return lax.scan(body, belief, (ys, xs, valid))
 
 
-def catch_up(config: OnlineConfig, bank: Bank, belief: Belief, ys, exog=None) -> Belief:
-    """Consume a stretch of history (time,) in one batched filter pass (no per-step reports).
+def catch_up(config: OnlineConfig, bank: Bank, belief: Belief, ys, exog=None, valid=None) -> Belief:
+    """Consume a stretch of history ys (time,) in one batched filter pass (no per-step reports).
 
     The log weights gain each draw's summed log-likelihood; the CUSUM is left as it is.
-    exog: (time, k) for the same stretch.
+    exog: (time, k) for the same stretch; steps with valid = False are skipped (padding).
     """
     spec = config.spec
     lay = layout(spec)
-    x = None if spec.regression is None else jnp.asarray(exog, dtype=jnp.float64)
-    systems = _systems(spec, bank.params, x)
     n_draws = bank.params.shape[0]
-    Y = jnp.broadcast_to(jnp.asarray(ys, dtype=jnp.float64)[:, None], (ys.shape[0], n_draws))
-    fs, ll = kalman.run(lay, systems, Y, sqrt=config.sqrt, state=belief.filter)
-    lw = belief.log_weight + jnp.sum(ll, axis=0)
+    ys = jnp.asarray(ys, dtype=jnp.float64)
+    n = ys.shape[0]
+    valid = jnp.ones(n, bool) if valid is None else valid
+    xs = jnp.zeros((n, 0)) if exog is None else jnp.asarray(exog, dtype=jnp.float64)
+
+    def body(carry, inp):
+        fs, ll = carry
+        y_t, x_t, ok = inp
+
+        def advance():
+            z, d = _design(spec, bank, None if exog is None else x_t)
+            fs_n, ll_t = kalman.step(lay, bank.system, fs, jnp.broadcast_to(y_t, (n_draws,)), d, z,
+                                     sqrt=config.sqrt)
+            return fs_n, ll + ll_t
+        return lax.cond(ok, advance, lambda: (fs, ll)), None
+
+    (fs, ll), _ = lax.scan(body, (belief.filter, jnp.zeros(n_draws)), (ys, xs, valid))
+    lw = belief.log_weight + ll
     return belief._replace(filter=fs, log_weight=lw - jax.scipy.special.logsumexp(lw),
-                           t=belief.t + ys.shape[0])
+                           t=belief.t + jnp.sum(valid))
 
 
 def forecast(config: OnlineConfig, bank: Bank, belief: Belief, steps: int, exog_future=None) -> OnlineForecast:
@@ -352,6 +367,23 @@ _step_many_jit = jax.jit(step_many, static_argnums=0)
 _catch_up_jit = jax.jit(catch_up, static_argnums=0)
 _forecast_jit = jax.jit(forecast, static_argnums=(0, 3))
 _make_bank_jit = jax.jit(make_bank, static_argnums=0)
+_init_jit = jax.jit(init, static_argnums=0)
+MIN_BUCKET = 8
+
+
+def _padded(ys: np.ndarray, xs: np.ndarray | None):
+    """Pad a stretch to the next power of two (at least MIN_BUCKET) with a validity mask, so a
+    stream or a catch-up compiles only a handful of shapes."""
+    n = len(ys)
+    size = max(MIN_BUCKET, 1 << max(0, int(n - 1).bit_length()))
+    pad = size - n
+    y_pad = jnp.asarray(np.concatenate([ys, np.zeros(pad)]))
+    x_pad = None if xs is None else jnp.asarray(np.concatenate([xs, np.zeros((pad, xs.shape[1]))]))
+    return y_pad, x_pad, jnp.asarray(np.arange(size) < n)
+
+
+def _catch_up_padded(config, bank, belief, ys: np.ndarray, xs: np.ndarray | None) -> Belief:
+    return _catch_up_jit(config, bank, belief, *_padded(np.asarray(ys, float), xs))
 
 
 # -- posterior draws ------------------------------------------------------------------------
@@ -418,11 +450,6 @@ class _History:
         return self.y[start:stop].copy(), (self.x[start:stop].copy() if self.k else None)
 
 
-def _bucket(n: int) -> int:
-    """Padded micro-batch length: the next power of two, so a stream compiles only log2 shapes."""
-    return 1 << max(0, int(n - 1).bit_length())
-
-
 class OnlineFilter:
     """A posterior bank of Kalman filters updated one observation at a time.
 
@@ -456,10 +483,9 @@ class OnlineFilter:
             x_hist = np.asarray(check_exog(spec, exog_history, len(y_hist)), dtype=float)[: len(y_hist)]
         self._history = _History(spec.k_exog, y_hist, x_hist)
         if belief is None:
-            belief = init(self.config, self.bank, log_weight)
+            belief = _init_jit(self.config, self.bank, None if log_weight is None else jnp.asarray(log_weight))
             if len(y_hist):
-                belief = _catch_up_jit(self.config, self.bank, belief, jnp.asarray(y_hist),
-                                       None if x_hist is None else jnp.asarray(x_hist))
+                belief = _catch_up_padded(self.config, self.bank, belief, y_hist, x_hist)
         elif int(belief.t) != len(y_hist):
             raise ValueError(f"the belief has consumed {int(belief.t)} observations but the history has {len(y_hist)}")
         self._belief = belief
@@ -558,14 +584,9 @@ class OnlineFilter:
         n = len(ys)
         self._before_update()
         self._history.extend(ys, x)
-        size = _bucket(n)
-        pad = size - n
-        y_pad = np.concatenate([ys, np.zeros(pad)])
-        x_pad = None if x is None else np.concatenate([x, np.zeros((pad, x.shape[1]))])
-        valid = np.arange(size) < n
-        self._belief, info = _step_many_jit(self.config, self.bank, self._belief, jnp.asarray(y_pad),
-                                            None if x_pad is None else jnp.asarray(x_pad), jnp.asarray(valid))
-        if pad:
+        y_pad, x_pad, valid = _padded(ys, x)
+        self._belief, info = _step_many_jit(self.config, self.bank, self._belief, y_pad, x_pad, valid)
+        if len(y_pad) > n:
             info = jax.tree_util.tree_map(lambda a: a[:n], info)
         self._after_update(info, last=n - 1)
         return info
@@ -601,8 +622,7 @@ class OnlineFilter:
         n_now = self._history.n
         t_bank = int(belief.t)
         if t_bank < n_now:
-            ys, xs = self._history.view(t_bank, n_now)
-            belief = _catch_up_jit(self.config, bank, belief, jnp.asarray(ys), None if xs is None else jnp.asarray(xs))
+            belief = _catch_up_padded(self.config, bank, belief, *self._history.view(t_bank, n_now))
         belief = belief._replace(cusum=self._belief.cusum)
         self.bank, self._belief = bank, belief
         self.bank_version += 1
@@ -665,19 +685,16 @@ class OnlineFilter:
                                        to_constrained=to_con, n_steps=self.move_steps))
                 new_params, move_info = move(key, params=params, log_weight=log_weight)
                 bank = _make_bank_jit(self.spec, new_params)
-                belief = init(self.config, bank)
+                belief = _init_jit(self.config, bank, None)
                 if t0:
-                    belief = _catch_up_jit(self.config, bank, belief, jnp.asarray(y),
-                                           None if x is None else jnp.asarray(x))
+                    belief = _catch_up_padded(self.config, bank, belief, y, x)
                     belief = belief._replace(log_weight=jnp.full(bank.params.shape[0], -jnp.log(bank.params.shape[0])))
                 # keep up with the stream while it runs, so the swap itself has little left to do
                 while True:
                     n_now = self._history.n
                     if n_now - int(belief.t) <= 16:
                         break
-                    ys, xs = self._history.view(int(belief.t), n_now)
-                    belief = _catch_up_jit(self.config, bank, belief, jnp.asarray(ys),
-                                           None if xs is None else jnp.asarray(xs))
+                    belief = _catch_up_padded(self.config, bank, belief, *self._history.view(int(belief.t), n_now))
                 jax.block_until_ready(belief)
                 done = dict(event, acceptance=float(move_info.acceptance),
                             unique_draws=int(move_info.unique_draws))

@@ -1,0 +1,364 @@
+"""Online engine: streaming equals the batch filter per draw, exact importance weights,
+one trace per step, mixture quantiles, forecasts, and rejuvenation on a known posterior."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+
+import engine
+from engine import online
+
+from .helpers import air, assert_rel_close, seatbelts, sm_loglik
+
+SPEC = {"level": {"kind": "local_linear_trend"}, "seasonal": [{"period": 4}]}
+BASE = np.array([1.0, 0.1, 0.01, 0.05])
+GAPS = (0, 1, 9, 20, 21, 33)
+
+
+def _draws(n, base=BASE, spread=0.3, seed=0):
+    rng = np.random.default_rng(seed)
+    return base * np.exp(spread * rng.standard_normal((n, len(base))))
+
+
+def _series(n=48, params=BASE, gaps=GAPS, seed=1):
+    y = np.array(engine.simulate(jax.random.PRNGKey(seed), SPEC, params, n))
+    y[list(gaps)] = np.nan
+    return y
+
+
+def _stream(filt, y):
+    """Update one observation at a time; keep each step's info and the belief after it."""
+    infos, beliefs = [], []
+    for v in y:
+        infos.append(jax.device_get(filt.update(v)))
+        beliefs.append(jax.device_get(filt.state))
+    return infos, beliefs
+
+
+def test_streaming_equals_batch_filter_per_draw():
+    """Filtered/predicted means and covariances and summed loglik per draw, diffuse start and NaN gaps."""
+    y = _series()
+    draws = _draws(3)
+    filt = engine.OnlineFilter(SPEC, draws, rejuvenate=False)
+    infos, beliefs = _stream(filt, y)
+    for s in range(len(draws)):
+        ref = engine.filter_series(SPEC, draws[s], y)
+        filt_mean = np.array([i.filtered_mean[:, s] for i in infos])
+        pred_mean = np.array([b.filter.mean[:, s] for b in beliefs])      # a_{t+1}
+        pred_cov = np.array([b.filter.cov[:, :, s] for b in beliefs])     # P_{t+1}
+        pred_diffuse = np.array([b.filter.diffuse_cov[:, :, s] for b in beliefs])
+        assert_rel_close(filt_mean, ref.filtered_mean, 1e-9, "filtered mean")
+        assert_rel_close(pred_mean[:-1], ref.predicted_mean[1:], 1e-9, "predicted mean")
+        assert_rel_close(pred_cov[:-1], ref.predicted_cov[1:], 1e-9, "predicted cov")
+        assert_rel_close(pred_diffuse[:-1], ref.predicted_diffuse[1:], 1e-9, "diffuse cov")
+        assert_rel_close(pred_cov[-1], ref.final_cov, 1e-9, "final cov")
+        # the filtered covariance, through the level component's variance once it is identified
+        level_var = np.array([i.component_var[0] for i in infos])
+        if len(draws) == 1:
+            ok = np.isfinite(level_var)
+            assert_rel_close(level_var[ok], ref.filtered_cov[ok, 0, 0], 1e-9, "filtered level var")
+        ll = sum(float(i.loglik[s]) for i in infos)
+        assert ll == pytest.approx(float(engine.loglik(SPEC, draws[s], y)), rel=1e-9, abs=1e-9)
+        assert ll == pytest.approx(sm_loglik(SPEC, draws[s], y), rel=1e-6)
+    assert [bool(i.diffuse) for i in infos[:3]] == [True, True, True]   # the exact diffuse start runs online
+    assert not bool(infos[-1].diffuse)
+
+
+def test_filtered_covariance_of_one_draw_equals_batch():
+    y = _series(gaps=(0, 9, 20))
+    filt = engine.OnlineFilter(SPEC, BASE, rejuvenate=False)
+    infos, _ = _stream(filt, y)
+    ref = engine.filter_series(SPEC, BASE, y)
+    names = engine.component_names(SPEC)
+    assert names == ["level", "trend", "seasonal_4"]
+    var = np.array([i.component_var for i in infos])
+    ok = np.all(np.isfinite(var), axis=1)
+    assert ok.sum() > 30
+    assert_rel_close(var[ok, 0], ref.filtered_cov[ok, 0, 0], 1e-9, "level")
+    assert_rel_close(var[ok, 1], ref.filtered_cov[ok, 1, 1], 1e-9, "trend")
+    assert_rel_close(var[ok, 2], ref.filtered_cov[ok, 2, 2], 1e-9, "seasonal")
+    mean = np.array([i.component_mean for i in infos])
+    assert_rel_close(mean[:, 0], ref.filtered_mean[:, 0], 1e-9, "level mean")
+    # one draw: the predictive is N(Z a + d, F) and the standardised innovation is v/√F
+    obs = ~np.isnan(y) & (np.asarray(ref.kind) == 1)
+    z = np.array([i.innovation for i in infos])
+    assert_rel_close(z[obs], (ref.innovation / np.sqrt(ref.innov_var))[obs], 1e-9, "innovation")
+    q = np.array([i.quantiles for i in infos])[obs]
+    mu, sd = np.array([i.mean for i in infos])[obs], np.sqrt(np.array([i.var for i in infos])[obs])
+    assert_rel_close(q, mu[:, None] + sd[:, None] * scipy.stats.norm.ppf(online.PROBS), 1e-9, "bands")
+
+
+def test_summed_loglik_equals_statsmodels_on_airpassengers():
+    y = air().copy()
+    y[[3, 50, 51]] = np.nan
+    params = np.array([3e-4, 7e-4, 1e-6, 5e-3])
+    spec = {"level": {"kind": "local_linear_trend"}, "seasonal": [{"period": 12}]}
+    filt = engine.OnlineFilter(spec, params, rejuvenate=False)
+    info = filt.update_many(y)
+    assert float(np.sum(info.loglik)) == pytest.approx(sm_loglik(spec, params, y), rel=1e-6)
+    assert float(np.sum(info.log_pred)) == pytest.approx(sm_loglik(spec, params, y), rel=1e-6)
+
+
+def test_update_many_and_catch_up_equal_single_updates():
+    y = _series()
+    draws = _draws(3)
+    one = engine.OnlineFilter(SPEC, draws, rejuvenate=False)
+    infos, _ = _stream(one, y)
+    many = engine.OnlineFilter(SPEC, draws, rejuvenate=False)
+    batched = [many.update_many(y[:5]), many.update_many(y[5:6]), many.update_many(y[6:])]
+    hist = engine.OnlineFilter(SPEC, draws, y_history=y[:30], rejuvenate=False)
+    hist.update_many(y[30:])
+    for other in (many, hist):
+        for a, b in zip(jax.tree_util.tree_leaves(other.state), jax.tree_util.tree_leaves(one.state)):
+            np.testing.assert_allclose(np.asarray(a, float), np.asarray(b, float), rtol=1e-10, atol=1e-10)
+    ll_many = np.concatenate([np.asarray(b.loglik) for b in batched])
+    np.testing.assert_allclose(ll_many, np.array([i.loglik for i in infos]), rtol=1e-10, atol=1e-12)
+    assert np.asarray(batched[0].t).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_weights_are_exact_importance_weights():
+    y = _series(seed=3)
+    draws = _draws(3, spread=0.8)
+    filt = engine.OnlineFilter(SPEC, draws, y_history=y[:10], rejuvenate=False)
+    for v in y[10:]:
+        info = filt.update(v)
+    ll = np.array([float(engine.loglik(SPEC, d, y)) for d in draws])
+    exact = np.exp(ll - scipy.special.logsumexp(ll))
+    np.testing.assert_allclose(filt.weights, exact, rtol=1e-9)
+    assert float(info.ess) == pytest.approx(1 / np.sum(exact ** 2), rel=1e-9)
+
+
+def test_log_predictive_increments_sum_to_log_evidence():
+    y = _series(seed=4, gaps=(0, 7))
+    draws = _draws(3, spread=0.6)
+    filt = engine.OnlineFilter(SPEC, draws, rejuvenate=False)
+    info = filt.update_many(y)
+    ll = np.array([float(engine.loglik(SPEC, d, y)) for d in draws])
+    evidence = scipy.special.logsumexp(ll) - np.log(len(draws))
+    assert float(np.sum(info.log_pred)) == pytest.approx(evidence, rel=1e-10)
+
+
+def test_one_trace_per_step():
+    """The jitted step compiles once: diffuse steps, NaN steps and steady steps share the trace."""
+    traces = []
+
+    def counted(bank, belief, y):
+        traces.append(1)
+        return engine.online_step(config, bank, belief, y)
+
+    config = engine.OnlineConfig(engine.ModelSpec.from_dict(SPEC))
+    bank = engine.make_bank(SPEC, _draws(3))
+    belief = engine.online_init(config, bank)
+    step = jax.jit(counted)
+    for v in _series(n=40):
+        belief, _ = step(bank, belief, v)
+    assert len(traces) == 1
+    # the wrapper's own compiled step: one entry for this spec, whatever the data
+    filt = engine.OnlineFilter(SPEC, _draws(3), rejuvenate=False)
+    filt.update(1.0)
+    size = online._step_jit._cache_size()
+    for v in _series(n=40):
+        filt.update(v)
+    assert online._step_jit._cache_size() == size
+    # micro-batches are padded to powers of two (at least 8): sizes 1..8 share one trace
+    filt.update_many(np.ones(5))
+    size = online._step_many_jit._cache_size()
+    for n in (6, 1, 8, 3):
+        filt.update_many(np.ones(n))
+    assert online._step_many_jit._cache_size() == size
+
+
+def test_mixture_quantiles_solve_the_mixture_cdf():
+    w = jnp.array([0.5, 0.3, 0.2])
+    mu = jnp.array([0.0, 1.0, 3.0])
+    var = jnp.array([1.0, 0.25, 0.5])
+    q = np.asarray(online.mixture_quantiles(w, mu, var, online.PROBS, iters=12))
+    cdf = np.sum(np.asarray(w) * scipy.stats.norm.cdf((q[:, None] - np.asarray(mu)) / np.sqrt(np.asarray(var))), axis=1)
+    np.testing.assert_allclose(cdf, online.PROBS, atol=1e-12)
+    # moments of the mixture against numerical integration
+    mean, m2, m3, m4 = online.mixture_moments(w, mu, var)
+    grid = np.linspace(-15, 20, 200001)
+    dens = np.sum(np.asarray(w) * scipy.stats.norm.pdf(grid[:, None], np.asarray(mu), np.sqrt(np.asarray(var))), axis=1)
+    dx = grid[1] - grid[0]
+    m = np.sum(grid * dens) * dx
+    for k, val in ((2, m2), (3, m3), (4, m4)):
+        assert float(val) == pytest.approx(np.sum((grid - m) ** k * dens) * dx, rel=1e-7)
+    assert float(mean) == pytest.approx(m, rel=1e-9)
+
+
+def test_forecast_of_one_draw_equals_engine_forecast():
+    y = air().copy()
+    y[[10, 11, 140]] = np.nan
+    spec = {"level": {"kind": "local_linear_trend"}, "seasonal": [{"period": 12}]}
+    params = np.array([3e-4, 7e-4, 1e-6, 5e-3])
+    filt = engine.OnlineFilter.from_posterior(spec, dict(zip(engine.param_names(spec), params)), y[:120],
+                                              rejuvenate=False)
+    filt.update_many(y[120:])
+    ours = filt.forecast(24)
+    ref = engine.forecast(spec, params, y, 24)
+    assert_rel_close(ours.mean, ref.mean, 1e-9, "mean")
+    assert_rel_close(ours.var, ref.var, 1e-9, "var")
+    assert_rel_close(ours.quantiles[:, [0, 6]], np.stack([ref.lower, ref.upper], 1), 1e-9, "95% band")
+
+
+def test_forecast_of_a_bank_is_the_weighted_mixture():
+    y = _series()
+    draws = _draws(3)
+    filt = engine.OnlineFilter(SPEC, draws, y_history=y, rejuvenate=False)
+    fc = filt.forecast(6)
+    w = filt.weights
+    for s in range(3):
+        ref = engine.forecast(SPEC, draws[s], y, 6)
+        assert_rel_close(fc.draw_mean[:, s], ref.mean, 1e-9, "draw mean")
+        assert_rel_close(fc.draw_var[:, s], ref.var, 1e-9, "draw var")
+    mean = np.asarray(fc.draw_mean) @ w
+    var = (np.asarray(fc.draw_var) + np.asarray(fc.draw_mean) ** 2) @ w - mean ** 2
+    assert_rel_close(fc.mean, mean, 1e-12, "mixture mean")
+    assert_rel_close(fc.var, var, 1e-10, "mixture var")
+
+
+def test_regression_exog_online_equals_batch():
+    y, X = seatbelts()
+    spec = {"level": {"kind": "local_level"}, "regression": {"columns": ["petrol_price", "law"]}}
+    params = np.array([[0.004, 0.0005, -0.3, -0.2], [0.005, 0.0004, -0.25, -0.22]])
+    x = X.to_numpy(float)
+    filt = engine.OnlineFilter(spec, params, y_history=y[:150], exog_history=x[:150], rejuvenate=False)
+    info = filt.update_many(y[150:], x[150:])
+    for s in range(2):
+        ref = engine.filter_series(spec, params[s], y, X)
+        assert_rel_close(np.asarray(info.filtered_mean)[:, :, s], ref.filtered_mean[150:], 1e-9, "filtered mean")
+    assert "regression" in engine.component_names(spec)
+    with pytest.raises(ValueError, match="exog"):
+        filt.update(1.0)
+    fc = filt.forecast(3, x[-3:])
+    ref = engine.forecast(spec, params[0], y, 3, X, x[-3:])
+    assert_rel_close(fc.draw_mean[:, 0], ref.mean, 1e-9, "regression forecast")
+
+
+def test_posterior_inputs_and_bad_input_messages():
+    import arviz as az
+    names = engine.param_names(SPEC)
+    draws = _draws(3)
+    idata = az.from_dict(posterior={n: draws[:, i].reshape(1, 3) for i, n in enumerate(names)})
+    np.testing.assert_array_equal(engine.posterior_draws(SPEC, idata), draws)
+    d = {n: draws[:, i] for i, n in enumerate(names)}
+    np.testing.assert_array_equal(engine.posterior_draws(SPEC, d), draws)
+    assert engine.posterior_draws(SPEC, dict(zip(names, BASE))).shape == (1, 4)
+    with pytest.raises(ValueError, match="sigma2.trend"):
+        engine.posterior_draws(SPEC, {k: v for k, v in d.items() if k != "sigma2.trend"})
+    with pytest.raises(ValueError, match="NaN or inf"):
+        engine.posterior_draws(SPEC, {**d, "sigma2.level": np.full(3, np.nan)})
+    filt = engine.OnlineFilter.from_posterior(SPEC, idata, rejuvenate=False)
+    with pytest.raises(ValueError, match="infinite"):
+        filt.update(np.inf)
+    with pytest.raises(ValueError, match="steps"):
+        filt.forecast(0)
+    with pytest.raises(ValueError, match="no regression"):
+        filt.update(1.0, exog=[1.0])
+
+
+# -- rejuvenation on a model with a known posterior ------------------------------------------
+# y_t ~ N(0, σ²) iid (irregular only); σ² ~ InvGamma(A, B) ⇒ σ² | y ~ InvGamma(A + n/2, B + Σy²/2).
+IID = {"irregular": True}
+A, B = 3.0, 2.0
+
+
+def conjugate_log_posterior(spec, y, exog=None, priors=None):
+    """Same contract as engine.bayes.log_posterior, for the conjugate model: z = log σ²."""
+    def logp(z):
+        s2 = jnp.exp(z[0])
+        prior = scipy_invgamma_logpdf(s2)
+        return engine.loglik(spec, jnp.exp(z), y) + prior + z[0]
+    return logp, lambda p: jnp.log(p), lambda z: jnp.exp(z)
+
+
+def scipy_invgamma_logpdf(s2):
+    return A * jnp.log(B) - jax.scipy.special.gammaln(A) - (A + 1) * jnp.log(s2) - B / s2
+
+
+def _exact_posterior(y):
+    obs = y[~np.isnan(y)]
+    return scipy.stats.invgamma(A + len(obs) / 2, scale=B + np.sum(obs ** 2) / 2)
+
+
+def test_rejuvenation_leaves_a_valid_sample_of_the_known_posterior():
+    rng = np.random.default_rng(7)
+    y = rng.normal(0.0, np.sqrt(2.5), 220)
+    y[[5, 100]] = np.nan
+    n0, S = 20, 1000
+    start = _exact_posterior(y[:n0]).rvs(S, random_state=rng)[:, None]
+    filt = engine.OnlineFilter(IID, start, y_history=y[:n0], rejuvenate=False,
+                               log_posterior=conjugate_log_posterior, move_steps=20, seed=3)
+    filt.update_many(y[n0:])
+    ess_before = filt.ess
+    target = _exact_posterior(y)
+    assert filt.rejuvenate(background=False)
+    filt.apply_pending()
+    done = [e for e in filt.events if e["kind"] == "rejuvenation_done"]
+    assert len(done) == 1 and done[0]["ess_before"] == pytest.approx(ess_before)
+    assert done[0]["ess_after"] == pytest.approx(S)
+    draws = filt.params[:, 0]
+    assert len(np.unique(draws)) > 0.5 * S   # moved, not just resampled
+    # moments and quantiles of the bank against the exact posterior (Monte Carlo error ~1/√S)
+    assert np.mean(draws) == pytest.approx(target.mean(), abs=0.1 * target.std())
+    assert np.std(draws) == pytest.approx(target.std(), rel=0.15)
+    for p in (0.1, 0.5, 0.9):
+        assert np.mean(draws <= target.ppf(p)) == pytest.approx(p, abs=0.05)
+    # the swapped-in bank is exactly the filter of those draws over the whole history
+    ref = engine.OnlineFilter(IID, filt.params, y_history=y, rejuvenate=False)
+    np.testing.assert_allclose(np.asarray(filt.state.filter.mean), np.asarray(ref.state.filter.mean), atol=1e-12)
+    assert filt.t == len(y)
+
+
+def test_background_rejuvenation_swaps_in_a_caught_up_bank():
+    """Low ESS triggers a move in the background; the stream keeps going; the new bank is caught
+    up exactly on the observations that arrived meanwhile, weighted from the move's start."""
+    rng = np.random.default_rng(11)
+    y = rng.normal(0.0, 3.0, 400)
+    S = 200
+    start = _exact_posterior(y[:1] * 0.1).rvs(S, random_state=rng)[:, None]  # a poor bank: ESS collapses
+    filt = engine.OnlineFilter(IID, start, rejuvenate=True, ess_threshold=0.5,
+                               log_posterior=conjugate_log_posterior, move_steps=5, seed=1)
+    i = 0
+    while not filt.rejuvenating:
+        filt.update(y[i])
+        i += 1
+    for _ in range(5):   # the stream goes on with the old bank while the move runs
+        filt.update(y[i])
+        i += 1
+    filt.wait_for_rejuvenation()
+    filt.update(y[i])    # the finished bank is caught up and swapped in here
+    kinds = [e["kind"] for e in filt.events]
+    assert kinds[:2] == ["rejuvenation_start", "rejuvenation_done"], filt.events
+    start_ev, done = filt.events[0], filt.events[1]
+    assert start_ev["ess_before"] < 0.5 * S
+    assert done["duration_s"] > 0 and done["t_swap"] >= done["t_start"] + 5 and 0 < done["acceptance"] <= 1
+    t0, t1 = done["t_start"], i + 1
+    config = filt.config
+    bank = engine.make_bank(IID, filt.params)
+    belief = engine.online_catch_up(config, bank, engine.online_init(config, bank), y[:t0])
+    belief = engine.online_catch_up(config, bank, belief._replace(log_weight=jnp.full(S, -np.log(S))), y[t0:t1])
+    ref = engine.OnlineFilter(IID, filt.params, y_history=y[:t1], belief=belief, rejuvenate=False)
+    np.testing.assert_allclose(filt.weights, ref.weights, rtol=1e-9)
+    np.testing.assert_allclose(np.asarray(filt.state.filter.cov), np.asarray(ref.state.filter.cov), rtol=1e-9)
+
+
+def test_default_rejuvenation_uses_the_fitted_models_log_posterior():
+    """Without an explicit log posterior, the move targets engine.bayes.log_posterior."""
+    import engine.bayes as bayes
+    y = np.asarray(engine.simulate(jax.random.PRNGKey(0), {"level": "local_level"}, [1.0, 0.2], 60))
+    names = engine.param_names({"level": "local_level"})
+    rng = np.random.default_rng(0)
+    draws = {n: np.exp(rng.normal(np.log(v), 0.3, 40)) for n, v in zip(names, (1.0, 0.2))}
+    filt = engine.OnlineFilter.from_posterior({"level": "local_level"}, draws, y[:40], rejuvenate=False,
+                                              move_steps=2)
+    filt.update_many(y[40:])
+    assert filt.rejuvenate(background=False)
+    filt.apply_pending()
+    assert [e["kind"] for e in filt.events] == ["rejuvenation_start", "rejuvenation_done"], filt.events
+    logp, to_unc, _ = bayes.log_posterior(filt.spec, jnp.asarray(y))
+    assert np.all(np.isfinite(np.asarray(jax.vmap(logp)(jax.vmap(to_unc)(jnp.asarray(filt.params))))))
