@@ -1,8 +1,10 @@
 """Bokeh/Panel server lifecycle hooks for the directory-format app in ``app/``.
 
-``panel serve app`` calls these once when the server starts and stops. They
-only log for now; server-wide resources (e.g. a Ray connection) will be
-opened and closed here later.
+``panel serve app`` calls these once when the server starts and stops. The app's
+modules (the engine with JAX, HoloViews' Bokeh backend) are imported at start-up so
+that the first visitor does not wait for them. Each session's worker logs
+"session <id> closed: N worker thread(s) still alive" when the session ends
+(see ``app/workers.py``).
 """
 
 import logging
@@ -14,6 +16,7 @@ if log.level == logging.NOTSET:
 
 
 def on_server_loaded(server_context):
+    import app.dashboard  # noqa: F401  (see the module docstring)
     log.info("StreamSSM server loaded")
 
 

@@ -66,7 +66,9 @@ class LearnView(pn.viewable.Viewer):
                    f"| measurement variance H | {s.obs_var:.6g} |\n"
                    f"| log-likelihood term | {s.loglik:.6g} |\n")
         return pn.Column(
-            pn.pane.HoloViews(learn_plot(d.index, d.y, d.target_label, s.t, s.predicted,
+            # on diffuse steps the prediction carries no information (infinite variance): not drawn
+            pn.pane.HoloViews(learn_plot(d.index, d.y, d.target_label, s.t,
+                                         s.predicted if s.kind == "standard" else np.nan,
                                          np.sqrt(s.innov_var) if s.kind == "standard" else np.inf, level),
                               sizing_mode="stretch_width"),
             pn.Row(pn.pane.Markdown(summary, width=360),
