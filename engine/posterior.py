@@ -2,8 +2,8 @@
 
 Each mixes parameter uncertainty (the draws θ_d) with state uncertainty (the Kalman moments
 given θ_d): for a quantity with Gaussian moments (μ_d, σ²_d) under draw d, the posterior is
-the mixture (1/S) Σ_d N(μ_d, σ²_d). Bands are HDIs/quantiles of one sample per draw from it
-(several when draws are few). Everything is vectorised over draws with `vmap`/batched filters.
+the mixture (1/S) Σ_d N(μ_d, σ²_d). Bands are its exact quantiles (bisection on the mixture
+CDF) or HDIs (from its density on a fine grid), not Monte Carlo estimates. Everything is vectorised over draws with `vmap`/batched filters.
 """
 
 from __future__ import annotations
@@ -53,28 +53,12 @@ def posterior_matrix(spec, posterior, max_draws: int | None = None, seed: int = 
     return theta
 
 
-def _mixture_samples(key, mean, var, per_draw: int):
-    """(per_draw·S, …) samples of the mixture of N(mean_d, var_d) over the leading draw axis."""
-    eps = jax.random.normal(key, (per_draw,) + mean.shape)
-    return (mean[None] + jnp.sqrt(jnp.clip(var, 0.0))[None] * eps).reshape((-1,) + mean.shape[1:])
-
-
 class Band(NamedTuple):
     """A posterior summary over time (or horizon) of one quantity."""
 
     mean: np.ndarray      # (time,)
     lower: np.ndarray     # (time,)
     upper: np.ndarray     # (time,)
-
-
-def _hdi(samples: np.ndarray, prob: float) -> tuple[np.ndarray, np.ndarray]:
-    import arviz as az
-    h = az.hdi(samples[None], hdi_prob=prob)  # (time, 2)
-    return h[..., 0], h[..., 1]
-
-
-def _n_per_draw(n_draws: int, target: int = 2000) -> int:
-    return max(1, -(-target // max(n_draws, 1)))
 
 
 @partial(jax.jit, static_argnames=("spec",))
@@ -91,15 +75,41 @@ def posterior_components(spec, posterior, y, exog=None, *, hdi_prob: float = 0.9
     spec, _, y, x = _prepare(spec, np.zeros(len(param_names(as_spec(spec)))), y, exog)
     theta = jnp.asarray(posterior_matrix(spec, posterior, max_draws, seed))
     comps = jax.device_get(_components_over_draws(spec, theta, y, x))
-    key = jax.random.PRNGKey(seed)
     out = {}
     for name, (mean, var) in comps.items():
-        key, sub = jax.random.split(key)
-        samples = np.asarray(_mixture_samples(sub, jnp.asarray(mean), jnp.asarray(var),
-                                              _n_per_draw(theta.shape[0])))
-        lo, hi = _hdi(samples, hdi_prob)
+        lo, hi = mixture_hdi(np.asarray(mean), np.asarray(var), hdi_prob)
         out[name] = Band(np.asarray(mean).mean(axis=0), lo, hi)
     return out
+
+
+def mixture_hdi(mean: np.ndarray, var: np.ndarray, prob: float, grid: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Highest-density interval of (1/S) Σ_d N(mean_d, var_d) per column, from its exact density on a grid.
+
+    The region {x : f(x) ≥ c} holding `prob` of the mass is found per column; its outer ends are
+    returned (the interval hull when the mixture is multimodal). Accurate to span/grid.
+    """
+    sd = np.sqrt(np.clip(var, 0.0, None))
+    lo0 = (mean - 6 * sd).min(axis=0)
+    hi0 = (mean + 6 * sd).max(axis=0)
+    degenerate = hi0 - lo0 <= 0
+    hi0 = np.where(degenerate, lo0 + 1.0, hi0)
+    u = (np.arange(grid) + 0.5) / grid
+    xs = lo0[None] + (hi0 - lo0)[None] * u[:, None]                      # (grid, n)
+    dens = np.zeros_like(xs)
+    for d in range(mean.shape[0]):
+        s = np.where(sd[d] > 0, sd[d], 1.0)
+        dens += np.exp(-0.5 * ((xs - mean[d]) / s) ** 2) / s
+    dens /= mean.shape[0] * np.sqrt(2 * np.pi)
+    dx = (hi0 - lo0) / grid
+    order = np.argsort(-dens, axis=0)
+    mass = np.cumsum(np.take_along_axis(dens, order, axis=0), axis=0) * dx
+    k = np.minimum((mass < prob * mass[-1]).sum(axis=0), grid - 1)
+    level = np.take_along_axis(np.take_along_axis(dens, order, axis=0), k[None], axis=0)[0]
+    inside = dens >= level[None]
+    lo = np.where(inside, xs, np.inf).min(axis=0) - dx / 2
+    hi = np.where(inside, xs, -np.inf).max(axis=0) + dx / 2
+    point = mean.mean(axis=0)
+    return np.where(degenerate, point, lo), np.where(degenerate, point, hi)
 
 
 class PosteriorForecast(NamedTuple):
@@ -160,11 +170,32 @@ def posterior_forecast(spec, posterior, y, steps: int, exog=None, exog_future=No
     if np.isnan(mean).any():
         raise ValueError("the series is too short to identify every component (still diffuse at its end); "
                          "forecasts would have infinite variance")
-    samples = np.asarray(_mixture_samples(jax.random.PRNGKey(seed), jnp.asarray(mean), jnp.asarray(var),
-                                          _n_per_draw(theta.shape[0], 4000)))
     probs = sorted({round(0.5 + s * lv / 2, 6) for lv in levels for s in (-1, 1)} | {0.5})
-    q = np.quantile(samples, probs, axis=0)
+    q = mixture_quantiles(mean, var, probs)
     return PosteriorForecast(mean.mean(axis=0), dict(zip(probs, q)), mean, var)
+
+
+def mixture_quantiles(mean: np.ndarray, var: np.ndarray, probs, tol: float = 1e-10) -> np.ndarray:
+    """Quantiles of (1/S) Σ_d N(mean_d, var_d) for each column: (prob, n) from (draw, n), by bisection.
+
+    The mixture quantile lies between the smallest and largest component quantile, which
+    brackets the root of the (monotone) mixture CDF.
+    """
+    from scipy.special import ndtr, ndtri
+
+    sd = np.sqrt(np.clip(var, 1e-300, None))
+    out = []
+    for p in probs:
+        z = ndtri(p)
+        lo, hi = (mean + z * sd).min(axis=0), (mean + z * sd).max(axis=0)
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            below = ndtr((mid[None] - mean) / sd).mean(axis=0) < p
+            lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+            if np.all(hi - lo <= tol * np.maximum(1.0, np.abs(mid))):
+                break
+        out.append(0.5 * (lo + hi))
+    return np.stack(out)
 
 
 class PredictiveCheck(NamedTuple):
