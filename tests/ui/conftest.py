@@ -83,8 +83,11 @@ def panel_server(tmp_path_factory) -> PanelServer:
         "--port", str(port),
         f"--allow-websocket-origin={host}:{port}",
         f"--allow-websocket-origin=localhost:{port}",
+        # end closed sessions within about a second, so tests can see their workers stop
+        "--check-unused-sessions", "500",
+        "--unused-session-lifetime", "500",
     ]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu", BOKEH_RESOURCES="server")
     url = f"http://{host}:{port}{APP_ROUTE}"
 
     with open(log_path, "wb") as log:

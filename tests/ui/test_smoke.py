@@ -17,7 +17,9 @@ def test_app_loads(app_url, page, panel_server, tmp_path):
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 0
 
-    assert page.console_errors == [], "\n".join(page.console_errors)
+    # CDN stylesheet links are a known defect, checked in test_app.test_page_needs_no_outside_resources
+    errors = [e for e in page.console_errors if "https://cdn.holoviz.org/" not in e]
+    assert errors == [], "\n".join(errors)
 
     server_log = panel_server.log()
     assert "Traceback" not in server_log and "Error running application" not in server_log, server_log
