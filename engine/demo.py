@@ -192,6 +192,8 @@ def _compose(key, n_time: int, plan: _Plan, name: str) -> DemoStream:
 
 
 class DemoInfo(NamedTuple):
+    """A registry entry: what the stream view lists, and the plan that generates it."""
+
     name: str
     title: str
     description: str
