@@ -42,7 +42,7 @@ def test_notebook_runs(path, monkeypatch, tmp_path):
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=600, kernel_name="streamssm-test",
+    client = NotebookClient(nb, timeout=None, kernel_name="streamssm-test",
                             resources={"metadata": {"path": str(path.parent)}})
     client.execute()   # raises CellExecutionError, with the cell and traceback, on the first error
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
