@@ -22,3 +22,19 @@ def on_server_loaded(server_context):
 
 def on_server_unloaded(server_context):
     log.info("StreamSSM server unloaded")
+
+
+
+def serve_stylesheets_locally(doc) -> None:
+    """Make a session's components link Panel's stylesheets from this server, never the CDN.
+
+    Panel records where its stylesheets live (`dist_url`) on a document only while rendering
+    the HTML page of that session. When the browser's websocket arrives after that session
+    was already discarded as unused (a slow page load, or a short `--unused-session-lifetime`),
+    Bokeh builds a fresh session for it that never had a page rendered, and every stylesheet
+    then falls back to cdn.holoviz.org (failing offline). Setting it up front covers both paths.
+    """
+    from panel.io.resources import get_dist_path, use_cdn
+
+    if doc is not None and not use_cdn():
+        doc.template_variables.setdefault("dist_url", get_dist_path(cdn=False))

@@ -8,6 +8,9 @@ import panel as pn
 
 pn.extension()
 
+from app.app_hooks import serve_stylesheets_locally  # noqa: E402
 from app.dashboard import session_app  # noqa: E402
+
+serve_stylesheets_locally(pn.state.curdoc)
 
 session_app().page().servable()
