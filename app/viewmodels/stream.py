@@ -1,0 +1,413 @@
+"""StreamModel: stream the rest of a series (or a demo stream) through the online engine, live.
+
+After a fit, an `engine.OnlineFilter` over the fit's posterior (S = 1 for the quick fit, the
+NUTS draws when a Bayesian fit exists) catches up on the first part of the series in one
+batched pass; an `engine.StreamRunner` then feeds it the rest on its own threads at the
+chosen rate. The runner's subscriber (on the engine thread) only queues the new rows and
+asks `dispatch` (the session document's `add_next_tick_callback`) to run `_drain` once;
+`_drain` publishes everything queued since as one `new_rows` frame, so the page receives
+at most one update per server tick however fast the engine runs.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import jax
+import numpy as np
+import pandas as pd
+import param
+
+import engine
+from engine.online import BAND_LEVELS
+from engine.spec import ModelSpec
+
+from ..workers import SessionWorker, run_now
+from .data_model import DataModel
+from .fit_model import FitModel
+
+log = logging.getLogger("streamssm.app")
+
+DATASET = "rest of the dataset"
+STATUSES = ["idle", "starting", "playing", "paused", "finished", "stopped", "error"]
+FORECAST_EVERY_S = 0.25   # the forecast panel is refreshed at most this often
+COLUMNS = ("t", "y", "predicted", "lo95", "hi95", "lo50", "hi50", "filtered", "anomaly_y", "ess", "drift")
+
+
+def fit_posterior(fit: FitModel) -> tuple[ModelSpec, Any, str] | None:
+    """(spec, posterior, label) of the session's latest fit: NUTS draws (an InferenceData held
+    by the fit view-model) when there are any, else the quick fit's estimate (one draw)."""
+    for value in fit.param.values().values():
+        if hasattr(value, "posterior") and hasattr(value.posterior, "data_vars"):   # arviz.InferenceData
+            n = int(value.posterior.sizes["chain"] * value.posterior.sizes["draw"])
+            return engine.spec_of(value), value, f"NUTS posterior (S = {n} draws)"
+    r = fit.result
+    if r is None:
+        return None
+    return r.spec, dict(r.params), "quick fit estimate (S = 1 draw)"
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """Everything a run needs: the model and posterior, the history to catch up on, what to stream."""
+
+    spec: ModelSpec
+    posterior: Any
+    label: str
+    y_history: np.ndarray            # (history,)
+    exog_history: np.ndarray | None  # (history, k)
+    source: np.ndarray               # (time,) or (time, 1 + k): what the runner replays
+    t0: int                          # position of the first streamed observation in the whole series
+
+
+def _bucket_sizes(batch_size: int) -> list[int]:
+    """Micro-batch shapes the engine compiles: powers of two from 8 up to batch_size."""
+    sizes = [8]
+    while sizes[-1] < batch_size:
+        sizes.append(sizes[-1] * 2)
+    return sizes
+
+
+def warm_up(plan: StreamPlan, filt: engine.OnlineFilter, sizes: list[int]) -> None:
+    """Compile `filt.update_many` for micro-batches of the given padded sizes, on throw-away twins
+    of the filter (same bank, a copy of the belief), both on the first-steps path and on the
+    steady-state path (taken from the third update on), so the stream itself never waits."""
+    def twin():
+        belief = jax.tree_util.tree_map(lambda a: a.copy(), filt.state)
+        return engine.OnlineFilter(plan.spec, filt.params, y_history=plan.y_history,
+                                   exog_history=plan.exog_history, belief=belief, rejuvenate=False)
+
+    finite = plan.y_history[np.isfinite(plan.y_history)]
+    y_fill = float(finite[-1]) if len(finite) else 0.0
+    exog = (lambda n: np.zeros((n, plan.spec.k_exog))) if plan.spec.regression is not None else (lambda n: None)
+    steady = twin()
+    for size in [sizes[0], sizes[0]] + sizes:   # two updates first: the steady flag lags by one
+        jax.block_until_ready(steady.update_many(np.full(size, y_fill), exog(size)))
+    if sizes[0] == 8:   # a single observation (a paced stream) is a padded batch cut back to length 1
+        jax.block_until_ready(steady.update_many(np.full(1, y_fill), exog(1)))
+    for size in sizes[1:]:
+        jax.block_until_ready(twin().update_many(np.full(size, y_fill), exog(size)))
+
+
+def build_filter(plan: StreamPlan) -> engine.OnlineFilter:
+    """The online filter for a plan, caught up on its history, compiled for single-step batches."""
+    filt = engine.OnlineFilter.from_posterior(plan.spec, plan.posterior, plan.y_history, plan.exog_history)
+    warm_up(plan, filt, _bucket_sizes(1))
+    return filt
+
+
+def batch_rows(batch: engine.StreamBatch, t0: int, signal: np.ndarray) -> dict[str, np.ndarray]:
+    """Plot columns of one micro-batch: observation, one-step predictive mean and 50/95% bands,
+    the filtered signal (sum of the additive components' filtered means), anomalies, ESS."""
+    info = batch.info
+    q = np.asarray(info.quantiles)
+    lo95, hi95 = BAND_LEVELS[0.95]
+    lo50, hi50 = BAND_LEVELS[0.5]
+    y = np.asarray(batch.y, dtype=float)
+    anomaly = np.asarray(info.anomaly, dtype=bool)
+    return {"t": np.asarray(batch.t) + t0, "y": y, "predicted": np.asarray(info.mean, dtype=float),
+            "lo95": q[:, lo95], "hi95": q[:, hi95], "lo50": q[:, lo50], "hi50": q[:, hi50],
+            "filtered": np.asarray(info.component_mean, dtype=float) @ signal,
+            "anomaly_y": np.where(anomaly, y, np.nan), "ess": np.asarray(info.ess, dtype=float),
+            "drift": np.asarray(info.drift, dtype=bool)}
+
+
+def forecast_frame(fc: engine.OnlineForecast, t_next: int) -> pd.DataFrame:
+    """The h-step forecast as plot columns, starting at position t_next."""
+    q = np.asarray(fc.quantiles)
+    lo95, hi95 = BAND_LEVELS[0.95]
+    lo50, hi50 = BAND_LEVELS[0.5]
+    return pd.DataFrame({"t": t_next + np.arange(len(q)), "mean": np.asarray(fc.mean), "lo95": q[:, lo95],
+                         "hi95": q[:, hi95], "lo50": q[:, lo50], "hi50": q[:, hi50]})
+
+
+class StreamModel(param.Parameterized):
+    """Play / pause / step / stop a live stream of the session's data through its fitted model."""
+
+    source = param.Selector(default=DATASET, objects=[DATASET], doc="What to stream")
+    history_fraction = param.Number(default=0.5, bounds=(0.0, 0.95), step=0.05,
+                                    doc="Share of the dataset the filter starts from (the rest streams)")
+    rate = param.Number(default=20.0, bounds=(0.5, 5000.0), doc="Observations per second")
+    max_speed = param.Boolean(default=False, doc="As fast as the engine goes")
+    horizon = param.Integer(default=20, bounds=(1, 500), doc="Forecast steps")
+    batch_size = param.Integer(default=64, bounds=(1, 4096), doc="Most observations per engine call")
+
+    status = param.Selector(default="idle", objects=STATUSES, constant=True)
+    message = param.String(default="", constant=True)
+    posterior_label = param.String(default="", constant=True)
+    n_received = param.Integer(default=0, constant=True)
+    n_total = param.Integer(default=0, constant=True)
+    run_id = param.Integer(default=0, constant=True, doc="Incremented when a new run starts (views reset)")
+    new_rows = param.DataFrame(default=None, allow_None=True, constant=True,
+                               doc="The rows received since the last update (views append only these)")
+    forecast = param.DataFrame(default=None, allow_None=True, constant=True)
+    stats = param.Dict(default={}, constant=True, doc="Throughput and latency (see `_stats`)")
+    events = param.List(default=[], constant=True, doc="Rejuvenation and drift events, newest last")
+    drift_alarm = param.Boolean(default=False, constant=True, doc="A drift was flagged since the last refit")
+
+    def __init__(self, data: DataModel, fit: FitModel, worker: SessionWorker,
+                 dispatch: Callable[[Callable[[], Any]], None] = run_now, **params):
+        super().__init__(**params)
+        self.data, self.fit, self.worker, self._dispatch = data, fit, worker, dispatch
+        self.param.source.objects = [DATASET] + list(engine.list_demo_streams()["name"])
+        self.filter: engine.OnlineFilter | None = None
+        self.runner: engine.StreamRunner | None = None
+        self._plan: StreamPlan | None = None
+        self._signal = np.zeros(0)
+        self._lock = threading.Lock()
+        self._queued: list[dict] = []
+        self._queued_events: list[dict] = []
+        self._queued_forecast: pd.DataFrame | None = None
+        self._scheduled = False
+        self._chunks: list[pd.DataFrame] = []
+        self._refit_requested = False
+        self._last_forecast = 0.0
+        self._render_ms: collections.deque = collections.deque(maxlen=2000)
+        self._closed = False
+        self._pending_step = 0
+
+    # -- what to stream --------------------------------------------------------------
+    def plan(self) -> StreamPlan:
+        """The model, posterior and data of the next run; raises ValueError naming what is missing."""
+        if self.source != DATASET:
+            demo = engine.demo_stream(0, self.source, n_time=2000)
+            spec = ModelSpec.from_dict(demo.spec)
+            n_hist = 200
+            return StreamPlan(spec, dict(demo.params), "the demo's true parameters (S = 1 draw)",
+                              demo.y[:n_hist], None, demo.y[n_hist:], n_hist)
+        fitted = fit_posterior(self.fit)
+        if fitted is None or not self.data.ready:
+            raise ValueError("Fit a model first (Fit tab): the stream runs the fitted model's posterior.")
+        spec, posterior, label = fitted
+        y = self.data.y
+        if self.fit.result is not None and self.fit.result.n_obs < len(y):
+            n_hist = self.fit.result.n_obs   # the fit saw only the first part: stream the rest
+        else:
+            n_hist = int(round(self.history_fraction * len(y)))
+        if n_hist >= len(y):
+            raise ValueError(f"nothing left to stream: the filter starts from {n_hist} of {len(y)} observations")
+        x = None
+        if spec.regression is not None:
+            x = self.data.frame[list(spec.exog_columns)].to_numpy(dtype=float)
+        source = y[n_hist:] if x is None else np.column_stack([y[n_hist:], x[n_hist:]])
+        return StreamPlan(spec, posterior, label, y[:n_hist], None if x is None else x[:n_hist], source, n_hist)
+
+    # -- controls --------------------------------------------------------------------
+    def play(self) -> Future | None:
+        """Start a new run (building the filter in the worker) or resume a paused one."""
+        if self.runner is not None and self.status == "paused":
+            self.runner.resume()
+            self._set(status="playing", message="")
+            return None
+        if self.status in ("starting", "playing"):
+            return None
+        return self._start(paused=False)
+
+    def pause(self) -> None:
+        if self.runner is not None and self.status == "playing":
+            self.runner.pause()
+            self._set(status="paused")
+
+    def step(self, n: int = 1) -> Future | None:
+        """Let n more observations through (starting a paused run first if there is none)."""
+        if self.status == "starting":
+            self._pending_step += n
+            return None
+        if self.runner is None or self.status in ("finished", "stopped", "error", "idle"):
+            self._pending_step = n
+            return self._start(paused=True)
+        if self.status == "playing":
+            self.pause()
+        self.runner.step(n)
+        return None
+
+    def stop(self) -> None:
+        """Stop the run and its threads (the next play starts again from the beginning)."""
+        runner = self.runner
+        if runner is not None:
+            runner.stop()
+        if self.status not in ("idle", "error", "finished"):
+            self._set(status="stopped", message="Stopped.")
+
+    def shutdown(self) -> bool:
+        """The session closed: stop the runner and drop further results. True when its threads ended."""
+        self._closed = True
+        runner = self.runner
+        if runner is None:
+            return True
+        runner.stop(timeout=10.0)
+        alive = runner.running
+        log.info("session stream stopped: %d stream thread(s) still alive", int(alive) * 2)
+        return not alive
+
+    def refit(self) -> None:
+        """Rejuvenate the posterior bank on all data seen so far, in the background (the stream
+        keeps using the old bank until the new one is ready)."""
+        if self.filter is None:
+            return
+        with param.edit_constant(self):
+            self.drift_alarm = False
+        if self.status == "playing":
+            with self._lock:
+                self._refit_requested = True   # done on the engine thread, between two updates
+        else:
+            self.filter.rejuvenate(reason="drift alarm (requested)")
+
+    @param.depends("rate", "max_speed", watch=True)
+    def _on_speed(self):
+        if self.runner is not None:
+            self.runner.rate = None if self.max_speed else float(self.rate)
+
+    # -- run lifecycle ---------------------------------------------------------------
+    def _set(self, **values):
+        with param.edit_constant(self):
+            self.param.update(**values)
+
+    def _start(self, paused: bool) -> Future | None:
+        try:
+            plan = self.plan()
+        except ValueError as exc:
+            self._set(status="error", message=str(exc))
+            return None
+        if self.runner is not None:
+            self.runner.stop()
+        self.runner = self.filter = None
+        self._plan = plan
+        self._set(status="starting", posterior_label=plan.label,
+                  message=f"Starting the filter from {plan.t0} observations ({plan.label}); the first run "
+                          "of a model also compiles it…")
+        return self.worker.submit(build_filter, plan, on_done=lambda f: self._begin(f, plan, paused),
+                                  on_error=self._failed)
+
+    def _begin(self, filt: engine.OnlineFilter, plan: StreamPlan, paused: bool) -> None:
+        if self._closed or plan is not self._plan:
+            return
+        names = engine.component_names(plan.spec)
+        self._signal = np.array([0.0 if n == "trend" else 1.0 for n in names])
+        filt.on_event = self._on_engine_event
+        self.filter = filt
+        with self._lock:
+            self._queued, self._queued_events, self._queued_forecast = [], [], None
+            self._scheduled = False
+        self._chunks = []
+        self._render_ms.clear()
+        self._set(run_id=self.run_id + 1, n_received=0, n_total=len(plan.source), new_rows=None,
+                  forecast=None, events=[], drift_alarm=False, stats={},
+                  status="paused" if paused else "playing", message="")
+        self.runner = engine.StreamRunner(filt, plan.source, rate=None if self.max_speed else float(self.rate),
+                                          batch_size=self.batch_size)
+        self.runner.subscribe(self._on_batch)
+        self.runner.start(paused=paused)
+        # larger micro-batches (a fast stream) are compiled in the worker meanwhile
+        self.worker.submit(warm_up, plan, filt, _bucket_sizes(self.batch_size)[1:], on_done=lambda _: None,
+                           on_error=lambda exc: log.info("stream warm-up failed: %s", exc))
+        if self._pending_step:
+            n, self._pending_step = self._pending_step, 0
+            self.runner.step(n)
+
+    def _failed(self, exc: BaseException) -> None:
+        self._set(status="error", message=f"The stream could not start: {exc}")
+
+    # -- engine thread ---------------------------------------------------------------
+    def _on_engine_event(self, event: dict) -> None:
+        with self._lock:
+            self._queued_events.append(dict(event))
+        self._schedule()
+
+    def _on_batch(self, message) -> None:
+        """Subscriber (engine thread): queue the batch's rows; refresh the forecast now and then."""
+        if self._closed:
+            return
+        if isinstance(message, engine.StreamError):
+            with self._lock:
+                self._queued_events.append({"kind": "error", "where": message.where, "error": repr(message.error)})
+            self._schedule()
+            return
+        rows = batch_rows(message, self._plan.t0, self._signal)
+        filt = self.filter
+        now = time.perf_counter()
+        last = int(message.t[-1]) + 1 >= len(self._plan.source)
+        forecast = None
+        if now - self._last_forecast > FORECAST_EVERY_S or last:
+            self._last_forecast = now
+            forecast = forecast_frame(jax.device_get(filt.forecast(self.horizon)), int(rows["t"][-1]) + 1)
+        with self._lock:
+            self._queued.append(rows)
+            if forecast is not None:
+                self._queued_forecast = forecast
+            refit, self._refit_requested = self._refit_requested, False
+        if refit:
+            filt.rejuvenate(reason="drift alarm (requested)")
+        self._schedule()
+
+    def _schedule(self) -> None:
+        with self._lock:
+            if self._scheduled or self._closed:
+                return
+            self._scheduled = True
+        self._dispatch(self._drain)
+
+    # -- UI thread -------------------------------------------------------------------
+    def _drain(self) -> None:
+        """Publish everything queued since the last tick as one update (runs on the page's loop)."""
+        t0 = time.perf_counter()
+        with self._lock:
+            queued, self._queued = self._queued, []
+            events, self._queued_events = self._queued_events, []
+            forecast, self._queued_forecast = self._queued_forecast, None
+            self._scheduled = False
+        if self._closed:
+            return
+        values: dict[str, Any] = {}
+        n_new = 0
+        if queued:
+            frame = pd.DataFrame({c: np.concatenate([r[c] for r in queued]) for c in COLUMNS})
+            self._chunks.append(frame)
+            n_new = len(frame)
+            values.update(new_rows=frame, n_received=self.n_received + n_new)
+            drifts = frame["t"][frame["drift"]].tolist()
+            events = events + [{"kind": "drift", "t": int(t)} for t in drifts]
+            if drifts:
+                values["drift_alarm"] = True
+        if forecast is not None:
+            values["forecast"] = forecast
+        if events:
+            values["events"] = self.events + events
+            errors = [e for e in events if e["kind"] in ("error", "rejuvenation_failed")]
+            if errors:
+                values.update(status="error", message=f"The stream failed: {errors[0].get('error')}")
+        runner = self.runner
+        if runner is not None and self.n_received + n_new >= self.n_total and self.status != "error":
+            values.update(status="finished", message=f"Streamed all {self.n_total} observations.")
+        if runner is not None:
+            values["stats"] = self._stats(runner)
+        self._set(**values)
+        if n_new:
+            self._render_ms.append((time.perf_counter() - t0) * 1e3 / n_new)
+
+    def _stats(self, runner: engine.StreamRunner) -> dict:
+        """Runner stats plus the page side: render time per observation (server side of the views)."""
+        s = runner.stats()
+        render = np.asarray(self._render_ms) if self._render_ms else np.array([np.nan])
+        return {"n_obs": s.n_obs, "elapsed_s": s.elapsed_s, "obs_per_s": s.throughput,
+                "engine_obs_per_s": s.engine_throughput, "engine_ms_p50": s.engine_ms["p50"],
+                "engine_ms_p99": s.engine_ms["p99"], "latency_ms_p50": s.total_ms["p50"],
+                "latency_ms_p99": s.total_ms["p99"], "render_ms_p50": float(np.median(render)),
+                "render_ms_p99": float(np.percentile(render, 99)), "queue_depth": s.queue_depth,
+                "n_draws": self.filter.n_draws if self.filter is not None else 0}
+
+    # -- results ---------------------------------------------------------------------
+    @property
+    def rows(self) -> pd.DataFrame:
+        """Every row received in this run so far."""
+        if not self._chunks:
+            return pd.DataFrame({c: [] for c in COLUMNS})
+        if len(self._chunks) > 1:
+            self._chunks = [pd.concat(self._chunks, ignore_index=True)]
+        return self._chunks[0]
