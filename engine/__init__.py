@@ -3,9 +3,30 @@
 The public API is listed here and only here.
 """
 
+import os
+
 import jax
 
 jax.config.update("jax_enable_x64", True)
+
+
+def _enable_compilation_cache() -> None:
+    """Keep compiled programs on disk so a new process does not recompile the same model.
+
+    STREAMSSM_JAX_CACHE sets the folder ("0" turns it off); a cache the user configured wins.
+    """
+    where = os.environ.get("STREAMSSM_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "streamssm", "jax"))
+    if where == "0" or jax.config.jax_compilation_cache_dir:
+        return
+    try:
+        os.makedirs(where, exist_ok=True)
+    except OSError:
+        return
+    jax.config.update("jax_compilation_cache_dir", where)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+_enable_compilation_cache()
 
 from .spec import ModelSpec, SpecificationWarning, TREND_KINDS, param_names  # noqa: E402
 from .system import System, build_system, layout  # noqa: E402

@@ -25,7 +25,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 from numpyro.distributions import biject_to
 from numpyro.infer.hmc import hmc
-from numpyro.infer.util import initialize_model
+from numpyro.infer.util import potential_energy
 
 from . import kalman
 from .model import _prepare, _systems, as_param_vector
@@ -51,12 +51,75 @@ def _loglik_terms_batch(spec: ModelSpec, pvec, y, x):
 
 
 def loglik_value(spec: ModelSpec, pvec, y, x):
-    """The exact log-likelihood, batched natively when vmapped (one filter over the batch)."""
+    """The exact log-likelihood of one parameter vector (plain JAX: any order of derivatives)."""
     return jnp.sum(_loglik_terms_batch(spec, pvec[None], y, x)[:, 0])
 
 
-def _model(spec: ModelSpec, families: tuple[str, ...], y, x, prior_args):
-    """NumPyro model: one sample site per parameter with its prior; the Kalman likelihood as a factor."""
+FORWARD_MODE_MAX_PARAMS = 4   # up to this many parameters, k forward tangents beat one reverse pass
+
+
+def _value_and_grad_batch(spec: ModelSpec, P, y, x):
+    """Per-member log-likelihoods (batch,) and gradients (batch, k) from one batched filter.
+
+    Members are independent, so one tangent per parameter direction (set for every member at
+    once) gives every member's derivative; few parameters use forward mode (no stored
+    residuals, no reverse scan), more use one reverse pass with a ones cotangent.
+    """
+    f = lambda P: jnp.sum(_loglik_terms_batch(spec, P, y, x), axis=0)
+    k = P.shape[1]
+    if k <= FORWARD_MODE_MAX_PARAMS:
+        def along(j):
+            return jax.jvp(f, (P,), (jnp.zeros_like(P).at[:, j].set(1.0),))
+        values, tangents = jax.vmap(along)(jnp.arange(k))
+        return values[0], tangents.T
+    values, pullback = jax.vjp(f, P)
+    return values, pullback(jnp.ones_like(values))[0]
+
+
+@lru_cache(maxsize=64)
+def _sampler_loglik(spec: ModelSpec) -> Callable:
+    """log p(y | θ) for samplers: a custom VJP whose value and gradient come from
+    `_value_and_grad_batch`, and a custom batching rule so that vmapping it over chains runs
+    one natively batched filter (instead of vmap turning the filter's per-step branch into a
+    select over every branch). First derivatives only."""
+
+    def one(p, data):
+        v, g = _value_and_grad_batch(spec, p[None], *data)
+        return v[0], g[0]
+
+    @jax.custom_batching.custom_vmap
+    def value_and_grad(p, data):
+        return one(p, data)
+
+    @value_and_grad.def_vmap
+    def _batched(axis_size, in_batched, p, data):
+        p_batched, data_batched = in_batched
+        if any(jax.tree_util.tree_leaves(data_batched)):   # per-chain data: no shared filter
+            axes = (0 if p_batched else None, jax.tree_util.tree_map(lambda b: 0 if b else None, data_batched))
+            return jax.vmap(one, in_axes=axes)(p, data), (True, True)
+        P = p if p_batched else jnp.broadcast_to(p, (axis_size,) + p.shape)
+        return _value_and_grad_batch(spec, P, *data), (True, True)
+
+    @jax.custom_vjp
+    def loglik(p, data):
+        return value_and_grad(p, data)[0]
+
+    def fwd(p, data):
+        v, g = value_and_grad(p, data)
+        return v, g
+
+    def bwd(g, ct):
+        return ct * g, None
+
+    loglik.defvjp(fwd, bwd)
+    return loglik
+
+
+def _model(spec: ModelSpec, families: tuple[str, ...], y, x, prior_args, *, for_sampler: bool = False):
+    """NumPyro model: one sample site per parameter with its prior; the Kalman likelihood as a factor.
+
+    for_sampler: use the batched first-derivative likelihood (`_sampler_loglik`) for NUTS.
+    """
     sites = sample_sites(spec)
     values = {name: numpyro.sample(name, make_distribution(fam, args))
               for name, fam, args in zip(sites, families, prior_args)}
@@ -64,7 +127,8 @@ def _model(spec: ModelSpec, families: tuple[str, ...], y, x, prior_args):
     if spec.ar_order:
         for i in range(spec.ar_order):
             numpyro.deterministic(f"ar.L{i + 1}", pvec[param_names(spec).index(f"ar.L{i + 1}")])
-    numpyro.factor("loglik", loglik_value(spec, pvec, y, x))
+    ll = _sampler_loglik(spec)(pvec, (y, x)) if for_sampler else loglik_value(spec, pvec, y, x)
+    numpyro.factor("loglik", ll)
 
 
 def _site_values_to_params(spec: ModelSpec, values: Mapping) -> jnp.ndarray:
@@ -140,33 +204,22 @@ def make_model(spec, y, exog=None, priors: Mapping | None = None) -> Callable[[]
 
 class _Coordinates(NamedTuple):
     potential_fn_gen: Callable    # (*args) → (unconstrained dict → −log p)
-    postprocess_fn_gen: Callable  # (*args) → (unconstrained dict → constrained dict)
-    unravel: Callable             # (k,) vector → unconstrained dict
-    transforms: dict              # site → bijection unconstrained → constrained
+    unravel: Callable             # (k,) vector → unconstrained dict (sites sorted by name)
 
 
 @lru_cache(maxsize=32)
-def _coordinates(spec: ModelSpec, families: tuple[str, ...], shapes: tuple) -> _Coordinates:
-    """NumPyro's potential and transforms for a model structure (cached per spec, priors and shapes)."""
-    n_time, x_shape = shapes
-    y = jnp.zeros(n_time)
-    x = None if x_shape is None else jnp.zeros(x_shape)
-    sites = sample_sites(spec)
-    prior_args = tuple(tuple(jnp.asarray(v) for v in _placeholder_args(f)) for f in families)
-    model = partial(_model, spec, families)
-    init, potential_fn_gen, postprocess_fn_gen, _ = initialize_model(
-        jax.random.PRNGKey(0), model, model_args=(y, x, prior_args), dynamic_args=True,
-        init_strategy=numpyro.infer.init_to_median(num_samples=3), validate_grad=False)
-    _, unravel = ravel_pytree(init.z)
-    transforms = {n: biject_to(make_distribution(f, _placeholder_args(f)).support)
-                  for n, f in zip(sites, families)}
-    return _Coordinates(potential_fn_gen, postprocess_fn_gen, unravel, transforms)
+def _coordinates(spec: ModelSpec, families: tuple[str, ...], shapes: tuple, for_sampler: bool = False) -> _Coordinates:
+    """NumPyro's potential energy for a model structure (cached per spec, prior families and shapes).
 
+    The potential maps each site's unconstrained value through `biject_to` of its support as
+    the model declares it at evaluation time, so prior numbers (and bounds) are arguments.
+    """
+    model = partial(_model, spec, families, for_sampler=for_sampler)
 
-def _placeholder_args(family: str) -> tuple[float, ...]:
-    return {"uniform": (0.0, 1.0), "normal": (0.0, 1.0), "log_normal": (0.0, 1.0),
-            "half_student_t": (3.0, 1.0), "beta": (1.0, 1.0), "gamma": (2.0, 1.0),
-            "inverse_gamma": (2.0, 1.0)}.get(family, (1.0,))
+    def potential_fn_gen(*args):
+        return partial(potential_energy, model, args, {})
+    _, unravel = ravel_pytree({n: jnp.zeros(()) for n in sample_sites(spec)})
+    return _Coordinates(potential_fn_gen, unravel)
 
 
 def _coords(prob: Problem) -> _Coordinates:
@@ -321,7 +374,7 @@ def _chunk_len(warmup: int, draws: int, cap: int = 100) -> int:
 def _sampler(spec: ModelSpec, families: tuple, shapes: tuple, warmup: int, chunk_len: int,
              target_accept: float, max_tree_depth: int) -> _Sampler:
     """Jitted NUTS init and chunked sampling loop, vectorised over chains (compiled once per key)."""
-    co = _coordinates(spec, families, shapes)
+    co = _coordinates(spec, families, shapes, for_sampler=True)
     init_kernel, sample_kernel = hmc(potential_fn_gen=co.potential_fn_gen, algo="NUTS")
 
     def init_one(z, key, args):
@@ -343,19 +396,21 @@ def _sampler(spec: ModelSpec, families: tuple, shapes: tuple, warmup: int, chunk
     return _Sampler(init_all, chunk, chunk_len)
 
 
-def _initial_points(prob: Problem, co: _Coordinates, chains: int, key) -> dict:
+@partial(jax.jit, static_argnames=("families", "chains"))
+def _initial_points_jit(families, prior_args, key, chains):
+    z0 = []
+    for fam, args in zip(families, prior_args):
+        d = make_distribution(fam, args)
+        med = jnp.median(d.sample(jax.random.fold_in(key, len(z0)), (301,)))
+        z0.append(biject_to(d.support).inv(med))
+    jitter = jax.random.uniform(key, (len(families), chains), minval=-1.0, maxval=1.0)
+    return jnp.stack(z0)[:, None] + jitter
+
+
+def _initial_points(prob: Problem, chains: int, key) -> dict:
     """Per-chain starts: prior medians on unconstrained coordinates, jittered by U(−1, 1)."""
-    sites = sample_sites(prob.spec)
-    z0 = {}
-    for n in sites:
-        d = prob.priors[n].distribution()
-        try:
-            med = d.icdf(jnp.asarray(0.5))
-        except NotImplementedError:
-            med = jnp.median(d.sample(jax.random.PRNGKey(1), (101,)))
-        z0[n] = biject_to(d.support).inv(med)
-    keys = jax.random.split(key, len(sites))
-    return {n: z0[n] + jax.random.uniform(k, (chains,), minval=-1.0, maxval=1.0) for n, k in zip(sites, keys)}
+    z = _initial_points_jit(prob.families, prob.args[2], key, chains)
+    return dict(zip(sample_sites(prob.spec), z))
 
 
 def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: int = 1000, seed: int = 0,
@@ -374,10 +429,9 @@ def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: 
     shapes = (int(prob.y.shape[0]), None if prob.x is None else tuple(prob.x.shape))
     chunk_len = _chunk_len(warmup, draws)
     sampler = _sampler(spec, prob.families, shapes, warmup, chunk_len, float(target_accept), int(max_tree_depth))
-    co = _coords(prob)
     key_init, key_chains = jax.random.split(jax.random.PRNGKey(seed))
     t0 = time.perf_counter()
-    state = sampler.init(_initial_points(prob, co, chains, key_init), jax.random.split(key_chains, chains), args)
+    state = sampler.init(_initial_points(prob, chains, key_init), jax.random.split(key_chains, chains), args)
     total = warmup + draws
     kept = []
     done = 0
