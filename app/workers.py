@@ -83,6 +83,11 @@ class SessionWorker:
             self._dispatch(partial(on_done, result))
         return result
 
+    def post(self, callback: Callable[[], Any]) -> None:
+        """Hand a callback to the session's event loop from any thread (e.g. progress from a job)."""
+        if not self._closed:
+            self._dispatch(callback)
+
     def shutdown(self, wait: bool = True) -> int:
         """Cancel queued jobs and stop the thread; returns how many of its threads are still alive.
 
