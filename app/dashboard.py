@@ -9,6 +9,7 @@ import param
 
 from .viewmodels import DataModel, FitModel, LearnModel, SpecModel
 from .views import DataView, FitView, LearnView, ModelView
+from .views.stream import stream_tabs
 from .workers import SessionWorker, document_dispatch, run_now
 
 log = logging.getLogger("streamssm.app")
@@ -37,7 +38,8 @@ class App(pn.viewable.Viewer):
         self.tabs = [("Data", DataView(model=self.data)),
                      ("Model", ModelView(model=self.spec)),
                      ("Fit", FitView(model=self.fit)),
-                     ("Learn", LearnView(model=self.learn))]
+                     ("Learn", LearnView(model=self.learn)),
+                     *stream_tabs(self.data, self.fit, self.worker)]
 
     def __panel__(self):
         return pn.Tabs(*self.tabs, dynamic=True, sizing_mode="stretch_width")

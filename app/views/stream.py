@@ -1,0 +1,173 @@
+"""The Stream tab: controls, a live plot that grows by the new rows only, ESS, events, forecast.
+
+The plot is a Bokeh figure over a ColumnDataSource: each `new_rows` update from the view-model
+is appended with `ColumnDataSource.stream` (with rollover), so the browser receives only the
+new points. The forecast panel shares that source and follows the stream with its own bands.
+"""
+
+from __future__ import annotations
+
+import panel as pn
+import param
+from bokeh.models import ColumnDataSource, Range1d
+from bokeh.plotting import figure
+
+from ..viewmodels.stream import COLUMNS, StreamModel
+from ..workers import SessionWorker, document_dispatch, run_now
+
+ROLLOVER = 20_000        # points kept in the browser (the view-model keeps every row)
+FORECAST_WINDOW = 120    # observations shown before the forecast
+BLUE, ORANGE, RED = "#2a7ab0", "#e07b39", "#c0392b"
+EVENT_TEXT = {
+    "rejuvenation_start": "rejuvenation started ({reason}) at t = {t_start}, ESS {ess_before:.1f}",
+    "rejuvenation_done": "new posterior bank swapped in at t = {t_swap} ({unique_draws} distinct draws, "
+                         "acceptance {acceptance:.2f}, {duration_s:.1f} s)",
+    "rejuvenation_failed": "rejuvenation failed: {error}",
+    "rejuvenation_unavailable": "rejuvenation unavailable: {reason}",
+    "drift": "drift alarm at t = {t}",
+    "error": "stream error in the {where}: {error}",
+}
+
+
+def describe_event(event: dict) -> str:
+    template = EVENT_TEXT.get(event.get("kind"), "{kind}")
+    try:
+        return template.format(**event)
+    except (KeyError, ValueError):
+        return str(event.get("kind"))
+
+
+def _empty() -> dict:
+    return {c: [] for c in COLUMNS}
+
+
+def _figure(title: str, height: int, **kw):
+    return figure(title=title, height=height, sizing_mode="stretch_width", tools="pan,wheel_zoom,box_zoom,reset",
+                  x_axis_label="t (observation)", **kw)
+
+
+class StreamView(pn.viewable.Viewer):
+    model = param.ClassSelector(class_=StreamModel)
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        m = self.model
+        self._play = pn.widgets.Button(name="▶ Play", button_type="primary", width=90)
+        self._pause = pn.widgets.Button(name="⏸ Pause", width=90)
+        self._step = pn.widgets.Button(name="Step", width=80)
+        self._stop = pn.widgets.Button(name="⏹ Stop", width=90)
+        self._refit = pn.widgets.Button(name="Refit in the background", button_type="warning", visible=False)
+        self._play.on_click(lambda _: m.play())
+        self._pause.on_click(lambda _: m.pause())
+        self._step.on_click(lambda _: m.step())
+        self._stop.on_click(lambda _: m.stop())
+        self._refit.on_click(lambda _: m.refit())
+        controls = pn.Row(
+            pn.widgets.Select.from_param(m.param.source, name="Stream", width=220),
+            pn.widgets.FloatSlider.from_param(m.param.history_fraction, name="Start after (share of the data)",
+                                              width=220),
+            pn.widgets.FloatSlider.from_param(m.param.rate, name="Speed (obs/s)", start=1, end=1000, width=220),
+            pn.widgets.Checkbox.from_param(m.param.max_speed, name="as fast as possible"),
+            sizing_mode="stretch_width")
+        self._status = pn.pane.Markdown("", sizing_mode="stretch_width", css_classes=["stream-status"])
+        self._alert = pn.pane.Alert("", visible=False, sizing_mode="stretch_width")
+        self._events = pn.pane.Markdown("*No events yet.*", sizing_mode="stretch_width")
+
+        self.source = ColumnDataSource(_empty())
+        self.forecast_source = ColumnDataSource({"t": [], "mean": [], "lo95": [], "hi95": [], "lo50": [], "hi50": []})
+        self.plot = self._main_plot()
+        self.ess_plot = _figure("Effective sample size of the posterior bank", 160)
+        self.ess_plot.line("t", "ess", source=self.source, color=BLUE)
+        self.forecast_plot = self._forecast_plot()
+
+        m.param.watch(self._on_rows, ["new_rows"])
+        m.param.watch(self._on_reset, ["run_id"])
+        m.param.watch(self._on_forecast, ["forecast"])
+        m.param.watch(self._on_status, ["status", "message", "n_received", "drift_alarm", "posterior_label"])
+        m.param.watch(self._on_events, ["events"])
+        self._on_status()
+        self._layout = pn.Column(
+            controls, pn.Row(self._play, self._pause, self._step, self._stop, self._refit),
+            self._alert, self._status,
+            pn.pane.Bokeh(self.plot, sizing_mode="stretch_width"),
+            "### Forecast from the current belief",
+            pn.pane.Bokeh(self.forecast_plot, sizing_mode="stretch_width"),
+            pn.pane.Bokeh(self.ess_plot, sizing_mode="stretch_width"),
+            "### Events", self._events,
+            sizing_mode="stretch_width")
+
+    def _main_plot(self):
+        p = _figure("Live: observations, filtered mean, one-step predictive bands", 340)
+        p.varea("t", "lo95", "hi95", source=self.source, color=BLUE, alpha=0.15, legend_label="95% predictive")
+        p.varea("t", "lo50", "hi50", source=self.source, color=BLUE, alpha=0.3, legend_label="50% predictive")
+        p.line("t", "predicted", source=self.source, color=BLUE, line_dash="dashed", legend_label="one-step prediction")
+        p.line("t", "filtered", source=self.source, color=ORANGE, line_width=2, legend_label="filtered mean")
+        p.scatter("t", "y", source=self.source, color="black", size=3, legend_label="observed")
+        p.scatter("t", "anomaly_y", source=self.source, color=RED, size=11, marker="x", line_width=2,
+                  legend_label="anomaly")
+        p.legend.location = "top_left"
+        p.legend.click_policy = "hide"
+        return p
+
+    def _forecast_plot(self):
+        p = _figure("", 240, x_range=Range1d(0, 1))
+        p.varea("t", "lo95", "hi95", source=self.forecast_source, color=ORANGE, alpha=0.15, legend_label="95%")
+        p.varea("t", "lo50", "hi50", source=self.forecast_source, color=ORANGE, alpha=0.3, legend_label="50%")
+        p.line("t", "mean", source=self.forecast_source, color=ORANGE, line_width=2, legend_label="forecast mean")
+        p.scatter("t", "y", source=self.source, color="black", size=3)
+        p.line("t", "filtered", source=self.source, color=BLUE)
+        p.legend.location = "top_left"
+        return p
+
+    # -- updates from the view-model (on the page's event loop) ------------------------
+    def _on_reset(self, *_):
+        self.source.data = _empty()
+        self.forecast_source.data = {k: [] for k in self.forecast_source.data}
+
+    def _on_rows(self, event):
+        rows = event.new
+        if rows is None or not len(rows):
+            return
+        self.source.stream({c: rows[c].to_numpy() for c in COLUMNS}, rollover=ROLLOVER)
+
+    def _on_forecast(self, event):
+        fc = event.new
+        if fc is None:
+            return
+        self.forecast_source.data = {c: fc[c].to_numpy() for c in fc.columns}
+        t_next = int(fc["t"].iloc[0])
+        self.forecast_plot.x_range.update(start=t_next - FORECAST_WINDOW, end=int(fc["t"].iloc[-1]) + 1)
+
+    def _on_status(self, *_):
+        m = self.model
+        busy = m.status in ("starting", "playing")
+        self._play.disabled = m.status in ("starting", "playing")
+        self._pause.disabled = m.status != "playing"
+        self._stop.disabled = not busy and m.status != "paused"
+        self._refit.visible = m.drift_alarm
+        kind = {"error": "danger", "starting": "info", "finished": "success"}.get(m.status, "light")
+        self._alert.param.update(object=m.message, alert_type=kind, visible=bool(m.message))
+        label = f" — {m.posterior_label}" if m.posterior_label else ""
+        alarm = " — **drift alarm**: the model no longer fits the recent data" if m.drift_alarm else ""
+        self._status.object = f"**{m.status}**: {m.n_received} / {m.n_total} observations streamed{label}{alarm}"
+
+    def _on_events(self, event):
+        lines = [f"- {describe_event(e)}" for e in event.new[-10:]]
+        self._events.object = "\n".join(lines) if lines else "*No events yet.*"
+
+    def __panel__(self):
+        return self._layout
+
+
+def stream_tabs(data, fit, worker: SessionWorker) -> list[tuple[str, pn.viewable.Viewer]]:
+    """The Stream and Throughput tabs over one StreamModel, wired to the current session: its
+    results reach the page through the session document, and its runner stops when the session
+    is destroyed."""
+    from .throughput import ThroughputView
+
+    doc = pn.state.curdoc
+    served = doc is not None and getattr(doc, "session_context", None) is not None
+    model = StreamModel(data, fit, worker, dispatch=document_dispatch(doc) if served else run_now)
+    if served:
+        pn.state.on_session_destroyed(lambda _ctx: model.shutdown())
+    return [("Stream", StreamView(model=model)), ("Throughput", ThroughputView(model=model))]
