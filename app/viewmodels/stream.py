@@ -304,9 +304,10 @@ class StreamModel(param.Parameterized):
                                           batch_size=self.batch_size)
         self.runner.subscribe(self._on_batch)
         self.runner.start(paused=paused)
-        # larger micro-batches (a fast stream) are compiled in the worker meanwhile
-        self.worker.submit(warm_up, plan, filt, _bucket_sizes(self.batch_size)[1:], on_done=lambda _: None,
-                           on_error=lambda exc: log.info("stream warm-up failed: %s", exc))
+        larger = _bucket_sizes(self.batch_size)[1:]
+        if larger:   # the micro-batches of a fast stream are compiled in the worker meanwhile
+            self.worker.submit(warm_up, plan, filt, larger, on_done=lambda _: None,
+                               on_error=lambda exc: log.info("stream warm-up failed: %s", exc))
         if self._pending_step:
             n, self._pending_step = self._pending_step, 0
             self.runner.step(n)

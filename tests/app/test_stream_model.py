@@ -1,0 +1,95 @@
+"""StreamModel without a server: the streamed filter equals the batch filter; controls; shutdown."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import engine
+from app.viewmodels import DataModel, FitModel, SpecModel
+from app.viewmodels.stream import StreamModel
+from app.workers import SessionWorker
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture
+def session():
+    worker = SessionWorker("stream-test")
+    data = DataModel(dataset="nile")
+    fit = FitModel(data, SpecModel(data), worker)
+    fit.run_quick_fit().result()
+    model = StreamModel(data, fit, worker, batch_size=8)
+    yield data, fit, model
+    model.shutdown()
+    worker.shutdown()
+
+
+def _stream_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("stream-") and t.is_alive()]
+
+
+def _wait_for(condition):
+    while not condition():
+        time.sleep(0.02)
+
+
+def test_streamed_nile_equals_the_batch_filter(session):
+    data, fit, model = session
+    model.max_speed = True
+    model.play().result()
+    model.runner.finished.wait()
+    _wait_for(lambda: model.status == "finished")
+    rows = model.rows
+    n_hist = int(round(model.history_fraction * len(data.y)))
+    assert model.n_received == len(rows) == len(data.y) - n_hist == model.n_total
+    ref = engine.filter_series(fit.result.spec, fit.result.params, data.y)
+    np.testing.assert_array_equal(rows["t"], np.arange(n_hist, len(data.y)))
+    np.testing.assert_array_equal(rows["y"], data.y[n_hist:])
+    # local level: the signal is the level state; filtered a_{t|t} and one-step prediction a_t
+    np.testing.assert_allclose(rows["filtered"], np.asarray(ref.filtered_mean)[n_hist:, 0], rtol=1e-9)
+    np.testing.assert_allclose(rows["predicted"], np.asarray(ref.predicted_mean)[n_hist:, 0], rtol=1e-9)
+    sd = np.sqrt(np.asarray(ref.innov_var)[n_hist:])
+    np.testing.assert_allclose(rows["hi95"] - rows["predicted"], 1.959963984540054 * sd, rtol=1e-6)
+    assert (rows["ess"] == 1.0).all()
+    # the forecast follows the stream: it starts right after the last observation
+    assert model.forecast["t"].iloc[0] == len(data.y) and len(model.forecast) == model.horizon
+    assert model.stats["n_obs"] == model.n_total and model.stats["n_draws"] == 1
+    model.runner.join()
+    assert not model.runner.running
+
+
+def test_step_pause_play_stop_and_shutdown(session):
+    _, _, model = session
+    model.rate = 5.0
+    model.step().result()                     # no run yet: starts one paused, lets one through
+    _wait_for(lambda: model.n_received == 1)
+    assert model.status == "paused"
+    model.step(2)
+    _wait_for(lambda: model.n_received == 3)
+    time.sleep(0.5)
+    assert model.n_received == 3              # paused: nothing more comes through
+    model.play()
+    assert model.status == "playing"
+    _wait_for(lambda: model.n_received >= 5)
+    model.pause()
+    model.stop()
+    assert model.status == "stopped" and not model.runner.running
+    assert list(model.rows["t"]) == list(range(50, 50 + model.n_received))
+    model.play().result()                     # a new run starts from the beginning
+    _wait_for(lambda: model.n_received >= 1)
+    assert model.rows["t"].iloc[0] == 50
+    assert model.shutdown()                   # the session closes: the runner's threads end
+    assert _stream_threads() == []
+
+
+def test_stream_needs_a_fit():
+    worker = SessionWorker("stream-nofit")
+    data = DataModel(dataset="nile")
+    model = StreamModel(data, FitModel(data, SpecModel(data), worker), worker)
+    assert model.play() is None
+    assert model.status == "error" and "Fit a model first" in model.message
+    worker.shutdown()
