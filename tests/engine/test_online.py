@@ -362,3 +362,33 @@ def test_default_rejuvenation_uses_the_fitted_models_log_posterior():
     assert [e["kind"] for e in filt.events] == ["rejuvenation_start", "rejuvenation_done"], filt.events
     logp, to_unc, _ = bayes.log_posterior(filt.spec, jnp.asarray(y))
     assert np.all(np.isfinite(np.asarray(jax.vmap(logp)(jax.vmap(to_unc)(jnp.asarray(filt.params))))))
+
+
+def test_steady_bank_takes_the_mean_only_path_and_still_equals_batch():
+    """Once every draw's P has converged, updates move only the means (O(state·draw)); a NaN
+    sends the bank back through the covariance update. Both stay equal to the batch filter."""
+    base = np.array([1.0, 0.5, 0.1, 0.3])
+    draws = base * np.exp(0.3 * np.random.default_rng(0).standard_normal((3, 4)))
+    y = np.array(engine.simulate(jax.random.PRNGKey(2), SPEC, base, 460))
+    y[[0, 430]] = np.nan
+    filt = engine.OnlineFilter(SPEC, draws, y_history=y[:400], rejuvenate=False)
+    assert np.all(np.asarray(filt.state.filter.steady)), "the test needs a converged bank"
+    before = online._steady_step_jit._cache_size() + online._steady_step_many_jit._cache_size()
+    infos, beliefs = _stream(filt, y[400:440])
+    many = jax.device_get(filt.update_many(y[440:]))
+    assert online._steady_step_jit._cache_size() + online._steady_step_many_jit._cache_size() > before
+    assert all(bool(i.steady) for i in infos[:30]) and not bool(infos[30].steady)
+    for s in range(3):
+        ref = engine.filter_series(SPEC, draws[s], y)
+        fm = np.concatenate([np.array([i.filtered_mean[:, s] for i in infos]), many.filtered_mean[:, :, s]])
+        assert_rel_close(fm, ref.filtered_mean[400:], 1e-9, "filtered mean")
+        ll = np.concatenate([[i.loglik[s] for i in infos], many.loglik[:, s]])
+        assert_rel_close(ll, ref.loglik_terms[400:], 1e-9, "loglik terms")
+        cov = np.array([b.filter.cov[:, :, s] for b in beliefs])
+        assert_rel_close(cov[:-1], ref.predicted_cov[401:440], 1e-9, "predicted cov")
+        assert_rel_close(np.asarray(filt.state.filter.cov)[:, :, s], ref.final_cov, 1e-9, "final cov")
+    one = engine.OnlineFilter(SPEC, draws[:1], y_history=y[:400], rejuvenate=False)
+    infos1, _ = _stream(one, y[400:420])
+    ref = engine.filter_series(SPEC, draws[0], y)
+    assert_rel_close(np.array([i.component_var for i in infos1]),
+                     np.stack([ref.filtered_cov[400:420, k, k] for k in range(3)], 1), 1e-9, "component var")
