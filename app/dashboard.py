@@ -9,6 +9,9 @@ import param
 
 from .viewmodels import DataModel, FitModel, LearnModel, SpecModel
 from .views import DataView, FitView, LearnView, ModelView
+from .viewmodels.fit_bayes import BayesFitModel
+from .viewmodels.priors_model import PriorsModel
+from .views.fit_bayes_view import BayesFitView
 from .views.stream import stream_tabs
 from .workers import SessionWorker, document_dispatch, run_now
 
@@ -34,10 +37,12 @@ class App(pn.viewable.Viewer):
         self.data = DataModel()
         self.spec = SpecModel(self.data)
         self.fit = FitModel(self.data, self.spec, self.worker)
+        self.priors = PriorsModel(self.data, self.spec)
+        self.bayes = BayesFitModel(self.data, self.priors, self.worker)
         self.learn = LearnModel(self.data, self.spec, self.fit, self.worker)
         self.tabs = [("Data", DataView(model=self.data)),
-                     ("Model", ModelView(model=self.spec)),
-                     ("Fit", FitView(model=self.fit)),
+                     ("Model", ModelView(model=self.spec, priors=self.priors)),
+                     ("Fit", FitView(model=self.fit, bayes=BayesFitView(model=self.bayes))),
                      ("Learn", LearnView(model=self.learn)),
                      *stream_tabs(self.data, self.fit, self.worker)]
 

@@ -7,10 +7,12 @@ import param
 
 from ..plots import decomposition_plot
 from ..viewmodels import FitModel
+from .fit_bayes_view import BayesFitView
 
 
 class FitView(pn.viewable.Viewer):
     model = param.ClassSelector(class_=FitModel)
+    bayes = param.ClassSelector(class_=BayesFitView, default=None, allow_None=True)
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -22,7 +24,7 @@ class FitView(pn.viewable.Viewer):
         m.param.watch(self._on_status, ["status", "message", "stale"])
         self._on_status()
         self._layout = pn.Column(pn.Row(self._button, self._spinner), self._status, pn.panel(self._results),
-                                 sizing_mode="stretch_width")
+                                 *([] if self.bayes is None else [self.bayes]), sizing_mode="stretch_width")
 
     def _on_status(self, *_):
         m = self.model

@@ -9,10 +9,12 @@ import param
 from engine.spec import SEASONAL_FORMS
 
 from ..viewmodels import SpecModel
+from ..viewmodels.priors_model import PriorsModel
 
 
 class ModelView(pn.viewable.Viewer):
     model = param.ClassSelector(class_=SpecModel)
+    priors = param.ClassSelector(class_=PriorsModel, default=None, allow_None=True)
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -49,7 +51,7 @@ class ModelView(pn.viewable.Viewer):
                 pn.panel(self._priors),
                 width=420,
             ),
-            pn.Tabs(("Spec (JSON)", self._code("spec_text", "json")),
+            pn.Tabs(("Spec (JSON)", self._code("spec_text", "json", self.priors)),
                     ("statsmodels", self._code("statsmodels_text", "python")),
                     ("pymc-extras", self._code("pymc_text", "python")),
                     sizing_mode="stretch_width"),
@@ -67,13 +69,14 @@ class ModelView(pn.viewable.Viewer):
         update()
         return alert
 
-    def _code(self, name: str, lang: str) -> pn.pane.Markdown:
+    def _code(self, name: str, lang: str, source=None) -> pn.pane.Markdown:
+        source = source or self.model
         pane = pn.pane.Markdown("", sizing_mode="stretch_width")
 
         def update(*_):
-            text = getattr(self.model, name)
+            text = getattr(source, name)
             pane.object = f"```{lang}\n{text}\n```" if text else "*The model is not valid yet; see the messages.*"
-        self.model.param.watch(update, name)
+        source.param.watch(update, name)
         update()
         return pane
 
@@ -99,12 +102,39 @@ class ModelView(pn.viewable.Viewer):
                                   pn.pane.Alert(problem, alert_type="warning", visible=bool(problem))))
         return pn.Column(*rows) if rows else pn.pane.Markdown("*No seasonal component.*")
 
-    @param.depends("model.priors")
+    @param.depends("priors.defaults", "priors.edits", "priors.errors")
     def _priors(self):
-        if self.model.priors is None:
-            return pn.pane.Markdown("*Data-scaled default priors are shown here when the Bayesian fit "
-                                    "is available.*")
-        return pn.pane.DataFrame(self.model.priors, index=False, sizing_mode="stretch_width")
+        p = self.priors
+        if p is None or not p.defaults:
+            return pn.pane.Markdown("*Priors are shown once the data and the model are valid.*")
+        return pn.Column(*(self._prior_row(name) for name in p.defaults), sizing_mode="stretch_width")
+
+    def _prior_row(self, name: str) -> pn.Column:
+        """One parameter: its default (data-scaled), family and arguments to edit, the message if refused."""
+        p = self.priors
+        current, default = p.prior(name), p.defaults[name]
+        family = pn.widgets.Select(name=name, options=p.families, value=current["dist"], width=150)
+        args = {a: pn.widgets.TextInput(name=a, value=str(current.get(a, "auto")), width=110)
+                for a in p.arguments(current["dist"])}
+        apply = pn.widgets.Button(name="Apply", width=70)
+        reset = pn.widgets.Button(name="Default", width=70, disabled=name not in p.edits)
+
+        def number(text):
+            try:
+                return float(text)
+            except ValueError:
+                return text.strip()
+
+        family.param.watch(lambda e: p.set_prior(name, {"dist": e.new}), "value")
+        apply.on_click(lambda _: p.set_prior(name, {"dist": family.value,
+                                                    **{a: number(w.value) for a, w in args.items()}}))
+        reset.on_click(lambda _: p.reset(name))
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in default.items()
+                          if k != "dist")
+        problem = p.errors.get(name, "")
+        return pn.Column(pn.Row(family, *args.values(), apply, reset),
+                         pn.pane.Markdown(f"default: `{default['dist']}({shown})`", margin=(0, 10)),
+                         pn.pane.Alert(problem, alert_type="warning", visible=bool(problem)))
 
     def __panel__(self):
         return self._layout

@@ -1,0 +1,127 @@
+"""The Bayesian part of the Fit tab: MAP and NUTS controls, live progress, cancel, results, save/reload."""
+
+from __future__ import annotations
+
+import arviz as az
+import holoviews as hv
+import numpy as np
+import panel as pn
+import param
+
+from ..plots import _OPTS
+from ..viewmodels.fit_bayes import BayesFitModel
+
+
+def band_plot(index, y, label, components) -> hv.Layout:
+    """Observed series with each component's posterior mean and HDI band."""
+    x = np.asarray(index)
+    panels = []
+    for name, band in components.items():
+        p = hv.Area((x, band.lower, band.upper), "time", vdims=["lower", "upper"]).opts(
+            color="#e07b39", alpha=0.3, line_alpha=0) * hv.Curve((x, band.mean), "time", name).opts(color="#e07b39")
+        if name == "level":
+            p = hv.Scatter((x, y), "time", name, label="observed").opts(color="black", size=3) * p
+        panels.append(p.opts(title=f"{name}: posterior mean and 94% HDI", **_OPTS))
+    return hv.Layout(panels).cols(1).opts(shared_axes=False)
+
+
+def check_plots(index, check) -> hv.Layout:
+    """Standardised one-step residuals over time and the PIT histogram (flat when the model fits)."""
+    x = np.asarray(index)
+    ok = np.isfinite(check.residual)
+    res = hv.Scatter((x[ok], check.residual[ok]), "time", "standardised residual").opts(
+        title="one-step standardised residuals", **_OPTS)
+    counts, edges = np.histogram(check.pit[np.isfinite(check.pit)], bins=10, range=(0, 1))
+    pit = hv.Histogram((edges, counts), "PIT", "count").opts(title="PIT histogram", **_OPTS)
+    return (res + pit).cols(2).opts(shared_axes=False)
+
+
+class BayesFitView(pn.viewable.Viewer):
+    model = param.ClassSelector(class_=BayesFitModel)
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        m, w = self.model, pn.widgets
+        self._map = w.Button(name="MAP fit", button_type="primary")
+        self._nuts = w.Button(name="Run NUTS", button_type="primary")
+        self._cancel = w.Button(name="Cancel", button_type="warning", disabled=True)
+        self._map.on_click(lambda _: m.run_map())
+        self._nuts.on_click(lambda _: m.run_nuts())
+        self._cancel.on_click(lambda _: m.cancel())
+        self._bar = pn.indicators.Progress(value=0, max=100, width=400, css_classes=["nuts-progress"])
+        self._status = pn.pane.Alert("", visible=False, sizing_mode="stretch_width")
+        m.param.watch(self._on_status, ["status", "message", "progress"])
+        self._on_status()
+        save = pn.Row(w.FileDownload(callback=m.spec_file, filename="spec.json", label="Download spec (JSON)"),
+                      w.FileDownload(callback=m.posterior_file, filename="posterior.nc",
+                                     label="Download posterior (netCDF)"))
+        upload = w.FileInput(accept=".json,.nc", multiple=False)
+        upload.param.watch(lambda e: e.new and m.load_file(e.new, upload.filename or ""), "value")
+        self._layout = pn.Column(
+            "## Bayesian fit",
+            pn.Row(w.IntInput.from_param(m.param.chains, width=90), w.IntInput.from_param(m.param.warmup, width=90),
+                   w.IntInput.from_param(m.param.draws, width=90), w.IntInput.from_param(m.param.seed, width=90)),
+            pn.Row(self._map, self._nuts, self._cancel), self._bar, self._status,
+            pn.Row(save, pn.Column("Reload a saved spec or posterior", upload)),
+            pn.panel(self._results), sizing_mode="stretch_width")
+
+    def _on_status(self, *_):
+        m = self.model
+        self._map.disabled = self._nuts.disabled = m.busy
+        self._cancel.disabled = not m.busy
+        self._bar.value = -1 if m.status == "compiling" else m.progress  # -1: indeterminate while compiling
+        kind = {"error": "danger", "cancelled": "warning", "done": "success"}.get(m.status, "info")
+        if m.status == "done" and m.result is not None and m.result.diagnosis is not None \
+                and not m.result.diagnosis.trustworthy:
+            kind = "warning"
+        self._status.param.update(object=m.message, alert_type=kind, visible=bool(m.message))
+
+    @param.depends("model.result")
+    def _results(self):
+        r, data = self.model.result, self.model.data
+        if r is None:
+            return pn.pane.Markdown("*No Bayesian fit yet.*")
+        parts = []
+        if r.diagnosis is not None:
+            d = r.diagnosis
+            if not d.trustworthy:
+                reasons = "\n".join(f"- {x}" for x in d.reasons)
+                parts.append(pn.pane.Alert(f"**This fit is not trustworthy.** Do not use its estimates yet.\n\n"
+                                           f"{reasons}", alert_type="danger", css_classes=["fit-untrustworthy"]))
+            else:
+                parts.append(pn.pane.Alert(d.verdict, alert_type="success"))
+            parts.append("### Diagnostics")
+            cols = ["parameter", "mean", "sd", "r_hat", "ess_bulk", "ess_tail", "div_shift"]
+            parts.append(pn.pane.DataFrame(r.summary[[c for c in cols if c in r.summary]], index=False,
+                                           float_format="{:.4g}".format))
+            parts.append(f"divergences: {d.divergences}")
+        else:
+            parts.append(pn.pane.DataFrame(r.summary, index=False, float_format="{:.6g}".format))
+        parts += ["### Decomposition with posterior bands",
+                  pn.pane.HoloViews(band_plot(data.index[:len(r.check.residual)], np.asarray(
+                      r.draws.observed_data["y"]) if r.idata is not None else data.y, data.target_label,
+                      r.components), sizing_mode="stretch_width"),
+                  "### One-step checks",
+                  pn.pane.HoloViews(check_plots(data.index[:len(r.check.residual)], r.check),
+                                    sizing_mode="stretch_width")]
+        if r.idata is not None:
+            parts += ["### Posterior", pn.Tabs(*self._arviz_tabs(r.idata), dynamic=True)]
+        return pn.Column(*parts, sizing_mode="stretch_width")
+
+    @staticmethod
+    def _arviz_tabs(idata):
+        """ArviZ's rank, forest and pair plots with the Bokeh backend."""
+        def grid(plot):
+            from bokeh.layouts import gridplot
+            arr = np.atleast_2d(np.asarray(plot, dtype=object))
+            return gridplot([[f for f in row] for row in arr.tolist()], width=260, height=220)
+        out = [("Rank", pn.pane.Bokeh(grid(az.plot_rank(idata, backend="bokeh", show=False))))]
+        out.append(("Forest", pn.pane.Bokeh(grid(az.plot_forest(idata, backend="bokeh", show=False,
+                                                                colors="#1f77b4")))))
+        if len(idata.posterior.data_vars) > 1:
+            out.append(("Pair", pn.pane.Bokeh(grid(az.plot_pair(idata, backend="bokeh", show=False,
+                                                                divergences=True)))))
+        return out
+
+    def __panel__(self):
+        return self._layout
