@@ -243,7 +243,7 @@ class StreamModel(param.Parameterized):
             return True
         runner.stop(timeout=10.0)
         alive = runner.running
-        log.info("session stream stopped: %d stream thread(s) still alive", int(alive) * 2)
+        log.info("session %s stream stopped (runner still running: %s)", self.worker.session_id, alive)
         return not alive
 
     def refit(self) -> None:
