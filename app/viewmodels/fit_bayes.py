@@ -146,7 +146,9 @@ class BayesFitModel(param.Parameterized):
         total_chains = self.chains
 
         def progress(chain, iteration, total):
-            if chain == total_chains - 1:
+            if self.worker.closed:  # the session ended: stop sampling instead of running on unseen
+                cancel.set()
+            elif chain == total_chains - 1:
                 self.worker.post(lambda: self._progress(iteration, total))
 
         self._compiled.add(key)

@@ -32,7 +32,7 @@ def check_plots(index, check) -> hv.Layout:
     res = hv.Scatter((x[ok], check.residual[ok]), "time", "standardised residual").opts(
         title="one-step standardised residuals", **_OPTS)
     counts, edges = np.histogram(check.pit[np.isfinite(check.pit)], bins=10, range=(0, 1))
-    pit = hv.Histogram((edges, counts), "PIT", "count").opts(title="PIT histogram", **_OPTS)
+    pit = hv.Histogram((edges, counts), kdims=["PIT"], vdims=["count"]).opts(title="PIT histogram", **_OPTS)
     return (res + pit).cols(2).opts(shared_axes=False)
 
 
