@@ -116,3 +116,18 @@ def test_page_needs_no_outside_resources(app_url, page, panel_server):
     page.get_by_text("sigma2.level").first.wait_for(state="visible", timeout=240_000)
     assert outside == []
     _assert_clean(page, panel_server)
+
+
+def test_short_nuts_fit_shows_progress_and_warning(app_url, page, panel_server):
+    _open(page, app_url)
+    _tab(page, "Fit")
+    for label, value in (("Chains", "2"), ("Warmup", "50"), ("Draws", "50")):
+        box = page.get_by_label(label)
+        box.fill(value)
+        box.press("Enter")
+    page.get_by_role("button", name="Run NUTS").click()
+    page.locator(".fit-untrustworthy").first.wait_for(state="visible", timeout=400_000)
+    assert page.locator(".nuts-progress progress").first.get_attribute("value") == "100"
+    page.get_by_text("This fit is not trustworthy").first.wait_for(state="visible")
+    page.get_by_text("Diagnostics").first.wait_for(state="visible")
+    _assert_clean(page, panel_server)
