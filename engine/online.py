@@ -179,11 +179,11 @@ def component_names(spec) -> list[str]:
     return [name for name, _, _ in _component_index(as_spec(spec))]
 
 
-def _components(spec, z, d, a_f, block_cov, block_diffuse):
+def _components(spec, z, d, a_f, block_cov):
     """Per-draw filtered mean and variance of each component: (component, draw) each.
 
-    block_cov(ix) gives P_{t|t}[ix, ix] (k, k, draw) and block_diffuse(ix) whether that block is
-    still diffuse (draw,), for the static state indices ix that enter the component.
+    block_cov(ix) gives P_{t|t}[ix, ix] (k, k, draw) for the static state indices ix that enter
+    the component.
     """
     means, variances = [], []
     for name, idx, use_design in _component_index(spec):
@@ -194,8 +194,7 @@ def _components(spec, z, d, a_f, block_cov, block_diffuse):
         ix = jnp.asarray(idx)
         c = z[ix] if use_design else jnp.ones((len(idx), z.shape[-1]))
         means.append(jnp.sum(c * a_f[ix], axis=0))
-        var = jnp.sum(c[:, None] * block_cov(ix) * c[None, :], axis=(0, 1))
-        variances.append(jnp.where(block_diffuse(ix), jnp.inf, var))
+        variances.append(jnp.sum(c[:, None] * block_cov(ix) * c[None, :], axis=(0, 1)))
     if not means:   # irregular only: nothing to decompose
         return jnp.zeros((0, d.shape[0])), jnp.zeros((0, d.shape[0]))
     return jnp.stack(means), jnp.stack(variances)
@@ -249,32 +248,69 @@ class _DrawStep(NamedTuple):
     comp_var: jnp.ndarray    # (component, draw), inf while diffuse
 
 
+def _per_draw(config: OnlineConfig, z, d, st: kalman.FilterState, K, F, Fi, y, loglik) -> _DrawStep:
+    """Per-draw predictive and filtered quantities of one step from the predicted belief `st`
+    and this step's gain K, F* and F∞ (state, draw / draw).
+
+    a_{t|t} = a + K v, and only the few states that enter a component need P_{t|t}:
+    P_{t|t}[ix, ix] = P − K Mᵀ − M Kᵀ + F K Kᵀ on those rows, M = P z (valid for the diffuse,
+    standard and missing cases alike), so no (state, state, draw) array is formed.
+    """
+    observed = ~jnp.isnan(y)
+    draw_diffuse = Fi > kalman.TOL_DIFFUSE
+    mu = jnp.sum(z * st.mean, axis=0) + d
+    updated = observed & (draw_diffuse | (F > 0))
+    v = jnp.where(updated, jnp.where(observed, y, 0.0) - mu, 0.0)
+    a_f = st.mean + K * v
+
+    def rows(ix):       # P[ix, :] (k, state, draw), dense
+        if config.sqrt:
+            return jnp.einsum("ilb,jlb->ijb", st.cov[ix], st.cov)
+        return st.cov[ix]
+
+    def block_cov(ix):
+        P_rows = rows(ix)
+        M = jnp.sum(P_rows * z[None], axis=1)                    # (k, draw)
+        Kx = K[ix]
+        return (P_rows[:, ix] - Kx[:, None] * M[None] - M[:, None] * Kx[None]
+                + F * Kx[:, None] * Kx[None])
+
+    comp_mu, comp_var = _components(config.spec, z, d, a_f, block_cov)
+    return _DrawStep(mu, F, draw_diffuse, loglik, a_f, comp_mu, comp_var)
+
+
 def step(config: OnlineConfig, bank: Bank, belief: Belief, y, exog=None) -> tuple[Belief, OnlineInfo]:
-    """Observe y_t (NaN: predict only) for every draw; re-weight; report the predictive and filtered belief."""
+    """Observe y_t (NaN: predict only) for every draw; re-weight; report the predictive and filtered belief.
+
+    The filter's own step advances the bank (keeping K_t and F*_t in its state); the report
+    needs only O(state·draw) more, plus z P∞ z while some draw is still diffuse.
+    """
     spec = config.spec
     lay = layout(spec)
     n_draws = bank.params.shape[0]
     y = jnp.asarray(y, dtype=jnp.float64)
     z, d = _design(spec, bank, exog)
-    fs, si = kalman.step(lay, bank.system, belief.filter, jnp.broadcast_to(y, (n_draws,)), d, z,
-                         sqrt=config.sqrt, keep=True)
-    draw_diffuse = si.diffuse_var > kalman.TOL_DIFFUSE
+    st = belief.filter
+    fs, loglik = kalman.step(lay, bank.system, st, jnp.broadcast_to(y, (n_draws,)), d, z, sqrt=config.sqrt)
+    Fi = lax.cond(jnp.any(st.diffuse),
+                  lambda: jnp.sum(z * jnp.sum(st.diffuse_cov * z[None], axis=1), axis=0),
+                  lambda: jnp.zeros(n_draws))
+    ds = _per_draw(config, z, d, st, fs.gain, fs.innov_var, Fi, y, loglik)
+    # a component is diffuse while its block of the next P∞ is non-zero
     Pinf_next = fs.diffuse_cov
-    comp_mu, comp_var = _components(
-        spec, z, d, si.filt_mean, lambda ix: _block(si.filt_cov, ix),
-        lambda ix: jnp.sum(_block(Pinf_next, ix) ** 2, axis=(0, 1)) > kalman.TOL_DIFFUSE)
-    ds = _DrawStep(jnp.sum(z * si.pred_mean, axis=0) + d, si.innov_var, draw_diffuse, si.loglik, si.filt_mean,
-                   comp_mu, comp_var)
+    still = [jnp.sum(_block(Pinf_next, jnp.asarray(ix)) ** 2, axis=(0, 1)) > kalman.TOL_DIFFUSE if ix
+             else jnp.zeros(n_draws, bool) for _, ix, _ in _component_index(spec)]
+    if still:
+        ds = ds._replace(comp_var=jnp.where(jnp.stack(still), jnp.inf, ds.comp_var))
     return _report(config, belief, fs, y, ds)
 
 
 def steady_step(config: OnlineConfig, bank: Bank, belief: Belief, y, exog=None) -> tuple[Belief, OnlineInfo]:
     """`step` for a bank whose covariances have all converged (every `filter.steady`) and an observed y_t.
 
-    P, K and F are then fixed, so only the means move: a ← T(a + K v), O(state·draw); the
-    filtered component variances come from P_{t|t} = P − F K Kᵀ on their few states. This is the
-    arithmetic of the filter's own steady update, without carrying the covariances through it
-    (the caller should donate the belief so that they are not copied either).
+    P, K and F are then fixed, so only the means move: a ← T(a + K v), O(state·draw). This is
+    the arithmetic of the filter's own steady update, without carrying the covariances through
+    it (the caller should donate the belief so that they are not copied either).
     """
     spec = config.spec
     lay = layout(spec)
@@ -282,16 +318,11 @@ def steady_step(config: OnlineConfig, bank: Bank, belief: Belief, y, exog=None) 
     z, d = _design(spec, bank, exog)
     st = belief.filter
     K, F = st.gain, st.innov_var
-    mu = jnp.sum(z * st.mean, axis=0) + d
-    v = y - mu
-    a_f = st.mean + K * v
+    v = y - jnp.sum(z * st.mean, axis=0) - d
     loglik = -0.5 * (kalman.LOG_2PI + jnp.log(F) + v * v / F)
-    P = st.cov
-    comp_mu, comp_var = _components(
-        spec, z, d, a_f, lambda ix: _block(P, ix) - F * K[ix][:, None] * K[ix][None, :],
-        lambda ix: jnp.zeros(F.shape, bool))
-    fs = st._replace(mean=transition_apply(lay, bank.system.transition, a_f), prev_observed=jnp.ones_like(st.steady))
-    ds = _DrawStep(mu, F, jnp.zeros(F.shape, bool), loglik, a_f, comp_mu, comp_var)
+    ds = _per_draw(config, z, d, st, K, F, jnp.zeros_like(F), y, loglik)
+    fs = st._replace(mean=transition_apply(lay, bank.system.transition, ds.filt_mean),
+                     prev_observed=jnp.ones_like(st.steady))
     return _report(config, belief, fs, y, ds)
 
 
@@ -408,9 +439,10 @@ def forecast(config: OnlineConfig, bank: Bank, belief: Belief, steps: int, exog_
     return OnlineForecast(mean, jnp.where(bad, jnp.inf, m2), jnp.where(bad[:, None], jnp.nan, q), mu, var, w)
 
 
-_step_jit = jax.jit(step, static_argnums=0)
-_step_many_jit = jax.jit(step_many, static_argnums=0)
-# the steady path donates the belief: its covariances pass through untouched instead of being copied
+# the stream's belief is donated: its (state, state, draw) buffers are updated in place, and on
+# the steady path they pass through untouched instead of being copied
+_step_jit = jax.jit(step, static_argnums=0, donate_argnums=2)
+_step_many_jit = jax.jit(step_many, static_argnums=0, donate_argnums=2)
 _steady_step_jit = jax.jit(steady_step, static_argnums=0, donate_argnums=2)
 _steady_step_many_jit = jax.jit(partial(step_many, one_step=steady_step), static_argnums=0, donate_argnums=2)
 _catch_up_jit = jax.jit(catch_up, static_argnums=0)
