@@ -119,11 +119,14 @@ def main() -> None:
                 samples.append((time.perf_counter(), last, model.n_received))
                 time.sleep(0.5)
             stats = dict(model.stats)
+            moves = sum(e["kind"] == "rejuvenation_done" for e in model.events)
             browser.close()
     finally:
-        for model in sessions:   # stop the stream threads before the interpreter exits
+        for model in sessions:   # stop the stream threads (and a running move) before the interpreter exits
             model.shutdown()
             model.worker.shutdown()
+            if model.filter is not None:
+                model.filter.wait_for_rejuvenation(120)
         server.stop()
     (ta, la, na), (tb, lb, nb) = samples[0], samples[-1]
     rendered = (lb - la) / (tb - ta)
@@ -139,6 +142,7 @@ def main() -> None:
         ("render (server side) ms / obs  p50 / p99", f"{stats['render_ms_p50']:.3f} / {stats['render_ms_p99']:.3f}"),
         ("arrival → published latency ms  p50 / p99", f"{stats['latency_ms_p50']:.1f} / {stats['latency_ms_p99']:.1f}"),
         ("page round trip (evaluate) ms  p50 / max", f"{np.median(ping):.1f} / {ping.max():.1f}"),
+        ("rejuvenations swapped in while measuring", str(moves)),
         ("browser console errors", str(len(errors))),
         (f"rendered / target {TARGET:.0f} obs/s", f"{rendered / TARGET:.2f}x"),
     ]

@@ -37,6 +37,7 @@ log = logging.getLogger("streamssm.app")
 DATASET = "rest of the dataset"
 STATUSES = ["idle", "starting", "playing", "paused", "finished", "stopped", "error"]
 FORECAST_EVERY_S = 0.25   # the forecast panel is refreshed at most this often
+FRAME_S = 0.1             # the page is updated at most this often while the stream runs
 COLUMNS = ("t", "y", "predicted", "lo95", "hi95", "lo50", "hi50", "filtered", "anomaly_y", "ess", "drift")
 
 
@@ -167,7 +168,7 @@ class StreamModel(param.Parameterized):
         self._scheduled = False
         self._chunks: list[pd.DataFrame] = []
         self._refit_requested = False
-        self._last_forecast = 0.0
+        self._last_forecast = self._last_drain = 0.0
         self._render_ms: collections.deque = collections.deque(maxlen=2000)
         self._closed = False
         self._pending_step = 0
@@ -345,7 +346,10 @@ class StreamModel(param.Parameterized):
             refit, self._refit_requested = self._refit_requested, False
         if refit:
             filt.rejuvenate(reason="drift alarm (requested)")
-        self._schedule()
+        # a running stream updates the page once a frame (later batches pick up what is queued);
+        # the last batch and a paused (stepped) stream are shown at once
+        if last or self.runner is None or self.runner.paused or now - self._last_drain >= FRAME_S:
+            self._schedule()
 
     def _schedule(self) -> None:
         with self._lock:
@@ -357,7 +361,7 @@ class StreamModel(param.Parameterized):
     # -- UI thread -------------------------------------------------------------------
     def _drain(self) -> None:
         """Publish everything queued since the last tick as one update (runs on the page's loop)."""
-        t0 = time.perf_counter()
+        t0 = self._last_drain = time.perf_counter()
         with self._lock:
             queued, self._queued = self._queued, []
             events, self._queued_events = self._queued_events, []

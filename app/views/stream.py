@@ -15,7 +15,7 @@ from bokeh.plotting import figure
 from ..viewmodels.stream import COLUMNS, StreamModel
 from ..workers import SessionWorker, document_dispatch, run_now
 
-ROLLOVER = 20_000        # points kept in the browser (the view-model keeps every row)
+ROLLOVER = 2_000         # points kept in the browser's plot (the view-model keeps every row)
 FORECAST_WINDOW = 120    # observations shown before the forecast
 BLUE, ORANGE, RED = "#2a7ab0", "#e07b39", "#c0392b"
 EVENT_TEXT = {
