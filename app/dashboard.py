@@ -44,7 +44,7 @@ class App(pn.viewable.Viewer):
                      ("Model", ModelView(model=self.spec, priors=self.priors)),
                      ("Fit", FitView(model=self.fit, bayes=BayesFitView(model=self.bayes))),
                      ("Learn", LearnView(model=self.learn)),
-                     *stream_tabs(self.data, self.fit, self.worker)]
+                     *stream_tabs(self.data, self.fit, self.worker, self.bayes)]
 
     def __panel__(self):
         return pn.Tabs(*self.tabs, dynamic=True, sizing_mode="stretch_width")

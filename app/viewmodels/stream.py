@@ -41,13 +41,13 @@ FRAME_S = 0.1             # the page is updated at most this often while the str
 COLUMNS = ("t", "y", "predicted", "lo95", "hi95", "lo50", "hi50", "filtered", "anomaly_y", "ess", "drift")
 
 
-def fit_posterior(fit: FitModel) -> tuple[ModelSpec, Any, str] | None:
-    """(spec, posterior, label) of the session's latest fit: NUTS draws (an InferenceData held
-    by the fit view-model) when there are any, else the quick fit's estimate (one draw)."""
-    for value in fit.param.values().values():
-        if hasattr(value, "posterior") and hasattr(value.posterior, "data_vars"):   # arviz.InferenceData
-            n = int(value.posterior.sizes["chain"] * value.posterior.sizes["draw"])
-            return engine.spec_of(value), value, f"NUTS posterior (S = {n} draws)"
+def fit_posterior(fit: FitModel, bayes=None) -> tuple[ModelSpec, Any, str] | None:
+    """(spec, posterior, label) of the session's latest fit: the NUTS draws (`bayes.posterior`, an
+    InferenceData) when there are any, else the quick fit's estimate (one draw)."""
+    idata = getattr(bayes, "posterior", None) if bayes is not None else None
+    if idata is not None:
+        n = int(idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"])
+        return engine.spec_of(idata), idata, f"NUTS posterior (S = {n} draws)"
     r = fit.result
     if r is None:
         return None
@@ -153,9 +153,9 @@ class StreamModel(param.Parameterized):
     drift_alarm = param.Boolean(default=False, constant=True, doc="A drift was flagged since the last refit")
 
     def __init__(self, data: DataModel, fit: FitModel, worker: SessionWorker,
-                 dispatch: Callable[[Callable[[], Any]], None] = run_now, **params):
+                 dispatch: Callable[[Callable[[], Any]], None] = run_now, bayes=None, **params):
         super().__init__(**params)
-        self.data, self.fit, self.worker, self._dispatch = data, fit, worker, dispatch
+        self.data, self.fit, self.bayes, self.worker, self._dispatch = data, fit, bayes, worker, dispatch
         self.param.source.objects = [DATASET] + list(engine.list_demo_streams()["name"])
         self.filter: engine.OnlineFilter | None = None
         self.runner: engine.StreamRunner | None = None
@@ -182,7 +182,7 @@ class StreamModel(param.Parameterized):
             n_hist = 200
             return StreamPlan(spec, dict(demo.params), "the demo's true parameters (S = 1 draw)",
                               demo.y[:n_hist], None, demo.y[n_hist:], n_hist)
-        fitted = fit_posterior(self.fit)
+        fitted = fit_posterior(self.fit, self.bayes)
         if fitted is None or not self.data.ready:
             raise ValueError("Fit a model first (Fit tab): the stream runs the fitted model's posterior.")
         spec, posterior, label = fitted

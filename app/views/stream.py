@@ -159,7 +159,7 @@ class StreamView(pn.viewable.Viewer):
         return self._layout
 
 
-def stream_tabs(data, fit, worker: SessionWorker) -> list[tuple[str, pn.viewable.Viewer]]:
+def stream_tabs(data, fit, worker: SessionWorker, bayes=None) -> list[tuple[str, pn.viewable.Viewer]]:
     """The Stream and Throughput tabs over one StreamModel, wired to the current session: its
     results reach the page through the session document, and its runner stops when the session
     is destroyed."""
@@ -167,7 +167,7 @@ def stream_tabs(data, fit, worker: SessionWorker) -> list[tuple[str, pn.viewable
 
     doc = pn.state.curdoc
     served = doc is not None and getattr(doc, "session_context", None) is not None
-    model = StreamModel(data, fit, worker, dispatch=document_dispatch(doc) if served else run_now)
+    model = StreamModel(data, fit, worker, dispatch=document_dispatch(doc) if served else run_now, bayes=bayes)
     if served:
         pn.state.on_session_destroyed(lambda _ctx: model.shutdown())
     return [("Stream", StreamView(model=model)), ("Throughput", ThroughputView(model=model))]
