@@ -83,7 +83,8 @@ def run_pymc_extras(name, chains, warmup, draws):
                       dims=mod.param_dims["params_Seasonal[s=12, d=1]"])
         for pname, ours in shocks:   # half-normal priors on the variances, as ours
             v = [pm.HalfNormal(n.replace(".", "_"), sigma=priors[n]["scale"]) for n in ours]
-            pm.Deterministic(pname, pt.sqrt(pt.stack(v)), dims=mod.param_dims.get(pname))
+            dims = mod.param_dims.get(pname)
+            pm.Deterministic(pname, pt.sqrt(pt.stack(v)) if dims else pt.sqrt(v[0]), dims=dims)
         v_obs = pm.HalfNormal("sigma2_irregular", sigma=priors["sigma2.irregular"]["scale"])
         pm.Deterministic("sigma_MeasurementError", pt.sqrt(v_obs))
         mod.build_statespace_graph(y[:, None], mode="JAX")
