@@ -27,6 +27,7 @@ class Layout(NamedTuple):
     blocks: tuple[tuple[str, int, int, str, bool], ...]
     n_states: int
     time_varying_design: bool  # regression coefficients in the state: Z_t contains x_t
+    observed_states: tuple[int, ...] = ()  # where the (fixed) design is nonzero; () = not known
 
 
 class System(NamedTuple):
@@ -43,15 +44,19 @@ class System(NamedTuple):
 def layout(spec: ModelSpec | Mapping) -> Layout:
     spec = as_spec(spec)
     dummy_params = {n: jnp.asarray(0.5) for n in param_names(spec)}
-    out, start = [], 0
-    for b in blocks(spec, dummy_params):
+    out, start, observed = [], 0, []
+    with jax.ensure_compile_time_eval():  # concrete designs even when called under jit
+        bl = blocks(spec, dummy_params)
+    for b in bl:
         k = b.transition.shape[0]
         out.append((b.name, start, k, b.kind, b.stationary_cov is None))
+        observed += [start + i for i in np.flatnonzero(np.asarray(b.design))]
         start += k
     if start == 0:  # irregular only: one known, unused state (as statsmodels does)
         out.append(("unused", 0, 1, "dense", False))
         start = 1
-    return Layout(tuple(out), start, spec.regression_in_state)
+    return Layout(tuple(out), start, spec.regression_in_state,
+                  () if spec.regression_in_state else tuple(int(i) for i in observed))
 
 
 def build_system(spec: ModelSpec | Mapping, params: Mapping[str, jnp.ndarray],
