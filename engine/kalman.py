@@ -287,7 +287,7 @@ def run(lay: Layout, system: System, y: jnp.ndarray, *, sqrt: bool = False, keep
     d = system.obs_intercept
     d = jnp.broadcast_to(d if d.ndim == 2 else d[None], (n_time, batch))
     time_varying = lay.time_varying_design
-    if not (keep or time_varying):
+    if batch == 1 and not (keep or time_varying):   # batches keep the per-step steady switch
         return _run_chunked(lay, system, state, y, d, sqrt)
 
     def body(carry, xs):
