@@ -238,18 +238,25 @@ class Forecast(NamedTuple):
     upper: jnp.ndarray   # (steps,)
 
 
-def forecast(spec, params, y, steps: int, exog=None, exog_future=None, level: float = 0.95) -> Forecast:
-    """Plug-in h-step forecasts with Gaussian intervals (parameters taken as known)."""
-    spec, pvec, y, x = _prepare(spec, params, y, exog)
-    xf = None
+def extend_for_forecast(spec: ModelSpec, y, x, steps: int, exog_future):
+    """y and exog extended by `steps` future steps: the future is a run of missing
+    observations, which the filter predicts through; regressors must be given for it."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    x_ext = None
     if spec.regression is not None:
         if exog_future is None:
             raise ValueError(f"forecasting a regression model needs exog_future with columns "
                              f"{list(spec.exog_columns)} for the {steps} future steps")
         xf = jnp.asarray(check_exog(spec, exog_future, steps))[:steps]
-    # the future is a run of missing observations: the filter predicts through it
-    y_ext = jnp.concatenate([y, jnp.full(steps, jnp.nan)])
-    x_ext = None if x is None else jnp.concatenate([x, xf], axis=0)
+        x_ext = jnp.concatenate([x, xf], axis=0)
+    return jnp.concatenate([y, jnp.full(steps, jnp.nan)]), x_ext
+
+
+def forecast(spec, params, y, steps: int, exog=None, exog_future=None, level: float = 0.95) -> Forecast:
+    """Plug-in h-step forecasts with Gaussian intervals (parameters taken as known)."""
+    spec, pvec, y, x = _prepare(spec, params, y, exog)
+    y_ext, x_ext = extend_for_forecast(spec, y, x, steps, exog_future)
     res = filter_series(spec, pvec, y_ext, x_ext)
     system = build_system(spec, params_from_vector(spec, pvec), x_ext)
     n = y.shape[0]

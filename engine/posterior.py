@@ -9,7 +9,7 @@ CDF) or HDIs (from its density on a fine grid), not Monte Carlo estimates. Every
 from __future__ import annotations
 
 from functools import partial
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,9 +17,9 @@ import numpy as np
 from jax import lax
 
 from . import kalman
-from .model import _prepare, _smooth, _systems
-from .spec import ModelSpec, as_spec, param_names
-from .system import build_system, check_exog, layout, params_from_vector
+from .model import _prepare, _smooth, _systems, extend_for_forecast
+from .spec import as_spec, param_names
+from .system import layout
 
 CHUNK = 64
 
@@ -154,17 +154,8 @@ def posterior_forecast(spec, posterior, y, steps: int, exog=None, exog_future=No
                        levels=(0.5, 0.8, 0.95), max_draws: int = 1000, seed: int = 0) -> PosteriorForecast:
     """h-step forecasts over the posterior: for each draw the plug-in Gaussian, then the mixture."""
     spec, _, y, x = _prepare(spec, np.zeros(len(param_names(as_spec(spec)))), y, exog)
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    x_ext = None
-    if spec.regression is not None:
-        if exog_future is None:
-            raise ValueError(f"forecasting a regression model needs exog_future with columns "
-                             f"{list(spec.exog_columns)} for the {steps} future steps")
-        xf = jnp.asarray(check_exog(spec, exog_future, steps))[:steps]
-        x_ext = jnp.concatenate([x, xf], axis=0)
+    y_ext, x_ext = extend_for_forecast(spec, y, x, steps, exog_future)
     theta = jnp.asarray(posterior_matrix(spec, posterior, max_draws, seed))
-    y_ext = jnp.concatenate([y, jnp.full(steps, jnp.nan)])
     mean, var = _one_step_moments_jit(spec, theta, y_ext, x_ext)
     mean, var = np.asarray(mean[:, -steps:]), np.asarray(var[:, -steps:])
     if np.isnan(mean).any():
