@@ -222,9 +222,16 @@ def _coordinates(spec: ModelSpec, families: tuple[str, ...], shapes: tuple, for_
     return _Coordinates(potential_fn_gen, unravel)
 
 
-def _coords(prob: Problem) -> _Coordinates:
-    shapes = (int(prob.y.shape[0]), None if prob.x is None else tuple(prob.x.shape))
-    return _coordinates(prob.spec, prob.families, shapes)
+def _shapes(y, x) -> tuple:
+    """The data shapes a compiled potential depends on: (time, exog shape or None)."""
+    return int(y.shape[0]), None if x is None else tuple(x.shape)
+
+
+def _vector_potential(spec: ModelSpec, families: tuple[str, ...], args) -> Callable:
+    """−log p(θ(z) | y) − log |dθ/dz| as a function of the unconstrained vector z (k,)."""
+    co = _coordinates(spec, families, _shapes(args[0], args[1]))
+    potential = co.potential_fn_gen(*args)
+    return lambda z: potential(co.unravel(z))
 
 
 def _to_unconstrained_fn(prob: Problem):
@@ -256,11 +263,10 @@ def log_posterior(spec, y, exog=None, priors: Mapping | None = None):
     its inverse. All pure JAX and vmappable.
     """
     prob = make_problem(spec, y, exog, priors)
-    co = _coords(prob)
-    potential = co.potential_fn_gen(*prob.args)
+    potential = _vector_potential(prob.spec, prob.families, prob.args)
 
     def logp(z):
-        return -potential(co.unravel(z))
+        return -potential(z)
     return logp, _to_unconstrained_fn(prob), _to_constrained_fn(prob)
 
 
@@ -297,9 +303,7 @@ class MAPResult:
 
 @partial(jax.jit, static_argnames=("spec", "families"))
 def _neg_logp_and_grad(spec, families, z, args):
-    prob_co = _coordinates(spec, families, (int(args[0].shape[0]), None if args[1] is None else tuple(args[1].shape)))
-    potential = lambda zz: prob_co.potential_fn_gen(*args)(prob_co.unravel(zz))
-    return jax.value_and_grad(potential)(z)
+    return jax.value_and_grad(_vector_potential(spec, families, args))(z)
 
 
 def fit_map(spec, y, exog=None, *, priors: Mapping | None = None, start=None, maxiter: int = 500) -> MAPResult:
@@ -338,9 +342,7 @@ def fit_map(spec, y, exog=None, *, priors: Mapping | None = None, start=None, ma
         if best is None or res.fun < best.fun:
             best = res
     z = jnp.asarray(best.x)
-    co = _coords(prob)
-    potential = lambda zz: co.potential_fn_gen(*args)(co.unravel(zz))
-    hess = np.asarray(jax.hessian(potential)(z))
+    hess = np.asarray(jax.hessian(_vector_potential(spec, prob.families, args))(z))
     try:
         z_cov = np.linalg.inv(hess)
         np.linalg.cholesky(z_cov)
@@ -426,7 +428,7 @@ def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: 
 
     prob = make_problem(spec, y, exog, priors)
     spec, args = prob.spec, prob.args
-    shapes = (int(prob.y.shape[0]), None if prob.x is None else tuple(prob.x.shape))
+    shapes = _shapes(prob.y, prob.x)
     chunk_len = _chunk_len(warmup, draws)
     sampler = _sampler(spec, prob.families, shapes, warmup, chunk_len, float(target_accept), int(max_tree_depth))
     key_init, key_chains = jax.random.split(jax.random.PRNGKey(seed))
