@@ -9,9 +9,10 @@ import param
 
 from .viewmodels import DataModel, FitModel, LearnModel, SpecModel
 from .views import DataView, FitView, LearnView, ModelView
-from .viewmodels.fit_bayes import BayesFitModel
+from .viewmodels.fit_bayes import BayesFitModel, ForecastModel
 from .viewmodels.priors_model import PriorsModel
-from .views.fit_bayes_view import BayesFitView
+from .views.fit_bayes_view import BayesFitView, ForecastView
+from .views.fleet_view import FleetModel, FleetView
 from .views.stream import stream_tabs
 from .workers import SessionWorker, document_dispatch, run_now
 
@@ -39,12 +40,15 @@ class App(pn.viewable.Viewer):
         self.fit = FitModel(self.data, self.spec, self.worker)
         self.priors = PriorsModel(self.data, self.spec)
         self.bayes = BayesFitModel(self.data, self.priors, self.worker)
+        self.forecast = ForecastModel(self.data, self.worker, bayes=self.bayes, fit=self.fit)
         self.learn = LearnModel(self.data, self.spec, self.fit, self.worker)
         self.tabs = [("Data", DataView(model=self.data)),
                      ("Model", ModelView(model=self.spec, priors=self.priors)),
-                     ("Fit", FitView(model=self.fit, bayes=BayesFitView(model=self.bayes))),
+                     ("Fit", FitView(model=self.fit, bayes=BayesFitView(model=self.bayes),
+                                     forecast=ForecastView(model=self.forecast))),
                      ("Learn", LearnView(model=self.learn)),
-                     *stream_tabs(self.data, self.fit, self.worker, self.bayes)]
+                     *stream_tabs(self.data, self.fit, self.worker, self.bayes),
+                     ("Fleet", FleetView(model=FleetModel(self.data, self.spec, self.worker)))]
 
     def __panel__(self):
         return pn.Tabs(*self.tabs, dynamic=True, sizing_mode="stretch_width")

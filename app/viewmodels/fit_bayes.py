@@ -1,5 +1,6 @@
 """BayesFitModel: MAP (with its Laplace approximation) and NUTS fits run in the session's worker,
-with live progress, cancel, diagnostics, posterior bands, one-step checks, save and reload."""
+with live progress, cancel, diagnostics, posterior bands, one-step checks, save and reload.
+ForecastModel: the posterior forecast of the session's latest fit, also computed in the worker."""
 
 from __future__ import annotations
 
@@ -38,10 +39,24 @@ class BayesResult:
     components: dict[str, engine.Band]
     check: engine.PredictiveCheck
     seconds: float | None = None
+    y: np.ndarray | None = None                  # (time,) the series it was fitted to
+    exog: np.ndarray | None = None               # (time, k) its regressors, if any
 
     @property
     def idata(self):
         return self.draws if self.method == "nuts" else None
+
+    @property
+    def mode(self) -> dict[str, float] | None:
+        """The MAP estimate (None for NUTS)."""
+        if self.method != "map":
+            return None
+        return dict(zip(self.summary["parameter"], map(float, self.summary["mode"])))
+
+    @property
+    def label(self) -> str:
+        n = len(engine.posterior_matrix(self.spec, self.draws))
+        return f"NUTS posterior (S = {n} draws)" if self.method == "nuts" else f"MAP, Laplace draws (S = {n})"
 
 
 def _products(spec, draws, y, exog):
@@ -49,14 +64,23 @@ def _products(spec, draws, y, exog):
             engine.predictive_residuals(spec, draws, y, exog, max_draws=500))
 
 
+def _as_array(exog) -> np.ndarray | None:
+    return None if exog is None else np.asarray(exog, dtype=float)
+
+
 def map_fit(spec: ModelSpec, y, exog) -> BayesResult:
     """Posterior mode by `engine.fit_map`; bands and checks from draws of its Laplace approximation."""
     res = engine.fit_map(spec, y, exog)
-    draws = res.laplace_draws(LAPLACE_DRAWS)
-    comps, check = _products(res.spec, draws, y, exog)
-    summary = pd.DataFrame({"parameter": list(res.params), "mode": list(res.params.values()),
-                            "Laplace sd": [float(np.std(draws[n])) for n in res.params]})
-    return BayesResult("map", res.spec, draws, summary, None, comps, check)
+    return from_laplace(res.spec, res.params, res.laplace_draws(LAPLACE_DRAWS), y, exog)
+
+
+def from_laplace(spec: ModelSpec, mode: dict[str, float], draws: dict[str, np.ndarray], y, exog) -> BayesResult:
+    """Everything the page shows about a MAP fit, from its mode and Laplace draws (fresh or reloaded)."""
+    comps, check = _products(spec, draws, y, exog)
+    summary = pd.DataFrame({"parameter": list(mode), "mode": list(mode.values()),
+                            "Laplace sd": [float(np.std(draws[n])) for n in mode]})
+    return BayesResult("map", spec, draws, summary, None, comps, check, y=np.asarray(y, dtype=float),
+                       exog=_as_array(exog))
 
 
 def nuts_fit(spec: ModelSpec, y, exog, *, chains, warmup, draws, seed, progress, cancel) -> BayesResult:
@@ -72,7 +96,8 @@ def from_posterior(spec: ModelSpec, idata, y, exog) -> BayesResult:
     comps, check = _products(spec, idata, y, exog)
     summary = diagnosis.table.reset_index(names="parameter")
     return BayesResult("nuts", spec, idata, summary, diagnosis, comps, check,
-                       idata.attrs.get("sampling_time") if hasattr(idata, "attrs") else None)
+                       idata.attrs.get("sampling_time") if hasattr(idata, "attrs") else None,
+                       y=np.asarray(y, dtype=float), exog=_as_array(exog))
 
 
 class BayesFitModel(param.Parameterized):
@@ -177,6 +202,11 @@ class BayesFitModel(param.Parameterized):
         self._set(result=result, status="done", progress=100 if result.method == "nuts" else self.progress,
                   message=msg, **extra)
 
+    def restore(self, result: BayesResult | None, posterior, message: str) -> None:
+        """Show a fit rebuilt elsewhere (a reloaded session): its result and NUTS posterior (either may be None)."""
+        self._set(result=result, posterior=posterior, status="done" if result is not None else "idle",
+                  progress=100 if result is not None and result.method == "nuts" else 0, message=message)
+
     def _failed(self, exc: BaseException) -> None:
         if isinstance(exc, engine.FitCancelled):
             self._set(status="cancelled", message=f"{exc}. The previous result (if any) is kept.")
@@ -236,3 +266,126 @@ class BayesFitModel(param.Parameterized):
     def _load_spec(self, spec: ModelSpec) -> None:
         self.priors.spec_model.load(spec)
         self.priors.load({k: dict(v) for k, v in spec.priors})
+
+
+# -- posterior forecast ---------------------------------------------------------------------
+FORECAST_HISTORY = 60   # observations shown before the forecast (at least three horizons)
+
+
+def time_axis(index: pd.Index | None, n: int, steps: int = 0) -> pd.Index:
+    """Times of n observations and `steps` more: the data's dates continued at their frequency when
+    `index` holds exactly n dates with a known or inferable frequency, else positions 0, 1, …"""
+    if isinstance(index, pd.DatetimeIndex) and len(index) == n and n >= 1:
+        freq = index.freq
+        if freq is None and n >= 3:
+            try:
+                freq = pd.infer_freq(index)
+            except (TypeError, ValueError):
+                freq = None
+        if freq is not None:
+            return index.append(pd.date_range(index[-1], periods=steps + 1, freq=freq)[1:])
+    return pd.RangeIndex(n + steps)
+
+
+@dataclass(frozen=True)
+class ForecastBands:
+    """A posterior forecast ready to draw: the last observations, then the h-step mean and 50/95% bands."""
+
+    label: str                   # which fit's draws
+    history: pd.DataFrame        # time, y: the last observations
+    future: pd.DataFrame         # time, mean, lo50, hi50, lo95, hi95: one row per step ahead
+
+
+def forecast_bands(spec: ModelSpec, posterior, y, steps: int, index: pd.Index | None = None, label: str = "",
+                   history: int = FORECAST_HISTORY) -> ForecastBands:
+    """`engine.posterior_forecast` over a fit's draws (parameter and state uncertainty mixed) as 50/95%
+    bands after the last observations, on the data's time axis."""
+    if spec.regression is not None:
+        raise ValueError("a model with regressors needs their future values to forecast; "
+                         "they are not known here, so there is no forecast")
+    y = np.asarray(y, dtype=float)
+    fc = engine.posterior_forecast(spec, posterior, y, int(steps), levels=(0.5, 0.95))
+    times = time_axis(index, len(y), int(steps))
+    n, start = len(y), max(0, len(y) - max(history, 3 * int(steps)))
+    (lo50, hi50), (lo95, hi95) = fc.band(0.5), fc.band(0.95)
+    future = pd.DataFrame({"time": times[n:], "mean": fc.mean, "lo50": lo50, "hi50": hi50, "lo95": lo95,
+                           "hi95": hi95})
+    return ForecastBands(label, pd.DataFrame({"time": times[start:n], "y": y[start:]}), future)
+
+
+class ForecastModel(param.Parameterized):
+    """The posterior forecast of the session's latest fit: the NUTS draws, the MAP fit's Laplace draws,
+    or the quick fit's estimate (one draw: the plug-in forecast). Recomputed in the session's worker
+    when a fit finishes or the horizon changes; at most one computation runs, the latest request wins."""
+
+    steps = param.Integer(default=24, bounds=(1, 500), doc="Steps ahead")
+    status = param.Selector(default="idle", objects=["idle", "running", "done", "error"], constant=True)
+    message = param.String(default="", constant=True)
+    result = param.ClassSelector(class_=ForecastBands, default=None, allow_None=True, constant=True)
+
+    def __init__(self, data: DataModel, worker: SessionWorker, bayes: BayesFitModel | None = None, fit=None,
+                 **params):
+        super().__init__(**params)
+        self.data, self.worker = data, worker
+        self._source: tuple | None = None      # (spec, posterior, y, label) of the latest fit
+        self._wanted = 0                       # id of the latest request; older results are dropped
+        self._running = False
+        if bayes is not None:
+            bayes.param.watch(self._on_bayes, ["result"])
+        if fit is not None:
+            fit.param.watch(self._on_quick_fit, ["result"])
+
+    def _set(self, **values):
+        with param.edit_constant(self):
+            self.param.update(**values)
+
+    def _on_bayes(self, event):
+        r = event.new
+        self.follow(None if r is None else (r.spec, r.draws, r.y, r.label))
+
+    def _on_quick_fit(self, event):
+        r = event.new
+        y = getattr(r, "y", None)
+        self.follow(None if r is None or y is None else
+                    (r.spec, dict(r.params), y, "quick fit estimate (plug-in, S = 1 draw)"))
+
+    def follow(self, source: tuple | None) -> Future | None:
+        """Forecast from (spec, posterior, y, label) from now on (None: no fit, no forecast)."""
+        self._source = source
+        if source is None:
+            self._wanted += 1
+            self._set(result=None, status="idle", message="")
+            return None
+        return self.refresh()
+
+    @param.depends("steps", watch=True)
+    def refresh(self) -> Future | None:
+        """Forecast the latest fit in the worker; while one runs, the next starts when it ends."""
+        self._wanted += 1
+        if self._source is None or self._running:
+            return None
+        return self._submit()
+
+    def _submit(self) -> Future | None:
+        spec, posterior, y, label = self._source
+        if spec.regression is not None:
+            self._set(status="error", result=None, message="A model with regressors needs their future values "
+                                                            "to forecast; they are not known here.")
+            return None
+        index = self.data.index if self.data.frame is not None else None
+        wanted, self._running = self._wanted, True
+        self._set(status="running", message=f"Forecasting {self.steps} steps from the {label}…")
+        return self.worker.submit(forecast_bands, spec, posterior, y, self.steps, index, label,
+                                  on_done=lambda bands: self._finish(wanted, result=bands),
+                                  on_error=lambda exc: self._finish(wanted, error=exc))
+
+    def _finish(self, wanted: int, result: ForecastBands | None = None, error: BaseException | None = None):
+        self._running = False
+        if wanted != self._wanted:             # superseded while it ran
+            if self._source is not None:
+                self._submit()
+        elif error is not None:
+            self._set(status="error", message=f"The forecast failed: {error}")
+        else:
+            self._set(result=result, status="done", message=f"{len(result.future)} steps ahead from the "
+                                                             f"{result.label}: posterior mean, 50% and 95% bands.")

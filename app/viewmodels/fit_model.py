@@ -33,6 +33,12 @@ class QuickFit:
     message: str
     n_obs: int
     components: dict[str, tuple[np.ndarray, np.ndarray]]  # name → (smoothed mean, sd), each (time,)
+    y: np.ndarray | None = None                           # (time,) the series it was fitted to
+
+    def fields(self) -> dict:
+        """The estimates and statistics as plain JSON values (`from_fields` rebuilds the rest)."""
+        return {"params": self.params, "se": self.se, "loglik": self.loglik, "aic": self.aic, "bic": self.bic,
+                "converged": self.converged, "message": self.message, "n_obs": self.n_obs}
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame({"parameter": list(self.params), "estimate": list(self.params.values()),
@@ -42,11 +48,21 @@ class QuickFit:
 def quick_fit(spec: ModelSpec, y: np.ndarray, exog: pd.DataFrame | None) -> QuickFit:
     """Maximum likelihood (`engine.fit_mle`), then the smoothed components at the estimate."""
     res = engine.fit_mle(spec, y, exog)
-    sm = engine.smooth(spec, res.params, y, exog)
+    return from_fields(res.spec, {"params": dict(res.params), "se": dict(res.se), "loglik": res.loglik,
+                                  "aic": res.aic, "bic": res.bic, "converged": res.converged,
+                                  "message": res.message, "n_obs": res.n_obs}, y, exog)
+
+
+def from_fields(spec: ModelSpec, fields: dict, y: np.ndarray, exog: pd.DataFrame | None) -> QuickFit:
+    """A QuickFit from its estimates and statistics (a fresh fit or a reloaded one): the smoothed
+    components at the estimate are computed here."""
+    params = {k: float(v) for k, v in fields["params"].items()}
+    sm = engine.smooth(spec, params, y, exog)
     comps = {name: (np.asarray(mean), np.sqrt(np.clip(np.asarray(var), 0.0, None)))
              for name, (mean, var) in sm.components.items()}
-    return QuickFit(res.spec, dict(res.params), dict(res.se), float(res.loglik), float(res.aic), float(res.bic),
-                    bool(res.converged), res.message, int(res.n_obs), comps)
+    return QuickFit(spec, params, {k: float(v) for k, v in fields["se"].items()}, float(fields["loglik"]),
+                    float(fields["aic"]), float(fields["bic"]), bool(fields["converged"]), str(fields["message"]),
+                    int(fields["n_obs"]), comps, np.asarray(y, dtype=float))
 
 
 class FitModel(param.Parameterized):
@@ -99,6 +115,12 @@ class FitModel(param.Parameterized):
         note = "" if result.converged else f" The optimiser did not report convergence ({result.message})."
         self._set(result=result, status="done", stale=inputs != self._inputs(),
                   message=f"Fitted {result.n_obs} observations.{note}")
+
+    def restore(self, result: QuickFit | None, message: str) -> None:
+        """Show a fit rebuilt elsewhere (a reloaded session) as a fit of the current data and spec."""
+        self._fitted_on = self._inputs()
+        self._set(result=result, status="done" if result is not None else "idle", stale=False,
+                  message=message if result is not None else "")
 
     def _failed(self, exc: BaseException) -> None:
         self._set(status="error", message=f"The fit failed: {exc}")

@@ -1,6 +1,9 @@
-"""The Bayesian part of the Fit tab: MAP and NUTS controls, live progress, cancel, results, save/reload."""
+"""The Bayesian part of the Fit tab: MAP and NUTS controls, live progress, cancel, results, save/reload;
+and the forecast panel of the latest fit."""
 
 from __future__ import annotations
+
+import warnings
 
 import arviz as az
 import holoviews as hv
@@ -9,7 +12,7 @@ import panel as pn
 import param
 
 from ..plots import _OPTS
-from ..viewmodels.fit_bayes import BayesFitModel
+from ..viewmodels.fit_bayes import BayesFitModel, ForecastBands, ForecastModel
 
 
 def band_plot(index, y, label, components) -> hv.Layout:
@@ -110,18 +113,67 @@ class BayesFitView(pn.viewable.Viewer):
 
     @staticmethod
     def _arviz_tabs(idata):
-        """ArviZ's rank, forest and pair plots with the Bokeh backend."""
-        def grid(plot):
+        """ArviZ's trace, rank, forest and pair plots with the Bokeh backend."""
+        def grid(plot, width=260):
             from bokeh.layouts import gridplot
             arr = np.atleast_2d(np.asarray(plot, dtype=object))
-            return gridplot([[f for f in row] for row in arr.tolist()], width=260, height=220)
-        out = [("Rank", pn.pane.Bokeh(grid(az.plot_rank(idata, backend="bokeh", show=False))))]
+            return gridplot([[f for f in row] for row in arr.tolist()], width=width, height=220)
+        with warnings.catch_warnings():   # ArviZ's Bokeh trace plot uses a Bokeh call deprecated since 3.4
+            warnings.filterwarnings("ignore", message=r".*scatter\(radius=")
+            trace = az.plot_trace(idata, backend="bokeh", show=False)
+        out = [("Trace", pn.pane.Bokeh(grid(trace, width=420))),
+               ("Rank", pn.pane.Bokeh(grid(az.plot_rank(idata, backend="bokeh", show=False))))]
         out.append(("Forest", pn.pane.Bokeh(grid(az.plot_forest(idata, backend="bokeh", show=False,
                                                                 colors="#1f77b4")))))
         if len(idata.posterior.data_vars) > 1:
             out.append(("Pair", pn.pane.Bokeh(grid(az.plot_pair(idata, backend="bokeh", show=False,
                                                                 divergences=True)))))
         return out
+
+    def __panel__(self):
+        return self._layout
+
+
+def forecast_plot(bands: ForecastBands, label: str) -> hv.Overlay:
+    """The last observations, then the forecast's posterior mean with its 50% and 95% bands."""
+    f = bands.future
+    x = np.asarray(f["time"])
+    out = (hv.Area((x, f["lo95"], f["hi95"]), "time", vdims=["lower", "upper"], label="95%").opts(
+               color="#e07b39", alpha=0.2, line_alpha=0)
+           * hv.Area((x, f["lo50"], f["hi50"]), "time", vdims=["lower", "upper"], label="50%").opts(
+               color="#e07b39", alpha=0.4, line_alpha=0)
+           * hv.Curve((x, f["mean"]), "time", label, label="forecast mean").opts(color="#e07b39", line_width=2)
+           * hv.Curve((np.asarray(bands.history["time"]), bands.history["y"]), "time", label,
+                      label="observed").opts(color="black"))
+    return out.opts(**_OPTS, legend_position="top_left", title=f"{label}: forecast from the {bands.label}")
+
+
+class ForecastView(pn.viewable.Viewer):
+    """The forecast panel of the Fit tab: steps ahead, status, and the bands plot."""
+
+    model = param.ClassSelector(class_=ForecastModel)
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        m = self.model
+        self._status = pn.pane.Alert("", visible=False, sizing_mode="stretch_width")
+        m.param.watch(self._on_status, ["status", "message"])
+        self._on_status()
+        steps = pn.widgets.IntSlider.from_param(m.param.steps, name="Steps ahead", start=1, end=120, width=300)
+        self._layout = pn.Column("## Forecast", steps, self._status, pn.panel(self._plot),
+                                 sizing_mode="stretch_width", css_classes=["fit-forecast"])
+
+    def _on_status(self, *_):
+        m = self.model
+        kind = {"error": "danger", "running": "info"}.get(m.status, "light")
+        self._status.param.update(object=m.message, alert_type=kind, visible=bool(m.message))
+
+    @param.depends("model.result")
+    def _plot(self):
+        r = self.model.result
+        if r is None:
+            return pn.pane.Markdown("*Fit a model to see its forecast.*")
+        return pn.pane.HoloViews(forecast_plot(r, self.model.data.target_label), sizing_mode="stretch_width")
 
     def __panel__(self):
         return self._layout

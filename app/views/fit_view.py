@@ -1,4 +1,5 @@
-"""The Fit tab: the quick maximum likelihood fit, its estimates and the decomposition."""
+"""The Fit tab: the quick maximum likelihood fit, its estimates and the decomposition; the forecast of
+the latest fit; the Bayesian fit."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import param
 
 from ..plots import decomposition_plot
 from ..viewmodels import FitModel
-from .fit_bayes_view import BayesFitView
+from .fit_bayes_view import BayesFitView, ForecastView
 
 
 class FitView(pn.viewable.Viewer):
     model = param.ClassSelector(class_=FitModel)
     bayes = param.ClassSelector(class_=BayesFitView, default=None, allow_None=True)
+    forecast = param.ClassSelector(class_=ForecastView, default=None, allow_None=True)
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -24,7 +26,8 @@ class FitView(pn.viewable.Viewer):
         m.param.watch(self._on_status, ["status", "message", "stale"])
         self._on_status()
         self._layout = pn.Column(pn.Row(self._button, self._spinner), self._status, pn.panel(self._results),
-                                 *([] if self.bayes is None else [self.bayes]), sizing_mode="stretch_width")
+                                 *(v for v in (self.forecast, self.bayes) if v is not None),
+                                 sizing_mode="stretch_width")
 
     def _on_status(self, *_):
         m = self.model

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import panel as pn
 import pytest
 
 import engine
-from app.viewmodels import DataModel, SpecModel
-from app.viewmodels.fit_bayes import BayesFitModel
+from app.viewmodels import DataModel, FitModel, SpecModel
+from app.viewmodels.fit_bayes import BayesFitModel, ForecastModel, forecast_bands, time_axis
 from app.viewmodels.priors_model import PriorsModel
 from app.views.fit_bayes_view import BayesFitView
 from app.workers import SessionWorker
@@ -59,6 +60,7 @@ def test_short_nuts_is_flagged_saved_reloaded_and_cancel_works(bayes):
     assert not d.trustworthy and bayes.message.startswith("NUTS finished: not trustworthy")
     layout = pn.panel(BayesFitView(model=bayes))
     layout.get_root()  # the results (bands, ArviZ plots, diagnostics, checks) render
+    assert any(t._names[:2] == ["Trace", "Rank"] for t in layout.select(pn.Tabs))
     alerts = [a for a in layout.select(pn.pane.Alert) if "fit-untrustworthy" in a.css_classes]
     assert alerts and alerts[0].alert_type == "danger" and d.reasons[0] in alerts[0].object
     # save and reload: the same posterior comes back with the same verdict
@@ -75,3 +77,50 @@ def test_short_nuts_is_flagged_saved_reloaded_and_cancel_works(bayes):
         future.result()
     assert bayes.status == "cancelled" and "cancelled" in bayes.message
     assert bayes.posterior is not None and not bayes.busy  # the previous posterior is kept; new fits may start
+
+
+def _drain(worker):
+    """Wait until every job queued in the worker so far (and the jobs their callbacks queued) has run."""
+    for _ in range(3):
+        worker.submit(lambda: None, on_done=lambda _: None, on_error=lambda _: None).result()
+
+
+def test_forecast_of_one_draw_is_the_plug_in_forecast_on_the_data_dates(bayes):
+    """With the quick fit's estimate (S = 1 draw) the posterior forecast is the plug-in Gaussian forecast."""
+    data = bayes.data
+    spec = bayes.priors.spec
+    params = engine.fit_mle(spec, data.y).params
+    bands = forecast_bands(spec, params, data.y, 7, data.index, "estimate")
+    for level, (lo, hi) in ((0.95, ("lo95", "hi95")), (0.5, ("lo50", "hi50"))):
+        ref = engine.forecast(spec, params, data.y, 7, level=level)
+        np.testing.assert_allclose(bands.future[lo], ref.lower, rtol=1e-8)
+        np.testing.assert_allclose(bands.future[hi], ref.upper, rtol=1e-8)
+    np.testing.assert_allclose(bands.future["mean"], engine.forecast(spec, params, data.y, 7).mean, rtol=1e-10)
+    # the dates continue the yearly index; the history is the last observations
+    assert list(bands.future["time"]) == list(pd.date_range("1971-01-01", periods=7, freq="YS"))
+    assert len(bands.history) == 60 and bands.history["time"].iloc[-1] == data.index[-1]
+    np.testing.assert_array_equal(bands.history["y"], data.y[-60:])
+    assert list(time_axis(pd.RangeIndex(5), 5, 2)) == list(range(7))   # no dates: positions
+
+
+def test_forecast_follows_the_latest_fit_in_the_worker(bayes):
+    data, worker = bayes.data, bayes.worker
+    fit = FitModel(data, bayes.priors.spec_model, worker)
+    model = ForecastModel(data, worker, bayes=bayes, fit=fit)
+    fit.run_quick_fit().result()
+    _drain(worker)
+    assert model.status == "done" and "quick fit" in model.result.label and len(model.result.future) == 24
+    bayes.run_map().result()
+    _drain(worker)
+    r = bayes.result
+    ref = engine.posterior_forecast(r.spec, r.draws, data.y, 24, levels=(0.5, 0.95))
+    f = model.result.future
+    assert model.result.label.startswith("MAP, Laplace draws (S = 500)")
+    np.testing.assert_allclose(f["mean"], ref.mean, rtol=1e-10)
+    np.testing.assert_allclose(f["lo95"], ref.band(0.95)[0], rtol=1e-10)
+    assert (f["lo95"] < f["lo50"]).all() and (f["lo50"] < f["hi50"]).all() and (f["hi50"] < f["hi95"]).all()
+    width = f["hi95"] - f["lo95"]
+    assert (np.diff(width) > 0).all()   # a random-walk level: the uncertainty grows with the horizon
+    model.steps = 5
+    _drain(worker)
+    assert len(model.result.future) == 5 and model.status == "done"
