@@ -62,6 +62,17 @@ class DataModel(param.Parameterized):
                 self.dataset = UPLOAD
         return ok
 
+    def load_frame(self, frame: pd.DataFrame, source: str, *, target: str, log: bool = False,
+                   description: str = "", suggested: dict | None = None) -> None:
+        """Load an already parsed table (e.g. one series of a fleet); there are no bytes to re-read."""
+        self._raw, self._freq = None, frame.attrs.get("freq")
+        self._set_frame(frame, source, target, [], log)
+        self.description = description
+        self.suggested_spec = None  # so that the same suggested spec is loaded into the Model tab again
+        self.suggested_spec = suggested
+        with param.parameterized.discard_events(self):
+            self.dataset = UPLOAD
+
     def _load(self, raw, *, source, time_column, freq, target, exog, log, description, suggested) -> bool:
         try:
             frame = read_table(raw, max_bytes=MAX_TABLE_BYTES, time_column=time_column, freq=freq,

@@ -1,0 +1,408 @@
+"""FleetModel: many series fitted at once by `engine.fit_many`, run in the session's worker,
+with progress, cancel, a per-series result table and a drill-down into one series."""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import param
+
+import engine
+from engine.data import DATASETS_DIR
+from engine.spec import ModelSpec
+
+from ..workers import SessionWorker
+from .data_model import NO_TIME, UPLOAD, DataModel
+from .spec_model import SpecModel
+
+SYNTHETIC = "synthetic fleet"
+SPEC_SUGGESTED = "suggested for the data"
+SPEC_MODEL_TAB = "the Model tab's spec"
+METHODS = ("mle", "map", "filter", "nuts")
+BACKENDS = ("local", "ray")
+ANOMALY_Z = float(engine.OnlineConfig._field_defaults["anomaly_z"])  # the streaming engine's threshold
+_ADDRESS = re.compile(r"^(ray://)?[A-Za-z0-9.\-]+:\d{1,5}$")
+
+
+def wide_datasets() -> list[str]:
+    """Shipped datasets laid out wide (one column per series): the catalogue says so."""
+    cat = engine.list_datasets()
+    wide = cat["layout"] == "wide" if "layout" in cat else pd.Series(False, index=cat.index)
+    return list(cat.loc[wide.fillna(False).astype(bool), "name"])
+
+
+def series_titles(dataset: str) -> dict[str, str]:
+    """Series id → title from a shipped dataset's titles file (empty when it has none)."""
+    entry = engine.catalogue_entry(dataset)
+    name = entry.get("series_titles")
+    if not name:
+        return {}
+    titles = pd.read_csv(DATASETS_DIR / name, dtype=str)
+    return dict(zip(titles["series"], titles["title"]))
+
+
+@dataclass(frozen=True)
+class FleetData:
+    """The series of a fleet job: names, the (series, time) values, and where they came from."""
+
+    label: str                   # what is loaded, for messages
+    names: list[str]             # (series,)
+    Y: np.ndarray                # (series, time) float64, log-transformed when `log`; NaN = missing
+    index: pd.Index              # (time,)
+    frame: pd.DataFrame | None   # the raw table (time column + one column per series), for "open in Fit"
+    log: bool
+    suggested: dict | None       # the data's suggested spec
+    titles: dict[str, str]
+
+
+@dataclass(frozen=True)
+class FleetRun:
+    """A finished fleet job: the engine's result table and what it cost."""
+
+    data: FleetData
+    spec: ModelSpec
+    method: str
+    table: pd.DataFrame          # one row per series (engine.fit_many's table, plus `title` when known)
+    seconds: float
+    cancelled: bool = False
+
+    @property
+    def series_per_s(self) -> float:
+        return len(self.table) / self.seconds if self.seconds > 0 else math.inf
+
+
+@dataclass(frozen=True)
+class DrillDown:
+    """One series at its fitted parameters: observations, filtered mean, one-step band, anomalies."""
+
+    name: str
+    index: pd.Index              # (time,)
+    y: np.ndarray                # (time,)
+    filtered_mean: np.ndarray    # (time,) E[y_t | y_{1:t}] signal (observation noise excluded)
+    predicted_mean: np.ndarray   # (time,) E[y_t | y_{1:t-1}]
+    predicted_sd: np.ndarray     # (time,) its predictive sd (NaN where missing or diffuse)
+    anomaly: np.ndarray          # (time,) bool: |standardised one-step residual| > ANOMALY_Z
+    row: dict                    # the series' row of the result table
+
+
+def drill_down(spec: ModelSpec, params: dict[str, float], name: str, index: pd.Index, y: np.ndarray,
+               row: dict) -> DrillDown:
+    """The filter of one series at its fitted parameters (what the table row summarises)."""
+    filt = engine.filter_series(spec, params, y)
+    system = engine.build_system(spec, params, n_time=len(y))
+    design = np.asarray(system.design)
+    state = np.asarray(filt.filtered_mean)
+    signal = state @ design if design.ndim == 1 else np.einsum("ts,ts->t", state, design)
+    signal = signal + np.broadcast_to(np.asarray(system.obs_intercept), signal.shape)
+    check = engine.predictive_residuals(spec, params, y)
+    anomaly = np.isfinite(check.residual) & (np.abs(check.residual) > ANOMALY_Z)
+    return DrillDown(name, index, y, signal, np.asarray(check.mean), np.asarray(check.sd), anomaly, row)
+
+
+def synthetic_fleet(n_series: int, n_time: int, seed: int) -> FleetData:
+    """`engine.make_fleet` as fleet data (sensor names, row-number time)."""
+    fleet = engine.make_fleet(n_series, n_time, seed)
+    names = list(fleet.truth["series"])
+    index = pd.RangeIndex(n_time, name="time")
+    frame = pd.DataFrame(fleet.Y.T, index=index, columns=names)
+    frame.attrs.update(time_column=None, freq=None, filled_steps=0)
+    return FleetData(f"synthetic fleet ({n_series} × {n_time}, seed {seed})", names, np.asarray(fleet.Y, float),
+                     index, frame, False, fleet.spec, {})
+
+
+def table_fleet(table: DataModel, n_series: int, log: bool, titles: dict[str, str]) -> FleetData:
+    """Every value column of a loaded wide table (the first `n_series`) as fleet data."""
+    frame = table.frame
+    time_col = frame.attrs.get("time_column")
+    names = [c for c in frame.columns if c != time_col][:n_series]
+    Y = frame[names].to_numpy(dtype=float).T
+    if log:
+        bad = [n for n, row in zip(names, Y) if np.any(row[np.isfinite(row)] <= 0)]
+        if bad:
+            raise ValueError(f"series {bad[:5]}{' and more' if len(bad) > 5 else ''} have values <= 0, so "
+                             "their log is undefined; switch the log transform off")
+        Y = np.log(Y)
+    keep = [time_col] if time_col else []
+    return FleetData(table.source, names, Y, frame.index, frame[keep + names], log, table.suggested_spec, titles)
+
+
+class _Cancel:
+    """A cancel flag for `fit_many`: set by the user, or by the session closing."""
+
+    def __init__(self, worker: SessionWorker):
+        self._event, self._worker = threading.Event(), worker
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set() or self._worker.closed
+
+
+class FleetModel(param.Parameterized):
+    """A fleet job: which series, which spec and method, where to run; the result table and drill-down.
+
+    The data is a synthetic fleet (`engine.make_fleet`), a shipped wide dataset, or an uploaded
+    wide CSV; tables are loaded by a `DataModel` of its own (the same parser and limits as the
+    Data tab). The spec is the data's suggested spec or the Model tab's current one.
+    """
+
+    source = param.Selector(default=SYNTHETIC, objects=[SYNTHETIC], doc="Where the series come from")
+    n_series = param.Integer(default=24, bounds=(1, None), doc="Series: the fleet's size, or the first N columns")
+    n_time = param.Integer(default=120, bounds=(2, None), doc="Time steps of a synthetic fleet")
+    seed = param.Integer(default=0, bounds=(0, None))
+    log_transform = param.Boolean(default=False, doc="Fit log(series) (a table's catalogue default)")
+    spec_choice = param.Selector(default=SPEC_SUGGESTED, objects=[SPEC_SUGGESTED, SPEC_MODEL_TAB])
+    method = param.Selector(default="mle", objects=list(METHODS))
+    nuts_chains = param.Integer(default=2, bounds=(1, 8))
+    nuts_warmup = param.Integer(default=100, bounds=(10, 5000))
+    nuts_draws = param.Integer(default=100, bounds=(10, 5000))
+    backend = param.Selector(default="local", objects=list(BACKENDS))
+    address = param.String(default="", doc="Ray cluster address host:port (empty: a local Ray on 127.0.0.1)")
+    batch_size = param.Integer(default=0, bounds=(0, None), doc="Series per batch (0: the engine chooses)")
+
+    status = param.Selector(default="idle", objects=["idle", "running", "done", "cancelled", "error"],
+                            constant=True)
+    message = param.String(default="", constant=True)
+    data_error = param.String(default="", constant=True, doc="Why the chosen data cannot be used")
+    progress = param.Integer(default=0, bounds=(0, 100), constant=True, doc="Series done, percent")
+    done_series = param.Integer(default=0, constant=True)
+    total_series = param.Integer(default=0, constant=True)
+    result = param.ClassSelector(class_=FleetRun, default=None, allow_None=True, constant=True)
+    selected = param.String(default="", doc="The series shown in the drill-down")
+    detail = param.ClassSelector(class_=DrillDown, default=None, allow_None=True, constant=True)
+    detail_message = param.String(default="", constant=True)
+
+    def __init__(self, data: DataModel, spec: SpecModel, worker: SessionWorker, **params):
+        super().__init__(**params)
+        self.data, self.spec_model, self.worker = data, spec, worker
+        self.table = DataModel()      # the fleet's own table: shipped or uploaded, parsed like the Data tab's
+        self.param.source.objects = [SYNTHETIC, *wide_datasets(), UPLOAD]
+        self._cancel: _Cancel | None = None
+        self._started = 0.0
+        self._on_source()
+
+    def _set(self, **values):
+        with param.edit_constant(self):
+            self.param.update(**values)
+
+    @property
+    def busy(self) -> bool:
+        return self.status == "running"
+
+    # -- data ----------------------------------------------------------------------------
+    @param.depends("source", watch=True)
+    def _on_source(self):
+        if self.source == SYNTHETIC:
+            self.n_series = self.param.n_series.default
+        if self.source in (SYNTHETIC, UPLOAD):
+            self._set(data_error="" if self.source == SYNTHETIC or self._has_upload() else
+                      "Upload a wide CSV: a time column and one numeric column per series.")
+            return
+        self.table.dataset = self.source
+        self._table_loaded()
+
+    def _has_upload(self) -> bool:
+        return self.table.dataset == UPLOAD and self.table.frame is not None
+
+    def load_upload(self, raw: bytes, filename: str = "upload.csv") -> bool:
+        """Parse an uploaded wide CSV with the Data tab's parser; on failure say why and keep the rest."""
+        if not self.table.load_upload(raw, filename):
+            self._set(data_error=self.table.error)
+            return False
+        self.source = UPLOAD
+        self._table_loaded()
+        return True
+
+    def _table_loaded(self):
+        t = self.table
+        if t.frame is None:
+            self._set(data_error=t.error or "No table loaded.")
+            return
+        time_col = t.frame.attrs.get("time_column")
+        n = sum(c != time_col for c in t.frame.columns)
+        with param.parameterized.batch_call_watchers(self):
+            self.n_series = n
+            self.log_transform = bool(t.log_transform)
+            self._set(data_error=t.error)
+
+    def fleet_data(self) -> FleetData:
+        """The chosen series (a synthetic fleet is drawn here: call it in the worker)."""
+        if self.source == SYNTHETIC:
+            return synthetic_fleet(self.n_series, self.n_time, self.seed)
+        if self.table.frame is None or self.data_error:
+            raise ValueError(self.data_error or "no table is loaded")
+        titles = series_titles(self.source) if self.source not in (SYNTHETIC, UPLOAD) else {}
+        return table_fleet(self.table, self.n_series, self.log_transform, titles)
+
+    def _spec(self, suggested: dict | None) -> ModelSpec:
+        if self.spec_choice == SPEC_MODEL_TAB:
+            if self.spec_model.spec is None:
+                problem = "; ".join(self.spec_model.errors.values()) or "the model is not valid"
+                raise ValueError(f"the Model tab's spec is not valid: {problem}")
+            spec = self.spec_model.spec
+        elif suggested is None:
+            raise ValueError("this data has no suggested spec; choose the Model tab's spec")
+        else:
+            spec = ModelSpec.from_dict(suggested)
+        if spec.exog_columns:
+            raise ValueError("fleet fits take no regressors; remove the regression from the spec")
+        return spec
+
+    # -- running -------------------------------------------------------------------------
+    def _check_address(self) -> str | None:
+        address = self.address.strip()
+        if self.backend == "ray" and address and not _ADDRESS.match(address):
+            raise ValueError(f"'{address}' is not a Ray address; write host:port (e.g. 127.0.0.1:6379) "
+                             "or ray://host:port, or leave it empty for a local Ray")
+        return address or None
+
+    def _method_options(self) -> dict:
+        if self.method == "nuts":
+            return dict(chains=self.nuts_chains, warmup=self.nuts_warmup, draws=self.nuts_draws)
+        return {}
+
+    def run(self) -> Future | None:
+        """Start the fleet job in the worker; progress arrives through the session's event loop."""
+        if self.busy:
+            return None
+        if self.data_error:
+            self._set(status="error", message=self.data_error)
+            return None
+        try:
+            address = self._check_address()
+            tab_spec = self._spec(None) if self.spec_choice == SPEC_MODEL_TAB else None
+        except ValueError as exc:
+            self._set(status="error", message=str(exc))
+            return None
+        self._cancel = cancel = _Cancel(self.worker)
+        options = dict(method=self.method, backend=self.backend, address=address,
+                       batch_size=self.batch_size or None, seed=self.seed, **self._method_options())
+        where = "here" if self.backend == "local" else (f"on the Ray cluster at {address}" if address
+                                                        else "on a local Ray")
+        self._set(status="running", progress=0, done_series=0, total_series=0, detail=None, detail_message="",
+                  message=f"Preparing the series; they will be fitted ({self.method}) {where}…")
+        self._started = time.perf_counter()
+
+        def progress(done, total):
+            self.worker.post(lambda: self._progress(done, total))
+
+        def job():
+            data = self.fleet_data()
+            spec = tab_spec if tab_spec is not None else self._spec(data.suggested)
+            self.worker.post(lambda: self._progress(0, len(data.names)))
+            start = time.perf_counter()
+            res = engine.fit_many(spec, data.Y, progress=progress, cancel=cancel, **options)
+            table = res.table.copy()
+            table["series"] = [data.names[i] for i in range(len(table))] \
+                if pd.api.types.is_integer_dtype(table["series"]) else table["series"]
+            if data.titles:
+                table.insert(1, "title", [data.titles.get(s, "") for s in table["series"]])
+            return FleetRun(data, spec, self.method, table, time.perf_counter() - start, cancel.is_set())
+
+        return self.worker.submit(job, on_done=self._done, on_error=self._failed)
+
+    def cancel(self) -> None:
+        """Ask a running job to stop (at the end of its current batch)."""
+        if self._cancel is not None:
+            self._cancel.set()
+
+    def shutdown(self) -> None:
+        """The session ends: stop a running job."""
+        self.cancel()
+
+    def _progress(self, done: int, total: int) -> None:
+        if self.busy and total:
+            self._set(progress=int(round(100 * min(done, total) / total)), done_series=done, total_series=total,
+                      message=f"Fitted {done} of {total} series ({time.perf_counter() - self._started:.1f} s).")
+
+    def _done(self, run: FleetRun) -> None:
+        t = run.table
+        failed = int((t["status"] == "failed").sum())
+        loose = int((t["status"] == "not_converged").sum())
+        text = (f"Fitted {len(t)} series in {run.seconds:.1f} s ({run.series_per_s:.1f} series/s): "
+                f"{failed} failed, {loose} not converged.")
+        self._set(result=run, status="cancelled" if run.cancelled else "done", progress=100,
+                  message=("Cancelled: " if run.cancelled else "") + text)
+
+    def _failed(self, exc: BaseException) -> None:
+        if isinstance(exc, engine.FitCancelled):
+            self._set(status="cancelled", message=f"{exc}. The previous result (if any) is kept.")
+        else:
+            self._set(status="error", message=f"The fleet job failed: {exc}")
+
+    # -- drill-down ----------------------------------------------------------------------
+    def summary(self) -> dict[str, float]:
+        """Headline numbers of the latest run."""
+        r = self.result
+        if r is None:
+            return {}
+        t = r.table
+        return {"series": len(t), "series/s": r.series_per_s, "failed": int((t["status"] == "failed").sum()),
+                "not converged": int((t["status"] == "not_converged").sum()),
+                "anomalies": int(t["n_anomalies"].fillna(0).sum()) if "n_anomalies" in t else 0}
+
+    def _row(self, name: str) -> tuple[int, dict]:
+        names = list(self.result.table["series"])
+        if name not in names:
+            raise ValueError(f"no series named {name!r} in the results")
+        i = names.index(name)
+        return i, self.result.table.iloc[i].to_dict()
+
+    def select(self, name: str) -> Future | None:
+        """Show one series: its filter at the fitted parameters, computed in the worker."""
+        self.selected = name
+        if self.result is None:
+            return None
+        run = self.result
+        try:
+            i, row = self._row(name)
+        except ValueError as exc:
+            self._set(detail=None, detail_message=str(exc))
+            return None
+        if row["status"] == "failed":
+            self._set(detail=None, detail_message=f"{name}: the fit failed ({row.get('message', '')}); "
+                                                  "there is nothing to draw.")
+            return None
+        params = {p: float(row[p]) for p in engine.param_names(run.spec)}
+        self._set(detail_message=f"Filtering {name} at its fitted parameters…")
+        return self.worker.submit(drill_down, run.spec, params, name, run.data.index, run.data.Y[i], row,
+                                  on_done=self._detail_done, on_error=self._detail_failed)
+
+    def _detail_done(self, detail: DrillDown) -> None:
+        if detail.name == self.selected:
+            n = int(detail.anomaly.sum())
+            self._set(detail=detail, detail_message=f"{detail.name}: {n} anomal{'y' if n == 1 else 'ies'} "
+                                                    f"(|one-step residual| > {ANOMALY_Z:g} sd).")
+
+    def _detail_failed(self, exc: BaseException) -> None:
+        self._set(detail=None, detail_message=f"Could not draw {self.selected}: {exc}")
+
+    def open_in_data(self, name: str | None = None) -> bool:
+        """Load one series into the Data tab's model (as a single series) so Fit and Stream work on it."""
+        name = name or self.selected
+        if self.result is None or not name:
+            return False
+        run = self.result
+        try:
+            self._row(name)
+        except ValueError as exc:
+            self._set(detail_message=str(exc))
+            return False
+        d = run.data
+        time_col = d.frame.attrs.get("time_column")
+        frame = d.frame[[c for c in (time_col, name) if c]].copy()
+        frame.attrs.update(d.frame.attrs)
+        title = d.titles.get(name)
+        self.data.load_frame(frame, source=f"{d.label}: {name}", target=name, log=d.log,
+                             description=f"Series {name}{f' ({title})' if title else ''} from {d.label}.",
+                             suggested=run.spec.to_dict())
+        self._set(detail_message=f"{name} is loaded in the Data tab; the Fit and Stream tabs now work on it.")
+        return True
