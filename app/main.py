@@ -6,7 +6,7 @@ before it would link their stylesheets from the CDN, which the app must never ne
 
 import panel as pn
 
-pn.extension()
+pn.extension("tabulator")  # the Fleet tab's results table
 
 from app.app_hooks import serve_stylesheets_locally  # noqa: E402
 from app.dashboard import session_app  # noqa: E402
