@@ -7,14 +7,21 @@ chosen rate. The runner's subscriber (on the engine thread) only queues the new 
 asks `dispatch` (the session document's `add_next_tick_callback`) to run `_drain` once;
 `_drain` publishes everything queued since as one `new_rows` frame, so the page receives
 at most one update per server tick however fast the engine runs.
+
+Each row carries its position `t` and its x-axis value `x` (milliseconds since the epoch when
+the dataset has dates, else `t`). The belief of a run can be saved (`belief_snapshot`, the
+engine's persistence format) and a saved one restored (`restore`): the next Play then
+continues from it instead of starting again from the fit.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import tempfile
 import threading
 import time
+from pathlib import Path
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -26,10 +33,12 @@ import param
 
 import engine
 from engine.online import BAND_LEVELS
+from engine.persist import SNAPSHOT, read_snapshot, write_snapshot
 from engine.spec import ModelSpec
 
 from ..workers import SessionWorker, run_now
 from .data_model import DataModel
+from .fit_bayes import time_axis
 from .fit_model import FitModel
 
 log = logging.getLogger("streamssm.app")
@@ -38,7 +47,8 @@ DATASET = "rest of the dataset"
 STATUSES = ["idle", "starting", "playing", "paused", "finished", "stopped", "error"]
 FORECAST_EVERY_S = 0.25   # the forecast panel is refreshed at most this often
 FRAME_S = 0.1             # the page is updated at most this often while the stream runs
-COLUMNS = ("t", "y", "predicted", "lo95", "hi95", "lo50", "hi50", "filtered", "anomaly_y", "ess", "drift")
+MAX_HORIZON = 500         # forecast steps the x-axis is extended by (the `horizon` bound)
+COLUMNS = ("t", "x", "y", "predicted", "lo95", "hi95", "lo50", "hi50", "filtered", "anomaly_y", "ess", "drift")
 
 
 def fit_posterior(fit: FitModel, bayes=None) -> tuple[ModelSpec, Any, str] | None:
@@ -65,6 +75,46 @@ class StreamPlan:
     exog_history: np.ndarray | None  # (history, k)
     source: np.ndarray               # (time,) or (time, 1 + k): what the runner replays
     t0: int                          # position of the first streamed observation in the whole series
+    x: np.ndarray | None = None      # (time + MAX_HORIZON,) x-axis value of every position (None: t)
+    dated: bool = False              # x holds dates (ms since the epoch)
+
+    def x_of(self, t) -> np.ndarray:
+        """x-axis values of positions t (clipped to the known axis)."""
+        t = np.asarray(t)
+        if self.x is None:
+            return t.astype(float)
+        return self.x[np.clip(t, 0, len(self.x) - 1)]
+
+
+def x_axis(index: pd.Index | None, n: int) -> tuple[np.ndarray | None, bool]:
+    """(x value of each of n positions and MAX_HORIZON more, whether they are dates) from the data's index."""
+    axis = time_axis(index, n, MAX_HORIZON)
+    if isinstance(axis, pd.DatetimeIndex):
+        return axis.values.astype("datetime64[ms]").astype(float), True
+    return None, False
+
+
+def check_history(filt: engine.OnlineFilter, y: np.ndarray) -> None:
+    """ValueError unless the filter's history is the first observations of series y (time,)."""
+    t = filt.t
+    hist_y, _ = filt.history()
+    if t > len(y) or not np.array_equal(hist_y, np.asarray(y, dtype=float)[:t], equal_nan=True):
+        raise ValueError(f"the saved belief was built on other data: its {t} observations are not the first "
+                         f"{t} of the series ({len(y)} observations)")
+
+
+def resume_plan(filt: engine.OnlineFilter, y: np.ndarray, x: np.ndarray | None, x_axis_values=None,
+                dated: bool = False) -> StreamPlan:
+    """The plan that continues a restored belief on series y (time,) and regressors x (time, k): the
+    belief's history must be y's first observations, and the rest streams."""
+    check_history(filt, y)
+    t = filt.t
+    if t >= len(y):
+        raise ValueError(f"the restored belief has seen all {len(y)} observations: nothing left to stream")
+    source = y[t:] if x is None else np.column_stack([y[t:], x[t:]])
+    label = f"restored belief (S = {filt.n_draws} draws, from t = {t})"
+    return StreamPlan(filt.spec, filt.params, label, y[:t], None if x is None else x[:t], source, t,
+                      x_axis_values, dated)
 
 
 def _bucket_sizes(batch_size: int) -> list[int]:
@@ -96,35 +146,74 @@ def warm_up(plan: StreamPlan, filt: engine.OnlineFilter, sizes: list[int]) -> No
         jax.block_until_ready(twin().update_many(np.full(size, y_fill), exog(size)))
 
 
-def build_filter(plan: StreamPlan) -> engine.OnlineFilter:
-    """The online filter for a plan, caught up on its history, compiled for single-step batches."""
-    filt = engine.OnlineFilter.from_posterior(plan.spec, plan.posterior, plan.y_history, plan.exog_history)
+def build_filter(plan: StreamPlan, filt: engine.OnlineFilter | None = None) -> engine.OnlineFilter:
+    """The online filter for a plan (or a restored one), caught up on its history, compiled for
+    single-step batches."""
+    if filt is None:
+        filt = engine.OnlineFilter.from_posterior(plan.spec, plan.posterior, plan.y_history, plan.exog_history)
     warm_up(plan, filt, _bucket_sizes(1))
     return filt
 
 
-def batch_rows(batch: engine.StreamBatch, t0: int, signal: np.ndarray) -> dict[str, np.ndarray]:
-    """Plot columns of one micro-batch: observation, one-step predictive mean and 50/95% bands,
-    the filtered signal (sum of the additive components' filtered means), anomalies, ESS."""
+def snapshot_bytes(filt: engine.OnlineFilter) -> bytes:
+    """The filter's belief, draws and history in the engine's snapshot format (`engine.persist`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        write_snapshot(tmp, filt)
+        return (Path(tmp) / SNAPSHOT).read_bytes()
+
+
+def filter_from_snapshot(content: bytes) -> engine.OnlineFilter:
+    """The filter saved by `snapshot_bytes`; ValueError when the bytes are not such a snapshot."""
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / SNAPSHOT).write_bytes(content)
+        try:
+            filt, _ = read_snapshot(tmp)
+        except (OSError, KeyError, EOFError, TypeError) as exc:
+            raise ValueError(f"not an online belief snapshot ({exc})") from None
+    return filt
+
+
+class _Locked:
+    """The filter as the runner sees it: each update holds the lock, so a snapshot taken under the
+    same lock never sees half an update (nor an array the update has donated)."""
+
+    def __init__(self, filt: engine.OnlineFilter, lock: threading.Lock):
+        self._filt, self._lock = filt, lock
+
+    def update_many(self, ys, exog=None):
+        with self._lock:
+            return self._filt.update_many(ys, exog)
+
+
+def batch_rows(batch: engine.StreamBatch, t0: int, signal: np.ndarray,
+               x_of: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Plot columns of one micro-batch: position and x-axis value, observation, one-step predictive
+    mean and 50/95% bands, the filtered signal (sum of the additive components' filtered means),
+    anomalies, ESS."""
     info = batch.info
     q = np.asarray(info.quantiles)
     lo95, hi95 = BAND_LEVELS[0.95]
     lo50, hi50 = BAND_LEVELS[0.5]
     y = np.asarray(batch.y, dtype=float)
     anomaly = np.asarray(info.anomaly, dtype=bool)
-    return {"t": np.asarray(batch.t) + t0, "y": y, "predicted": np.asarray(info.mean, dtype=float),
+    t = np.asarray(batch.t) + t0
+    return {"t": t, "x": t.astype(float) if x_of is None else x_of(t), "y": y,
+            "predicted": np.asarray(info.mean, dtype=float),
             "lo95": q[:, lo95], "hi95": q[:, hi95], "lo50": q[:, lo50], "hi50": q[:, hi50],
             "filtered": np.asarray(info.component_mean, dtype=float) @ signal,
             "anomaly_y": np.where(anomaly, y, np.nan), "ess": np.asarray(info.ess, dtype=float),
             "drift": np.asarray(info.drift, dtype=bool)}
 
 
-def forecast_frame(fc: engine.OnlineForecast, t_next: int) -> pd.DataFrame:
+def forecast_frame(fc: engine.OnlineForecast, t_next: int,
+                   x_of: Callable[[np.ndarray], np.ndarray] | None = None) -> pd.DataFrame:
     """The h-step forecast as plot columns, starting at position t_next."""
     q = np.asarray(fc.quantiles)
     lo95, hi95 = BAND_LEVELS[0.95]
     lo50, hi50 = BAND_LEVELS[0.5]
-    return pd.DataFrame({"t": t_next + np.arange(len(q)), "mean": np.asarray(fc.mean), "lo95": q[:, lo95],
+    t = t_next + np.arange(len(q))
+    return pd.DataFrame({"t": t, "x": t.astype(float) if x_of is None else x_of(t), "mean": np.asarray(fc.mean),
+                         "lo95": q[:, lo95],
                          "hi95": q[:, hi95], "lo50": q[:, lo50], "hi50": q[:, hi50]})
 
 
@@ -142,6 +231,7 @@ class StreamModel(param.Parameterized):
     status = param.Selector(default="idle", objects=STATUSES, constant=True)
     message = param.String(default="", constant=True)
     posterior_label = param.String(default="", constant=True)
+    dated = param.Boolean(default=False, constant=True, doc="The run's x-axis holds dates (ms since the epoch)")
     n_received = param.Integer(default=0, constant=True)
     n_total = param.Integer(default=0, constant=True)
     run_id = param.Integer(default=0, constant=True, doc="Incremented when a new run starts (views reset)")
@@ -172,32 +262,77 @@ class StreamModel(param.Parameterized):
         self._render_ms: collections.deque = collections.deque(maxlen=2000)
         self._closed = False
         self._pending_step = 0
+        self._filter_lock = threading.Lock()
+        self._resume: engine.OnlineFilter | None = None   # a restored belief the next run continues
 
     # -- what to stream --------------------------------------------------------------
     def plan(self) -> StreamPlan:
         """The model, posterior and data of the next run; raises ValueError naming what is missing."""
         if self.source != DATASET:
             demo = engine.demo_stream(0, self.source, n_time=2000)
+            if self._resume is not None:
+                return resume_plan(self._resume, demo.y, None)
             spec = ModelSpec.from_dict(demo.spec)
             n_hist = 200
             return StreamPlan(spec, dict(demo.params), "the demo's true parameters (S = 1 draw)",
                               demo.y[:n_hist], None, demo.y[n_hist:], n_hist)
+        if not self.data.ready:
+            raise ValueError("Load a dataset first (Data tab).")
+        y = self.data.y
+        xs, dated = x_axis(self.data.index, len(y))
+        if self._resume is not None:
+            return resume_plan(self._resume, y, self._exog(self._resume.spec), xs, dated)
         fitted = fit_posterior(self.fit, self.bayes)
-        if fitted is None or not self.data.ready:
+        if fitted is None:
             raise ValueError("Fit a model first (Fit tab): the stream runs the fitted model's posterior.")
         spec, posterior, label = fitted
-        y = self.data.y
         if self.fit.result is not None and self.fit.result.n_obs < len(y):
             n_hist = self.fit.result.n_obs   # the fit saw only the first part: stream the rest
         else:
             n_hist = int(round(self.history_fraction * len(y)))
         if n_hist >= len(y):
             raise ValueError(f"nothing left to stream: the filter starts from {n_hist} of {len(y)} observations")
-        x = None
-        if spec.regression is not None:
-            x = self.data.frame[list(spec.exog_columns)].to_numpy(dtype=float)
+        x = self._exog(spec)
         source = y[n_hist:] if x is None else np.column_stack([y[n_hist:], x[n_hist:]])
-        return StreamPlan(spec, posterior, label, y[:n_hist], None if x is None else x[:n_hist], source, n_hist)
+        return StreamPlan(spec, posterior, label, y[:n_hist], None if x is None else x[:n_hist], source, n_hist,
+                          xs, dated)
+
+    def _exog(self, spec: ModelSpec) -> np.ndarray | None:
+        if spec.regression is None:
+            return None
+        missing = [c for c in spec.exog_columns if c not in self.data.frame.columns]
+        if missing:
+            raise ValueError(f"the model regresses on {missing}, which the loaded data does not have")
+        return self.data.frame[list(spec.exog_columns)].to_numpy(dtype=float)
+
+    # -- save and restore ------------------------------------------------------------
+    def settings(self) -> dict:
+        """The stream's settings as plain values (what a saved session keeps)."""
+        return {k: getattr(self, k) for k in ("source", "history_fraction", "rate", "max_speed", "horizon",
+                                                "batch_size")}
+
+    def belief_snapshot(self) -> bytes | None:
+        """The online belief of the current run (or of a restored one not resumed yet) in the engine's
+        snapshot format; None when no stream has run. Safe while the stream plays."""
+        filt = self.filter if self.filter is not None else self._resume
+        if filt is None:
+            return None
+        with self._filter_lock:
+            return snapshot_bytes(filt)
+
+    def restore(self, settings: dict, filt: engine.OnlineFilter | None, message: str = "") -> None:
+        """Take saved settings and, when given, a restored belief that the next Play continues from."""
+        self.stop()
+        self.runner = self.filter = None
+        self._plan = None
+        self._resume = filt
+        known = {k: v for k, v in settings.items() if k in self.settings()}
+        if known.get("source") not in self.param.source.objects:
+            known.pop("source", None)
+        self.param.update(**known)
+        self._set(status="idle", n_received=0, n_total=0, new_rows=None, forecast=None, events=[], stats={},
+                  drift_alarm=False, posterior_label="" if filt is None else f"restored belief (S = "
+                  f"{filt.n_draws} draws, t = {filt.t})", message=message)
 
     # -- controls --------------------------------------------------------------------
     def play(self) -> Future | None:
@@ -283,7 +418,7 @@ class StreamModel(param.Parameterized):
         self._set(status="starting", posterior_label=plan.label,
                   message=f"Starting the filter from {plan.t0} observations ({plan.label}); the first run "
                           "of a model also compiles it…")
-        return self.worker.submit(build_filter, plan, on_done=lambda f: self._begin(f, plan, paused),
+        return self.worker.submit(build_filter, plan, self._resume, on_done=lambda f: self._begin(f, plan, paused),
                                   on_error=self._failed)
 
     def _begin(self, filt: engine.OnlineFilter, plan: StreamPlan, paused: bool) -> None:
@@ -293,15 +428,16 @@ class StreamModel(param.Parameterized):
         self._signal = np.array([0.0 if n == "trend" else 1.0 for n in names])
         filt.on_event = self._on_engine_event
         self.filter = filt
+        self._resume = None   # a restored belief is continued once; the next new run starts from the fit
         with self._lock:
             self._queued, self._queued_events, self._queued_forecast = [], [], None
             self._scheduled = False
         self._chunks = []
         self._render_ms.clear()
         self._set(run_id=self.run_id + 1, n_received=0, n_total=len(plan.source), new_rows=None,
-                  forecast=None, events=[], drift_alarm=False, stats={},
+                  forecast=None, events=[], drift_alarm=False, stats={}, dated=plan.dated,
                   status="paused" if paused else "playing", message="")
-        self.runner = engine.StreamRunner(filt, plan.source, rate=None if self.max_speed else float(self.rate),
+        self.runner = engine.StreamRunner(_Locked(filt, self._filter_lock), plan.source, rate=None if self.max_speed else float(self.rate),
                                           batch_size=self.batch_size)
         self.runner.subscribe(self._on_batch)
         self.runner.start(paused=paused)
@@ -331,14 +467,16 @@ class StreamModel(param.Parameterized):
                 self._queued_events.append({"kind": "error", "where": message.where, "error": repr(message.error)})
             self._schedule()
             return
-        rows = batch_rows(message, self._plan.t0, self._signal)
+        plan = self._plan
+        rows = batch_rows(message, plan.t0, self._signal, plan.x_of)
         filt = self.filter
         now = time.perf_counter()
-        last = int(message.t[-1]) + 1 >= len(self._plan.source)
+        last = int(message.t[-1]) + 1 >= len(plan.source)
         forecast = None
         if now - self._last_forecast > FORECAST_EVERY_S or last:
             self._last_forecast = now
-            forecast = forecast_frame(jax.device_get(filt.forecast(self.horizon)), int(rows["t"][-1]) + 1)
+            forecast = forecast_frame(jax.device_get(filt.forecast(self.horizon)), int(rows["t"][-1]) + 1,
+                                      plan.x_of)
         with self._lock:
             self._queued.append(rows)
             if forecast is not None:
@@ -408,6 +546,10 @@ class StreamModel(param.Parameterized):
                 "n_draws": self.filter.n_draws if self.filter is not None else 0}
 
     # -- results ---------------------------------------------------------------------
+    def x_of(self, t) -> np.ndarray:
+        """x-axis values of positions t in the current run (t itself before any run)."""
+        return self._plan.x_of(t) if self._plan is not None else np.asarray(t, dtype=float)
+
     @property
     def rows(self) -> pd.DataFrame:
         """Every row received in this run so far."""

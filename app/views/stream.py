@@ -3,13 +3,16 @@
 The plot is a Bokeh figure over a ColumnDataSource: each `new_rows` update from the view-model
 is appended with `ColumnDataSource.stream` (with rollover), so the browser receives only the
 new points. The forecast panel shares that source and follows the stream with its own bands.
+The x-axis shows the dataset's dates when it has them (each row carries its date as `x`), else
+the observation number.
 """
 
 from __future__ import annotations
 
 import panel as pn
 import param
-from bokeh.models import ColumnDataSource, Range1d
+from bokeh.models import BasicTicker, BasicTickFormatter, ColumnDataSource, DatetimeTicker, DatetimeTickFormatter, \
+    Range1d
 from bokeh.plotting import figure
 
 from ..viewmodels.stream import COLUMNS, StreamModel
@@ -18,6 +21,7 @@ from ..workers import SessionWorker, document_dispatch, run_now
 ROLLOVER = 2_000         # points kept in the browser's plot (the view-model keeps every row)
 FORECAST_WINDOW = 120    # observations shown before the forecast
 BLUE, ORANGE, RED = "#2a7ab0", "#e07b39", "#c0392b"
+X_LABEL = {True: "time", False: "t (observation)"}
 EVENT_TEXT = {
     "rejuvenation_start": "rejuvenation started ({reason}) at t = {t_start}, ESS {ess_before:.1f}",
     "rejuvenation_done": "new posterior bank swapped in at t = {t_swap} ({unique_draws} distinct draws, "
@@ -43,7 +47,7 @@ def _empty() -> dict:
 
 def _figure(title: str, height: int, **kw):
     return figure(title=title, height=height, sizing_mode="stretch_width", tools="pan,wheel_zoom,box_zoom,reset",
-                  x_axis_label="t (observation)", **kw)
+                  x_axis_label=X_LABEL[False], **kw)
 
 
 class StreamView(pn.viewable.Viewer):
@@ -74,10 +78,11 @@ class StreamView(pn.viewable.Viewer):
         self._events = pn.pane.Markdown("*No events yet.*", sizing_mode="stretch_width")
 
         self.source = ColumnDataSource(_empty())
-        self.forecast_source = ColumnDataSource({"t": [], "mean": [], "lo95": [], "hi95": [], "lo50": [], "hi50": []})
+        self.forecast_source = ColumnDataSource({"t": [], "x": [], "mean": [], "lo95": [], "hi95": [], "lo50": [],
+                                                 "hi50": []})
         self.plot = self._main_plot()
         self.ess_plot = _figure("Effective sample size of the posterior bank", 160)
-        self.ess_plot.line("t", "ess", source=self.source, color=BLUE)
+        self.ess_plot.line("x", "ess", source=self.source, color=BLUE)
         self.forecast_plot = self._forecast_plot()
 
         m.param.watch(self._on_rows, ["new_rows"])
@@ -98,12 +103,12 @@ class StreamView(pn.viewable.Viewer):
 
     def _main_plot(self):
         p = _figure("Live: observations, filtered mean, one-step predictive bands", 340)
-        p.varea("t", "lo95", "hi95", source=self.source, color=BLUE, alpha=0.15, legend_label="95% predictive")
-        p.varea("t", "lo50", "hi50", source=self.source, color=BLUE, alpha=0.3, legend_label="50% predictive")
-        p.line("t", "predicted", source=self.source, color=BLUE, line_dash="dashed", legend_label="one-step prediction")
-        p.line("t", "filtered", source=self.source, color=ORANGE, line_width=2, legend_label="filtered mean")
-        p.scatter("t", "y", source=self.source, color="black", size=3, legend_label="observed")
-        p.scatter("t", "anomaly_y", source=self.source, color=RED, size=11, marker="x", line_width=2,
+        p.varea("x", "lo95", "hi95", source=self.source, color=BLUE, alpha=0.15, legend_label="95% predictive")
+        p.varea("x", "lo50", "hi50", source=self.source, color=BLUE, alpha=0.3, legend_label="50% predictive")
+        p.line("x", "predicted", source=self.source, color=BLUE, line_dash="dashed", legend_label="one-step prediction")
+        p.line("x", "filtered", source=self.source, color=ORANGE, line_width=2, legend_label="filtered mean")
+        p.scatter("x", "y", source=self.source, color="black", size=3, legend_label="observed")
+        p.scatter("x", "anomaly_y", source=self.source, color=RED, size=11, marker="x", line_width=2,
                   legend_label="anomaly")
         p.legend.location = "top_left"
         p.legend.click_policy = "hide"
@@ -111,11 +116,11 @@ class StreamView(pn.viewable.Viewer):
 
     def _forecast_plot(self):
         p = _figure("", 240, x_range=Range1d(0, 1))
-        p.varea("t", "lo95", "hi95", source=self.forecast_source, color=ORANGE, alpha=0.15, legend_label="95%")
-        p.varea("t", "lo50", "hi50", source=self.forecast_source, color=ORANGE, alpha=0.3, legend_label="50%")
-        p.line("t", "mean", source=self.forecast_source, color=ORANGE, line_width=2, legend_label="forecast mean")
-        p.scatter("t", "y", source=self.source, color="black", size=3)
-        p.line("t", "filtered", source=self.source, color=BLUE)
+        p.varea("x", "lo95", "hi95", source=self.forecast_source, color=ORANGE, alpha=0.15, legend_label="95%")
+        p.varea("x", "lo50", "hi50", source=self.forecast_source, color=ORANGE, alpha=0.3, legend_label="50%")
+        p.line("x", "mean", source=self.forecast_source, color=ORANGE, line_width=2, legend_label="forecast mean")
+        p.scatter("x", "y", source=self.source, color="black", size=3)
+        p.line("x", "filtered", source=self.source, color=BLUE)
         p.legend.location = "top_left"
         return p
 
@@ -123,6 +128,11 @@ class StreamView(pn.viewable.Viewer):
     def _on_reset(self, *_):
         self.source.data = _empty()
         self.forecast_source.data = {k: [] for k in self.forecast_source.data}
+        dated = self.model.dated
+        for plot in (self.plot, self.forecast_plot, self.ess_plot):
+            axis = plot.xaxis[0]
+            axis.update(axis_label=X_LABEL[dated], ticker=DatetimeTicker() if dated else BasicTicker(),
+                        formatter=DatetimeTickFormatter() if dated else BasicTickFormatter())
 
     def _on_rows(self, event):
         rows = event.new
@@ -135,8 +145,9 @@ class StreamView(pn.viewable.Viewer):
         if fc is None:
             return
         self.forecast_source.data = {c: fc[c].to_numpy() for c in fc.columns}
-        t_next = int(fc["t"].iloc[0])
-        self.forecast_plot.x_range.update(start=t_next - FORECAST_WINDOW, end=int(fc["t"].iloc[-1]) + 1)
+        t_next, t_end = int(fc["t"].iloc[0]), int(fc["t"].iloc[-1])
+        start, last, end = self.model.x_of([t_next - FORECAST_WINDOW, t_end - 1, t_end])
+        self.forecast_plot.x_range.update(start=start, end=end + (end - last))
 
     def _on_status(self, *_):
         m = self.model
