@@ -58,8 +58,12 @@ def loglik_value(spec: ModelSpec, pvec, y, x):
 FORWARD_MODE_MAX_PARAMS = 4   # up to this many parameters, k forward tangents beat one reverse pass
 
 
+@partial(jax.jit, static_argnames=("spec",))
 def _value_and_grad_batch(spec: ModelSpec, P, y, x):
     """Per-member log-likelihoods (batch,) and gradients (batch, k) from one batched filter.
+
+    Jitted so that the many re-traces of a sampler's loop body (vmap of a while loop traces
+    it until the batching settles) reuse one trace of the filter.
 
     Members are independent, so one tangent per parameter direction (set for every member at
     once) gives every member's derivative; few parameters use forward mode (no stored
@@ -362,7 +366,7 @@ def fit_map(spec, y, exog=None, *, priors: Mapping | None = None, start=None, ma
 # ----------------------------------------------------------------------------- NUTS
 
 class _Sampler(NamedTuple):
-    init: Callable     # (z (chain, k-dict), keys (chain, 2), args) → state
+    init: Callable     # (key for the starting points, keys (chain, 2), args) → state
     chunk: Callable    # (state, args) → (state, per-iteration fields)
     chunk_len: int
 
@@ -383,7 +387,11 @@ def _sampler(spec: ModelSpec, families: tuple, shapes: tuple, warmup: int, chunk
         return init_kernel(z, num_warmup=warmup, target_accept_prob=target_accept,
                            max_tree_depth=max_tree_depth, model_args=args, rng_key=key)
 
-    init_all = jax.jit(jax.vmap(init_one, in_axes=(0, 0, None)))
+    @jax.jit
+    def init_all(key_points, keys, args):
+        # the starting points are drawn in the same program as the kernel's init: one compile
+        z = _initial_points(families, args[2], key_points, keys.shape[0])
+        return jax.vmap(init_one, in_axes=(0, 0, None))(dict(zip(sample_sites(spec), z)), keys, args)
 
     @jax.jit
     def chunk(state, args):
@@ -398,8 +406,8 @@ def _sampler(spec: ModelSpec, families: tuple, shapes: tuple, warmup: int, chunk
     return _Sampler(init_all, chunk, chunk_len)
 
 
-@partial(jax.jit, static_argnames=("families", "chains"))
-def _initial_points_jit(families, prior_args, key, chains):
+def _initial_points(families: tuple, prior_args, key, chains: int) -> jnp.ndarray:
+    """Per-chain starts (site, chain): prior medians on unconstrained coordinates, jittered by U(−1, 1)."""
     z0 = []
     for fam, args in zip(families, prior_args):
         d = make_distribution(fam, args)
@@ -407,12 +415,6 @@ def _initial_points_jit(families, prior_args, key, chains):
         z0.append(biject_to(d.support).inv(med))
     jitter = jax.random.uniform(key, (len(families), chains), minval=-1.0, maxval=1.0)
     return jnp.stack(z0)[:, None] + jitter
-
-
-def _initial_points(prob: Problem, chains: int, key) -> dict:
-    """Per-chain starts: prior medians on unconstrained coordinates, jittered by U(−1, 1)."""
-    z = _initial_points_jit(prob.families, prob.args[2], key, chains)
-    return dict(zip(sample_sites(prob.spec), z))
 
 
 def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: int = 1000, seed: int = 0,
@@ -433,7 +435,7 @@ def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: 
     sampler = _sampler(spec, prob.families, shapes, warmup, chunk_len, float(target_accept), int(max_tree_depth))
     key_init, key_chains = jax.random.split(jax.random.PRNGKey(seed))
     t0 = time.perf_counter()
-    state = sampler.init(_initial_points(prob, chains, key_init), jax.random.split(key_chains, chains), args)
+    state = sampler.init(key_init, jax.random.split(key_chains, chains), args)
     total = warmup + draws
     kept = []
     done = 0

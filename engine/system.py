@@ -11,6 +11,7 @@ structure, so T P Tᵀ costs O(m²) for the shift/companion blocks instead of O(
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple, Mapping
 
 import jax
@@ -42,7 +43,12 @@ class System(NamedTuple):
 
 
 def layout(spec: ModelSpec | Mapping) -> Layout:
-    spec = as_spec(spec)
+    """The static layout of a spec's state vector (cached: it is asked for on every trace)."""
+    return _layout(as_spec(spec))
+
+
+@lru_cache(maxsize=512)
+def _layout(spec: ModelSpec) -> Layout:
     dummy_params = {n: jnp.asarray(0.5) for n in param_names(spec)}
     out, start, observed = [], 0, []
     with jax.ensure_compile_time_eval():  # concrete designs even when called under jit
