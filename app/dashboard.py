@@ -11,7 +11,9 @@ from .viewmodels import DataModel, FitModel, LearnModel, SpecModel
 from .views import DataView, FitView, LearnView, ModelView
 from .viewmodels.fit_bayes import BayesFitModel, ForecastModel
 from .viewmodels.priors_model import PriorsModel
+from .viewmodels.session_file import SessionFileModel
 from .views.fit_bayes_view import BayesFitView, ForecastView
+from .views.session_view import SessionView
 from .views.fleet_view import FleetModel, FleetView
 from .views.stream import stream_tabs
 from .workers import SessionWorker, document_dispatch, run_now
@@ -42,12 +44,15 @@ class App(pn.viewable.Viewer):
         self.bayes = BayesFitModel(self.data, self.priors, self.worker)
         self.forecast = ForecastModel(self.data, self.worker, bayes=self.bayes, fit=self.fit)
         self.learn = LearnModel(self.data, self.spec, self.fit, self.worker)
+        streams = stream_tabs(self.data, self.fit, self.worker, self.bayes)
+        self.session = SessionFileModel(self.data, self.spec, self.priors, self.fit, self.bayes, self.worker,
+                                        stream=streams[0][1].model)
         self.tabs = [("Data", DataView(model=self.data)),
                      ("Model", ModelView(model=self.spec, priors=self.priors)),
                      ("Fit", FitView(model=self.fit, bayes=BayesFitView(model=self.bayes),
                                      forecast=ForecastView(model=self.forecast))),
                      ("Learn", LearnView(model=self.learn)),
-                     *stream_tabs(self.data, self.fit, self.worker, self.bayes),
+                     *streams,
                      ("Fleet", FleetView(model=FleetModel(self.data, self.spec, self.worker)))]
 
     def __panel__(self):
@@ -58,7 +63,8 @@ class App(pn.viewable.Viewer):
         footer = pn.pane.Markdown(f"session `{self.worker.session_id}`", styles={"color": "#888"},
                                   css_classes=["session-id"])
         return pn.template.BootstrapTemplate(
-            title=TITLE, main=[pn.pane.Markdown(INTRO, sizing_mode="stretch_width"), self, footer])
+            title=TITLE, main=[pn.pane.Markdown(INTRO, sizing_mode="stretch_width"), SessionView(model=self.session),
+                               self, footer])
 
 
 def session_app() -> App:

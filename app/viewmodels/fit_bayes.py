@@ -64,8 +64,20 @@ def _products(spec, draws, y, exog):
             engine.predictive_residuals(spec, draws, y, exog, max_draws=500))
 
 
-def _as_array(exog) -> np.ndarray | None:
-    return None if exog is None else np.asarray(exog, dtype=float)
+def _as_array(spec: ModelSpec, exog) -> np.ndarray | None:
+    """The spec's regressors as a (time, k) array (None without a regression)."""
+    if spec.regression is None or exog is None:
+        return None
+    if hasattr(exog, "columns"):
+        exog = exog[list(spec.exog_columns)]
+    return np.asarray(exog, dtype=float)
+
+
+def fitted_data(idata) -> tuple[np.ndarray, np.ndarray | None]:
+    """(y, exog) a NUTS posterior was fitted to, from its observed and constant data."""
+    y = np.asarray(idata.observed_data["y"])
+    exog = np.asarray(idata.constant_data["exog"]) if "constant_data" in idata.groups() else None
+    return y, exog
 
 
 def map_fit(spec: ModelSpec, y, exog) -> BayesResult:
@@ -80,7 +92,7 @@ def from_laplace(spec: ModelSpec, mode: dict[str, float], draws: dict[str, np.nd
     summary = pd.DataFrame({"parameter": list(mode), "mode": list(mode.values()),
                             "Laplace sd": [float(np.std(draws[n])) for n in mode]})
     return BayesResult("map", spec, draws, summary, None, comps, check, y=np.asarray(y, dtype=float),
-                       exog=_as_array(exog))
+                       exog=_as_array(spec, exog))
 
 
 def nuts_fit(spec: ModelSpec, y, exog, *, chains, warmup, draws, seed, progress, cancel) -> BayesResult:
@@ -97,7 +109,7 @@ def from_posterior(spec: ModelSpec, idata, y, exog) -> BayesResult:
     summary = diagnosis.table.reset_index(names="parameter")
     return BayesResult("nuts", spec, idata, summary, diagnosis, comps, check,
                        idata.attrs.get("sampling_time") if hasattr(idata, "attrs") else None,
-                       y=np.asarray(y, dtype=float), exog=_as_array(exog))
+                       y=np.asarray(y, dtype=float), exog=_as_array(spec, exog))
 
 
 class BayesFitModel(param.Parameterized):
@@ -250,8 +262,7 @@ class BayesFitModel(param.Parameterized):
                 self._load_spec(spec)
                 self._set(status="running", message=f"Loaded the posterior from {filename}; computing its "
                                                      "diagnostics and bands…")
-                y = np.asarray(idata.observed_data["y"])  # the data it was fitted to
-                exog = np.asarray(idata.constant_data["exog"]) if "constant_data" in idata.groups() else None
+                y, exog = fitted_data(idata)
                 return self.worker.submit(from_posterior, spec, idata, y, exog,
                                           on_done=self._done, on_error=self._failed)
             for part, (_save, load) in self.extra_parts.items():
