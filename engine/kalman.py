@@ -395,10 +395,11 @@ class SmoothResult(NamedTuple):
     cov: jnp.ndarray    # (time, state, state) Var[α_t | y_{1:n}]
 
 
-def smooth_one(lay: Layout, system: System, info: StepInfo, z_all: jnp.ndarray) -> SmoothResult:
+def smooth_one(lay: Layout, system: System, info: StepInfo, z_all: jnp.ndarray, after=None) -> SmoothResult:
     """Exact-diffuse fixed-interval smoother for one member (Durbin & Koopman 2012, §5.3, univariate).
 
-    info: the filter's per-step outputs for this member (time leading); z_all: (time, state).
+    info: the filter's per-step outputs for this member (time leading); z_all: (time, state);
+    after: (r, N) at the end of the last step from observations that follow it (default none).
     Backward recursion for r⁽⁰⁾, r⁽¹⁾, N⁽⁰⁾, N⁽¹⁾, N⁽²⁾ within each step, then
     α̂_t = a_t + P*_t r⁽⁰⁾ + P∞_t r⁽¹⁾,
     V_t = P* − P* N⁽⁰⁾ P* − P* N⁽¹⁾ P∞ − (P∞ N⁽¹⁾ P*)ᵀ − P∞ N⁽²⁾ P∞  (as statsmodels).
@@ -446,7 +447,8 @@ def smooth_one(lay: Layout, system: System, info: StepInfo, z_all: jnp.ndarray) 
         return nxt, (mean, cov)
 
     zeros_m, zeros_mm = jnp.zeros(m), jnp.zeros((m, m))
+    r_end, N_end = (zeros_m, zeros_mm) if after is None else after
     xs = (info.pred_mean, info.pred_cov, info.pred_diffuse, info.innovation, info.innov_var,
           info.diffuse_var, info.kind, z_all)
-    _, (mean, cov) = lax.scan(back, (zeros_m, zeros_m, zeros_mm, zeros_mm, zeros_mm), xs, reverse=True)
+    _, (mean, cov) = lax.scan(back, (r_end, zeros_m, N_end, zeros_mm, zeros_mm), xs, reverse=True)
     return SmoothResult(mean, cov)

@@ -16,18 +16,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import kalman
+from . import parallel as _parallel
 from .spec import ModelSpec, as_spec, param_names
 from .system import (Layout, System, build_system, check_exog, layout, params_from_vector,
                      params_to_vector)
 
-FILTERS = ("standard", "sqrt")
+FILTERS = ("standard", "sqrt", "parallel", "auto")
 CHUNK = 64  # series per batched-filter chunk (fits the covariances in cache on CPU)
 
 
-def _check_filter(filter: str) -> bool:
+def _check_filter(filter: str, n_time: int = 0, n_states: int = 1, batch: int = 1) -> tuple[bool, bool]:
+    """(sqrt, parallel) for a filter name; "auto" is the scan on an accelerator for long series
+    (`parallel.use_parallel`), else the standard sequential filter."""
     if filter not in FILTERS:
         raise ValueError(f"filter={filter!r} is not known; use one of {FILTERS}")
-    return filter == "sqrt"
+    if filter == "auto":
+        return False, _parallel.use_parallel(n_time, n_states, batch)
+    return filter == "sqrt", filter == "parallel"
 
 
 def as_param_vector(spec: ModelSpec, params) -> jnp.ndarray:
@@ -63,10 +68,12 @@ def _systems(spec: ModelSpec, pvec: jnp.ndarray, exog) -> System:
     return jax.vmap(one, in_axes=(0, None if exog is None or exog.ndim == 2 else 0))(pvec, exog)
 
 
-@partial(jax.jit, static_argnames=("spec", "sqrt", "keep"))
-def _run(spec: ModelSpec, pvec, Y, exog, sqrt: bool, keep: bool):
-    """Filter Y (time, batch) with parameters pvec (batch, k)."""
+@partial(jax.jit, static_argnames=("spec", "sqrt", "keep", "parallel"))
+def _run(spec: ModelSpec, pvec, Y, exog, sqrt: bool, keep: bool, parallel: bool = False):
+    """Filter Y (time, batch) with parameters pvec (batch, k); `parallel`: by associative scan."""
     lay = layout(spec)
+    if parallel:
+        return _parallel.run(lay, _systems(spec, pvec, exog), Y, keep=keep)
     return kalman.run(lay, _systems(spec, pvec, exog), Y, sqrt=sqrt, keep=keep)
 
 
@@ -79,26 +86,34 @@ def _prepare(spec, params, y, exog):
     return spec, as_param_vector(spec, params), y, x
 
 
-def loglik_terms(spec, params, y, exog=None, filter: str = "standard") -> jnp.ndarray:
-    """Pointwise log p(y_t | y_{1:t-1}) (time,), exact diffuse; 0 at missing and diffuse-skipped steps."""
-    sqrt = _check_filter(filter)
+def _filter_for(filter: str, spec: ModelSpec, n_time: int, batch: int = 1) -> tuple[bool, bool]:
+    return _check_filter(filter, n_time, layout(spec).n_states, batch)
+
+
+def loglik_terms(spec, params, y, exog=None, filter: str = "auto") -> jnp.ndarray:
+    """Pointwise log p(y_t | y_{1:t-1}) (time,), exact diffuse; 0 at missing and diffuse-skipped steps.
+
+    filter: "standard", "sqrt" (Cholesky), "parallel" (associative scan, `engine.parallel`) or
+    "auto" (parallel on a GPU/TPU for long series, else standard)."""
     spec, pvec, y, x = _prepare(spec, params, y, exog)
-    _, ll = _run(spec, pvec[None], y[:, None], x, sqrt, False)
+    sqrt, par = _filter_for(filter, spec, y.shape[0])
+    _, ll = _run(spec, pvec[None], y[:, None], x, sqrt, False, par)
     return ll[:, 0]
 
 
-def loglik(spec, params, y, exog=None, filter: str = "standard") -> jnp.ndarray:
+def loglik(spec, params, y, exog=None, filter: str = "auto") -> jnp.ndarray:
     """Exact (diffuse) log-likelihood of one series; equals statsmodels UnobservedComponents.loglike."""
     return jnp.sum(loglik_terms(spec, params, y, exog, filter))
 
 
-def loglik_many(spec, params, Y, exog=None, filter: str = "standard") -> jnp.ndarray:
+def loglik_many(spec, params, Y, exog=None, filter: str = "auto") -> jnp.ndarray:
     """Log-likelihoods of many series at once: Y (series, time); params (series, k), (k,) or a dict.
 
-    exog: (time, k) shared or (series, time, k). One time loop serves the whole batch.
+    exog: (time, k) shared or (series, time, k). One time loop serves the whole batch
+    (filter="parallel": one associative scan per chunk of series).
     """
-    sqrt = _check_filter(filter)
     spec = as_spec(spec)
+    sqrt, par = _filter_for(filter, spec, jnp.shape(Y)[-1], min(CHUNK, jnp.shape(Y)[0]))
     Y = jnp.asarray(Y, dtype=jnp.float64)
     if Y.ndim != 2:
         raise ValueError(f"Y must be (series, time), got shape {Y.shape}")
@@ -106,12 +121,12 @@ def loglik_many(spec, params, Y, exog=None, filter: str = "standard") -> jnp.nda
     x = None if exog is None else jnp.asarray(exog, dtype=jnp.float64)
     if spec.regression is not None and x is None:
         check_exog(spec, None, Y.shape[1])
-    shared = pvec.ndim == 1 and (x is None or x.ndim == 2) and not sqrt
-    return _loglik_many(spec, pvec, Y.T, x, sqrt, shared)
+    shared = pvec.ndim == 1 and (x is None or x.ndim == 2) and not (sqrt or par)
+    return _loglik_many(spec, pvec, Y.T, x, sqrt, shared, par)
 
 
-@partial(jax.jit, static_argnames=("spec", "sqrt", "shared"))
-def _loglik_many(spec, pvec, Y, x, sqrt, shared):
+@partial(jax.jit, static_argnames=("spec", "sqrt", "shared", "par"))
+def _loglik_many(spec, pvec, Y, x, sqrt, shared, par=False):
     """(series,) log-likelihoods of Y (time, series).
 
     With one parameter vector (and shared exog) and the same missing pattern in every
@@ -124,17 +139,17 @@ def _loglik_many(spec, pvec, Y, x, sqrt, shared):
         # chunks of CHUNK series keep each member's covariances in cache
         p = jnp.broadcast_to(pvec, (n_series, pvec.shape[-1]))
         if n_series <= CHUNK:
-            return jnp.sum(_run(spec, p, Y, x, sqrt, False)[1], axis=0)
+            return jnp.sum(_run(spec, p, Y, x, sqrt, False, par)[1], axis=0)
         n_chunks = -(-n_series // CHUNK)
         pad = n_chunks * CHUNK - n_series
         p_c = jnp.pad(p, ((0, pad), (0, 0)), mode="edge").reshape(n_chunks, CHUNK, -1)
         Y_c = jnp.pad(Y, ((0, 0), (0, pad)), mode="edge").T.reshape(n_chunks, CHUNK, -1)
         if x is not None and x.ndim == 3:
             x_c = jnp.pad(x, ((0, pad), (0, 0), (0, 0)), mode="edge").reshape((n_chunks, CHUNK) + x.shape[1:])
-            chunk = lambda args: jnp.sum(_run(spec, args[0], args[1].T, args[2], sqrt, False)[1], axis=0)
+            chunk = lambda args: jnp.sum(_run(spec, args[0], args[1].T, args[2], sqrt, False, par)[1], axis=0)
             out = jax.lax.map(chunk, (p_c, Y_c, x_c))
         else:
-            chunk = lambda args: jnp.sum(_run(spec, args[0], args[1].T, x, sqrt, False)[1], axis=0)
+            chunk = lambda args: jnp.sum(_run(spec, args[0], args[1].T, x, sqrt, False, par)[1], axis=0)
             out = jax.lax.map(chunk, (p_c, Y_c))
         return out.reshape(-1)[:n_series]
 
@@ -172,11 +187,11 @@ class FilterResult(NamedTuple):
     final_diffuse: jnp.ndarray      # (state, state) P∞_{n+1}
 
 
-def filter_series(spec, params, y, exog=None, filter: str = "standard") -> FilterResult:
-    """Run the exact-diffuse Kalman filter and keep every step's moments."""
-    sqrt = _check_filter(filter)
+def filter_series(spec, params, y, exog=None, filter: str = "auto") -> FilterResult:
+    """Run the exact-diffuse Kalman filter and keep every step's moments (filter: as `loglik_terms`)."""
     spec, pvec, y, x = _prepare(spec, params, y, exog)
-    final, info = _run(spec, pvec[None], y[:, None], x, sqrt, True)
+    sqrt, par = _filter_for(filter, spec, y.shape[0])
+    final, info = _run(spec, pvec[None], y[:, None], x, sqrt, True, par)
     first = lambda a: a[..., 0]
     cov = first(final.cov) @ first(final.cov).T if sqrt else first(final.cov)
     return FilterResult(first(info.pred_mean), first(info.pred_cov), first(info.pred_diffuse),
@@ -207,20 +222,25 @@ def _component_designs(spec: ModelSpec, lay: Layout, Z_t: jnp.ndarray) -> dict:
     return out
 
 
-def smooth(spec, params, y, exog=None) -> SmoothedComponents:
-    """Fixed-interval (RTS-type, exact diffuse) smoother: states and components given all of y."""
+def smooth(spec, params, y, exog=None, filter: str = "auto") -> SmoothedComponents:
+    """Fixed-interval (RTS-type, exact diffuse) smoother: states and components given all of y.
+
+    filter: "parallel" smooths by associative scans (`engine.parallel.smooth`), "auto" does so on
+    a GPU/TPU for long series; otherwise the sequential smoother."""
     spec, pvec, y, x = _prepare(spec, params, y, exog)
-    return _smooth(spec, pvec, y, x)
+    return _smooth(spec, pvec, y, x, _filter_for(filter, spec, y.shape[0])[1])
 
 
-@partial(jax.jit, static_argnames=("spec",))
-def _smooth(spec, pvec, y, x):
+@partial(jax.jit, static_argnames=("spec", "parallel"))
+def _smooth(spec, pvec, y, x, parallel: bool = False):
     lay = layout(spec)
-    _, info = kalman.run(lay, _systems(spec, pvec[None], x), y[:, None], keep=True)
-    info1 = jax.tree_util.tree_map(lambda a: a[..., 0], info)
     system = build_system(spec, params_from_vector(spec, pvec), x)
     Z_t = jnp.broadcast_to(system.design, (y.shape[0], lay.n_states))
-    res = kalman.smooth_one(lay, system, info1, Z_t)
+    if parallel:
+        res = _parallel.smooth(lay, system, y)
+    else:
+        _, info = kalman.run(lay, _systems(spec, pvec[None], x), y[:, None], keep=True)
+        res = kalman.smooth_one(lay, system, jax.tree_util.tree_map(lambda a: a[..., 0], info), Z_t)
     comps = {}
     for name, Zc in _component_designs(spec, lay, Z_t).items():
         mean = jnp.einsum("ti,ti->t", Zc, res.mean)

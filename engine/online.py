@@ -48,6 +48,7 @@ class OnlineConfig(NamedTuple):
     cusum_k: float = 0.5        # CUSUM allowance (in standard deviations)
     cusum_h: float = 5.0        # CUSUM decision threshold
     component_quantile_iters: int = 0  # the same for the filtered components (each costs ~7·S erf)
+    catch_up_filter: str = "auto"  # history pass: "standard", "parallel" (associative scan) or "auto"
 
 
 class Bank(NamedTuple):
@@ -401,14 +402,25 @@ def catch_up(config: OnlineConfig, bank: Bank, belief: Belief, ys, exog=None) ->
     """Consume a stretch of history ys (time,) in one batched filter pass (`kalman.run`, no reports).
 
     The log weights gain each draw's summed log-likelihood; the CUSUM is left as it is.
-    exog: (time, k) for the same stretch.
+    exog: (time, k) for the same stretch. With config.catch_up_filter "parallel" (or "auto" on a
+    GPU/TPU for long stretches, see `parallel.use_parallel`) the pass is the associative-scan
+    filter (`parallel.run`, same results); it needs the dense covariance (sqrt=False).
     """
+    from . import parallel
+
     spec = config.spec
+    lay = layout(spec)
     n_draws = bank.params.shape[0]
     ys = jnp.asarray(ys, dtype=jnp.float64)
     x = None if exog is None else jnp.asarray(exog, dtype=jnp.float64)
     Y = jnp.broadcast_to(ys[:, None], (ys.shape[0], n_draws))
-    fs, ll = kalman.run(layout(spec), _systems(spec, bank.params, x), Y, sqrt=config.sqrt, state=belief.filter)
+    method = config.catch_up_filter
+    if method not in ("standard", "parallel", "auto") or (method == "parallel" and config.sqrt):
+        raise ValueError(f"catch_up_filter={method!r}: use 'standard', 'parallel' (not with sqrt=True) or 'auto'")
+    scan = method == "parallel" or (method == "auto" and not config.sqrt
+                                     and parallel.use_parallel(ys.shape[0], lay.n_states, n_draws))
+    run = parallel.run if scan else partial(kalman.run, sqrt=config.sqrt)
+    fs, ll = run(lay, _systems(spec, bank.params, x), Y, state=belief.filter)
     lw = belief.log_weight + jnp.sum(ll, axis=0)
     return belief._replace(filter=fs, log_weight=lw - jax.scipy.special.logsumexp(lw), t=belief.t + ys.shape[0])
 
