@@ -7,6 +7,7 @@ Without it they are skipped locally and fail under CI.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -71,12 +72,11 @@ class PanelServer:
         return self.log_path.read_text(errors="replace")
 
 
-@pytest.fixture(scope="session")
-def panel_server(tmp_path_factory) -> PanelServer:
-    """Start ``python -m panel serve app`` on a free loopback port for the test session."""
+@contextlib.contextmanager
+def serve_app(log_path: Path):
+    """Run ``python -m panel serve app`` on a free loopback port (its output in log_path) until the block ends."""
     port = _free_port()
     host = "127.0.0.1"
-    log_path = tmp_path_factory.mktemp("panel-server") / "server.log"
     cmd = [
         sys.executable, "-m", "panel", "serve", "app",
         "--address", host,
@@ -125,6 +125,13 @@ def panel_server(tmp_path_factory) -> PanelServer:
         yield PanelServer(url=url, log_path=log_path)
     finally:
         _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def panel_server(tmp_path_factory) -> PanelServer:
+    """The served app for the test session."""
+    with serve_app(tmp_path_factory.mktemp("panel-server") / "server.log") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -68,7 +68,7 @@ def test_malformed_upload_is_explained(app_url, page, panel_server, tmp_path):
     _open(page, app_url)
     bad = tmp_path / "bad.csv"
     bad.write_bytes(BAD_CSV)
-    page.locator("input[type=file]").set_input_files(str(bad))
+    page.locator("input[type=file][accept*=csv]").set_input_files(str(bad))
     alert = page.get_by_text("non-numeric values")
     alert.first.wait_for(state="visible")
     text = alert.first.inner_text()
