@@ -38,3 +38,7 @@ def serve_stylesheets_locally(doc) -> None:
 
     if doc is not None and not use_cdn():
         doc.template_variables.setdefault("dist_url", get_dist_path(cdn=False))
+        # A hidden tab's models are detached from their document, and Panel re-links the stylesheets
+        # of a detached model it updates to the CDN; this server's copy is the fallback instead.
+        import panel.reactive
+        panel.reactive.CDN_DIST = get_dist_path(cdn=False)

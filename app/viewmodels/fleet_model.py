@@ -16,6 +16,7 @@ import param
 
 import engine
 from engine.data import DATASETS_DIR
+from engine.fleet import ANOMALY_Z, FleetCancelled
 from engine.spec import ModelSpec
 
 from ..workers import SessionWorker
@@ -27,7 +28,6 @@ SPEC_SUGGESTED = "suggested for the data"
 SPEC_MODEL_TAB = "the Model tab's spec"
 METHODS = ("mle", "map", "filter", "nuts")
 BACKENDS = ("local", "ray")
-ANOMALY_Z = float(engine.OnlineConfig._field_defaults["anomaly_z"])  # the streaming engine's threshold
 _ADDRESS = re.compile(r"^(ray://)?[A-Za-z0-9.\-]+:\d{1,5}$")
 
 
@@ -71,7 +71,7 @@ class FleetRun:
     method: str
     table: pd.DataFrame          # one row per series (engine.fit_many's table, plus `title` when known)
     seconds: float
-    cancelled: bool = False
+    cancelled: bool = False      # the job was cancelled: `table` holds the batches that had finished
 
     @property
     def series_per_s(self) -> float:
@@ -88,7 +88,7 @@ class DrillDown:
     filtered_mean: np.ndarray    # (time,) E[y_t | y_{1:t}] signal (observation noise excluded)
     predicted_mean: np.ndarray   # (time,) E[y_t | y_{1:t-1}]
     predicted_sd: np.ndarray     # (time,) its predictive sd (NaN where missing or diffuse)
-    anomaly: np.ndarray          # (time,) bool: |standardised one-step residual| > ANOMALY_Z
+    anomaly: np.ndarray          # (time,) bool: |standardised one-step innovation| > ANOMALY_Z (as fit_many)
     row: dict                    # the series' row of the result table
 
 
@@ -264,10 +264,20 @@ class FleetModel(param.Parameterized):
                              "or ray://host:port, or leave it empty for a local Ray")
         return address or None
 
-    def _method_options(self) -> dict:
+    def _method_options(self, spec: ModelSpec | None) -> dict:
         if self.method == "nuts":
-            return dict(chains=self.nuts_chains, warmup=self.nuts_warmup, draws=self.nuts_draws)
+            return {"nuts": dict(chains=self.nuts_chains, warmup=self.nuts_warmup, draws=self.nuts_draws)}
+        if self.method == "filter":
+            return {"params": self._last_params(spec)}
         return {}
+
+    def _last_params(self, spec: ModelSpec | None) -> pd.DataFrame:
+        """method="filter" re-filters at the parameters of the latest fit of the same spec."""
+        r = self.result
+        if r is None or r.table.empty or (spec is not None and r.spec != spec):
+            raise ValueError("filtering needs fitted parameters: first fit this spec (mle, map or nuts), "
+                             "then filter at its estimates")
+        return r.table[["series", *engine.param_names(r.spec)]]
 
     def run(self) -> Future | None:
         """Start the fleet job in the worker; progress arrives through the session's event loop."""
@@ -279,12 +289,13 @@ class FleetModel(param.Parameterized):
         try:
             address = self._check_address()
             tab_spec = self._spec(None) if self.spec_choice == SPEC_MODEL_TAB else None
+            options = dict(method=self.method, backend=self.backend, address=address,
+                           batch_size=self.batch_size or None, seed=self.seed,
+                           **self._method_options(tab_spec or (self.result.spec if self.result else None)))
         except ValueError as exc:
             self._set(status="error", message=str(exc))
             return None
         self._cancel = cancel = _Cancel(self.worker)
-        options = dict(method=self.method, backend=self.backend, address=address,
-                       batch_size=self.batch_size or None, seed=self.seed, **self._method_options())
         where = "here" if self.backend == "local" else (f"on the Ray cluster at {address}" if address
                                                         else "on a local Ray")
         self._set(status="running", progress=0, done_series=0, total_series=0, detail=None, detail_message="",
@@ -299,13 +310,15 @@ class FleetModel(param.Parameterized):
             spec = tab_spec if tab_spec is not None else self._spec(data.suggested)
             self.worker.post(lambda: self._progress(0, len(data.names)))
             start = time.perf_counter()
-            res = engine.fit_many(spec, data.Y, progress=progress, cancel=cancel, **options)
-            table = res.table.copy()
-            table["series"] = [data.names[i] for i in range(len(table))] \
-                if pd.api.types.is_integer_dtype(table["series"]) else table["series"]
+            wide = pd.DataFrame(data.Y.T, index=data.index, columns=data.names)
+            try:
+                res, cancelled = engine.fit_many(spec, wide, progress=progress, cancel=cancel, **options), False
+            except FleetCancelled as exc:
+                res, cancelled = exc.partial, True
+            table = res.table.copy() if res is not None else pd.DataFrame(columns=["series", "status"])
             if data.titles:
                 table.insert(1, "title", [data.titles.get(s, "") for s in table["series"]])
-            return FleetRun(data, spec, self.method, table, time.perf_counter() - start, cancel.is_set())
+            return FleetRun(data, spec, options["method"], table, time.perf_counter() - start, cancelled)
 
         return self.worker.submit(job, on_done=self._done, on_error=self._failed)
 
@@ -325,6 +338,10 @@ class FleetModel(param.Parameterized):
 
     def _done(self, run: FleetRun) -> None:
         t = run.table
+        if run.cancelled and t.empty:
+            self._set(status="cancelled", message="Cancelled before any batch finished. The previous result "
+                                                  "(if any) is kept.")
+            return
         failed = int((t["status"] == "failed").sum())
         loose = int((t["status"] == "not_converged").sum())
         text = (f"Fitted {len(t)} series in {run.seconds:.1f} s ({run.series_per_s:.1f} series/s): "
@@ -333,10 +350,7 @@ class FleetModel(param.Parameterized):
                   message=("Cancelled: " if run.cancelled else "") + text)
 
     def _failed(self, exc: BaseException) -> None:
-        if isinstance(exc, engine.FitCancelled):
-            self._set(status="cancelled", message=f"{exc}. The previous result (if any) is kept.")
-        else:
-            self._set(status="error", message=f"The fleet job failed: {exc}")
+        self._set(status="error", message=f"The fleet job failed: {exc}")
 
     # -- drill-down ----------------------------------------------------------------------
     def summary(self) -> dict[str, float]:
@@ -368,8 +382,8 @@ class FleetModel(param.Parameterized):
             self._set(detail=None, detail_message=str(exc))
             return None
         if row["status"] == "failed":
-            self._set(detail=None, detail_message=f"{name}: the fit failed ({row.get('message', '')}); "
-                                                  "there is nothing to draw.")
+            why = f" ({row['message']})" if row.get("message") else ""
+            self._set(detail=None, detail_message=f"{name}: the fit failed{why}; there is nothing to draw.")
             return None
         params = {p: float(row[p]) for p in engine.param_names(run.spec)}
         self._set(detail_message=f"Filtering {name} at its fitted parameters…")
@@ -380,7 +394,7 @@ class FleetModel(param.Parameterized):
         if detail.name == self.selected:
             n = int(detail.anomaly.sum())
             self._set(detail=detail, detail_message=f"{detail.name}: {n} anomal{'y' if n == 1 else 'ies'} "
-                                                    f"(|one-step residual| > {ANOMALY_Z:g} sd).")
+                                                    f"(|one-step innovation| > {ANOMALY_Z:g} sd).")
 
     def _detail_failed(self, exc: BaseException) -> None:
         self._set(detail=None, detail_message=f"Could not draw {self.selected}: {exc}")

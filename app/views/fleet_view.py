@@ -36,7 +36,7 @@ def drill_plot(d: DrillDown) -> hv.Overlay:
     """Observations, the filtered mean, the one-step 95% band and the anomalies of one series."""
     x = np.asarray(d.index)
     band = hv.Area((x, d.predicted_mean - BAND_Z * d.predicted_sd, d.predicted_mean + BAND_Z * d.predicted_sd),
-                   "time", vdims=["lower", "upper"], label="one-step 95% band").opts(
+                   "time", vdims=["y", "upper"], label="one-step 95% band").opts(
         color="#2a7ab0", alpha=0.2, line_alpha=0)
     obs = hv.Scatter((x, d.y), "time", "y", label="observed").opts(color="black", size=3)
     mean = hv.Curve((x, d.filtered_mean), "time", "y", label="filtered mean").opts(color="#e07b39", line_width=2)
@@ -83,8 +83,6 @@ class FleetView(pn.viewable.Viewer):
         m.param.watch(self._on_result, "result")
         m.param.watch(self._on_detail, ["detail", "detail_message", "selected"])
         m.param.watch(self._on_choices, ["source", "method", "backend"])
-        self._on_choices()
-        self._on_status()
         self._layout = pn.Column(
             "## Fleet: many series at once",
             pn.Row(w.Select.from_param(m.param.source, name="Series", width=220),
@@ -101,6 +99,10 @@ class FleetView(pn.viewable.Viewer):
             pn.Row(self._run, self._cancel), self._bar, self._status, self._summary, self._table,
             pn.Row(self._open, self._detail_note), self._plot,
             sizing_mode="stretch_width")
+        self._on_choices()
+        self._on_status()
+        self._on_result()
+        self._on_detail()
 
     def _on_choices(self, *_):
         m = self.model

@@ -1,0 +1,49 @@
+"""The Fleet tab in a real browser: a small local job on the synthetic fleet, progress, the table
+sorted, a row's drill-down, and that series opened in the Fit tab."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from test_app import _assert_clean, _open, _tab
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
+
+
+def _column(page, field: str) -> list[str]:
+    return [c.inner_text() for c in page.locator(f'.fleet-table .tabulator-row [tabulator-field="{field}"]').all()]
+
+
+def _wait_for(predicate, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "the page did not get there"
+        time.sleep(0.25)
+
+
+def test_fleet_run_table_drill_down_and_open_in_fit(app_url, page, panel_server):
+    _open(page, app_url)
+    _tab(page, "Fleet")
+    page.get_by_role("button", name="Run fleet").click()  # 24 synthetic sensors × 120 steps, MLE, locally
+    page.get_by_text("series/s").first.wait_for(state="visible", timeout=600_000)
+    assert page.locator(".fleet-progress progress").first.get_attribute("value") == "100"
+    assert len(_column(page, "series")) > 0 and page.locator(".fleet-badge").count() > 0
+
+    page.locator('.fleet-table .tabulator-col[tabulator-field="loglik"] .tabulator-col-title').click()
+    number = lambda s: float(s.replace(",", ""))
+    _wait_for(lambda: (v := [number(s) for s in _column(page, "loglik")]) == sorted(v) and len(v) > 1)
+
+    first = _column(page, "series")[0]
+    page.locator('.fleet-table .tabulator-row [tabulator-field="series"]').first.click()
+    page.locator(".fleet-detail-note", has_text=f"{first}: ").first.wait_for(state="visible", timeout=300_000)
+    page.locator(".fleet-drill canvas").first.wait_for(state="attached")  # the series, its fit and anomalies
+
+    page.get_by_role("button", name="Open in Fit / Stream").click()
+    page.locator(".fleet-detail-note", has_text="is loaded in the Data tab").first.wait_for(state="visible")
+    _tab(page, "Fit")
+    page.get_by_role("button", name="Quick fit (maximum likelihood)").click()
+    page.get_by_text("Fitted 120 observations").first.wait_for(state="visible", timeout=300_000)
+    page.get_by_text("sigma2.trend").first.wait_for(state="visible")
+    _assert_clean(page, panel_server)
