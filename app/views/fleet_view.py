@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import panel as pn
 import param
-from bokeh.models.widgets.tables import HTMLTemplateFormatter, NumberFormatter
+from bokeh.models.widgets.tables import HTMLTemplateFormatter, NumberFormatter, ScientificFormatter
 
+import engine
 from engine.data import MAX_TABLE_BYTES
 
 from ..plots import _OPTS, BAND_Z
@@ -126,7 +127,9 @@ class FleetView(pn.viewable.Viewer):
         self._summary.object = (f"**{s['series']}** series &nbsp; **{s['series/s']:.1f}** series/s &nbsp; "
                                 f"**{s['failed']}** failed &nbsp; **{s['not converged']}** not converged &nbsp; "
                                 f"**{s['anomalies']}** anomalies &nbsp; ({r.method}, {r.seconds:.1f} s)")
-        self._table.param.update(value=display_table(r.table), selection=[], visible=True)
+        scientific = {p: ScientificFormatter(precision=4) for p in engine.param_names(r.spec)}  # variances span decades
+        self._table.param.update(value=display_table(r.table), selection=[], visible=True,
+                                 formatters={**self._table.formatters, **scientific})
 
     def _on_selection(self, event):
         if event.new:
