@@ -27,7 +27,7 @@ BENCH_SCRIPTS := $(sort $(wildcard bench/*.py))
 # Use sudo for apt only when not root and sudo exists.
 SUDO := $(shell if [ "$$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then echo sudo; fi)
 
-.PHONY: help venv venv-serve venv-test venv-bench serve chromium test bench clean distclean
+.PHONY: help venv venv-serve venv-test venv-bench serve chromium test bench screenshots clean distclean
 
 help:
 	@echo "Targets:"
@@ -36,6 +36,7 @@ help:
 	@echo "  make test      run the test suite (installs Debian chromium if missing; PYTEST_ARGS=...)"
 	@echo "  make bench     run every bench/*.py script"
 	@echo "  make chromium  install Debian's chromium for the browser tests"
+	@echo "  make screenshots  drive the served app in headless chromium, write app/assets/screenshots/*.png"
 	@echo "  make clean     remove caches and build artifacts (distclean also removes .venv)"
 
 # --- virtual environment -----------------------------------------------------
@@ -93,6 +94,10 @@ bench: $(VENV)/.installed-bench
 		echo "=== $$f"; \
 		$(VPY) "$$f"; \
 	done
+
+# README screenshots: serve the app, drive it in headless chromium, one PNG per view
+screenshots: $(VENV)/.installed-test chromium
+	$(VPY) -m tests.ui.screenshots
 
 # --- housekeeping ------------------------------------------------------------
 

@@ -121,6 +121,7 @@ class BayesFitView(pn.viewable.Viewer):
         with warnings.catch_warnings():   # ArviZ's Bokeh trace plot uses a Bokeh call deprecated since 3.4
             warnings.filterwarnings("ignore", message=r".*scatter\(radius=")
             trace = az.plot_trace(idata, backend="bokeh", show=False)
+        _density_ranges(trace)
         out = [("Trace", pn.pane.Bokeh(grid(trace, width=420))),
                ("Rank", pn.pane.Bokeh(grid(az.plot_rank(idata, backend="bokeh", show=False))))]
         out.append(("Forest", pn.pane.Bokeh(grid(az.plot_forest(idata, backend="bokeh", show=False,
@@ -134,6 +135,18 @@ class BayesFitView(pn.viewable.Viewer):
         return self._layout
 
 
+def _density_ranges(trace) -> None:
+    """Give the densities of a Bokeh trace plot explicit y ranges: a parameter on a large scale (a
+    variance of 10⁴ has densities near 10⁻⁵) otherwise gets an automatic range the browser draws flat."""
+    from bokeh.models import Range1d
+
+    for fig in np.atleast_2d(np.asarray(trace, dtype=object))[:, 0]:
+        tops = [np.nanmax(r.data_source.data["y"]) for r in fig.renderers
+                if len(r.data_source.data.get("y", [])) and np.isfinite(np.nanmax(r.data_source.data["y"]))]
+        if tops and max(tops) > 0:
+            fig.y_range = Range1d(0.0, 1.05 * max(tops))
+
+
 def forecast_plot(bands: ForecastBands, label: str) -> hv.Overlay:
     """The last observations, then the forecast's posterior mean with its 50% and 95% bands."""
     f = bands.future
@@ -145,7 +158,8 @@ def forecast_plot(bands: ForecastBands, label: str) -> hv.Overlay:
            * hv.Curve((x, f["mean"]), "time", label, label="forecast mean").opts(color="#e07b39", line_width=2)
            * hv.Curve((np.asarray(bands.history["time"]), bands.history["y"]), "time", label,
                       label="observed").opts(color="black"))
-    return out.opts(**_OPTS, legend_position="top_left", title=f"{label}: forecast from the {bands.label}")
+    return out.opts(**_OPTS, legend_position="top_left", ylabel=label, shared_axes=False,
+                    title=f"{label}: forecast from the {bands.label}")
 
 
 class ForecastView(pn.viewable.Viewer):
