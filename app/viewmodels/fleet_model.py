@@ -28,7 +28,7 @@ SPEC_SUGGESTED = "suggested for the data"
 SPEC_MODEL_TAB = "the Model tab's spec"
 METHODS = ("mle", "map", "filter", "nuts")
 BACKENDS = ("local", "ray")
-_ADDRESS = re.compile(r"^(ray://)?[A-Za-z0-9.\-]+:\d{1,5}$")
+_ADDRESS = re.compile(r"^(auto|(ray://)?[A-Za-z0-9.\-]+:\d{1,5})$")
 
 
 def wide_datasets() -> list[str]:
@@ -183,7 +183,7 @@ class FleetModel(param.Parameterized):
     def __init__(self, data: DataModel, spec: SpecModel, worker: SessionWorker, **params):
         super().__init__(**params)
         self.data, self.spec_model, self.worker = data, spec, worker
-        self.table = DataModel()      # the fleet's own table: shipped or uploaded, parsed like the Data tab's
+        self.source_table = DataModel()  # the fleet's own table, shipped or uploaded, parsed as in the Data tab
         self.param.source.objects = [SYNTHETIC, *wide_datasets(), UPLOAD]
         self._cancel: _Cancel | None = None
         self._started = 0.0
@@ -206,23 +206,23 @@ class FleetModel(param.Parameterized):
             self._set(data_error="" if self.source == SYNTHETIC or self._has_upload() else
                       "Upload a wide CSV: a time column and one numeric column per series.")
             return
-        self.table.dataset = self.source
+        self.source_table.dataset = self.source
         self._table_loaded()
 
     def _has_upload(self) -> bool:
-        return self.table.dataset == UPLOAD and self.table.frame is not None
+        return self.source_table.dataset == UPLOAD and self.source_table.frame is not None
 
     def load_upload(self, raw: bytes, filename: str = "upload.csv") -> bool:
         """Parse an uploaded wide CSV with the Data tab's parser; on failure say why and keep the rest."""
-        if not self.table.load_upload(raw, filename):
-            self._set(data_error=self.table.error)
+        if not self.source_table.load_upload(raw, filename):
+            self._set(data_error=self.source_table.error)
             return False
         self.source = UPLOAD
         self._table_loaded()
         return True
 
     def _table_loaded(self):
-        t = self.table
+        t = self.source_table
         if t.frame is None:
             self._set(data_error=t.error or "No table loaded.")
             return
@@ -237,10 +237,10 @@ class FleetModel(param.Parameterized):
         """The chosen series (a synthetic fleet is drawn here: call it in the worker)."""
         if self.source == SYNTHETIC:
             return synthetic_fleet(self.n_series, self.n_time, self.seed)
-        if self.table.frame is None or self.data_error:
+        if self.source_table.frame is None or self.data_error:
             raise ValueError(self.data_error or "no table is loaded")
         titles = series_titles(self.source) if self.source not in (SYNTHETIC, UPLOAD) else {}
-        return table_fleet(self.table, self.n_series, self.log_transform, titles)
+        return table_fleet(self.source_table, self.n_series, self.log_transform, titles)
 
     def _spec(self, suggested: dict | None) -> ModelSpec:
         if self.spec_choice == SPEC_MODEL_TAB:
