@@ -187,6 +187,7 @@ class FleetModel(param.Parameterized):
         self.param.source.objects = [SYNTHETIC, *wide_datasets(), UPLOAD]
         self._cancel: _Cancel | None = None
         self._started = 0.0
+        self._where = "here"
         self._on_source()
 
     def _set(self, **values):
@@ -296,8 +297,8 @@ class FleetModel(param.Parameterized):
             self._set(status="error", message=str(exc))
             return None
         self._cancel = cancel = _Cancel(self.worker)
-        where = "here" if self.backend == "local" else (f"on the Ray cluster at {address}" if address
-                                                        else "on a local Ray")
+        self._where = where = "here" if self.backend == "local" else (
+            f"on the Ray cluster at {address}" if address else "on a local Ray")
         self._set(status="running", progress=0, done_series=0, total_series=0, detail=None, detail_message="",
                   message=f"Preparing the series; they will be fitted ({self.method}) {where}…")
         self._started = time.perf_counter()
@@ -350,7 +351,8 @@ class FleetModel(param.Parameterized):
                   message=("Cancelled: " if run.cancelled else "") + text)
 
     def _failed(self, exc: BaseException) -> None:
-        self._set(status="error", message=f"The fleet job failed: {exc}")
+        where = "" if self._where == "here" else f" {self._where}"
+        self._set(status="error", message=f"The fleet job failed{where}: {exc}")
 
     # -- drill-down ----------------------------------------------------------------------
     def summary(self) -> dict[str, float]:
