@@ -87,7 +87,8 @@ def _prepare(spec, params, y, exog):
 
 
 def _filter_for(filter: str, spec: ModelSpec, n_time: int, batch: int = 1) -> tuple[bool, bool]:
-    return _check_filter(filter, n_time, layout(spec).n_states, batch)
+    """(sqrt, parallel) for a spec and series length (the layout is needed only by "auto")."""
+    return _check_filter(filter, n_time, layout(spec).n_states if filter == "auto" else 1, batch)
 
 
 def loglik_terms(spec, params, y, exog=None, filter: str = "auto") -> jnp.ndarray:

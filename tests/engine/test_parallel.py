@@ -119,7 +119,7 @@ def test_short_series(n_time):
     stationary = {"irregular": True, "autoregressive": {"order": 1}}
     for spec in [{"irregular": True, "level": {"kind": "local_level"}}] + [stationary] * (n_time > 1):
         y = nile()[:n_time].astype(float) - 900.0
-        p = _params(spec) * 1e4
+        p = default_params(engine.param_names(spec), variance=100.0)
         assert float(engine.loglik(spec, p, y, filter="parallel")) == pytest.approx(
             float(engine.loglik(spec, p, y, filter="standard")), rel=RTOL_LL, abs=0)
     assert parallel.prefix_length(layout(stationary), n_time) == 0
@@ -129,7 +129,7 @@ def test_long_series_loglik():
     """T = 1e4 (local linear trend, gaps): the scan stays exact over many levels."""
     spec = {"level": {"kind": "local_linear_trend"}}
     p = np.array([1.0, 0.1, 1e-4])
-    y = np.asarray(engine.simulate(jax.random.PRNGKey(0), spec, p, 10_000))
+    y = np.array(engine.simulate(jax.random.PRNGKey(0), spec, p, 10_000))
     y[[0, 5, 500, 501, 9999]] = np.nan
     seq = engine.loglik_terms(spec, p, y, filter="standard")
     par = engine.loglik_terms(spec, p, y, filter="parallel")
