@@ -223,6 +223,8 @@ def _full_step(lay: Layout, system: System, state: FilterState, y, d, z, use_dif
     """Observe and predict with the covariance update (diffuse or standard); see `step`."""
     observed = ~jnp.isnan(y)
     a, P, Pinf = state.mean, state.cov, state.diffuse_cov
+    if use_diffuse:   # once a member's diffuse phase has ended, its P∞ roundoff must not grow into new diffuse steps
+        Pinf = jnp.where(state.diffuse, Pinf, 0.0)
     a_f, P_f, Pinf_f, llf, v, Fs, Fi, kind, K = _observe(lay, a, P, Pinf, y, z, d, system.obs_var, observed,
                                                         use_diffuse, sqrt)
     a_n, P_n, Pinf_n = _predict(lay, system.transition, system.state_var, a_f, P_f, Pinf_f, use_diffuse, sqrt)
