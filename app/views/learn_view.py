@@ -70,7 +70,7 @@ class LearnView(pn.viewable.Viewer):
             pn.pane.HoloViews(learn_plot(d.index, d.y, d.target_label, s.t,
                                          s.predicted if s.kind == "standard" else np.nan,
                                          np.sqrt(s.innov_var) if s.kind == "standard" else np.inf, level),
-                              sizing_mode="stretch_width"),
+                              sizing_mode="stretch_width", linked_axes=False),   # its own window, not the Fit tab's
             pn.Row(pn.pane.Markdown(summary, width=360),
                    pn.pane.DataFrame(s.components, index=False, float_format="{:.5g}".format)),
             pn.pane.Markdown(m.explanation(), sizing_mode="stretch_width"),

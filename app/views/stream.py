@@ -56,10 +56,10 @@ class StreamView(pn.viewable.Viewer):
     def __init__(self, **params):
         super().__init__(**params)
         m = self.model
-        self._play = pn.widgets.Button(name="▶ Play", button_type="primary", width=90)
-        self._pause = pn.widgets.Button(name="⏸ Pause", width=90)
+        self._play = pn.widgets.Button(name="Play", button_type="primary", width=90)
+        self._pause = pn.widgets.Button(name="Pause", width=90)
         self._step = pn.widgets.Button(name="Step", width=80)
-        self._stop = pn.widgets.Button(name="⏹ Stop", width=90)
+        self._stop = pn.widgets.Button(name="Stop", width=90)
         self._refit = pn.widgets.Button(name="Refit in the background", button_type="warning", visible=False)
         self._play.on_click(lambda _: m.play())
         self._pause.on_click(lambda _: m.pause())

@@ -65,7 +65,7 @@ def take(page: Page, url: str, out: Path) -> list[Path]:
     shots.append(_shot(page, out, "fit-nuts", anchor="Diagnostics"))
     shots.append(_shot(page, out, "fit-posterior", anchor="Posterior"))
     _tab(page, "Stream")
-    page.get_by_role("button", name="▶ Play").click()
+    page.get_by_role("button", name="Play", exact=True).click()
     page.get_by_text("Streamed all").first.wait_for(state="visible", timeout=300_000)
     shots.append(_shot(page, out, "stream"))
     _tab(page, "Learn")

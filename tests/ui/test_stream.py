@@ -42,7 +42,7 @@ def test_stream_grows_throughput_shows_and_closing_stops_the_runner(app_url, bro
     page.get_by_role("button", name="Quick fit (maximum likelihood)").click()
     page.get_by_text("sigma2.level").first.wait_for(state="visible", timeout=240_000)
     _tab(page, "Stream")
-    page.get_by_role("button", name="▶ Play").click()
+    page.get_by_role("button", name="Play", exact=True).click()
     page.wait_for_function(f"({PLOTTED_ROWS})() >= 3", timeout=240_000)
     first = page.evaluate(PLOTTED_ROWS)
     page.wait_for_function(f"({PLOTTED_ROWS})() > {first}")
