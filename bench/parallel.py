@@ -23,17 +23,20 @@ Printed, all measured in this run:
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import warnings
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+os.environ.setdefault("STREAMSSM_JAX_CACHE", "0")   # compile times are cold ones (no on-disk cache)
 
-import engine
-from engine import parallel
-from engine.model import _run
-from engine.system import layout
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import engine  # noqa: E402
+from engine import kalman, parallel  # noqa: E402
+from engine.model import _run, _systems  # noqa: E402
+from engine.system import layout  # noqa: E402
 
 SPEC = engine.ModelSpec.from_dict({"level": {"kind": "local_linear_trend"},
                                    "seasonal": [{"period": 12, "form": "dummy"}]})
@@ -129,22 +132,38 @@ def batched(n_series: int, n_time: int, repeat: int):
     nominal = next((v[0] for k, v in NOMINAL_PEAK.items() if k in kind), None)
     print(f"float64 matmul rate {peak / 1e9:.0f} GFLOP/s" + (f"; nominal float64 peak {nominal / 1e12:.0f} TFLOP/s"
                                                              if nominal else ""))
-    cases = [("sequential, shared params (best)", lambda Y: engine.loglik_many(SPEC, PARAMS, Y, filter="standard")),
-             ("sequential, per-series params", lambda Y: engine.loglik_many(SPEC, P, Y, filter="standard")),
-             ("parallel, per-series params", lambda Y: engine.loglik_many(SPEC, P, Y, filter="parallel"))]
-    one = Y[:64, :n_time]
-    for name, fn in cases:
+    per_step = step_flops(P[:64])
+    cases = [("sequential, shared params (best)", "mean", lambda Y: engine.loglik_many(SPEC, PARAMS, Y, filter="standard")),
+             ("sequential, per-series params", "standard", lambda Y: engine.loglik_many(SPEC, P, Y, filter="standard")),
+             ("parallel, per-series params", "parallel", lambda Y: engine.loglik_many(SPEC, P, Y, filter="parallel"))]
+    for name, kind_, fn in cases:
         comp, run, _ = timed(fn, Y, repeat=repeat)
         rate = n_series * n_time / run
-        # flops of a 64-series call, unrolled loops counted once by XLA: measure the per-step cost
-        # from two lengths so that the loop body is counted per step
-        f1 = flops_per_call(jax.jit(fn).lower(one[:, :64]).compile())
-        f2 = flops_per_call(jax.jit(fn).lower(one[:, :128]).compile())
-        per_step = (f2 - f1) / (64 * 64) if np.isfinite(f2 - f1) and f2 > f1 else f1 / (64 * 64)
-        frac = per_step * rate / peak
+        flop_rate = per_step[kind_] * rate
         print(f"{name:<34} compile {comp:6.2f}s run {run:8.4f}s  {rate:10.3e} series·steps/s  "
-              f"{per_step:8.0f} flop/series·step  {100 * frac:6.2f}% of the matmul rate"
-              + (f", {100 * per_step * rate / nominal:.3f}% of nominal" if nominal else ""), flush=True)
+              f"{per_step[kind_]:8.0f} flop/series·step  {100 * flop_rate / peak:6.2f}% of the matmul rate"
+              + (f", {100 * flop_rate / nominal:.3f}% of nominal" if nominal else ""), flush=True)
+
+
+def step_flops(P) -> dict:
+    """XLA's flop count per series·step of each method's loop-free core (loops are counted once by
+    XLA, so the cores are costed without them): one batched standard step, one mean-only step,
+    and one associative-scan element (the scan of 1024 elements / 1024)."""
+    lay = layout(SPEC)
+    system = kalman.batch_last(_systems(SPEC, P, None))
+    state = kalman.init(lay, system)
+    batch = P.shape[0]
+    y, d = jnp.zeros(batch), jnp.zeros(batch)
+    z = system.design
+    std = jax.jit(lambda st: kalman._full_step(lay, system, st, y, d, z, False, False, False))
+    mean = jax.jit(lambda st: kalman._steady_step(lay, system, st, y, d, z, False, False))
+    one = jax.tree_util.tree_map(lambda a: a[0], _systems(SPEC, P[:1], None))
+    Z = jnp.broadcast_to(one.design, (1024, lay.n_states))
+    elems = parallel.filter_elements(one.transition, one.state_var, one.obs_var, Z, jnp.zeros(1024), jnp.zeros(1024))
+    scan = jax.jit(lambda e: jax.lax.associative_scan(parallel.combine_filter, e))
+    return {"standard": flops_per_call(std.lower(state).compile()) / batch,
+            "mean": flops_per_call(mean.lower(state).compile()) / batch,
+            "parallel": flops_per_call(scan.lower(elems).compile()) / 1024}
 
 
 def float32_errors(lengths, scales):
