@@ -16,7 +16,7 @@ import param
 
 import engine
 from engine.data import DATASETS_DIR
-from engine.fleet import ANOMALY_Z, FleetCancelled
+from engine.fleet import ANOMALY_Z
 from engine.spec import ModelSpec
 
 from ..workers import SessionWorker
@@ -314,7 +314,7 @@ class FleetModel(param.Parameterized):
             wide = pd.DataFrame(data.Y.T, index=data.index, columns=data.names)
             try:
                 res, cancelled = engine.fit_many(spec, wide, progress=progress, cancel=cancel, **options), False
-            except FleetCancelled as exc:
+            except engine.FleetCancelled as exc:
                 res, cancelled = exc.partial, True
             table = res.table.copy() if res is not None else pd.DataFrame(columns=["series", "status"])
             if data.titles:
