@@ -16,7 +16,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 def test_there_are_notebooks():
     names = {p.name for p in NOTEBOOKS}
     assert {"01_kalman_from_scratch.ipynb", "02_structural_models.ipynb", "03_online_updating.ipynb",
-            "05_kalman_to_selective_ssm.ipynb"} <= names
+            "04_many_series.ipynb", "05_kalman_to_selective_ssm.ipynb"} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
