@@ -1,0 +1,136 @@
+"""fit_many, local backend: agreement with single-series fits, batch-size invariance, inputs, failures."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import engine
+from engine.bayes import log_posterior
+from engine.fleet import (Batch, Coordinates, FleetJob, _coordinates, _log_prior, _member_args, _to_params,
+                          as_panel, run_batch)
+
+SPEC = {"irregular": True, "level": {"kind": "local_level"},
+        "seasonal": [{"period": 6, "form": "trig", "harmonics": 1, "stochastic": True}]}
+NAMES = engine.param_names(SPEC)
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    fl = engine.make_fleet(12, 60, seed=3, period=6)
+    Y = fl.Y.copy()
+    Y[5] = np.nan          # no data: fails alone
+    Y[8, 45:] = np.nan     # a ragged end
+    return Y
+
+
+@pytest.fixture(scope="module")
+def mle3(fleet):
+    return engine.fit_many(SPEC, fleet, method="mle", batch_size=3)
+
+
+def test_mle_agrees_with_fit_mle_per_series(fleet, mle3):
+    table = mle3.table
+    assert table.loc[5, "status"] == "failed" and "no observations" in table.loc[5, "message"]
+    assert (table.drop(index=5)["status"] == "ok").all()
+    for i in (0, 3, 8):
+        ref = engine.fit_mle(SPEC, fleet[i])
+        # the same optimum: ours is never worse, and equal to 1e-6 relative
+        assert table.loc[i, "loglik"] >= ref.loglik - 1e-6 * abs(ref.loglik)
+        assert table.loc[i, "loglik"] == pytest.approx(ref.loglik, rel=1e-6)
+        params = {n: table.loc[i, n] for n in NAMES}
+        assert table.loc[i, "loglik"] == pytest.approx(float(engine.loglik(SPEC, params, fleet[i])), rel=1e-9)
+
+
+def test_results_do_not_depend_on_batch_size(fleet, mle3):
+    other = engine.fit_many(SPEC, fleet, method="mle", batch_size=5).table
+    a = mle3.table
+    assert (a["status"] == other["status"]).all() and (a["n_obs"] == other["n_obs"]).all()
+    np.testing.assert_allclose(a["loglik"], other["loglik"], rtol=1e-9)
+    # parameters: equal where the likelihood identifies them (a variance at its zero
+    # boundary is ~1e-10 of the data scale in both, but not the same tiny number)
+    scale = np.nanvar(np.diff(fleet, axis=1))
+    for n in NAMES:
+        diff = np.abs(a[n] - other[n]).to_numpy()
+        ok = np.isnan(diff) | (diff <= 1e-5 * np.abs(a[n].to_numpy()) + 1e-7 * scale)
+        assert ok.all(), (n, diff)
+
+
+def test_map_agrees_with_fit_map(fleet):
+    res = engine.fit_many(SPEC, fleet[:4], method="map", batch_size=4)
+    for i in range(4):
+        ref = engine.fit_map(SPEC, fleet[i])
+        logp, to_u, _ = log_posterior(SPEC, fleet[i])
+        ours = float(logp(to_u(np.array([res.table.loc[i, n] for n in NAMES]))))
+        assert res.table.loc[i, "status"] == "ok"
+        assert ours >= ref.log_posterior - 1e-7 * abs(ref.log_posterior)
+        assert ours == pytest.approx(ref.log_posterior, rel=1e-8)
+
+
+def test_map_objective_is_fit_maps_potential(fleet):
+    """Our log prior + the filter's log-likelihood = engine.bayes.log_posterior, at random points."""
+    spec = engine.ModelSpec.from_dict(SPEC)
+    co = _coordinates(spec, "map", None)
+    a = _member_args(spec, co, fleet[0], None, None)
+    logp, _, to_c = log_posterior(SPEC, fleet[0])
+    for z in np.random.default_rng(1).normal(size=(3, len(NAMES))):
+        theta = np.asarray(_to_params(spec, co, z, a))
+        np.testing.assert_allclose(theta, np.asarray(to_c(z)), rtol=1e-12)
+        ours = float(engine.loglik(SPEC, theta, fleet[0])) + float(_log_prior(spec, co, z, a))
+        assert ours == pytest.approx(float(logp(z)), rel=1e-10)
+    assert float(_log_prior(spec, Coordinates("mle"), z, a)) == 0.0
+
+
+def test_filter_equals_loglik_and_counts_anomalies(fleet):
+    params = {n: 0.5 for n in NAMES}
+    Y = fleet[:4].copy()
+    Y[1, 30] += 50.0   # one gross outlier
+    res = engine.fit_many(SPEC, Y, method="filter", params=params, keep=True)
+    for i in range(4):
+        assert res.table.loc[i, "loglik"] == pytest.approx(float(engine.loglik(SPEC, params, Y[i])), rel=1e-10)
+        f = engine.filter_series(SPEC, params, Y[i])
+        z = np.asarray(f.innovation) / np.sqrt(np.asarray(f.innov_var))
+        assert res.table.loc[i, "n_anomalies"] == int(np.sum((np.asarray(f.kind) == 1) & (np.abs(z) > 3)))
+    assert res.table.loc[1, "n_anomalies"] >= 1
+    # per-series parameters from a table; the kept belief continues online exactly
+    table = pd.DataFrame({"series": ["0", "1", "2", "3"], **{n: [0.5, 1.0, 2.0, 0.5] for n in NAMES}})
+    per = engine.fit_many(SPEC, Y, method="filter", params=table).table
+    assert per.loc[2, "loglik"] == pytest.approx(float(engine.loglik(SPEC, {n: 2.0 for n in NAMES}, Y[2])), rel=1e-10)
+    online = engine.OnlineFilter(SPEC, params, y_history=Y[0], belief=res.beliefs["0"])
+    batch = engine.OnlineFilter(SPEC, params, y_history=Y[0])
+    np.testing.assert_allclose(online.update(3.0).loglik, batch.update(3.0).loglik, rtol=1e-9)
+
+
+def test_inputs_long_and_wide_tables():
+    Y = np.arange(30.0).reshape(3, 10) ** 1.1
+    Y[1, 7:] = np.nan
+    wide = pd.DataFrame(Y.T, columns=["a", "b", "c"])
+    long = wide.reset_index().melt(id_vars="index", var_name="series", value_name="value").rename(
+        columns={"index": "time"}).dropna()
+    for data in (wide, long):
+        panel = as_panel(data)
+        assert panel.ids == ["a", "b", "c"]
+        np.testing.assert_array_equal(panel.Y, Y)
+    with pytest.raises(ValueError, match="infinite"):
+        as_panel(np.array([[1.0, np.inf, 2.0]]))
+
+
+def test_progress_cancel_and_a_failing_batch(fleet):
+    seen = []
+    cancel = threading.Event()
+
+    def progress(done, total):
+        seen.append((done, total))
+        cancel.set()
+
+    with pytest.raises(engine.FleetCancelled) as info:
+        engine.fit_many(SPEC, fleet, method="filter", params={n: 1.0 for n in NAMES}, batch_size=4,
+                        progress=progress, cancel=cancel)
+    assert seen == [(4, 12)] and len(info.value.partial.table) == 4
+    # a batch that raises fails only its own series, with the reason
+    job = FleetJob(SPEC, "bogus", 3)
+    out = run_batch(job, Batch(0, ["x", "y", "z"], fleet[:3]))
+    assert (out.rows["status"] == "failed").all() and out.rows["message"].str.contains("bogus").all()
