@@ -92,9 +92,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, timeout:
                 return ray
             shutdown()
         runtime_env = {"env_vars": dict(WORKER_ENV)}
-        if address is None or _is_local(address):
-            _loopback_only()
         if address is None:
+            _loopback_only()
             saved = os.environ.pop("RAY_ADDRESS", None)   # a stray RAY_ADDRESS must not redirect a local run
             try:
                 ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
