@@ -31,7 +31,7 @@ from . import kalman
 from .components import blocks
 from .model import _systems, as_param_vector
 from .spec import ModelSpec, as_spec, param_names
-from .system import System, check_exog, layout, transition_apply
+from .system import System, check_exog, layout
 
 # quantiles reported for the 95%, 80% and 50% bands, and the median
 PROBS = (0.025, 0.1, 0.25, 0.5, 0.75, 0.9, 0.975)
@@ -88,6 +88,7 @@ class OnlineInfo(NamedTuple):
     drift: jnp.ndarray                # () bool: a CUSUM crossed its threshold (then it restarts)
     ess: jnp.ndarray                  # () effective sample size 1/Σ w_s² after the update
     steady: jnp.ndarray               # () bool: every draw's covariance has converged (O(state) updates)
+    settled: jnp.ndarray              # () bool: no draw's next belief has a diffuse part left (P∞ = 0)
     filtered_mean: jnp.ndarray        # (state, draw) a_{t|t} per draw
     state_mean: jnp.ndarray           # (state,) Σ_s w_s a_{t|t,s}
     component_mean: jnp.ndarray       # (component,) mixture mean of each component (see `component_names`)
@@ -110,12 +111,14 @@ class OnlineForecast(NamedTuple):
 def mixture_moments(w, mu, var):
     """Mean and central moments m2, m3, m4 of Σ_s w_s N(μ_s, var_s) over the last axis."""
     mean = jnp.sum(w * mu, axis=-1)
-    dev = mu - mean[..., None]
-    d2 = dev * dev
-    m2 = jnp.sum(w * (var + d2), axis=-1)
-    m3 = jnp.sum(w * dev * (d2 + 3 * var), axis=-1)
-    m4 = jnp.sum(w * (d2 * d2 + 6 * d2 * var + 3 * var * var), axis=-1)
+    m2, m3, m4 = (jnp.sum(t, axis=-1) for t in _central_terms(w, mu - mean[..., None], var))
     return mean, m2, m3, m4
+
+
+def _central_terms(w, dev, var):
+    """Per-draw terms of the central moments m2, m3, m4 of a mixture, given each draw's μ_s − mean."""
+    d2 = dev * dev
+    return w * (var + d2), w * dev * (d2 + 3 * var), w * (d2 * d2 + 6 * d2 * var + 3 * var * var)
 
 
 def mixture_quantiles(w, mu, var, probs=PROBS, iters: int = 2):
@@ -125,28 +128,87 @@ def mixture_quantiles(w, mu, var, probs=PROBS, iters: int = 2):
     (exact for one draw), then `iters` Newton steps on Σ w_s Φ((q − μ_s)/σ_s) = p, kept
     inside the bracket [min μ − 8σ, max μ + 8σ]. Returns (..., len(probs)).
     """
-    mean, m2, m3, m4 = mixture_moments(w, mu, var)
+    q = _cornish_fisher(*mixture_moments(w, mu, var), probs)
+    if iters:
+        sd = jnp.sqrt(jnp.maximum(var, 0.0))
+        lo, hi = jnp.min(mu - 8 * sd, axis=-1), jnp.max(mu + 8 * sd, axis=-1)
+        for _ in range(iters):
+            excess, pdf = _newton_terms(mu, sd, q, probs)
+            q = _newton_update(q, jnp.sum(w[..., None, :] * excess, axis=-1), jnp.sum(w[..., None, :] * pdf, axis=-1),
+                               lo, hi)
+    return q
+
+
+def _cornish_fisher(mean, m2, m3, m4, probs):
+    """Quantiles at `probs` from the mean and central moments m2..m4 (exact for a Gaussian): (..., probs)."""
     sd = jnp.sqrt(jnp.maximum(m2, 0.0))
     m2_safe = jnp.where(m2 > 0, m2, 1.0)
     g1 = jnp.where(m2 > 0, m3 / (m2_safe * jnp.sqrt(m2_safe)), 0.0)[..., None]
     g2 = jnp.where(m2 > 0, m4 / (m2_safe * m2_safe) - 3.0, 0.0)[..., None]
-    p = jnp.asarray(probs)
-    z = ndtri(p)
+    z = ndtri(jnp.asarray(probs))
     cf = z + (z * z - 1) * g1 / 6 + (z ** 3 - 3 * z) * g2 / 24 - (2 * z ** 3 - 5 * z) * g1 * g1 / 36
-    q = mean[..., None] + sd[..., None] * cf
-    if iters:
-        sd_s = jnp.sqrt(jnp.maximum(var, 0.0))
-        lo = jnp.min(mu - 8 * sd_s, axis=-1)[..., None]
-        hi = jnp.max(mu + 8 * sd_s, axis=-1)[..., None]
-        safe_sd = jnp.where(sd_s > 0, sd_s, 1.0)[..., None, :]
-        for _ in range(iters):
-            u = (q[..., None] - mu[..., None, :]) / safe_sd
-            # Φ through erf: absolute accuracy is what a quantile in [0.025, 0.975] needs, at a
-            # fraction of the cost of `ndtr` (which evaluates erf and erfc on every element)
-            cdf = jnp.sum(w[..., None, :] * (0.5 + 0.5 * lax.erf(u / jnp.sqrt(2.0))), axis=-1)
-            pdf = jnp.sum(w[..., None, :] * jnp.exp(-0.5 * u * u) / safe_sd, axis=-1) / jnp.sqrt(2 * jnp.pi)
-            q = jnp.where(pdf > 0, jnp.clip(q - (cdf - p) / jnp.where(pdf > 0, pdf, 1.0), lo, hi), q)
-    return q
+    return mean[..., None] + sd[..., None] * cf
+
+
+def _newton_terms(mu, sd, q, probs, fast: bool = False):
+    """Per-draw terms of F(q) − p and of f(q) for the mixture CDF F at q: (..., probs, draw) each.
+
+    Φ((q − μ_s)/σ_s) − Φ(z_p), with z_p = Φ⁻¹(p) and Σ w_s = 1, sums to F(q) − p. Exact Φ goes
+    through erf (absolute accuracy is what a quantile in [0.025, 0.975] needs, at a fraction of
+    the cost of `ndtr`). fast: Φ to 1.5e-7 sharing the density's exponential (Abramowitz & Stegun
+    7.1.26), about a fifth of the cost; taking the same Φ at z_p keeps a Gaussian's quantiles
+    exact, and the step's error is that of Φ' (~1e-6) times the spread of the draws.
+    """
+    phi = _normal_cdf_fast if fast else _normal_cdf
+    safe_sd = jnp.where(sd > 0, sd, 1.0)[..., None, :]
+    u = (q[..., None] - mu[..., None, :]) / safe_sd
+    cdf_u, kernel = phi(u)
+    cdf_z, _ = phi(ndtri(jnp.asarray(probs))[:, None])
+    return cdf_u - cdf_z, kernel / (safe_sd * np.sqrt(2 * np.pi))
+
+
+def _normal_cdf(u):
+    """(Φ(u), exp(−u²/2)) through erf."""
+    return 0.5 + 0.5 * lax.erf(u * np.sqrt(0.5)), jnp.exp(-0.5 * u * u)
+
+
+def _normal_cdf_fast(u):
+    """(Φ(u) to 1.5e-7, exp(−u²/2)): erf(x) ≈ 1 − t (a1 + … + a5 t⁴) e^{−x²}, t = 1/(1 + p x)."""
+    x = jnp.abs(u) * np.sqrt(0.5)
+    t = 1.0 / (1.0 + 0.3275911 * x)
+    kernel = jnp.exp(-x * x)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    half_erf = 0.5 - 0.5 * poly * kernel
+    return 0.5 + jnp.where(u < 0, -half_erf, half_erf), kernel
+
+
+def _newton_update(q, excess, pdf, lo, hi):
+    """One Newton step q − (F(q) − p)/f(q) on the mixture CDF, kept inside [lo, hi]."""
+    step = excess / jnp.where(pdf > 0, pdf, 1.0)
+    return jnp.where(pdf > 0, jnp.clip(q - step, lo[..., None], hi[..., None]), q)
+
+
+def _sums(*terms):
+    """Σ over the last (draw) axis of every term, as one reduction (one kernel instead of one each).
+
+    terms: arrays (..., draw) with any leading shapes; returns the sums with those shapes.
+    """
+    return _reduce(jnp.sum, terms)
+
+
+def _maxima(*terms):
+    """max over the last (draw) axis of every term, as one reduction (see `_sums`)."""
+    return _reduce(jnp.max, terms)
+
+
+def _reduce(op, terms):
+    flat = [jnp.reshape(t, (-1, t.shape[-1])) for t in terms]
+    total = op(jnp.concatenate(flat), axis=-1)
+    out, start = [], 0
+    for t, f in zip(terms, flat):
+        out.append(jnp.reshape(total[start:start + f.shape[0]], t.shape[:-1]))
+        start += f.shape[0]
+    return out
 
 
 # -- components -----------------------------------------------------------------------------
@@ -180,11 +242,13 @@ def component_names(spec) -> list[str]:
     return [name for name, _, _ in _component_index(as_spec(spec))]
 
 
-def _components(spec, z, d, a_f, block_cov):
+def _components(spec, z, d, a_f, entry, M, K, F):
     """Per-draw filtered mean and variance of each component: (component, draw) each.
 
-    block_cov(ix) gives P_{t|t}[ix, ix] (k, k, draw) for the static state indices ix that enter
-    the component.
+    A component c·α_t over the static states ix needs only c P_{t|t}[ix, ix] c
+    = c P c − 2 (c·K)(c·M) + F (c·K)², with M = P z and F = F* (valid for the diffuse, standard
+    and missing cases alike); entry(i, j) gives P_ij (draw,). Written on single rows so that it
+    fuses into the step's elementwise loops.
     """
     means, variances = [], []
     for name, idx, use_design in _component_index(spec):
@@ -192,13 +256,96 @@ def _components(spec, z, d, a_f, block_cov):
             means.append(d)
             variances.append(jnp.zeros_like(d))
             continue
-        ix = jnp.asarray(idx)
-        c = z[ix] if use_design else jnp.ones((len(idx), z.shape[-1]))
-        means.append(jnp.sum(c * a_f[ix], axis=0))
-        variances.append(jnp.sum(c[:, None] * block_cov(ix) * c[None, :], axis=(0, 1)))
+        c = [z[i] if use_design else 1.0 for i in idx]
+        dot = lambda x: sum(ci * x[i] for ci, i in zip(c, idx))
+        cPc = sum(ci * cj * entry(i, j) for ci, i in zip(c, idx) for cj, j in zip(c, idx))
+        cK = dot(K)
+        means.append(dot(a_f))
+        variances.append(cPc - 2 * cK * dot(M) + F * cK * cK)
     if not means:   # irregular only: nothing to decompose
         return jnp.zeros((0, d.shape[0])), jnp.zeros((0, d.shape[0]))
     return jnp.stack(means), jnp.stack(variances)
+
+
+def _rows_apply(lay, T, rows: list) -> list:
+    """T X by blocks, X given as its list of state rows (each (..., draw)); returns the rows of T X.
+
+    The product of `system.transition_apply`, written as sums of rows: XLA then fuses a whole
+    covariance update into a few elementwise loops over the draws, where a reduction over the
+    state axis is a kernel of its own (about ten times slower at 13 states, 1000 draws, CPU).
+    """
+    out = []
+    for _, start, k, kind, _ in lay.blocks:
+        x = rows[start:start + k]
+        if kind == "dummy":   # [-Σ x, x_1, ..., x_{k-1}]
+            out += [-sum(x[1:], x[0])] + x[:-1]
+            continue
+        for i in range(k):
+            t = T[start + i, start:start + k]
+            out.append(sum((t[j] * x[j] for j in range(1, k)), t[0] * x[0]))
+    return out
+
+
+def _standard_step(lay, system: System, st: kalman.FilterState, y, d, z):
+    """`kalman.step` for a bank with no diffuse member and a dense P, in fusable form.
+
+    Same arithmetic as the filter's standard branch (observe, then predict T P_{t|t} Tᵀ + Q,
+    and the same steady test), up to roundoff.
+    """
+    observed = ~jnp.isnan(y)
+    T = system.transition
+    M = kalman._mat_z(lay, st.cov, z)                       # P z (state, draw)
+    F = kalman._z_dot(lay, M, z) + system.obs_var
+    updated = observed & (F > 0)
+    F_safe = jnp.where(updated, F, 1.0)
+    inv_F = jnp.where(updated, 1.0 / F_safe, 0.0)
+    K = M * inv_F
+    v = jnp.where(updated, jnp.where(observed, y, 0.0) - kalman._z_dot(lay, st.mean, z) - d, 0.0)
+    loglik = jnp.where(updated, -0.5 * (kalman.LOG_2PI + jnp.log(F_safe) + v * v * inv_F), 0.0)
+    a_next = jnp.stack(_rows_apply(lay, T, list(st.mean + K * v)))
+    # P_{t+1} = T P_{t|t} Tᵀ + diag(q) by rows (see `_rows_apply`)
+    P_f = st.cov - (M[:, None] * M[None]) * inv_F            # P − M Mᵀ/F, exactly symmetric
+    TP = jnp.stack(_rows_apply(lay, T, list(P_f)))
+    P_next = (jnp.stack(_rows_apply(lay, T, list(jnp.swapaxes(TP, 0, 1))))
+              + jnp.eye(lay.n_states)[:, :, None] * system.state_var[None])
+    steady = jnp.zeros_like(observed)
+    if not lay.time_varying_design:   # the filter's test ‖ΔP‖² ≤ tol ‖P‖² (as dot products: one kernel each)
+        diff, P_flat = jnp.reshape(P_next - st.cov, (-1, y.shape[0])), jnp.reshape(P_next, (-1, y.shape[0]))
+        change, size = jnp.einsum("ks,ks->s", diff, diff), jnp.einsum("ks,ks->s", P_flat, P_flat)
+        steady = updated & st.prev_observed & (change <= kalman.TOL_STEADY * size)
+    return kalman.FilterState(a_next, P_next, st.diffuse_cov, jnp.zeros_like(observed), steady, K, F,
+                              observed), loglik
+
+
+def _kalman_step(config: OnlineConfig, lay, system: System, st: kalman.FilterState, y, d, z):
+    """The bank's Kalman step: (next filter state, loglik, F∞ (draw,), component still diffuse (component, draw)).
+
+    Picks the cheapest exact update for the whole bank, as `kalman.step` does: mean only when every
+    draw is steady and y_t observed; the fused standard update when no draw is diffuse (dense P);
+    otherwise the filter's own exact-diffuse step, which also reports F∞ = z P∞ z and, per
+    component, whether its block of the next P∞ is still non-zero.
+    """
+    n_draws = y.shape[0]
+    no_diffuse = (jnp.zeros(n_draws), jnp.zeros((len(_component_index(config.spec)), n_draws), bool))
+
+    def diffuse():
+        fs, loglik = kalman.step(lay, system, st, y, d, z, sqrt=config.sqrt)
+        Pinf = jnp.where(st.diffuse, st.diffuse_cov, 0.0)
+        Fi = jnp.sum(z * kalman._mv(Pinf, z), axis=0)
+        still = [jnp.sum(_block(fs.diffuse_cov, jnp.asarray(ix)) ** 2, axis=(0, 1)) > kalman.TOL_DIFFUSE if ix
+                 else jnp.zeros(n_draws, bool) for _, ix, _ in _component_index(config.spec)]
+        return fs, loglik, Fi, jnp.stack(still) if still else no_diffuse[1]
+
+    def standard():
+        if config.sqrt:
+            return kalman.step(lay, system, st, y, d, z, sqrt=True) + no_diffuse
+        return _standard_step(lay, system, st, y, d, z) + no_diffuse
+
+    def steady():
+        return kalman._steady_step(lay, system, st, y, d, z, config.sqrt, False) + no_diffuse
+
+    index = jnp.where(jnp.all(st.steady & ~jnp.isnan(y)), 0, jnp.where(jnp.any(st.diffuse), 2, 1))
+    return lax.switch(index, [steady, standard, diffuse])
 
 
 def _block(P, ix):
@@ -249,60 +396,62 @@ class _DrawStep(NamedTuple):
     comp_var: jnp.ndarray    # (component, draw), inf while diffuse
 
 
-def _per_draw(config: OnlineConfig, z, d, st: kalman.FilterState, K, F, Fi, y, loglik) -> _DrawStep:
+def _per_draw(config: OnlineConfig, lay, z, d, st: kalman.FilterState, K, F, Fi, y, loglik,
+              comp_diffuse=None) -> _DrawStep:
     """Per-draw predictive and filtered quantities of one step from the predicted belief `st`
     and this step's gain K, F* and F∞ (state, draw / draw).
 
-    a_{t|t} = a + K v, and only the few states that enter a component need P_{t|t}:
-    P_{t|t}[ix, ix] = P − K Mᵀ − M Kᵀ + F K Kᵀ on those rows, M = P z (valid for the diffuse,
-    standard and missing cases alike), so no (state, state, draw) array is formed.
+    a_{t|t} = a + K v; the components need only a few entries of P and M = P z (see
+    `_components`), so no (state, state, draw) array is formed. comp_diffuse (component, draw):
+    components whose next P∞ block is non-zero get an infinite variance.
     """
     observed = ~jnp.isnan(y)
     draw_diffuse = Fi > kalman.TOL_DIFFUSE
-    mu = jnp.sum(z * st.mean, axis=0) + d
+    mu = kalman._z_dot(lay, st.mean, z) + d
     updated = observed & (draw_diffuse | (F > 0))
     v = jnp.where(updated, jnp.where(observed, y, 0.0) - mu, 0.0)
     a_f = st.mean + K * v
-
-    def rows(ix):       # P[ix, :] (k, state, draw), dense
-        if config.sqrt:
-            return jnp.einsum("ilb,jlb->ijb", st.cov[ix], st.cov)
-        return st.cov[ix]
-
-    def block_cov(ix):
-        P_rows = rows(ix)
-        M = jnp.sum(P_rows * z[None], axis=1)                    # (k, draw)
-        Kx = K[ix]
-        return (P_rows[:, ix] - Kx[:, None] * M[None] - M[:, None] * Kx[None]
-                + F * Kx[:, None] * Kx[None])
-
-    comp_mu, comp_var = _components(config.spec, z, d, a_f, block_cov)
+    if config.sqrt:   # P = L Lᵀ
+        L = st.cov
+        entry = lambda i, j: jnp.sum(L[i] * L[j], axis=0)
+        M = kalman._mv(L, jnp.sum(L * z[:, None], axis=0))
+    else:
+        entry = lambda i, j: st.cov[i, j]
+        M = kalman._mat_z(lay, st.cov, z)
+    comp_mu, comp_var = _components(config.spec, z, d, a_f, entry, M, K, F)
+    if comp_diffuse is not None:
+        comp_var = jnp.where(comp_diffuse, jnp.inf, comp_var)
     return _DrawStep(mu, F, draw_diffuse, loglik, a_f, comp_mu, comp_var)
 
 
 def step(config: OnlineConfig, bank: Bank, belief: Belief, y, exog=None) -> tuple[Belief, OnlineInfo]:
     """Observe y_t (NaN: predict only) for every draw; re-weight; report the predictive and filtered belief.
 
-    The filter's own step advances the bank (keeping K_t and F*_t in its state); the report
-    needs only O(state·draw) more, plus z P∞ z while some draw is still diffuse.
+    The bank's Kalman step (`_kalman_step`) advances every draw and keeps K_t and F*_t in its
+    state; the report needs only O(state·draw) more.
     """
     spec = config.spec
     lay = layout(spec)
-    n_draws = bank.params.shape[0]
     y = jnp.asarray(y, dtype=jnp.float64)
     z, d = _design(spec, bank, exog)
     st = belief.filter
-    fs, loglik = kalman.step(lay, bank.system, st, jnp.broadcast_to(y, (n_draws,)), d, z, sqrt=config.sqrt)
-    Fi = lax.cond(jnp.any(st.diffuse),
-                  lambda: jnp.sum(z * jnp.sum(st.diffuse_cov * z[None], axis=1), axis=0),
-                  lambda: jnp.zeros(n_draws))
-    ds = _per_draw(config, z, d, st, fs.gain, fs.innov_var, Fi, y, loglik)
-    # a component is diffuse while its block of the next P∞ is non-zero
-    Pinf_next = fs.diffuse_cov
-    still = [jnp.sum(_block(Pinf_next, jnp.asarray(ix)) ** 2, axis=(0, 1)) > kalman.TOL_DIFFUSE if ix
-             else jnp.zeros(n_draws, bool) for _, ix, _ in _component_index(spec)]
-    if still:
-        ds = ds._replace(comp_var=jnp.where(jnp.stack(still), jnp.inf, ds.comp_var))
+    fs, loglik, Fi, still = _kalman_step(config, lay, bank.system, st, jnp.broadcast_to(y, d.shape), d, z)
+    ds = _per_draw(config, lay, z, d, st, fs.gain, fs.innov_var, Fi, y, loglik, still)
+    return _report(config, belief, fs, y, ds)
+
+
+def standard_step(config: OnlineConfig, bank: Bank, belief: Belief, y, exog=None) -> tuple[Belief, OnlineInfo]:
+    """`step` for a bank with no diffuse draw (every `filter.diffuse` False) and a dense P: the
+    fused standard covariance update, without the branch (whose operands XLA would copy)."""
+    if config.sqrt:
+        return step(config, bank, belief, y, exog)
+    spec = config.spec
+    lay = layout(spec)
+    y = jnp.asarray(y, dtype=jnp.float64)
+    z, d = _design(spec, bank, exog)
+    st = belief.filter
+    fs, loglik = _standard_step(lay, bank.system, st, jnp.broadcast_to(y, d.shape), d, z)
+    ds = _per_draw(config, lay, z, d, st, fs.gain, fs.innov_var, jnp.zeros_like(d), y, loglik)
     return _report(config, belief, fs, y, ds)
 
 
@@ -319,36 +468,78 @@ def steady_step(config: OnlineConfig, bank: Bank, belief: Belief, y, exog=None) 
     z, d = _design(spec, bank, exog)
     st = belief.filter
     K, F = st.gain, st.innov_var
-    v = y - jnp.sum(z * st.mean, axis=0) - d
+    v = y - kalman._z_dot(lay, st.mean, z) - d
     loglik = -0.5 * (kalman.LOG_2PI + jnp.log(F) + v * v / F)
-    ds = _per_draw(config, z, d, st, K, F, jnp.zeros_like(F), y, loglik)
-    fs = st._replace(mean=transition_apply(lay, bank.system.transition, ds.filt_mean),
+    ds = _per_draw(config, lay, z, d, st, K, F, jnp.zeros_like(F), y, loglik)
+    fs = st._replace(mean=jnp.stack(_rows_apply(lay, bank.system.transition, list(ds.filt_mean))),
                      prev_observed=jnp.ones_like(st.steady))
     return _report(config, belief, fs, y, ds)
 
 
 def _report(config: OnlineConfig, belief: Belief, fs: kalman.FilterState, y, ds: _DrawStep):
-    """Weights, mixture predictive and bands, calibration, drift, mixed filtered components."""
+    """Weights, mixture predictive and bands, calibration, drift, mixed filtered components.
+
+    Every sum over the draws of one stage is a single reduction (`_sums`): three stages (and
+    one per further Newton step), so the report is a handful of kernels whatever the model.
+    """
     observed = ~jnp.isnan(y)
-    # predictive of y_t under each draw and under the mixture (weights before the update)
     w_prior = jnp.exp(belief.log_weight)
-    diffuse = jnp.any(ds.diffuse)
     mu = ds.mu
     F_finite = jnp.where(ds.diffuse, 1.0, ds.F)
-    mean = jnp.sum(w_prior * mu)
-    var = jnp.where(diffuse, jnp.inf, jnp.sum(w_prior * (F_finite + mu * mu)) - mean * mean)
-    quantiles = jnp.where(diffuse, jnp.nan, mixture_quantiles(w_prior, mu, F_finite, PROBS, config.quantile_iters))
-
-    # sequential importance weights: w_s ∝ w_s p(y_t | θ_s)
+    sd = jnp.sqrt(jnp.maximum(F_finite, 0.0))
     lw = belief.log_weight + ds.loglik
-    log_pred = jax.scipy.special.logsumexp(lw)
+    y0 = jnp.where(observed, y, 0.0)
+    comp_inf = jnp.isinf(ds.comp_var)
+    comp_var = jnp.where(comp_inf, 1.0, ds.comp_var)
+    comp_sd = jnp.sqrt(jnp.maximum(comp_var, 0.0))
+    cq_iters = config.component_quantile_iters
+
+    # stage 1: predictive mean and PIT under the weights before the update; maxima (log weights,
+    # the Newton brackets, and the flags: any draw diffuse, every draw steady, component diffuse)
+    mean, pit = _sums(w_prior * mu, w_prior * 0.5 * lax.erfc((mu - y0) / (np.sqrt(2.0) * sd)))
+    flag = lambda b: jnp.where(b, 1.0, 0.0)
+    tops = [lw, mu + 8 * sd, 8 * sd - mu, flag(ds.diffuse), flag(~fs.steady), flag(fs.diffuse), flag(comp_inf)]
+    if cq_iters:
+        tops += [ds.comp_mu + 8 * comp_sd, 8 * comp_sd - ds.comp_mu]
+    top = _maxima(*tops)
+    lw_max, hi, lo = jnp.where(jnp.isfinite(top[0]), top[0], 0.0), top[1], -top[2]
+    diffuse, steady, settled, comp_diffuse = top[3] > 0, top[4] == 0, top[5] == 0, top[6] > 0
+
+    # stage 2: central moments of the predictive; the updated weights (u ∝ w_post) and the
+    # filtered means mixed with them
+    u = jnp.exp(lw - lw_max)
+    m2, m3, m4, su, su2, state_sum, comp_sum = _sums(*_central_terms(w_prior, mu - mean, F_finite), u, u * u,
+                                                     u * ds.filt_mean, u * ds.comp_mu)
+    log_pred = lw_max + jnp.log(su)
     log_weight = lw - log_pred
-    w_post = jnp.exp(log_weight)
-    ess = 1.0 / jnp.sum(w_post * w_post)
+    ess = su * su / su2
+    w_post = u / su
+    c_mean = comp_sum / su
+    var = jnp.where(diffuse, jnp.inf, m2)
+    q = _cornish_fisher(mean, m2, m3, m4, PROBS)
+
+    # stage 3 (and one more per further Newton step): the components' central moments, then
+    # Newton on the predictive quantiles and (from the next stage) on the components'
+    comp_terms = _central_terms(w_post, ds.comp_mu - c_mean[:, None], comp_var)
+    c_q = None
+    for it in range(max(config.quantile_iters, cq_iters + 1)):
+        newton_y, newton_c = it < config.quantile_iters, 1 <= it <= cq_iters
+        terms = list(comp_terms) if it == 0 else []
+        terms += [w_prior * t for t in _newton_terms(mu, sd, q, PROBS, fast=True)] if newton_y else []
+        terms += [w_post * t for t in _newton_terms(ds.comp_mu, comp_sd, c_q, PROBS, fast=True)] if newton_c else []
+        sums = _sums(*terms)
+        if it == 0:
+            c_m2, c_m3, c_m4, *sums = sums
+            c_q = _cornish_fisher(c_mean, c_m2, c_m3, c_m4, PROBS)
+        if newton_y:
+            q = _newton_update(q, sums[0], sums[1], lo, hi)
+            sums = sums[2:]
+        if newton_c:
+            c_q = _newton_update(c_q, sums[0], sums[1], -top[8], top[7])
+    quantiles = jnp.where(diffuse, jnp.nan, q)
 
     # calibration: PIT, standardised innovation, anomaly flag, two-sided CUSUM
     valid = observed & ~diffuse
-    pit = jnp.sum(w_prior * 0.5 * lax.erfc((mu - jnp.where(observed, y, 0.0)) / jnp.sqrt(2 * F_finite)))
     pit = jnp.where(valid, pit, jnp.nan)
     tiny = jnp.finfo(jnp.float64).eps
     innovation = jnp.where(valid, ndtri(jnp.clip(pit, tiny, 1 - tiny)), jnp.nan)
@@ -360,17 +551,11 @@ def _report(config: OnlineConfig, belief: Belief, fs: kalman.FilterState, y, ds:
     drift = jnp.max(cusum) > config.cusum_h
     cusum = jnp.where(drift, 0.0, cusum)
 
-    # filtered states and components, mixed with the updated weights
-    comp_diffuse = jnp.any(jnp.isinf(ds.comp_var), axis=-1)
-    comp_var_finite = jnp.where(jnp.isinf(ds.comp_var), 1.0, ds.comp_var)
-    c_mean, c_m2, _, _ = mixture_moments(w_post, ds.comp_mu, comp_var_finite)
-    c_q = mixture_quantiles(w_post, ds.comp_mu, comp_var_finite, PROBS, config.component_quantile_iters)
-
     info = OnlineInfo(
         t=belief.t, observed=observed, diffuse=diffuse, draw_mean=mu, draw_var=jnp.where(ds.diffuse, jnp.inf, ds.F),
         loglik=ds.loglik, mean=mean, var=var, quantiles=quantiles, log_pred=log_pred, pit=pit,
-        innovation=innovation, anomaly=anomaly, cusum=cusum, drift=drift, ess=ess, steady=jnp.all(fs.steady),
-        filtered_mean=ds.filt_mean, state_mean=ds.filt_mean @ w_post, component_mean=c_mean,
+        innovation=innovation, anomaly=anomaly, cusum=cusum, drift=drift, ess=ess, steady=steady, settled=settled,
+        filtered_mean=ds.filt_mean, state_mean=state_sum / su, component_mean=c_mean,
         component_var=jnp.where(comp_diffuse, jnp.inf, c_m2),
         component_quantiles=jnp.where(comp_diffuse[:, None], jnp.nan, c_q))
     return Belief(fs, log_weight, cusum, belief.t + 1), info
@@ -455,6 +640,8 @@ def forecast(config: OnlineConfig, bank: Bank, belief: Belief, steps: int, exog_
 # the steady path they pass through untouched instead of being copied
 _step_jit = jax.jit(step, static_argnums=0, donate_argnums=2)
 _step_many_jit = jax.jit(step_many, static_argnums=0, donate_argnums=2)
+_standard_step_jit = jax.jit(standard_step, static_argnums=0, donate_argnums=2)
+_standard_step_many_jit = jax.jit(partial(step_many, one_step=standard_step), static_argnums=0, donate_argnums=2)
 _steady_step_jit = jax.jit(steady_step, static_argnums=0, donate_argnums=2)
 _steady_step_many_jit = jax.jit(partial(step_many, one_step=steady_step), static_argnums=0, donate_argnums=2)
 _catch_up_jit = jax.jit(catch_up, static_argnums=0)
@@ -606,6 +793,7 @@ class OnlineFilter:
         self._pending = None
         self._last_info: OnlineInfo | None = None
         self._steady = False   # every draw's covariance has converged: the O(state·draw) path applies
+        self._settled = not bool(np.any(np.asarray(belief.filter.diffuse)))  # no draw diffuse: no branch needed
         self._unavailable_reported = False
 
     @classmethod
@@ -677,7 +865,8 @@ class OnlineFilter:
         y = float(ys[0])
         self._before_update()
         self._history.extend(np.array([y]), x)
-        fn = _steady_step_jit if self._steady and not np.isnan(y) else _step_jit
+        fn = (_steady_step_jit if self._steady and not np.isnan(y)
+              else _standard_step_jit if self._settled else _step_jit)
         self._belief, info = fn(self.config, self.bank, self._belief, jnp.asarray(y),
                                 None if x is None else jnp.asarray(x[0]))
         self._after_update(info, None, observed=not np.isnan(y))
@@ -691,7 +880,8 @@ class OnlineFilter:
         self._history.extend(ys, x)
         y_pad, x_pad, n_valid = _padded(ys, x)
         observed = not np.isnan(ys).any()
-        fn = _steady_step_many_jit if self._steady and observed else _step_many_jit
+        fn = (_steady_step_many_jit if self._steady and observed
+              else _standard_step_many_jit if self._settled else _step_many_jit)
         self._belief, info = fn(self.config, self.bank, self._belief, y_pad, x_pad, n_valid)
         if len(y_pad) > n:
             info = jax.tree_util.tree_map(lambda a: a[:n], info)
@@ -733,6 +923,7 @@ class OnlineFilter:
         belief = belief._replace(cusum=self._belief.cusum)
         self.bank, self._belief = bank, belief
         self._steady, self._last_info = False, None
+        self._settled = not bool(np.any(np.asarray(belief.filter.diffuse)))
         self.bank_version += 1
         event = dict(event, kind="rejuvenation_done", t_swap=n_now, caught_up=n_now - event["t_start"],
                      ess_after=self.ess, duration_s=time.perf_counter() - event.pop("_t0"))
@@ -748,11 +939,14 @@ class OnlineFilter:
             return
         pinfo, plast = prev
         row = () if plast is None else plast
-        # steadiness only grows while every y is observed, so the lagged flag is safe
-        self._steady = observed and bool(np.asarray(pinfo.steady)[row])
+        # steadiness only grows while every y is observed, and a diffuse part only shrinks, so
+        # the lagged flags are safe
+        steady, settled, ess = (np.asarray(a)[row] for a in jax.device_get((pinfo.steady, pinfo.settled, pinfo.ess)))
+        self._steady = observed and bool(steady)
+        self._settled = self._settled or bool(settled)
         if not self.rejuvenate_enabled or self.rejuvenating:
             return
-        low = float(np.asarray(pinfo.ess)[row]) < self.ess_threshold * self.n_draws
+        low = float(ess) < self.ess_threshold * self.n_draws
         drift = self.refit_on_drift and bool(np.any(np.asarray(pinfo.drift)))
         if low or drift:
             self.rejuvenate(reason="low_ess" if low else "drift")
