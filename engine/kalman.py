@@ -15,11 +15,13 @@ ends at the same step; the steady state is declared when ‖ΔP‖ ≤ 1e-11 ‖
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from .system import Layout, System, transition_apply, transition_sandwich
 
@@ -218,6 +220,93 @@ def _predict(lay, T, q, a_f, P_f, Pinf_f, use_diffuse: bool, sqrt: bool):
     return a, P, Pinf
 
 
+def _standard_steps(lay: Layout, a, P, T, z, H, q, y, d, sqrt: bool = False):
+    """Standard (non-diffuse) steps over y, d (time, batch) from (a, P): the state after them,
+    the last step's K and F, and the log-likelihood terms (time, batch)."""
+    def body(c, x):
+        a, P, _, _ = c
+        y_t, d_t = x
+        a_f, P_f, _, llf, _, Fs, _, _, K = _observe(lay, a, P, None, y_t, z, d_t, H, ~jnp.isnan(y_t), False, sqrt)
+        a_n, P_n, _ = _predict(lay, T, q, a_f, P_f, None, False, sqrt)
+        return (a_n, P_n, K, Fs), llf
+    (a, P, K, F), ll = lax.scan(body, (a, P, jnp.zeros_like(a), jnp.ones_like(H)), (y, d))
+    return a, P, K, F, ll
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _standard_scan(lay: Layout, a, P, T, z, H, q, y, d):
+    """`_standard_steps` (dense covariance) with a hand-written tangent, whose transpose is its
+    reverse mode.
+
+    Plain autodiff of the update differentiates every operation of the symmetrised Joseph-type
+    form and of the masks around it. The tangent below uses P_f = P − M Mᵀ/F (the same function,
+    M = P z, F = zᵀ M + H, K = M/F):
+        dM = dP z,  dF = zᵀ dM + dH,  dv = −zᵀ da,  dK = (dM − K dF)/F,
+        da_f = da + dK v + K dv,  dP_f = dP − K dMᵀ − dM Kᵀ + dF K Kᵀ,
+        dℓ = −½ (dF (1 − v²/F) + 2 v dv)/F,
+        da' = T da_f + dT a_f,  dP' = T dP_f Tᵀ + (dT P_f Tᵀ + its transpose) + diag(dq),
+    which stores only vectors per step (K, F, v; a_f and T P_f only when T has a tangent) and
+    skips the terms of inputs without one (`symbolic_zeros`).
+    """
+    return _standard_steps(lay, a, P, T, z, H, q, y, d)
+
+
+def _transition_tangent(lay: Layout, T, dT, X):
+    """dT X as `transition_apply` sees it: zero in blocks whose action does not read T (dummy)."""
+    return jax.jvp(lambda T_: transition_apply(lay, T_, X), (T,), (dT,))[1]
+
+
+def _standard_scan_jvp(lay: Layout, primals, tangents):
+    a, P, T, z, H, q, y, d = primals
+    da, dP, dT, dz, dH, dq, dy, dd = (None if type(t) is SymbolicZero else t for t in tangents)
+    da = jnp.zeros_like(a) if da is None else da
+    dP = jnp.zeros_like(P) if dP is None else _sym(dP)   # symmetric, as P is: a symmetric cotangent
+
+    def body(c, x):
+        a, P, _, _, da, dP, _, _ = c
+        y_t, d_t, dy_t, dd_t = x
+        observed = ~jnp.isnan(y_t)
+        a_f, P_f, _, llf, v, Fs, _, kind, K = _observe(lay, a, P, None, y_t, z, d_t, H, observed, False, False)
+        a_n, P_n, _ = _predict(lay, T, q, a_f, P_f, None, False, False)
+        s = kind == 1
+        F = jnp.where(s, Fs, 1.0)
+        dM = _mat_z(lay, dP, z)
+        dF = _z_dot(lay, dM, z)
+        dv = -_z_dot(lay, da, z)
+        if dz is not None:
+            dM = dM + _mat_z(lay, P, dz)
+            dF = _z_dot(lay, dM, z) + _z_dot(lay, _mat_z(lay, P, z), dz)
+            dv = dv - _z_dot(lay, a, dz)
+        if dH is not None:
+            dF = dF + dH
+        if dy_t is not None:
+            dv = dv + jnp.where(observed, dy_t, 0.0)
+        if dd_t is not None:
+            dv = dv - dd_t
+        dv = jnp.where(s, dv, 0.0)
+        dK = jnp.where(s, (dM - K * dF) / F, 0.0)
+        da_f = da + dK * v + K * dv
+        dP_f = dP - _outer(K, dM) - _outer(dM, K) + dF * _outer(K, K)
+        dll = jnp.where(s, -0.5 * (dF * (1.0 - v * v / F) + 2.0 * v * dv) / F, 0.0)
+        da_n = transition_apply(lay, T, da_f)
+        dP_n = transition_sandwich(lay, T, dP_f)
+        if dq is not None:
+            dP_n = dP_n + jnp.eye(q.shape[0])[:, :, None] * dq[None]
+        if dT is not None:
+            da_n = da_n + _transition_tangent(lay, T, dT, a_f)
+            X = _transition_tangent(lay, T, dT, jnp.swapaxes(transition_apply(lay, T, P_f), 0, 1))
+            dP_n = dP_n + X + jnp.swapaxes(X, 0, 1)
+        return (a_n, P_n, K, Fs, da_n, dP_n, dK, dF), (llf, dll)
+
+    zero_K, one_F = jnp.zeros_like(a), jnp.ones_like(H)
+    init = (a, P, zero_K, one_F, da, dP, zero_K, jnp.zeros_like(H))
+    (a, P, K, F, da, dP, dK, dF), (ll, dll) = lax.scan(body, init, (y, d, dy, dd))
+    return (a, P, K, F, ll), (da, dP, dK, dF, dll)
+
+
+_standard_scan.defjvp(_standard_scan_jvp, symbolic_zeros=True)
+
+
 def _full_step(lay: Layout, system: System, state: FilterState, y, d, z, use_diffuse: bool, sqrt: bool,
                keep: bool):
     """Observe and predict with the covariance update (diffuse or standard); see `step`."""
@@ -334,14 +423,8 @@ def _run_chunked(lay: Layout, system: System, state: FilterState, y, d, sqrt: bo
 
     def standard(st, xs):
         # carry only what the covariance update needs; the rest of the state is set at the end
-        def body(c, x):
-            a, P, _, _ = c
-            y_t, d_t = x
-            a_f, P_f, _, llf, _, Fs, _, _, K = _observe(lay, a, P, None, y_t, z, d_t, system.obs_var,
-                                                        ~jnp.isnan(y_t), False, sqrt)
-            a_n, P_n, _ = _predict(lay, system.transition, system.state_var, a_f, P_f, None, False, sqrt)
-            return (a_n, P_n, K, Fs), llf
-        (a, P, K, F), ll = lax.scan(body, (st.mean, st.cov, st.gain, st.innov_var), xs[:2])
+        args = (st.mean, st.cov, system.transition, z, system.obs_var, system.state_var, xs[0], xs[1])
+        a, P, K, F, ll = _standard_steps(lay, *args, sqrt=True) if sqrt else _standard_scan(lay, *args)
         observed = ~jnp.isnan(xs[0])
         steady = jnp.zeros_like(st.steady)
         if not sqrt:  # converged over the whole chunk (stricter than one step's change), all observed
