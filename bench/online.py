@@ -6,6 +6,9 @@ parameters jittered around a base value); history length T. For each (S, T):
 * online      — `OnlineFilter.update(y)` for one new observation (full info: mixture bands,
                 components, PIT, ESS), blocked on the result, median over many observations;
 * micro-batch — `update_many` of 64 observations, per observation;
+* naive bank  — the in-run reference for the update: `jax.vmap` over the draws of a plain dense
+                Kalman step (a ← T(a + K v), P ← T(P − K Kᵀ F)Tᵀ + Q with m×m matmuls), no report;
+                the machine may be loaded, so compare the update to it as a ratio;
 * re-filter   — what a user does without an online engine: re-run the filter over the whole
                 history for every new point. Ours: one batched pass over the S draws
                 (`loglik_many`-style, one call); statsmodels: `UnobservedComponents.loglike`
@@ -19,6 +22,7 @@ Every peer runs in this same process; ratios are printed at the end.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import warnings
 
@@ -27,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import engine
-from engine.model import _run
+from engine.model import _run, _systems
 
 SPEC = engine.ModelSpec.from_dict({"level": {"kind": "local_linear_trend"},
                                    "seasonal": [{"period": 12, "form": "dummy"}]})
@@ -75,6 +79,31 @@ def online_latency(S: int, T: int, y: np.ndarray, n_updates: int):
     return catch_up, float(np.median(times)), float(np.percentile(times, 90)), batch / 64, steady
 
 
+def naive_bank_latency(S: int, T: int, y: np.ndarray, n_updates: int) -> float:
+    """Per-observation seconds of a dense vmapped Kalman bank (no structure, no report), median."""
+    system = _systems(SPEC, jnp.asarray(draws(S)), None)   # batch-leading
+    z = system.design[0]
+
+    def one(a, P, T, Q, H, y_t):
+        F = z @ P @ z + H
+        K = P @ z / F
+        v = y_t - z @ a
+        return T @ (a + K * v), T @ (P - jnp.outer(K, K) * F) @ T.T + Q, -0.5 * (jnp.log(2 * jnp.pi * F) + v * v / F)
+
+    step = jax.jit(lambda a, P, y_t: jax.vmap(one, (0, 0, 0, 0, 0, None))(
+        a, P, system.transition, jax.vmap(jnp.diag)(system.state_var), system.obs_var, y_t), donate_argnums=(0, 1))
+    m = system.transition.shape[-1]
+    a, P = jnp.zeros((S, m)), jnp.broadcast_to(1e3 * jnp.eye(m), (S, m, m))
+    times = []
+    for i, v in enumerate(y[T:T + 5 + n_updates]):
+        t0 = time.perf_counter()
+        a, P, ll = step(a, P, float(v))
+        jax.block_until_ready(ll)
+        if i >= 5:
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
 def refilter_ours(S: int, T: int, y: np.ndarray) -> float:
     """One batched exact filter pass over the history for all S draws (the per-point cost)."""
     Y = jnp.broadcast_to(jnp.asarray(y[:T])[:, None], (T, S))
@@ -100,6 +129,7 @@ def main():
     ap.add_argument("--history", type=int, nargs="+", default=[100, 100_000])
     ap.add_argument("--updates", type=int, default=200)
     args = ap.parse_args()
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)", flush=True)
     n_stream = 5 + args.updates + 64 * 6
     y_all = np.asarray(engine.simulate(jax.random.PRNGKey(0), SPEC, PARAMS, max(args.history) + n_stream))
     sm_cost = {T: refilter_statsmodels(T, y_all) for T in args.history}
@@ -108,18 +138,22 @@ def main():
         for T in args.history:
             y = np.concatenate([y_all[:T], y_all[max(args.history):]])
             catch, med, p90, per_obs_batch, steady = online_latency(S, T, y, args.updates)
+            naive = naive_bank_latency(S, T, y, args.updates)
             ours = refilter_ours(S, T, y)
-            rows.append((S, T, catch, med, p90, per_obs_batch, steady, ours, sm_cost[T] * S))
+            rows.append((S, T, catch, med, p90, per_obs_batch, steady, naive, ours, sm_cost[T] * S))
             print(f"S={S:5d} T={T:7d}: update {med * 1e3:.3f} ms (p90 {p90 * 1e3:.3f}), micro-batch "
-                  f"{per_obs_batch * 1e3:.3f} ms/obs, steady {steady:.0%}; re-filter ours {ours * 1e3:.1f} ms, "
-                  f"statsmodels {sm_cost[T] * S * 1e3:.1f} ms", flush=True)
+                  f"{per_obs_batch * 1e3:.3f} ms/obs, steady {steady:.0%}; naive dense bank {naive * 1e3:.3f} ms; "
+                  f"re-filter ours {ours * 1e3:.1f} ms, statsmodels {sm_cost[T] * S * 1e3:.1f} ms", flush=True)
     print()
     print(f"{'S':>5} {'T':>7} | {'catch-up s':>10} | {'update ms':>9} {'p90':>7} {'batch ms/obs':>12} {'steady':>6} | "
-          f"{'refilter ours ms':>16} {'statsmodels ms':>14} | {'× ours':>9} {'× sm':>10}")
-    for S, T, catch, med, p90, b, steady, ours, sm in rows:
+          f"{'naive ms':>8} {'/naive':>6} | {'refilter ours ms':>16} {'statsmodels ms':>14} | {'× ours':>9} {'× sm':>10}")
+    for S, T, catch, med, p90, b, steady, naive, ours, sm in rows:
         print(f"{S:>5} {T:>7} | {catch:>10.2f} | {med * 1e3:>9.3f} {p90 * 1e3:>7.3f} {b * 1e3:>12.3f} {steady:>6.0%} | "
-              f"{ours * 1e3:>16.1f} {sm * 1e3:>14.1f} | {ours / med:>9.0f} {sm / med:>10.0f}")
+              f"{naive * 1e3:>8.3f} {med / naive:>6.2f} | {ours * 1e3:>16.1f} {sm * 1e3:>14.1f} | "
+              f"{ours / med:>9.0f} {sm / med:>10.0f}")
     print("\nstatsmodels: one draw timed, × S. '× ours' / '× sm': re-filter cost per point / online update latency.")
+    print("naive: dense vmapped Kalman bank, no report (the update's in-run reference; '/naive' = update / naive).")
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for S in args.draws:
         by_t = {T: med for s, T, _, med, *_ in rows if s == S}
         if len(by_t) > 1:

@@ -164,6 +164,11 @@ def test_one_trace_per_step():
     for v in _series(n=40):
         filt.update(v)
     assert online._step_jit._cache_size() == size
+    assert filt._settled and not filt._steady   # the rest went through the fused standard step
+    size = online._standard_step_jit._cache_size()
+    for v in _series(n=40, seed=2):
+        filt.update(v)
+    assert online._standard_step_jit._cache_size() == size
     # micro-batches are padded to powers of two (at least 8): sizes 1..8 share one trace
     filt.update_many(np.ones(5))
     size = online._step_many_jit._cache_size()
@@ -392,3 +397,67 @@ def test_steady_bank_takes_the_mean_only_path_and_still_equals_batch():
     ref = engine.filter_series(SPEC, draws[0], y)
     assert_rel_close(np.array([i.component_var for i in infos1]),
                      np.stack([ref.filtered_cov[400:420, k, k] for k in range(3)], 1), 1e-9, "component var")
+
+
+# -- the fused bank step ---------------------------------------------------------------------
+RICH = {"level": {"kind": "local_linear_trend"}, "seasonal": [{"period": 4}, {"period": 7, "form": "trig"}],
+        "cycle": {"period_bounds": [6, 20], "damped": True}, "autoregressive": {"order": 2}}
+
+
+def _rich_bank(n_draws=3, seed=0):
+    names = engine.param_names(RICH)
+    base = {n: 0.3 for n in names}
+    base.update({"frequency.cycle": 2 * np.pi / 10, "damping.cycle": 0.9, "ar.L1": 0.5, "ar.L2": -0.2})
+    rng = np.random.default_rng(seed)
+    draws = np.array([[base[n] * np.exp(0.1 * rng.standard_normal()) for n in names] for _ in range(n_draws)])
+    return draws, engine.make_bank(RICH, draws)
+
+
+def test_rows_apply_is_the_block_transition():
+    """T X by rows equals the block-structured product for every block kind (dense, dummy, k = 1)."""
+    from engine.system import layout, transition_apply
+    _, bank = _rich_bank()
+    lay = layout(RICH)
+    X = jnp.asarray(np.random.default_rng(1).standard_normal((lay.n_states, lay.n_states, 3)))
+    T = bank.system.transition
+    np.testing.assert_allclose(np.stack(online._rows_apply(lay, T, list(X))), transition_apply(lay, T, X),
+                               rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(np.stack(online._rows_apply(lay, T, list(X[:, 0]))), transition_apply(lay, T, X[:, 0]),
+                               rtol=1e-13, atol=1e-13)
+
+
+def test_fused_standard_step_equals_the_filters_step():
+    """The bank's fused standard update gives the filter's own step (state, gain, steady test, loglik),
+    observed and missing, for a model with every kind of block."""
+    from engine import kalman
+    from engine.system import layout
+    draws, bank = _rich_bank()
+    lay = layout(RICH)
+    y = np.array(engine.simulate(jax.random.PRNGKey(5), RICH, draws[0], 60))
+    config = engine.OnlineConfig(engine.ModelSpec.from_dict(RICH))
+    belief = engine.online_catch_up(config, bank, engine.online_init(config, bank), y[:40])
+    assert not np.any(np.asarray(belief.filter.diffuse))
+    st, z, d = belief.filter, bank.system.design, jnp.zeros(3)
+    for v in (y[40], np.nan, y[41]):
+        yb = jnp.full(3, v)
+        ours, ll = online._standard_step(lay, bank.system, st, yb, d, z)
+        ref, ll_ref = kalman.step(lay, bank.system, st, yb, d, z)
+        np.testing.assert_allclose(ll, ll_ref, rtol=1e-12, atol=1e-12)
+        for name, a, b in zip(ref._fields, ours, ref):
+            np.testing.assert_allclose(np.asarray(a, float), np.asarray(b, float), rtol=1e-11, atol=1e-11, err_msg=name)
+        st = ours
+
+
+def test_bank_bands_match_the_mixture_quantiles():
+    """The step's predictive bands (Newton with the fast normal CDF) agree with `mixture_quantiles`
+    (exact CDF, same Newton step) for a spread-out bank."""
+    y = _series(seed=6, gaps=())
+    draws = _draws(50, spread=0.8)
+    filt = engine.OnlineFilter(SPEC, draws, y_history=y[:30], rejuvenate=False)
+    w = filt.weights
+    info = jax.device_get(filt.update(y[30]))
+    ref = np.asarray(online.mixture_quantiles(jnp.asarray(w), jnp.asarray(info.draw_mean),
+                                              jnp.asarray(info.draw_var), online.PROBS, iters=1))
+    np.testing.assert_allclose(info.quantiles, ref, atol=1e-5 * np.sqrt(float(info.var)))
+    cdf = np.sum(w * scipy.stats.norm.cdf((info.quantiles[:, None] - info.draw_mean) / np.sqrt(info.draw_var)), axis=1)
+    np.testing.assert_allclose(cdf, online.PROBS, atol=2e-3)
