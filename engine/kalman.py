@@ -240,13 +240,15 @@ def _standard_scan(lay: Layout, a, P, T, z, H, q, y, d):
 
     Plain autodiff of the update differentiates every operation of the symmetrised Joseph-type
     form and of the masks around it. The tangent below uses P_f = P − M Mᵀ/F (the same function,
-    M = P z, F = zᵀ M + H, K = M/F):
-        dM = dP z,  dF = zᵀ dM + dH,  dv = −zᵀ da,  dK = (dM − K dF)/F,
-        da_f = da + dK v + K dv,  dP_f = dP − K dMᵀ − dM Kᵀ + dF K Kᵀ,
-        dℓ = −½ (dF (1 − v²/F) + 2 v dv)/F,
-        da' = T da_f + dT a_f,  dP' = T dP_f Tᵀ + (dT P_f Tᵀ + its transpose) + diag(dq),
-    which stores only vectors per step (K, F, v; a_f and T P_f only when T has a tangent) and
-    skips the terms of inputs without one (`symbolic_zeros`).
+    M = P z, F = zᵀ M + H, K = M/F; w = 1/F on standard steps, 0 on skipped ones):
+        dM = dP z,  dF = zᵀ dM + dH,  dv = −zᵀ da − dd,  dK = (dM − K dF) w,
+        da_f = da + dK v + K dv,  dP_f = dP − K (dM − ½ dF K)ᵀ − (dM − ½ dF K) Kᵀ,
+        dℓ = −½ dF (w − v² w²) − v w dv,
+        da' = T da_f + dT a_f,  dP' = T dP_f Tᵀ + (dT P_f Tᵀ + its transpose) + diag(dq).
+    A first scan runs the filter and packs what the tangent reads into one array per step
+    (K, v, w; a_f and P_f only when T has a tangent); a second, linear scan runs the tangent, so
+    reverse mode stores those vectors and transposes only the second scan. Inputs without a
+    tangent (`symbolic_zeros`) add no terms.
     """
     return _standard_steps(lay, a, P, T, z, H, q, y, d)
 
@@ -259,49 +261,60 @@ def _transition_tangent(lay: Layout, T, dT, X):
 def _standard_scan_jvp(lay: Layout, primals, tangents):
     a, P, T, z, H, q, y, d = primals
     da, dP, dT, dz, dH, dq, dy, dd = (None if type(t) is SymbolicZero else t for t in tangents)
-    da = jnp.zeros_like(a) if da is None else da
-    dP = jnp.zeros_like(P) if dP is None else _sym(dP)   # symmetric, as P is: a symmetric cotangent
+    if dz is not None or dy is not None:   # not met by the models (fixed design, data as given)
+        tangents = tuple(jnp.zeros_like(p) if type(t) is SymbolicZero else t for p, t in zip(primals, tangents))
+        return jax.jvp(partial(_standard_steps, lay), primals, tangents)
+    m = a.shape[0]
 
     def body(c, x):
-        a, P, _, _, da, dP, _, _ = c
-        y_t, d_t, dy_t, dd_t = x
-        observed = ~jnp.isnan(y_t)
-        a_f, P_f, _, llf, v, Fs, _, kind, K = _observe(lay, a, P, None, y_t, z, d_t, H, observed, False, False)
+        a, P, _, _ = c
+        y_t, d_t = x
+        a_f, P_f, _, llf, v, Fs, _, kind, K = _observe(lay, a, P, None, y_t, z, d_t, H, ~jnp.isnan(y_t), False, False)
         a_n, P_n, _ = _predict(lay, T, q, a_f, P_f, None, False, False)
         s = kind == 1
-        F = jnp.where(s, Fs, 1.0)
+        w = jnp.where(s, 1.0 / jnp.where(s, Fs, 1.0), 0.0)
+        packed = [K, v[None], w[None], llf[None]]
+        if dT is not None:
+            packed += [a_f, P_f.reshape(m * m, -1)]
+        return (a_n, P_n, K, Fs), jnp.concatenate(packed, axis=0)
+
+    zero_K, one_F = jnp.zeros_like(a), jnp.ones_like(H)
+    (a_n, P_n, K_n, F_n), packed = lax.scan(body, (a, P, zero_K, one_F), (y, d))
+    K_all, v_all, w_all, ll = packed[:, :m], packed[:, m], packed[:, m + 1], packed[:, m + 2]
+    extra = (packed[:, m + 3:2 * m + 3], packed[:, 2 * m + 3:].reshape((-1, m, m) + a.shape[1:])) if dT is not None else None
+
+    def tangent(c, x):
+        da, dP, _, _ = c
+        K, v, w, dd_t, ex = x
         dM = _mat_z(lay, dP, z)
         dF = _z_dot(lay, dM, z)
-        dv = -_z_dot(lay, da, z)
-        if dz is not None:
-            dM = dM + _mat_z(lay, P, dz)
-            dF = _z_dot(lay, dM, z) + _z_dot(lay, _mat_z(lay, P, z), dz)
-            dv = dv - _z_dot(lay, a, dz)
         if dH is not None:
             dF = dF + dH
-        if dy_t is not None:
-            dv = dv + jnp.where(observed, dy_t, 0.0)
+        dv = -_z_dot(lay, da, z)
         if dd_t is not None:
             dv = dv - dd_t
-        dv = jnp.where(s, dv, 0.0)
-        dK = jnp.where(s, (dM - K * dF) / F, 0.0)
+        dv = jnp.where(w > 0, dv, 0.0)
+        dK = (dM - K * dF) * w
         da_f = da + dK * v + K * dv
-        dP_f = dP - _outer(K, dM) - _outer(dM, K) + dF * _outer(K, K)
-        dll = jnp.where(s, -0.5 * (dF * (1.0 - v * v / F) + 2.0 * v * dv) / F, 0.0)
+        G = dM - 0.5 * dF * K
+        dP_f = dP - _outer(K, G) - _outer(G, K)
+        dll = -0.5 * dF * (w - (v * w) ** 2) - v * w * dv
         da_n = transition_apply(lay, T, da_f)
         dP_n = transition_sandwich(lay, T, dP_f)
         if dq is not None:
-            dP_n = dP_n + jnp.eye(q.shape[0])[:, :, None] * dq[None]
+            dP_n = dP_n + jnp.eye(m)[:, :, None] * dq[None]
         if dT is not None:
+            a_f, P_f = ex
             da_n = da_n + _transition_tangent(lay, T, dT, a_f)
             X = _transition_tangent(lay, T, dT, jnp.swapaxes(transition_apply(lay, T, P_f), 0, 1))
             dP_n = dP_n + X + jnp.swapaxes(X, 0, 1)
-        return (a_n, P_n, K, Fs, da_n, dP_n, dK, dF), (llf, dll)
+        return (da_n, dP_n, dK, dF), dll
 
-    zero_K, one_F = jnp.zeros_like(a), jnp.ones_like(H)
-    init = (a, P, zero_K, one_F, da, dP, zero_K, jnp.zeros_like(H))
-    (a, P, K, F, da, dP, dK, dF), (ll, dll) = lax.scan(body, init, (y, d, dy, dd))
-    return (a, P, K, F, ll), (da, dP, dK, dF, dll)
+    da = jnp.zeros_like(a) if da is None else da
+    dP = jnp.zeros_like(P) if dP is None else _sym(dP)   # symmetric, as P is: a symmetric cotangent
+    init = (da, dP, jnp.zeros_like(a), jnp.zeros_like(H))
+    (da_n, dP_n, dK_n, dF_n), dll = lax.scan(tangent, init, (K_all, v_all, w_all, dd, extra))
+    return (a_n, P_n, K_n, F_n, ll), (da_n, dP_n, dK_n, dF_n, dll)
 
 
 _standard_scan.defjvp(_standard_scan_jvp, symbolic_zeros=True)
