@@ -745,6 +745,11 @@ class OnlineFilter:
     thread resamples and moves the draws with MCMC on the full-data posterior; the stream keeps
     using the old bank meanwhile and the new one is swapped in at the next update, after
     catching up on what arrived during the move. Each event goes to `events` and `on_event`.
+
+    `params` are draws from the prior (or any weighted set): catching up on `y_history`
+    weights each by its likelihood, as sequential importance sampling does. Posterior draws
+    given that history go through `from_posterior` (or `weigh_history=False`), which keeps
+    their weights.
     """
 
     def __init__(self, spec, params, *, y_history=None, exog_history=None, log_weight=None,
@@ -753,7 +758,7 @@ class OnlineFilter:
                  cusum_h: float = 5.0,
                  ess_threshold: float = 0.5, rejuvenate: bool = True, refit_on_drift: bool = False,
                  log_posterior: Callable | None = None, priors=None, move_steps: int = 10,
-                 seed: int = 0, on_event: Callable[[dict], None] | None = None):
+                 seed: int = 0, on_event: Callable[[dict], None] | None = None, weigh_history: bool = True):
         spec = as_spec(spec)
         self.spec = spec
         self.config = OnlineConfig(spec, bool(sqrt), int(quantile_iters), float(anomaly_z),
@@ -773,8 +778,11 @@ class OnlineFilter:
         if belief is None:
             belief = _init_jit(self.config, self.bank, None if log_weight is None else jnp.asarray(log_weight))
             if len(y_hist):
+                start_weight = belief.log_weight
                 belief = _catch_up_jit(self.config, self.bank, belief, jnp.asarray(y_hist),
                                        None if x_hist is None else jnp.asarray(x_hist))
+                if not weigh_history:   # the draws already condition on the history
+                    belief = belief._replace(log_weight=start_weight)
         elif int(belief.t) != len(y_hist):
             raise ValueError(f"the belief has consumed {int(belief.t)} observations but the history has {len(y_hist)}")
         self._belief = belief
@@ -798,7 +806,12 @@ class OnlineFilter:
 
     @classmethod
     def from_posterior(cls, spec, posterior, y_history=None, exog_history=None, **kwargs) -> "OnlineFilter":
-        """Bank from an InferenceData / dict of draws / single parameter set, caught up on the history."""
+        """Bank from an InferenceData / dict of draws / single parameter set, caught up on the history.
+
+        The draws come from p(θ | y_history), so catching up does not re-weight them (that would
+        count the history twice); pass `weigh_history=True` for draws from the prior instead.
+        """
+        kwargs.setdefault("weigh_history", False)
         return cls(spec, posterior_draws(spec, posterior), y_history=y_history, exog_history=exog_history,
                    **kwargs)
 

@@ -97,10 +97,11 @@ print(f"{S} draws; posterior means:", dict(zip(names, np.round(theta.mean(axis=0
 # `engine.OnlineFilter.from_posterior` builds the systems of all $S$ draws (batch-last arrays)
 # and runs each draw's exact diffuse filter over the history, so each draw carries
 # $a_{n+1,s}, P_{n+1,s}$. The draws are already a sample of $p(\theta \mid y_{1:n})$, so they enter
-# with equal weights. (Given a history, `from_posterior` weights each draw by its likelihood of
-# that history, which is right for draws from the *prior*; for posterior draws it would count
-# the history twice. So we hand it the belief made by the pure core, `online_init` then
-# `online_catch_up`, with the weights reset to equal.)
+# with equal weights: `from_posterior` does not weight them by their likelihood of the history
+# (that is right for draws from the *prior*, `engine.OnlineFilter(spec, draws, y_history=...)`;
+# for posterior draws it would count the history twice). Several filters below start from the
+# same point, so we make that belief once with the pure core, `online_init` then
+# `online_catch_up` (whose weights we set back to equal), and hand each filter a copy.
 #
 # `update_many` consumes a micro-batch in one compiled loop and returns the per-step
 # `OnlineInfo`: the mixture predictive (mean, quantiles), PIT and standardised innovation, the

@@ -461,3 +461,18 @@ def test_bank_bands_match_the_mixture_quantiles():
     np.testing.assert_allclose(info.quantiles, ref, atol=1e-5 * np.sqrt(float(info.var)))
     cdf = np.sum(w * scipy.stats.norm.cdf((info.quantiles[:, None] - info.draw_mean) / np.sqrt(info.draw_var)), axis=1)
     np.testing.assert_allclose(cdf, online.PROBS, atol=2e-3)
+
+
+def test_posterior_draws_are_not_weighted_by_the_history_they_condition_on():
+    """from_posterior: draws from p(θ | y_history) keep equal weights after the catch-up; the
+    constructor (prior draws) weights them by the history's likelihood, the exact IS weights."""
+    y = np.asarray(engine.simulate(jax.random.PRNGKey(3), {"irregular": True}, [1.0], 200))
+    draws = {"sigma2.irregular": np.random.default_rng(1).uniform(0.8, 1.2, 50)}
+    post = engine.OnlineFilter.from_posterior({"irregular": True}, draws, y, rejuvenate=False)
+    assert_rel_close(post.weights, np.full(50, 1 / 50), 1e-12, "posterior weights")
+    assert post.ess == pytest.approx(50.0)
+    prior = engine.OnlineFilter({"irregular": True}, draws["sigma2.irregular"][:, None], y_history=y,
+                                rejuvenate=False)
+    ll = np.array([float(engine.loglik({"irregular": True}, [v], y)) for v in draws["sigma2.irregular"]])
+    w = np.exp(ll - ll.max())
+    assert_rel_close(prior.weights, w / w.sum(), 1e-9, "importance weights")
