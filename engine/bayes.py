@@ -274,6 +274,43 @@ def log_posterior(spec, y, exog=None, priors: Mapping | None = None):
     return logp, _to_unconstrained_fn(prob), _to_constrained_fn(prob)
 
 
+def _traced_maps(spec: ModelSpec, families: tuple[str, ...], prior_args):
+    """(to_unconstrained, to_constrained) with the priors' numbers as (traceable) arguments."""
+    sites = sample_sites(spec)
+    tr = {n: biject_to(make_distribution(f, a).support) for n, f, a in zip(sites, families, prior_args)}
+
+    def to_unconstrained(pvec):
+        values = _params_to_site_values(spec, pvec)
+        return jnp.stack([tr[n].inv(values[n]) for n in sorted(sites)])
+
+    def to_constrained(z):
+        return _site_values_to_params(spec, {n: tr[n](z[i]) for i, n in enumerate(sorted(sites))})
+    return to_unconstrained, to_constrained
+
+
+@partial(jax.jit, static_argnames=("spec", "families", "n_steps"))
+def _move_jit(key, spec, families, n_steps, params, log_weight, args):
+    from .rejuvenation import resample_move
+
+    potential = _vector_potential(spec, families, args)
+    to_u, to_c = _traced_maps(spec, families, args[2])
+    return resample_move(key, lambda z: -potential(z), to_u, to_c, params, log_weight, n_steps)
+
+
+def move_on_posterior(key, spec, y, exog, priors, params, log_weight, n_steps: int = 10):
+    """Resample-move (engine.rejuvenation) of weighted draws params (draw, param) on the full-data
+    posterior of y, compiled once per history *bucket*: y is padded with missing values to the
+    next power of two (missing steps leave the likelihood unchanged), so a stream that
+    rejuvenates as it grows reuses a handful of programs."""
+    prob = make_problem(spec, y, exog, priors)
+    n = prob.y.shape[0]
+    size = max(64, 1 << (n - 1).bit_length())
+    y_pad = jnp.concatenate([prob.y, jnp.full(size - n, jnp.nan)])
+    x_pad = None if prob.x is None else jnp.concatenate([prob.x, jnp.zeros((size - n, prob.x.shape[1]))])
+    return _move_jit(key, prob.spec, prob.families, int(n_steps), jnp.asarray(params), jnp.asarray(log_weight),
+                     (y_pad, x_pad, prob.args[2]))
+
+
 # ----------------------------------------------------------------------------- MAP
 
 @dataclass

@@ -1001,11 +1001,16 @@ class OnlineFilter:
 
         def work():
             try:
-                logp, to_unc, to_con = factory(self.spec, jnp.asarray(y), None if x is None else jnp.asarray(x),
-                                               self.priors)
-                move = jax.jit(partial(resample_move, logp=logp, to_unconstrained=to_unc,
-                                       to_constrained=to_con, n_steps=self.move_steps))
-                new_params, move_info = move(key, params=params, log_weight=log_weight)
+                if self._log_posterior is None:   # the fit's posterior: compiled once per history bucket
+                    from .bayes import move_on_posterior
+                    new_params, move_info = move_on_posterior(key, self.spec, y, x, self.priors, params,
+                                                              log_weight, self.move_steps)
+                else:
+                    logp, to_unc, to_con = factory(self.spec, jnp.asarray(y),
+                                                   None if x is None else jnp.asarray(x), self.priors)
+                    move = jax.jit(partial(resample_move, logp=logp, to_unconstrained=to_unc,
+                                           to_constrained=to_con, n_steps=self.move_steps))
+                    new_params, move_info = move(key, params=params, log_weight=log_weight)
                 bank = _make_bank_jit(self.spec, new_params)
                 belief = _init_jit(self.config, bank, None)
                 if t0:

@@ -476,3 +476,25 @@ def test_posterior_draws_are_not_weighted_by_the_history_they_condition_on():
     ll = np.array([float(engine.loglik({"irregular": True}, [v], y)) for v in draws["sigma2.irregular"]])
     w = np.exp(ll - ll.max())
     assert_rel_close(prior.weights, w / w.sum(), 1e-9, "importance weights")
+
+
+def test_rejuvenation_move_pads_the_history_and_equals_the_unpadded_move():
+    """move_on_posterior pads y with missing values to a power of two: the same moved draws as
+    resample_move on the plain log posterior, and one compiled program for a bucket of lengths."""
+    from engine import bayes
+    from engine.rejuvenation import resample_move
+
+    spec = {"level": "local_level"}
+    y = np.asarray(engine.simulate(jax.random.PRNGKey(4), spec, [1.0, 0.2], 90))
+    rng = np.random.default_rng(0)
+    params = np.exp(rng.normal(np.log([1.0, 0.2]), 0.3, (20, 2)))
+    log_weight = rng.normal(size=20)
+    key = jax.random.PRNGKey(7)
+    ours, info = bayes.move_on_posterior(key, spec, y[:70], None, None, params, log_weight, n_steps=3)
+    logp, to_u, to_c = engine.log_posterior(spec, jnp.asarray(y[:70]))
+    ref, ref_info = resample_move(key, logp, to_u, to_c, jnp.asarray(params), jnp.asarray(log_weight), 3)
+    assert_rel_close(ours, ref, 1e-9, "moved draws")
+    assert float(info.acceptance) == pytest.approx(float(ref_info.acceptance))
+    compiled = bayes._move_jit._cache_size()
+    bayes.move_on_posterior(key, spec, y[:90], None, None, params, log_weight, n_steps=3)   # same bucket (128)
+    assert bayes._move_jit._cache_size() == compiled
