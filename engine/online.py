@@ -662,6 +662,25 @@ def _padded(ys: np.ndarray, xs: np.ndarray | None):
     return y_pad, x_pad, jnp.asarray(n)
 
 
+CATCH_UP_PIECE = 4096
+
+
+def _catch_up_pieces(config, bank, belief, ys: np.ndarray, xs: np.ndarray | None) -> Belief:
+    """`catch_up` over pieces of power-of-two lengths (whole pieces of CATCH_UP_PIECE, then the
+    binary digits of the rest), so that catching up on histories of ever new lengths, as each
+    rejuvenation does, reuses at most log2(CATCH_UP_PIECE) + 1 compiled programs."""
+    n, start = len(ys), 0
+    sizes = [CATCH_UP_PIECE] * (n // CATCH_UP_PIECE)
+    rest = n % CATCH_UP_PIECE
+    sizes += [1 << b for b in reversed(range(rest.bit_length())) if rest >> b & 1]
+    for size in sizes:
+        stop = start + size
+        belief = _catch_up_jit(config, bank, belief, jnp.asarray(ys[start:stop]),
+                               None if xs is None else jnp.asarray(xs[start:stop]))
+        start = stop
+    return belief
+
+
 def _advance(config, bank, belief, ys: np.ndarray, xs: np.ndarray | None) -> Belief:
     """Bring a belief forward over a short stretch with the compiled micro-batch step (padded
     shapes: no new compilation), keeping its CUSUM; used to catch a new bank up with the stream."""
@@ -1014,8 +1033,7 @@ class OnlineFilter:
                 bank = _make_bank_jit(self.spec, new_params)
                 belief = _init_jit(self.config, bank, None)
                 if t0:
-                    belief = _catch_up_jit(self.config, bank, belief, jnp.asarray(y),
-                                           None if x is None else jnp.asarray(x))
+                    belief = _catch_up_pieces(self.config, bank, belief, y, x)
                     belief = belief._replace(log_weight=jnp.full(bank.params.shape[0], -jnp.log(bank.params.shape[0])))
                 # keep up with the stream while it runs, so the swap itself has little left to do
                 while True:

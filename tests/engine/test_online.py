@@ -498,3 +498,17 @@ def test_rejuvenation_move_pads_the_history_and_equals_the_unpadded_move():
     compiled = bayes._move_jit._cache_size()
     bayes.move_on_posterior(key, spec, y[:90], None, None, params, log_weight, n_steps=3)   # same bucket (128)
     assert bayes._move_jit._cache_size() == compiled
+
+
+def test_catch_up_in_power_of_two_pieces_equals_one_pass():
+    """Rejuvenation catches a new bank up in pieces of power-of-two lengths: same belief as one pass."""
+    from engine import online
+
+    y = _series(77)
+    y[[3, 50]] = np.nan
+    filt = engine.OnlineFilter(SPEC, _draws(3), rejuvenate=False)
+    one = online._catch_up_jit(filt.config, filt.bank, filt.state, jnp.asarray(y), None)
+    pieces = online._catch_up_pieces(filt.config, filt.bank, filt.state, y, None)   # len(y) = 2^k + ... pieces
+    assert len(y) & (len(y) - 1), "the test needs a length that is not a power of two"
+    for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(pieces)):
+        np.testing.assert_allclose(np.asarray(b, float), np.asarray(a, float), rtol=1e-10, atol=1e-12)
