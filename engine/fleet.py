@@ -36,7 +36,7 @@ import pandas as pd
 from jax import lax
 from numpyro.distributions import biject_to
 
-from . import kalman
+from . import kalman, parallel
 from .bayes import FitCancelled, _params_to_site_values, _site_values_to_params
 from .mle import start_points
 from .model import _systems, as_param_vector
@@ -168,10 +168,12 @@ def series_seed(seed: int, index: int) -> int:
 def _innovations(spec: ModelSpec, P, Y, X):
     """Filter a batch, each member on its own: P (series, k), Y (series, time).
 
-    Every step is the exact-diffuse update for every member (no branch is shared by the batch,
-    so members do not affect each other). Returns log-likelihood terms, innovations v_t,
-    their variances F_t and kinds (0 skipped, 1 standard, 2 diffuse), each (time, series),
-    and the final batch-last `kalman.FilterState`.
+    The exact-diffuse update runs for the first `parallel.prefix_length` steps, which hold
+    every member's diffuse phase unless a member has too few observations there; the rest
+    takes the standard update, or the diffuse one again if some member is still diffuse (one
+    `lax.cond` on the primal state, a branch that each member's numbers do not depend on).
+    Returns log-likelihood terms, innovations v_t, their variances F_t and kinds (0 skipped,
+    1 standard, 2 diffuse), each (time, series), and the final batch-last `kalman.FilterState`.
     """
     lay = layout(spec)
     n_series, n_time = Y.shape
@@ -180,14 +182,51 @@ def _innovations(spec: ModelSpec, P, Y, X):
     d = jnp.broadcast_to(d if d.ndim == 2 else d[None], (n_time, n_series))
     varying = lay.time_varying_design
 
-    def body(state, xs):
-        y_t, d_t, z_t = xs if varying else (*xs, system.design)
-        new, info = kalman._full_step(lay, system, state, y_t, d_t, z_t, True, False, True)
-        return new, (info.loglik, info.innovation, info.innov_var, info.kind.astype(jnp.float64))
+    def scan(use_diffuse: bool, state, xs):
+        def body(state, xs):
+            y_t, d_t, z_t = xs if varying else (*xs, system.design)
+            new, info = kalman._full_step(lay, system, state, y_t, d_t, z_t, use_diffuse, False, True)
+            return new, (info.loglik, info.innovation, info.innov_var, info.kind.astype(jnp.float64))
+        return lax.scan(body, state, xs)
 
     xs = (Y.T, d, system.design) if varying else (Y.T, d)
-    final, (llf, v, F, kind) = lax.scan(body, kalman.init(lay, system), xs)
-    return llf, v, F, kind, final
+    state = kalman.init(lay, system)
+    n_prefix = parallel.prefix_length(lay, n_time)
+    if n_prefix == 0:            # no diffuse states
+        final, out = scan(False, state, xs)
+    elif n_prefix == n_time:
+        final, out = scan(True, state, xs)
+    else:
+        mid, head = scan(True, state, jax.tree_util.tree_map(lambda x: x[:n_prefix], xs))
+        tail_xs = jax.tree_util.tree_map(lambda x: x[n_prefix:], xs)
+        settled = mid._replace(diffuse_cov=jnp.zeros_like(mid.diffuse_cov))   # what the diffuse update keeps
+        final, tail = lax.cond(jnp.any(mid.diffuse), lambda: scan(True, mid, tail_xs),
+                               lambda: scan(False, settled, tail_xs))
+        out = jax.tree_util.tree_map(lambda h, t: jnp.concatenate([h, t]), head, tail)
+    return (*out, final)
+
+
+def _start_moves_to_end(spec: ModelSpec) -> bool:
+    """Whether a late start may be filtered as a ragged end instead (see `_late_starts_to_end`).
+
+    The system is time-invariant (no regression) and every diffuse block's transition has
+    |det| = 1 (trend, seasonals, an undamped cycle), so its diffuse prior, carried over the
+    missing start, is again diffuse with the same normalisation (the noise gathered meanwhile
+    is absorbed), and stationary blocks (AR) are at their stationary law at any time. A damped
+    cycle's diffuse prior shrinks by ρ² a step: its exact-diffuse likelihood changes."""
+    return spec.regression is None and (spec.cycle is None or not spec.cycle.damped)
+
+
+def _late_starts_to_end(Y: np.ndarray) -> np.ndarray:
+    """Each row's leading missing values moved to its end: (series, time) → (series, time).
+
+    For a spec where `_start_moves_to_end` holds the exact-diffuse likelihood is unchanged,
+    and a fleet's late starters then end their diffuse phase as early as the others, so the
+    batched filter can leave the diffuse update after its prefix."""
+    n_time = Y.shape[1]
+    observed = ~np.isnan(Y)
+    first = np.where(observed.any(axis=1), observed.argmax(axis=1), 0)
+    return np.take_along_axis(Y, (np.arange(n_time)[None] + first[:, None]) % n_time, axis=1)
 
 
 # -------------------------------------------------------------- coordinates and objectives
@@ -541,7 +580,9 @@ def _optimise_batch(job: FleetJob, spec: ModelSpec, Y, X, n: int) -> _Fitted:
         np.stack([_member_args(spec, co, Yn[i], x_of(i), job.priors) for i in range(len(Yn))])
     A_mle, A = jnp.asarray(A_mle), jnp.asarray(A)
     Z0 = _start_design(spec, co, jnp.asarray(start_points(spec)), A_mle, A)
-    opt = jax.device_get(_optimise(spec, co, Z0, A, Y, X, int(job.maxiter)))
+    # the fit only needs the likelihood (the table's numbers and beliefs come from the series as given)
+    Y_fit = jnp.asarray(_late_starts_to_end(Yn)) if _start_moves_to_end(spec) else Y
+    opt = jax.device_get(_optimise(spec, co, Z0, A, Y_fit, X, int(job.maxiter)))
     P = np.asarray(_params_of(spec, co, jnp.asarray(opt.z), A))
     iterations = np.asarray(opt.iterations)
     grad = np.max(np.abs(np.asarray(opt.grad)), axis=1)

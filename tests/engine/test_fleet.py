@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import threading
 
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
 
 import engine
 from engine.bayes import log_posterior
-from engine.fleet import (Batch, Coordinates, FleetJob, _coordinates, _log_prior, _member_args, _to_params,
-                          as_panel, run_batch)
+from engine.model import as_param_vector
+from engine.fleet import (Batch, Coordinates, FleetJob, _coordinates, _innovations, _late_starts_to_end,
+                          _log_prior, _member_args, _start_moves_to_end, _to_params, as_panel, run_batch)
 
 SPEC = {"irregular": True, "level": {"kind": "local_level"},
         "seasonal": [{"period": 6, "form": "trig", "harmonics": 1, "stochastic": True}]}
@@ -134,3 +136,80 @@ def test_progress_cancel_and_a_failing_batch(fleet):
     job = FleetJob(SPEC, "bogus", 3)
     out = run_batch(job, Batch(0, ["x", "y", "z"], fleet[:3]))
     assert (out.rows["status"] == "failed").all() and out.rows["message"].str.contains("bogus").all()
+
+
+# One spec per block kind: the late start moved to the end must leave the exact-diffuse
+# likelihood of the series as given unchanged (where `_start_moves_to_end` allows it).
+BLOCK_SPECS = {
+    "local_level": {"irregular": True, "level": {"kind": "local_level"}},
+    "local_linear_trend": {"irregular": True, "level": {"kind": "local_linear_trend"}},
+    "smooth_trend": {"irregular": True, "level": {"kind": "smooth_trend"}},
+    "deterministic_trend": {"irregular": True, "level": {"kind": "deterministic_trend"}},
+    "dummy_seasonal": {"irregular": True, "level": {"kind": "local_level"},
+                       "seasonal": [{"period": 4, "form": "dummy", "stochastic": True}]},
+    "trig_seasonal": {"irregular": True, "level": {"kind": "local_linear_trend"},
+                      "seasonal": [{"period": 6, "form": "trig", "harmonics": 3, "stochastic": True}]},
+    "undamped_cycle": {"irregular": True, "level": {"kind": "local_level"},
+                       "cycle": {"period_bounds": [6, 48], "damped": False, "stochastic": True}},
+    "autoregressive": {"irregular": True, "level": {"kind": "local_level"}, "autoregressive": {"order": 2}},
+}
+PARAM_VALUES = {"frequency.cycle": 0.4, "damping.cycle": 0.8, "ar.L1": 0.5, "ar.L2": -0.3}
+
+
+def _late_start_series(n_time=70, lead=9, seed=0):
+    y = np.cumsum(np.random.default_rng(seed).normal(size=n_time)) + np.sin(np.arange(n_time))
+    y[:lead] = np.nan
+    y[30] = np.nan
+    return y
+
+
+def _batched_loglik(spec, params, y):
+    spec = engine.ModelSpec.from_dict(spec)
+    P = jnp.asarray(as_param_vector(spec, params))[None]
+    return float(jnp.sum(_innovations(spec, P, jnp.asarray(y)[None], None)[0]))
+
+
+@pytest.mark.parametrize("kind", sorted(BLOCK_SPECS))
+def test_late_start_moved_to_the_end_keeps_the_likelihood(kind):
+    spec = BLOCK_SPECS[kind]
+    assert _start_moves_to_end(engine.ModelSpec.from_dict(spec))
+    params = {n: PARAM_VALUES.get(n, 0.7) for n in engine.param_names(spec)}
+    y = _late_start_series()
+    moved = _late_starts_to_end(y[None])[0]
+    np.testing.assert_array_equal(moved[:-9], y[9:])
+    assert np.isnan(moved[-9:]).all()
+    ref = float(engine.loglik(spec, params, y))
+    assert _batched_loglik(spec, params, moved) == pytest.approx(ref, rel=1e-9)
+
+
+def test_late_start_stays_with_a_damped_cycle_or_regression():
+    """A damped cycle's diffuse prior shrinks while missing: its likelihood changes, so no move."""
+    spec = {"irregular": True, "level": {"kind": "local_level"},
+            "cycle": {"period_bounds": [6, 48], "damped": True, "stochastic": True}}
+    params = {n: PARAM_VALUES.get(n, 0.7) for n in engine.param_names(spec)}
+    y = _late_start_series()
+    ref = float(engine.loglik(spec, params, y))
+    assert abs(_batched_loglik(spec, params, _late_starts_to_end(y[None])[0]) - ref) > 1e-3 * abs(ref)
+    assert not _start_moves_to_end(engine.ModelSpec.from_dict(spec))
+    regression = {"irregular": True, "level": {"kind": "local_level"}, "regression": {"columns": ["x"]}}
+    assert not _start_moves_to_end(engine.ModelSpec.from_dict(regression))
+
+
+def test_late_starters_fit_as_given_and_keep_their_belief():
+    """A batch with late starters (moved to the end for the fit): rows equal fit_mle's, the
+    table's log-likelihood is the series' own, and the kept belief continues the series online."""
+    fl = engine.make_fleet(4, 80, seed=5, period=6)
+    Y = fl.Y.copy()
+    Y[1, :13] = np.nan
+    Y[3, :25] = np.nan
+    res = engine.fit_many(SPEC, Y, method="mle", keep=True)
+    for i in (1, 3):
+        ref = engine.fit_mle(SPEC, Y[i])
+        row = res.table.loc[i]
+        assert row["status"] == "ok"
+        assert row["loglik"] == pytest.approx(ref.loglik, rel=1e-6)
+        params = {n: row[n] for n in NAMES}
+        assert row["loglik"] == pytest.approx(float(engine.loglik(SPEC, params, Y[i])), rel=1e-9)
+        online = engine.OnlineFilter(SPEC, params, y_history=Y[i], belief=res.beliefs[str(i)])
+        batch = engine.OnlineFilter(SPEC, params, y_history=Y[i])
+        np.testing.assert_allclose(online.update(2.0).loglik, batch.update(2.0).loglik, rtol=1e-9)
