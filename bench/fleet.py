@@ -74,6 +74,7 @@ def main():
     ap.add_argument("--sm-sample", type=int, default=50)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--no-ray", action="store_true", help="skip the Ray run (statsmodels vs fit_many local only)")
     ap.add_argument("--quick", action="store_true", help="smoke sizes: 64 series, T=120, 5 statsmodels fits")
     args = ap.parse_args()
     if args.quick:
@@ -85,7 +86,7 @@ def main():
     fleet = engine.make_fleet(args.series, args.time, seed=0)
     Y, spec = fleet.Y, fleet.spec
     print(f"fleet: {args.series} series × T={args.time}, spec {spec}, batch {args.batch_size}, "
-          f"CPUs {os.cpu_count()}")
+          f"CPUs {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} (timings on a loaded machine are inflated)")
 
     sm_rate = _statsmodels_rate(Y, min(args.sm_sample, args.series))
     print(f"statsmodels UC fit loop: {sm_rate:.2f} series/s (timed on {min(args.sm_sample, args.series)} series, "
@@ -103,7 +104,11 @@ def main():
     peak_local = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"fit_many local (MAP): {local_rate:.1f} series/s ({local_s:.1f} s), "
           f"{local_rate / sm_rate:.1f}× statsmodels; peak RSS {peak_local:.0f} MiB; "
-          f"status {local.table['status'].value_counts().to_dict()}")
+          f"status {local.table['status'].value_counts().to_dict()}; "
+          f"iterations mean {local.table['n_iterations'].mean():.1f}, max {local.table['n_iterations'].max():.0f}")
+    if args.no_ray:
+        print(f"load average at the end {os.getloadavg()[0]:.1f}")
+        return
 
     cluster.connect(None, num_cpus=args.workers)
     engine.fit_many(spec, Y[: 2 * args.batch_size], method="map", batch_size=args.batch_size, backend="ray")  # warm

@@ -3,9 +3,11 @@
 Series are cut into batches of one fixed shape (the last batch padded with copies of its
 last series, which are dropped), so one compiled program serves every batch of a job. Inside
 a batch the filter runs natively batched (series last) and every member's arithmetic is its
-own: each step takes the exact-diffuse update for all members (`kalman._full_step`), with no
-branch shared across the batch, so a series' result does not depend on which series share its
-batch, on the batch size, or on the backend that ran it.
+own: the exact-diffuse update (`kalman._full_step`) for a prefix that holds the diffuse phase,
+then the standard one (the diffuse one if a member is still diffuse), so a series' result does
+not depend on which series share its batch, on the batch size, or on the backend that ran it.
+For the fit, a late start is filtered as a ragged end where that leaves the likelihood exact
+(`_start_moves_to_end`), so late starters do not keep the batch in the diffuse update.
 
 MLE and MAP fits use Fisher scoring with Levenberg–Marquardt damping on the unconstrained
 parameters z. The gradient and the expected information of the Gaussian likelihood,
@@ -14,6 +16,9 @@ parameters z. The gradient and the expected information of the Gaussian likeliho
 
 come from one forward-mode pass with one tangent per parameter (v_t the innovation, F_t its
 variance), so an iteration costs about k + 1 filter passes and stores no filter history.
+Near a MAP the expected information misses part of the curvature and scoring converges only
+linearly; a structured secant correction (`_secant_update`) is added to the model whenever it
+predicted the last step's decrease better (NL2SOL's switch), which cuts the iterations.
 MLE works on `transforms.constrain` coordinates scaled to each series (as `fit_mle`); MAP on
 NumPyro's unconstrained coordinates of each series' priors, adding the log prior and the log
 Jacobian (the potential `fit_map` minimises), whose exact Hessian is cheap.
@@ -383,14 +388,19 @@ def _optimise(spec, co, Z0, A, Y, X, maxiter: int) -> Optimum:
 
     def body(c):
         z, sc, lam, done = c["z"], c["score"], c["lam"], c["done"]
-        H = sc.info
-        scale = jnp.maximum(jnp.trace(H, axis1=1, axis2=2) / k, 1e-12)
+        H = sc.info + jnp.where(c["augmented"][:, None, None], c["secant"], 0.0)
+        scale = jnp.maximum(jnp.trace(sc.info, axis1=1, axis2=2) / k, 1e-12)
         step = -jnp.linalg.solve(H + (lam * scale)[:, None, None] * eye, sc.grad[..., None])[..., 0]
         biggest = jnp.max(jnp.abs(step), axis=1)
         step = step * jnp.minimum(1.0, MAX_STEP / jnp.where(biggest > 0, biggest, 1.0))[:, None]
         step = jnp.where(jnp.isfinite(step), step, 0.0)
-        curvature = jnp.sum(step[:, :, None] * H * step[:, None, :], axis=(1, 2))
-        predicted = -(jnp.sum(sc.grad * step, axis=1) + 0.5 * curvature)
+        quad = lambda M: jnp.sum(step[:, :, None] * M * step[:, None, :], axis=(1, 2))
+        linear = jnp.sum(sc.grad * step, axis=1)
+        predicted = -(linear + 0.5 * quad(H))
+        # for the next step, the model (scoring alone, or with the secant correction) whose
+        # prediction of this step's decrease was the closer one (as NL2SOL switches models)
+        predicted_scoring = -(linear + 0.5 * quad(sc.info))
+        predicted_secant = -(linear + 0.5 * quad(sc.info + c["secant"]))
         trial = _score(spec, co, z + step, A, Y, X)
         ok = jnp.isfinite(trial.value) & jnp.all(jnp.isfinite(trial.grad), axis=1) \
             & jnp.all(jnp.isfinite(trial.info), axis=(1, 2))
@@ -406,15 +416,37 @@ def _optimise(spec, co, Z0, A, Y, X, maxiter: int) -> Optimum:
         lam_new = jnp.where(accept, lam * jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), lam * c["nu"])
         lam_new = jnp.maximum(lam_new, 1e-12)
         nu_new = jnp.where(accept, 2.0, c["nu"] * 2.0)
-        return {"z": pick(z + step, z), "score": jax.tree_util.tree_map(pick, trial, sc),
+        secant = jnp.where(accept[:, None, None], _secant_update(c["secant"], step, trial.grad - sc.grad, trial.info),
+                           c["secant"])
+        augmented = jnp.abs(drop - predicted_secant) < jnp.abs(drop - predicted_scoring)
+        augmented = jnp.where(ok & ~done, augmented, c["augmented"])
+        return {"secant": secant, "augmented": augmented, "z": pick(z + step, z), "score": jax.tree_util.tree_map(pick, trial, sc),
                 "lam": jnp.where(done, lam, lam_new), "nu": jnp.where(done, c["nu"], nu_new),
                 "done": done | conv | ~done & stuck, "conv": c["conv"] | conv, 
                 "n_iter": c["n_iter"] + (~done).astype(jnp.int32), "it": c["it"] + 1}
 
-    init = {"z": z, "score": s0, "lam": jnp.full(n, 1e-3), "nu": jnp.full(n, 2.0), "done": jnp.zeros(n, bool), "conv": jnp.zeros(n, bool),
+    init = {"z": z, "score": s0, "secant": jnp.zeros((n, k, k)), "augmented": jnp.zeros(n, bool), "lam": jnp.full(n, 1e-3), "nu": jnp.full(n, 2.0), "done": jnp.zeros(n, bool), "conv": jnp.zeros(n, bool),
             "n_iter": jnp.zeros(n, jnp.int32), "it": jnp.zeros((), jnp.int32)}
     out = lax.while_loop(cond, body, init)
     return Optimum(out["z"], out["score"].value, out["score"].grad, out["conv"], out["n_iter"])
+
+
+def _secant_update(S, s, y, info_new):
+    """Structured secant update (Dennis, Gay & Welsch 1981) of the correction S (series, k, k).
+
+    The Hessian model is the scoring matrix plus S; the expected information misses the terms
+    of the observed one that vanish only in expectation (at a MAP, or a misspecified model),
+    which leaves scoring linearly convergent. After a step s with gradient change y, the
+    symmetric (Powell) rank-two change makes the model exact along s: (info_new + S') s = y.
+    """
+    r = y - jnp.einsum("bij,bj->bi", info_new + S, s)
+    ss = jnp.sum(s * s, axis=1)
+    safe = jnp.where(ss > 0, ss, 1.0)
+    rs = jnp.sum(r * s, axis=1)
+    new = S + (r[:, :, None] * s[:, None, :] + s[:, :, None] * r[:, None, :]) / safe[:, None, None] \
+        - (rs / safe ** 2)[:, None, None] * s[:, :, None] * s[:, None, :]
+    keep = (ss > 0) & jnp.all(jnp.isfinite(new), axis=(1, 2))
+    return jnp.where(keep[:, None, None], new, S)
 
 
 @partial(jax.jit, static_argnames=("spec", "co"))
