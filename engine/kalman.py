@@ -345,14 +345,28 @@ def _full_step(lay: Layout, system: System, state: FilterState, y, d, z, use_dif
     return new, info
 
 
+def _steady_update(lay: Layout, T, z, K, F, a, y, d):
+    """The steady-state step a' = T(a + K v) with its a_f, v and log-likelihood term (y observed)."""
+    v = jnp.where(jnp.isnan(y), 0.0, y) - _z_dot(lay, a, z) - d
+    a_f = a + K * v
+    return transition_apply(lay, T, a_f), a_f, v, -0.5 * (LOG_2PI + jnp.log(F) + v * v / F)
+
+
+def _steady_steps(lay: Layout, a, K, F, T, z, y, d):
+    """Steady steps over y, d (time, batch) at a converged (K, F): the final mean and the
+    log-likelihood terms. Only the mean is carried, so reverse mode carries nothing m×m."""
+    def body(a, x):
+        a_n, _, _, llf = _steady_update(lay, T, z, K, F, a, *x)
+        return a_n, llf
+    return lax.scan(body, a, (y, d))
+
+
 def _steady_step(lay: Layout, system: System, state: FilterState, y, d, z, sqrt: bool, keep: bool):
     """Observe and predict at the converged covariance: only the mean moves, a ← T(a + K v)."""
     observed = ~jnp.isnan(y)
     K, F = state.gain, state.innov_var
-    v = jnp.where(observed, y, 0.0) - _z_dot(lay, state.mean, z) - d
-    a_f = state.mean + K * v
-    llf = -0.5 * (LOG_2PI + jnp.log(F) + v * v / F)
-    new = state._replace(mean=transition_apply(lay, system.transition, a_f), prev_observed=observed)
+    a_n, a_f, v, llf = _steady_update(lay, system.transition, z, K, F, state.mean, y, d)
+    new = state._replace(mean=a_n, prev_observed=observed)
     if not keep:
         return new, llf
     P = _dense(state.cov, sqrt)
@@ -447,7 +461,8 @@ def _run_chunked(lay: Layout, system: System, state: FilterState, y, d, sqrt: bo
         return st._replace(mean=a, cov=P, gain=K, innov_var=F, steady=steady, prev_observed=observed[-1]), ll
 
     def steady(st, xs):
-        return lax.scan(lambda c, x: _steady_step(lay, system, c, x[0], x[1], z, sqrt, False), st, xs[:2])
+        a, ll = _steady_steps(lay, st.mean, st.gain, st.innov_var, system.transition, z, xs[0], xs[1])
+        return st._replace(mean=a, prev_observed=~jnp.isnan(xs[0][-1])), ll
 
     def chunk(st, xs):
         y_k, _, ok = xs

@@ -18,7 +18,7 @@ import statsmodels.api as sm
 
 import engine
 
-from .helpers import (KINDS, RTOL_LL, air, assert_rel_close, co2, default_params, nile, seatbelts,
+from .helpers import (GAP_INDEX, KINDS, RTOL_LL, air, assert_rel_close, co2, default_params, nile, seatbelts,
                       sm_model, with_gaps)
 
 BETAS = {"beta.petrol_price": -2.0, "beta.law": -0.2}
@@ -468,6 +468,84 @@ def test_sqrt_filter_gradient_equals_standard(case, gaps):
     sq = np.asarray(jax.grad(lambda v: engine.loglik(spec, v, y, filter="sqrt"))(jnp.asarray(p)))
     assert np.all(np.isfinite(sq)), sq
     np.testing.assert_allclose(sq, std, rtol=1e-6)
+
+
+# The single-series filter runs in chunks (exact-diffuse, standard or steady) and gives the
+# standard chunks a hand-written tangent; the per-step filter behind filter_series is plain
+# autodiff through one branch per step. Both must give the same derivatives in every regime.
+def _stepwise_loglik(spec, p, y, exog=None):
+    """Log-likelihood from the per-step filter (one branch per step, plain autodiff): the reference."""
+    return jnp.sum(engine.filter_series(spec, p, y, exog, filter="standard").loglik_terms)
+
+
+def _ends_steady(spec, p, y) -> bool:
+    """Whether the chunked single-series filter has reached its steady (mean-only) regime."""
+    from engine.model import _run
+    final, _ = _run(engine.ModelSpec.from_dict(spec), jnp.asarray(p)[None], jnp.asarray(y)[:, None], None,
+                    False, False)
+    return bool(final.steady.all())
+
+
+def _central_differences(f, p, rel_step=1e-5):
+    fd = np.empty_like(p)
+    for i in range(len(p)):
+        e = np.zeros_like(p)
+        e[i] = rel_step * abs(p[i])
+        fd[i] = (float(f(p + e)) - float(f(p - e))) / (2 * e[i])
+    return fd
+
+
+CHUNKED_GRAD_CASES = {
+    # converges within a few chunks: the rest of the series runs the steady (mean-only) chunks
+    "steady_nile": ({"level": LL}, np.array([9000.0, 3000.0]), "nile", ()),
+    # every other value missing up to t = 90: the diffuse phase spans several chunks
+    "long_diffuse": (CASES["dummy12"][0], GRAD_CASES["llt_dummy12"][1], "air", tuple(range(0, 90, 2))),
+    "gaps_llt_dummy12": (CASES["dummy12"][0], GRAD_CASES["llt_dummy12"][1], "air", GAP_INDEX),
+    # T depends on the parameters (cycle frequency and damping, AR coefficient)
+    "gaps_cycle_ar1": (*GRAD_CASES["ll_cycle_ar1"], "air", GAP_INDEX),
+    # the regression coefficients enter through the observation intercept
+    "reg_parameters": (CASES["reg_parameters"][0], None, "seatbelts", GAP_INDEX),
+}
+
+
+@pytest.mark.parametrize("case", list(CHUNKED_GRAD_CASES))
+def test_chunked_gradient_equals_stepwise_autodiff(case):
+    spec, p, data, gaps = CHUNKED_GRAD_CASES[case]
+    y, exog = _y(data, gaps=False)
+    y = with_gaps(y, gaps)
+    if p is None:
+        p = _points(spec, y)[0]
+    if case == "steady_nile":
+        assert _ends_steady(spec, p, y)
+    if case == "long_diffuse":
+        kind = np.asarray(engine.filter_series(spec, p, y).kind)
+        assert np.flatnonzero(kind == 2).max() > 2 * engine.kalman.CHUNK_STEPS
+    p = jnp.asarray(p)
+    v, g = jax.value_and_grad(lambda q: engine.loglik(spec, q, y, exog, filter="standard"))(p)
+    v_ref, g_ref = jax.value_and_grad(lambda q: _stepwise_loglik(spec, q, y, exog))(p)
+    assert float(v) == pytest.approx(float(v_ref), rel=1e-10)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-7, atol=1e-9 * np.max(np.abs(g_ref)))
+    if case in ("steady_nile", "long_diffuse"):   # and against the function itself
+        fd = _central_differences(lambda q: engine.loglik(spec, q, y, exog), np.asarray(p))
+        np.testing.assert_allclose(np.asarray(g), fd, rtol=1e-5, atol=1e-7 * np.max(np.abs(fd)))
+
+
+@pytest.mark.parametrize("case", ["gaps_cycle_ar1", "reg_parameters"])
+def test_chunked_forward_mode_and_hessian_equal_stepwise(case):
+    """Forward mode (the NUTS path for few parameters) and the Hessian (MLE standard errors)
+    go through the same hand-written tangent."""
+    spec, p, data, gaps = CHUNKED_GRAD_CASES[case]
+    y, exog = _y(data, gaps=False)
+    y = with_gaps(y, gaps)
+    p = jnp.asarray(_points(spec, y)[0] if p is None else p)
+    f = lambda q: engine.loglik(spec, q, y, exog, filter="standard")  # noqa: E731
+    u = jnp.linspace(0.5, 1.5, p.shape[0]) * p
+    _, along = jax.jvp(f, (p,), (u,))
+    g_ref = jax.grad(lambda q: _stepwise_loglik(spec, q, y, exog))(p)
+    assert float(along) == pytest.approx(float(g_ref @ u), rel=1e-8)
+    h = np.asarray(jax.hessian(f)(p))
+    h_ref = np.asarray(jax.hessian(lambda q: _stepwise_loglik(spec, q, y, exog))(p))
+    np.testing.assert_allclose(h, h_ref, rtol=1e-6, atol=1e-8 * np.max(np.abs(h_ref)))
 
 
 # -- jit, vmap, batches -----------------------------------------------------------------------
