@@ -374,6 +374,8 @@ def _optimise(spec, co, Z0, A, Y, X, maxiter: int) -> Optimum:
 
     Each member's path depends on its own data only; a member stops when converged (its
     state is then frozen), the loop when all have stopped or after `maxiter` iterations.
+    Once at most a quarter of the members are still going, they move to a batch a quarter
+    the size (`_shrinking_loop`), so the slowest few do not keep the whole batch iterating.
     """
     values = lax.map(lambda z: _objective_value(spec, co, z, A, Y, X), Z0)        # (start, series)
     values = jnp.where(jnp.isfinite(values), values, jnp.inf)
@@ -383,10 +385,10 @@ def _optimise(spec, co, Z0, A, Y, X, maxiter: int) -> Optimum:
     n, k = z.shape
     eye = jnp.eye(k)
 
-    def cond(c):
-        return (c["it"] < maxiter) & ~jnp.all(c["done"])
+    def running_over(limit):
+        return lambda c: (c["it"][0] < maxiter) & (jnp.sum(~c["done"]) > limit)
 
-    def body(c):
+    def body(A, Y, X, c):
         z, sc, lam, done = c["z"], c["score"], c["lam"], c["done"]
         H = sc.info + jnp.where(c["augmented"][:, None, None], c["secant"], 0.0)
         scale = jnp.maximum(jnp.trace(sc.info, axis1=1, axis2=2) / k, 1e-12)
@@ -426,9 +428,24 @@ def _optimise(spec, co, Z0, A, Y, X, maxiter: int) -> Optimum:
                 "n_iter": c["n_iter"] + (~done).astype(jnp.int32), "it": c["it"] + 1}
 
     init = {"z": z, "score": s0, "secant": jnp.zeros((n, k, k)), "augmented": jnp.zeros(n, bool), "lam": jnp.full(n, 1e-3), "nu": jnp.full(n, 2.0), "done": jnp.zeros(n, bool), "conv": jnp.zeros(n, bool),
-            "n_iter": jnp.zeros(n, jnp.int32), "it": jnp.zeros((), jnp.int32)}
-    out = lax.while_loop(cond, body, init)
+            "n_iter": jnp.zeros(n, jnp.int32), "it": jnp.zeros(n, jnp.int32)}
+    out = _shrinking_loop(running_over, body, init, A, Y, X, n)
     return Optimum(out["z"], out["score"].value, out["score"].grad, out["conv"], out["n_iter"])
+
+
+def _shrinking_loop(running_over, body, carry, A, Y, X, n: int):
+    """Run `body(A, Y, X, carry)` while more than n//4 members run, then the running ones in a
+    batch of n//4 (recursively, down to 8): rows are gathered and scattered back, and each
+    member's numbers are unchanged (its arithmetic is its own)."""
+    small = n // 4
+    if small < 8:
+        return lax.while_loop(running_over(0), partial(body, A, Y, X), carry)
+    carry = lax.while_loop(running_over(small), partial(body, A, Y, X), carry)
+    rows = jnp.argsort(carry["done"], stable=True)[:small]          # the running ones first
+    sub = jax.tree_util.tree_map(lambda x: x[rows], carry)
+    X_sub = X[rows] if X is not None and X.ndim == 3 else X
+    sub = _shrinking_loop(running_over, body, sub, A[rows], Y[rows], X_sub, small)
+    return jax.tree_util.tree_map(lambda full, part: full.at[rows].set(part), carry, sub)
 
 
 def _secant_update(S, s, y, info_new):
@@ -439,7 +456,7 @@ def _secant_update(S, s, y, info_new):
     which leaves scoring linearly convergent. After a step s with gradient change y, the
     symmetric (Powell) rank-two change makes the model exact along s: (info_new + S') s = y.
     """
-    r = y - jnp.einsum("bij,bj->bi", info_new + S, s)
+    r = y - jnp.sum((info_new + S) * s[:, None, :], axis=2)   # per member, no dot (batch-size blocking)
     ss = jnp.sum(s * s, axis=1)
     safe = jnp.where(ss > 0, ss, 1.0)
     rs = jnp.sum(r * s, axis=1)

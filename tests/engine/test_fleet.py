@@ -213,3 +213,14 @@ def test_late_starters_fit_as_given_and_keep_their_belief():
         online = engine.OnlineFilter(SPEC, params, y_history=Y[i], belief=res.beliefs[str(i)])
         batch = engine.OnlineFilter(SPEC, params, y_history=Y[i])
         np.testing.assert_allclose(online.update(2.0).loglik, batch.update(2.0).loglik, rtol=1e-9)
+
+
+def test_slow_members_moved_to_a_smaller_batch_keep_their_results():
+    """Batches of 32 continue their last quarter of running members in batches of 8; the rows
+    equal those of batches of 8, which never shrink."""
+    Y = engine.make_fleet(32, 60, seed=7, period=6).Y
+    big = engine.fit_many(SPEC, Y, method="map", batch_size=32).table
+    small = engine.fit_many(SPEC, Y, method="map", batch_size=8).table
+    assert (big["status"] == "ok").all() and (small["status"] == "ok").all()
+    assert big["n_iterations"].max() > big["n_iterations"].quantile(0.75)   # some members ran on alone
+    np.testing.assert_allclose(big["loglik"], small["loglik"], rtol=1e-9)
