@@ -106,7 +106,7 @@ def main() -> None:
             errors = []
             pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             pg.goto(f"http://127.0.0.1:{port}/stream", timeout=120_000)
-            pg.get_by_role("button", name="▶ Play").click(timeout=120_000)
+            pg.get_by_role("button", name="Play", exact=True).click(timeout=120_000)
             pg.wait_for_function(f"({LAST_T})() >= 0", timeout=600_000)
             time.sleep(args.warmup)
             model = sessions[-1]
