@@ -20,6 +20,7 @@ UV_INSTALL  := $(UV) pip install --python $(VPY)
 ADDRESS     ?= 127.0.0.1
 PORT        ?= 5006
 PYTEST_ARGS ?=
+RAY_TESTS   := tests/engine/test_cluster.py
 CHROMIUM    := /usr/bin/chromium
 
 BENCH_SCRIPTS := $(sort $(wildcard bench/*.py))
@@ -85,8 +86,12 @@ chromium:
 
 # --- tests & benchmarks ------------------------------------------------------
 
+# The tests that start a real Ray cluster run in a pytest process of their own: a Ray
+# driver keeps native threads after ray.shutdown() that must not share a process with
+# the rest of the suite. Exit status 5 ("no tests selected") is not a failure.
 test: $(VENV)/.installed-test chromium
-	$(VPY) -m pytest $(PYTEST_ARGS)
+	$(VPY) -m pytest --ignore=$(RAY_TESTS) $(PYTEST_ARGS)
+	$(VPY) -m pytest $(RAY_TESTS) $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 bench: $(VENV)/.installed-bench
 	@if [ -z "$(BENCH_SCRIPTS)" ]; then echo "bench: no bench/*.py scripts yet"; fi
