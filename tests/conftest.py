@@ -7,6 +7,10 @@ import os
 # Before jax is imported anywhere: the engine tests run on the CPU (an explicit
 # JAX_PLATFORMS in the environment still wins).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# No on-disk compilation cache in the suite: its server, notebook kernels and Ray workers
+# run in parallel processes, and a cache entry read while another process writes it can
+# crash the reader. (Subprocesses inherit this.)
+os.environ.setdefault("STREAMSSM_JAX_CACHE", "0")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
