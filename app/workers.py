@@ -15,6 +15,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any, Callable
 
+from engine import trim_compiled
+
 log = logging.getLogger("streamssm.app")
 
 THREAD_PREFIX = "streamssm-worker"
@@ -79,6 +81,10 @@ class SessionWorker:
             if not self._closed:
                 self._dispatch(partial(on_error, exc))
             raise
+        finally:   # a long-lived server must not run out of memory mappings for compiled programs
+            if trim_compiled():
+                log.info("session %s: dropped compiled programs (process near its memory-mapping limit)",
+                         self.session_id)
         if not self._closed:
             self._dispatch(partial(on_done, result))
         return result

@@ -46,6 +46,7 @@ from .stream import StreamBatch, StreamError, StreamRunner  # noqa: E402
 from .data import DataError, catalogue_entry, list_datasets, load_dataset, read_table  # noqa: E402
 from .demo import DEMO_STREAMS, DemoEvent, DemoStream, Fleet, demo_stream, list_demo_streams, make_fleet  # noqa: E402
 from .fleet import FleetCancelled, FleetResult, fit_many  # noqa: E402
+from .compiled import trim_compiled  # noqa: E402
 
 __all__ = [
     "ModelSpec", "SpecificationWarning", "TREND_KINDS", "param_names", "System", "build_system", "layout",
@@ -60,5 +61,5 @@ __all__ = [
     "posterior_components", "posterior_forecast", "posterior_matrix", "predictive_residuals",
     "DataError", "catalogue_entry", "list_datasets", "load_dataset", "read_table",
     "DEMO_STREAMS", "DemoEvent", "DemoStream", "Fleet", "demo_stream", "list_demo_streams", "make_fleet",
-    "FleetCancelled", "FleetResult", "fit_many",
+    "FleetCancelled", "FleetResult", "fit_many", "trim_compiled",
 ]

@@ -15,7 +15,7 @@ os.environ.setdefault("STREAMSSM_JAX_CACHE", "0")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-import engine  # noqa: E402,F401  (importing the engine enables float64 in JAX)
+import engine  # noqa: E402  (importing the engine enables float64 in JAX)
 
 SEED = 20240611
 
@@ -40,6 +40,14 @@ def _fixed_numpy_seed():
     """Every test starts from the same global numpy seed."""
     np.random.seed(SEED)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _bounded_compiled_programs():
+    """The suite compiles tens of thousands of programs in one process: drop JAX's caches
+    before the process nears the kernel's limit on memory mappings (see engine.compiled)."""
+    yield
+    engine.trim_compiled()
 
 
 @pytest.fixture

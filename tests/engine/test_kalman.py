@@ -452,8 +452,6 @@ SQRT_GRAD_CASES = {
 }
 
 
-@pytest.mark.skip(reason="KNOWN DEFECT: in the full suite XLA aborts (SIGABRT/SIGSEGV) while compiling the "
-                         "sqrt filter's gradient after the custom-JVP change to the standard chunks; passes alone")
 @pytest.mark.parametrize("case,gaps", [("local_level", True), ("llt_dummy12", False), ("ll_cycle_ar1", True), ("dummy12det_trig4", True),
                                        ("no_irregular", False)])
 def test_sqrt_filter_gradient_equals_standard(case, gaps):
