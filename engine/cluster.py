@@ -17,6 +17,7 @@ import threading
 from typing import Any, Callable, Sequence
 
 from .bayes import FitCancelled
+from .compiled import trim_compiled
 
 CONNECT_TIMEOUT_S = 10.0   # probing a given address, and ray.init's own wait for the cluster
 WORKER_ENV = {
@@ -136,8 +137,12 @@ atexit.register(lambda: _state["address"] is not None and shutdown())
 
 
 def _call(fn: Callable, shared, batch):
-    """The task body: `fn(shared, batch)` (the object store hands `shared` in)."""
-    return fn(shared, batch)
+    """The task body: `fn(shared, batch)` (the object store hands `shared` in). A worker
+    process lives across jobs, so it too drops compiled programs near its mapping limit."""
+    try:
+        return fn(shared, batch)
+    finally:
+        trim_compiled()
 
 
 def run_batches(fn: Callable, batches: Sequence, shared, *, address: str | None = None, max_retries: int = 3,
