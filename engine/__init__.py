@@ -30,7 +30,8 @@ _enable_compilation_cache()
 
 from .spec import ModelSpec, SpecificationWarning, TREND_KINDS, param_names  # noqa: E402
 from .system import System, build_system, layout  # noqa: E402
-from .model import (FilterResult, Forecast, SmoothedComponents, filter_series, forecast,  # noqa: E402
+from .model import (DiffuseConditioningWarning, FilterResult, Forecast, SmoothedComponents,  # noqa: E402
+                    diffuse_conditioning, filter_series, forecast,
                     loglik, loglik_many, loglik_terms, simulate, smooth)
 from .mle import MLEResult, fit_mle  # noqa: E402
 from .priors import FAMILIES as PRIOR_FAMILIES, default_priors, resolve_priors  # noqa: E402
@@ -50,7 +51,8 @@ from .compiled import trim_compiled  # noqa: E402
 
 __all__ = [
     "ModelSpec", "SpecificationWarning", "TREND_KINDS", "param_names", "System", "build_system", "layout",
-    "FilterResult", "Forecast", "SmoothedComponents", "filter_series", "forecast", "loglik",
+    "DiffuseConditioningWarning", "diffuse_conditioning", "FilterResult", "Forecast", "SmoothedComponents",
+    "filter_series", "forecast", "loglik",
     "loglik_many", "loglik_terms", "simulate", "smooth",
     "Bank", "Belief", "OnlineConfig", "OnlineFilter", "OnlineForecast", "OnlineInfo", "component_names",
     "make_bank", "posterior_draws", "online_init", "online_step", "online_step_many", "online_catch_up",

@@ -7,6 +7,7 @@ information (the JAX Hessian of the log-likelihood at the optimum, constrained s
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import product
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
-from .model import _prepare, as_param_vector, loglik
+from .model import DiffuseConditioningWarning, _prepare, as_param_vector, diffuse_conditioning, loglik
 from .spec import ModelSpec, as_spec, param_names
 from .system import layout
 from .transforms import constrain, scales, unconstrain
@@ -36,6 +37,7 @@ class MLEResult:
     n_obs: int
     n_iterations: int = 0
     history: list = field(default_factory=list, repr=False)
+    warnings: tuple[str, ...] = ()   # what makes the fit less exact than it looks (also issued as warnings)
 
     @property
     def param_vector(self) -> np.ndarray:
@@ -138,7 +140,10 @@ def fit_mle(spec, y, exog=None, *, start=None, maxiter: int = 500, n_starts: int
     df_model = len(names) + n_diffuse   # Durbin & Koopman (2012) §7.4, as statsmodels
     n = int(y.shape[0])
     params = {k: float(v) for k, v in zip(names, np.asarray(pvec))}
+    caution = diffuse_conditioning(spec, pvec, y, x)
+    if caution:
+        warnings.warn(caution, DiffuseConditioningWarning, stacklevel=2)
     return MLEResult(spec, params, ll, -2 * ll + 2 * df_model, -2 * ll + df_model * np.log(n),
                      dict(zip(names, map(float, se))), cov, converged, message, n,
-                     int(best.nit))
+                     int(best.nit), warnings=(caution,) if caution else ())
 

@@ -34,11 +34,13 @@ class QuickFit:
     n_obs: int
     components: dict[str, tuple[np.ndarray, np.ndarray]]  # name → (smoothed mean, sd), each (time,)
     y: np.ndarray | None = None                           # (time,) the series it was fitted to
+    warnings: tuple[str, ...] = ()                        # what makes the fit less exact than it looks
 
     def fields(self) -> dict:
         """The estimates and statistics as plain JSON values (`from_fields` rebuilds the rest)."""
         return {"params": self.params, "se": self.se, "loglik": self.loglik, "aic": self.aic, "bic": self.bic,
-                "converged": self.converged, "message": self.message, "n_obs": self.n_obs}
+                "converged": self.converged, "message": self.message, "n_obs": self.n_obs,
+                "warnings": list(self.warnings)}
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame({"parameter": list(self.params), "estimate": list(self.params.values()),
@@ -50,7 +52,8 @@ def quick_fit(spec: ModelSpec, y: np.ndarray, exog: pd.DataFrame | None) -> Quic
     res = engine.fit_mle(spec, y, exog)
     return from_fields(res.spec, {"params": dict(res.params), "se": dict(res.se), "loglik": res.loglik,
                                   "aic": res.aic, "bic": res.bic, "converged": res.converged,
-                                  "message": res.message, "n_obs": res.n_obs}, y, exog)
+                                  "message": res.message, "n_obs": res.n_obs, "warnings": list(res.warnings)},
+                       y, exog)
 
 
 def from_fields(spec: ModelSpec, fields: dict, y: np.ndarray, exog: pd.DataFrame | None) -> QuickFit:
@@ -62,7 +65,8 @@ def from_fields(spec: ModelSpec, fields: dict, y: np.ndarray, exog: pd.DataFrame
              for name, (mean, var) in sm.components.items()}
     return QuickFit(spec, params, {k: float(v) for k, v in fields["se"].items()}, float(fields["loglik"]),
                     float(fields["aic"]), float(fields["bic"]), bool(fields["converged"]), str(fields["message"]),
-                    int(fields["n_obs"]), comps, np.asarray(y, dtype=float))
+                    int(fields["n_obs"]), comps, np.asarray(y, dtype=float),
+                    tuple(str(w) for w in fields.get("warnings", ())))
 
 
 class FitModel(param.Parameterized):
@@ -113,6 +117,7 @@ class FitModel(param.Parameterized):
     def _done(self, result: QuickFit, inputs) -> None:
         self._fitted_on = inputs
         note = "" if result.converged else f" The optimiser did not report convergence ({result.message})."
+        note += "".join(f" Caution: {w}" for w in result.warnings)
         self._set(result=result, status="done", stale=inputs != self._inputs(),
                   message=f"Fitted {result.n_obs} observations.{note}")
 

@@ -203,3 +203,21 @@ def test_worker_stops_its_thread_and_refuses_new_jobs():
     assert w.shutdown() == 0 and worker_threads("stoptest") == []
     with pytest.raises(RuntimeError, match="closed"):
         w.submit(lambda: 1, on_done=got.append, on_error=got.append)
+
+
+def test_quick_fit_passes_an_ill_conditioned_start_to_the_page(models):
+    """The engine's caution about an ill-conditioned diffuse start reaches the fit's message and
+    survives a session file's round trip of the fit."""
+    from app.viewmodels.fit_model import from_fields, quick_fit
+
+    _, _, fit, _ = models
+    y = engine.load_dataset("births")["births"].to_numpy(dtype=float)[:400]
+    spec = ModelSpec.from_dict({"level": {"kind": "local_level"},
+                                "seasonal": [{"period": 7, "form": "trig", "harmonics": 3},
+                                             {"period": 365, "form": "trig", "harmonics": 2}]})
+    with pytest.warns(engine.DiffuseConditioningWarning):
+        result = quick_fit(spec, y, None)
+    assert len(result.warnings) == 1 and "ill-conditioned" in result.warnings[0]
+    assert from_fields(spec, result.fields(), y, None).warnings == result.warnings
+    fit._done(result, None)
+    assert fit.status == "done" and "Caution: the exact-diffuse start is ill-conditioned" in fit.message

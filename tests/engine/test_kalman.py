@@ -230,6 +230,25 @@ def test_loglik_equals_augmented_reference(case):
                 (case, filt)
 
 
+@pytest.mark.parametrize("case", [*REFERENCE_CASES, "births_weekly_yearly2", "births_weekly_yearly3"])
+def test_ill_conditioned_diffuse_start_is_reported(case):
+    """engine.diffuse_conditioning flags exactly the cases where the diffuse recursion is not
+    exact: those that the augmented reference shows off (births with 2 or more yearly
+    harmonics, see the next test), and none of those where all three agree."""
+    if case.startswith("births"):
+        spec, y, exog = _births_spec(int(case[-1])), _births(400), None
+        p = _births_point(spec, y)
+    else:
+        spec, data = REFERENCE_CASES[case]
+        y, exog = _y(data.removesuffix("_gaps"), data.endswith("_gaps"))
+        p = _points(spec, y)[0]
+    message = engine.diffuse_conditioning(spec, p, y, exog)
+    if case in ("births_weekly_yearly2", "births_weekly_yearly3"):
+        assert message is not None and "ill-conditioned" in message and "harmonics" in message
+    else:
+        assert message is None
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "known defect: Koopman's exact-diffuse recursion is ill-conditioned when the diffuse "
     "directions are nearly collinear over the first d observations (low-frequency yearly "

@@ -129,3 +129,20 @@ def test_a_stalled_line_search_at_a_stationary_point_counts_as_converged():
         best = max(model.fit(disp=False, method=m, maxiter=2000).llf for m in ("lbfgs", "nm"))
     assert ours.loglik >= best - 1e-6
     assert ours.converged, ours.message
+
+
+def test_fit_on_an_ill_conditioned_diffuse_start_says_so():
+    """A daily series with two yearly harmonics: the diffuse start is ill-conditioned (the
+    augmented reference in test_kalman shows the log-likelihood off there), and the fit says so
+    in a warning and on the result; a well-conditioned fit says nothing."""
+    y = engine.load_dataset("births")["births"].to_numpy(dtype=float)[:400]
+    spec = {"level": {"kind": "local_level"}, "seasonal": [{"period": 7, "form": "trig", "harmonics": 3},
+                                                            {"period": 365, "form": "trig", "harmonics": 2}]}
+    with pytest.warns(engine.DiffuseConditioningWarning, match="ill-conditioned"):
+        res = engine.fit_mle(spec, y)
+    assert len(res.warnings) == 1 and "ill-conditioned" in res.warnings[0]
+
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", engine.DiffuseConditioningWarning)
+        assert engine.fit_mle({"level": {"kind": "local_level"}}, nile()).warnings == ()
