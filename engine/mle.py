@@ -51,15 +51,16 @@ class MLEResult:
         return "\n".join(lines)
 
 
-@partial(jax.jit, static_argnames=("spec",))
-def _objective(spec, u, y, x, scale_vec):
+@partial(jax.jit, static_argnames=("spec", "filter"))
+def _objective(spec, u, y, x, scale_vec, filter="auto"):
     """Negative log-likelihood per observation, as a function of the unconstrained vector."""
     scale = dict(zip(param_names(spec), scale_vec))
-    return -loglik(spec, constrain(spec, u, scale), y, x) / y.shape[0]
+    return -loglik(spec, constrain(spec, u, scale), y, x, filter) / y.shape[0]
 
 
-_value_and_grad = jax.jit(jax.value_and_grad(_objective, argnums=1), static_argnames=("spec",))
-_batched_objective = jax.jit(jax.vmap(_objective, in_axes=(None, 0, None, None, None)), static_argnames=("spec",))
+_value_and_grad = jax.jit(jax.value_and_grad(_objective, argnums=1), static_argnames=("spec", "filter"))
+_batched_objective = jax.jit(jax.vmap(_objective, in_axes=(None, 0, None, None, None, None)),
+                             static_argnames=("spec", "filter"))
 
 
 STATIONARY_GRAD = 1e-6   # max |∂(−loglik/T)/∂u| that counts as a stationary point
@@ -88,7 +89,11 @@ def start_points(spec: ModelSpec) -> np.ndarray:
 
 
 def fit_mle(spec, y, exog=None, *, start=None, maxiter: int = 500, n_starts: int = 2) -> MLEResult:
-    """Maximise the exact log-likelihood. `start`: optional dict of starting parameter values."""
+    """Maximise the exact log-likelihood. `start`: optional dict of starting parameter values.
+
+    Where the exact-diffuse start is ill-conditioned (`diffuse_conditioning`), the likelihood is
+    evaluated by the augmented filter, which stays exact there, and the result says so.
+    """
     spec = as_spec(spec)
     spec, _, y, x = _prepare(spec, np.zeros(len(param_names(spec))), y, exog)
     names = param_names(spec)
@@ -102,12 +107,15 @@ def fit_mle(spec, y, exog=None, *, start=None, maxiter: int = 500, n_starts: int
         candidates = unconstrain(spec, np.asarray(as_param_vector(spec, start)), scale)[None]
     else:
         candidates = start_points(spec)
-    values = np.asarray(_batched_objective(spec, jnp.asarray(candidates), y, x, scale_vec))
+    # which directions the diffuse start identifies, and how well, hardly depends on the parameters
+    caution = diffuse_conditioning(spec, constrain(spec, jnp.asarray(candidates[0]), scale), y, x)
+    filter = "augmented" if caution else "auto"
+    values = np.asarray(_batched_objective(spec, jnp.asarray(candidates), y, x, scale_vec, filter))
     values = np.where(np.isfinite(values), values, np.inf)
     order = np.argsort(values)[: max(1, n_starts)]
 
     def fun(u):
-        v, g = _value_and_grad(spec, jnp.asarray(u), y, x, scale_vec)
+        v, g = _value_and_grad(spec, jnp.asarray(u), y, x, scale_vec, filter)
         v, g = float(v), np.asarray(g, dtype=float)
         if not np.isfinite(v) or not np.all(np.isfinite(g)):
             return 1e10, np.zeros_like(g)
@@ -120,7 +128,7 @@ def fit_mle(spec, y, exog=None, *, start=None, maxiter: int = 500, n_starts: int
         if best is None or res.fun < best.fun:
             best = res
     pvec = constrain(spec, jnp.asarray(best.x), scale)
-    ll = float(loglik(spec, pvec, y, x))
+    ll = float(loglik(spec, pvec, y, x, filter))
     # L-BFGS-B reports a failed line search when it cannot improve at machine precision; at a
     # point where the gradient vanishes that is convergence, not failure
     stationary = np.all(np.isfinite(best.jac)) and float(np.max(np.abs(best.jac))) <= STATIONARY_GRAD
@@ -128,7 +136,7 @@ def fit_mle(spec, y, exog=None, *, start=None, maxiter: int = 500, n_starts: int
     message = str(best.message) if best.success or not stationary else (
         f"converged: gradient below {STATIONARY_GRAD:g} (the line search stopped at machine precision: "
         f"{best.message})")
-    hess = np.asarray(jax.hessian(lambda p: loglik(spec, p, y, x))(pvec))
+    hess = np.asarray(jax.hessian(lambda p: loglik(spec, p, y, x, filter))(pvec))
     cov = np.full_like(hess, np.nan)
     try:
         cov = np.linalg.inv(-hess)
@@ -140,8 +148,9 @@ def fit_mle(spec, y, exog=None, *, start=None, maxiter: int = 500, n_starts: int
     df_model = len(names) + n_diffuse   # Durbin & Koopman (2012) §7.4, as statsmodels
     n = int(y.shape[0])
     params = {k: float(v) for k, v in zip(names, np.asarray(pvec))}
-    caution = diffuse_conditioning(spec, pvec, y, x)
     if caution:
+        caution += (" The fit used the augmented filter, which is exact here; smoothed components, "
+                    "forecasts and streaming use the diffuse recursion.")
         warnings.warn(caution, DiffuseConditioningWarning, stacklevel=2)
     return MLEResult(spec, params, ll, -2 * ll + 2 * df_model, -2 * ll + df_model * np.log(n),
                      dict(zip(names, map(float, se))), cov, converged, message, n,

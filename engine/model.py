@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import augmented as _augmented
 from . import kalman
 from . import parallel as _parallel
 from .spec import ModelSpec, as_spec, param_names
@@ -28,6 +29,9 @@ CHUNK = 64  # series per batched-filter chunk (fits the covariances in cache on 
 def _check_filter(filter: str, n_time: int = 0, n_states: int = 1, batch: int = 1) -> tuple[bool, bool]:
     """(sqrt, parallel) for a filter name; "auto" is the scan on an accelerator for long series
     (`parallel.use_parallel`), else the standard sequential filter."""
+    if filter == "augmented":
+        raise ValueError("filter='augmented' gives the total log-likelihood only (engine.loglik), "
+                         "not per-step terms or filtered moments")
     if filter not in FILTERS:
         raise ValueError(f"filter={filter!r} is not known; use one of {FILTERS}")
     if filter == "auto":
@@ -103,8 +107,22 @@ def loglik_terms(spec, params, y, exog=None, filter: str = "auto") -> jnp.ndarra
 
 
 def loglik(spec, params, y, exog=None, filter: str = "auto") -> jnp.ndarray:
-    """Exact (diffuse) log-likelihood of one series; equals statsmodels UnobservedComponents.loglike."""
+    """Exact (diffuse) log-likelihood of one series; equals statsmodels UnobservedComponents.loglike.
+
+    filter: as `loglik_terms`, or "augmented": de Jong's augmented filter (`engine.augmented`),
+    the same function without diffuse steps or a rank threshold, exact where the diffuse start is
+    ill-conditioned (`diffuse_conditioning`) and Koopman's recursion (statsmodels' too) is not.
+    """
+    if filter == "augmented":
+        spec, pvec, y, x = _prepare(spec, params, y, exog)
+        return _augmented_loglik(spec, pvec, y, x)
     return jnp.sum(loglik_terms(spec, params, y, exog, filter))
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def _augmented_loglik(spec: ModelSpec, pvec, y, exog):
+    system = jax.tree_util.tree_map(lambda a: a[0], _systems(spec, pvec[None], exog))
+    return _augmented.loglik(layout(spec), system, y)
 
 
 def loglik_many(spec, params, Y, exog=None, filter: str = "auto") -> jnp.ndarray:

@@ -225,7 +225,7 @@ def test_loglik_equals_augmented_reference(case):
     for p in points:
         ref = statsmodels_diffuse_loglik(mod, p)
         assert float(mod.loglike(p)) == pytest.approx(ref, rel=1e-9, abs=0), (case, "statsmodels")
-        for filt in ("standard", "sqrt"):
+        for filt in ("standard", "sqrt", "augmented"):
             assert float(engine.loglik(spec, p, y, exog, filter=filt)) == pytest.approx(ref, rel=1e-9, abs=0), \
                 (case, filt)
 
@@ -249,10 +249,30 @@ def test_ill_conditioned_diffuse_start_is_reported(case):
         assert message is None
 
 
+@pytest.mark.parametrize("harmonics", [2, 4])
+def test_augmented_filter_is_exact_where_the_diffuse_start_is_ill_conditioned(harmonics):
+    """filter="augmented" (engine.augmented) equals the reference where Koopman's recursion does
+    not (next test), and its gradient is finite and equals central differences."""
+    from .reference_diffuse import statsmodels_diffuse_loglik
+
+    spec = _births_spec(harmonics)
+    y = _births(400)
+    p = _births_point(spec, y)
+    ref = statsmodels_diffuse_loglik(sm_model(spec, y), p)
+    f = lambda q: engine.loglik(spec, q, y, filter="augmented")  # noqa: E731
+    assert float(f(jnp.asarray(p))) == pytest.approx(ref, rel=1e-9, abs=0)
+    g = np.asarray(jax.grad(f)(jnp.asarray(p)))
+    assert np.all(np.isfinite(g))
+    np.testing.assert_allclose(g, _central_differences(f, p), rtol=1e-5, atol=1e-6 * np.max(np.abs(g)))
+    with pytest.raises(ValueError, match="total log-likelihood only"):
+        engine.loglik_terms(spec, p, y, filter="augmented")
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "known defect: Koopman's exact-diffuse recursion is ill-conditioned when the diffuse "
     "directions are nearly collinear over the first d observations (low-frequency yearly "
-    "harmonics of a daily series); needs an augmented (de Jong) diffuse phase"))
+    "harmonics of a daily series). engine.loglik(filter='augmented') and fit_mle are exact here (test "
+    "above); per-step terms, filtered and smoothed moments and streaming still use the recursion"))
 def test_births_yearly_harmonics_against_augmented_reference():
     """Daily births, level + weekly trig(3) + yearly trig(2): 11 diffuse states.
 
