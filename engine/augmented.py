@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .kalman import LOG_2PI
 from .system import Layout, System
 
-LOG_2PI = float(jnp.log(2.0 * jnp.pi))
 UNREACHED = 1e-12   # eigenvalues of S below this fraction of the largest: a direction no observation reaches
 
 
@@ -38,15 +38,15 @@ def diffuse_states(lay: Layout) -> tuple[int, ...]:
 
 def loglik(lay: Layout, system: System, y: jnp.ndarray) -> jnp.ndarray:
     """Exact diffuse log-likelihood of y (time,) under one (unbatched) system; NaN = missing."""
-    idx = jnp.array(diffuse_states(lay), dtype=int)
-    n_d = len(diffuse_states(lay))
+    states = diffuse_states(lay)
+    n_d = len(states)
     m = lay.n_states
     T, H = system.transition, system.obs_var
     Q = jnp.diag(system.state_var)
     n_time = y.shape[0]
     Z = jnp.broadcast_to(system.design, (n_time, m))
     d = jnp.broadcast_to(system.obs_intercept, (n_time,))
-    A0 = system.init_diffuse[:, idx] if n_d else jnp.zeros((m, 0))
+    A0 = system.init_diffuse[:, jnp.array(states, dtype=int)] if n_d else jnp.zeros((m, 0))
 
     def body(carry, xs):
         a, A, P, gram, log_f, n_obs = carry

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
+from .augmented import diffuse_states
 from .model import DiffuseConditioningWarning, _prepare, as_param_vector, diffuse_conditioning, loglik
 from .spec import ModelSpec, as_spec, param_names
 from .system import layout
@@ -144,7 +145,7 @@ def fit_mle(spec, y, exog=None, *, start=None, maxiter: int = 500, n_starts: int
         pass
     var = np.diag(cov)
     se = np.where(var > 0, np.sqrt(np.abs(var)), np.nan)
-    n_diffuse = sum(k for *_, k, _, diffuse in layout(spec).blocks if diffuse)
+    n_diffuse = len(diffuse_states(layout(spec)))
     df_model = len(names) + n_diffuse   # Durbin & Koopman (2012) §7.4, as statsmodels
     n = int(y.shape[0])
     params = {k: float(v) for k, v in zip(names, np.asarray(pvec))}
