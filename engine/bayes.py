@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Callable, Mapping, NamedTuple
@@ -29,7 +31,7 @@ from numpyro.infer.util import potential_energy
 
 from . import kalman
 from .model import _prepare, _systems, as_param_vector
-from .priors import Prior, make_distribution, resolve_priors, sample_sites
+from .priors import POSITIVE_FAMILIES, Prior, make_distribution, resolve_priors, sample_sites
 from .spec import ModelSpec, as_spec, param_names
 from .system import layout
 from .transforms import pacf_to_ar
@@ -80,49 +82,37 @@ def _value_and_grad_batch(spec: ModelSpec, P, y, x):
     return values, pullback(jnp.ones_like(values))[0]
 
 
+_NO_MESH = jax.sharding.AbstractMesh((), ())
+
+
 @lru_cache(maxsize=64)
 def _sampler_loglik(spec: ModelSpec) -> Callable:
-    """log p(y | θ) for samplers: a custom VJP whose value and gradient come from
-    `_value_and_grad_batch`, and a custom batching rule so that vmapping it over chains runs
-    one natively batched filter (instead of vmap turning the filter's per-step branch into a
-    select over every branch). First derivatives only."""
+    """log p(y | θ) for a sampler's chain: a custom VJP whose value and gradient come from one
+    `_value_and_grad_batch` pass (forward mode for few parameters, with the filter's own
+    tangent). First derivatives only."""
 
-    def one(p, data):
-        v, g = _value_and_grad_batch(spec, p[None], *data)
-        return v[0], g[0]
-
-    @jax.custom_batching.custom_vmap
     def value_and_grad(p, data):
-        return one(p, data)
-
-    @value_and_grad.def_vmap
-    def _batched(axis_size, in_batched, p, data):
-        p_batched, data_batched = in_batched
-        if any(jax.tree_util.tree_leaves(data_batched)):   # per-chain data: no shared filter
-            axes = (0 if p_batched else None, jax.tree_util.tree_map(lambda b: 0 if b else None, data_batched))
-            return jax.vmap(one, in_axes=axes)(p, data), (True, True)
-        P = p if p_batched else jnp.broadcast_to(p, (axis_size,) + p.shape)
-        return _value_and_grad_batch(spec, P, *data), (True, True)
+        # JAX traces a custom VJP's forward pass inside an empty abstract-mesh context and the
+        # primal outside any; the jit cache keys on that context, so fix it for every call
+        with jax.sharding.use_abstract_mesh(_NO_MESH):
+            v, g = _value_and_grad_batch(spec, p[None], *data)
+        return v[0], g[0]
 
     @jax.custom_vjp
     def loglik(p, data):
         return value_and_grad(p, data)[0]
 
-    def fwd(p, data):
-        v, g = value_and_grad(p, data)
-        return v, g
-
     def bwd(g, ct):
         return ct * g, None
 
-    loglik.defvjp(fwd, bwd)
+    loglik.defvjp(value_and_grad, bwd)
     return loglik
 
 
 def _model(spec: ModelSpec, families: tuple[str, ...], y, x, prior_args, *, for_sampler: bool = False):
     """NumPyro model: one sample site per parameter with its prior; the Kalman likelihood as a factor.
 
-    for_sampler: use the batched first-derivative likelihood (`_sampler_loglik`) for NUTS.
+    for_sampler: use the first-derivative likelihood with the filter's own tangent (`_sampler_loglik`).
     """
     sites = sample_sites(spec)
     values = {name: numpyro.sample(name, make_distribution(fam, args))
@@ -403,7 +393,7 @@ def fit_map(spec, y, exog=None, *, priors: Mapping | None = None, start=None, ma
 # ----------------------------------------------------------------------------- NUTS
 
 class _Sampler(NamedTuple):
-    init: Callable     # (key for the starting points, keys (chain, 2), args) → state
+    init: Callable     # (start {site: ()}, key (2,), args) → one chain's state
     chunk: Callable    # (state, args) → (state, per-iteration fields)
     chunk_len: int
 
@@ -416,42 +406,82 @@ def _chunk_len(warmup: int, draws: int, cap: int = 100) -> int:
 @lru_cache(maxsize=16)
 def _sampler(spec: ModelSpec, families: tuple, shapes: tuple, warmup: int, chunk_len: int,
              target_accept: float, max_tree_depth: int) -> _Sampler:
-    """Jitted NUTS init and chunked sampling loop, vectorised over chains (compiled once per key)."""
+    """Jitted NUTS init and chunked sampling loop for one chain (compiled once per key).
+
+    One chain per program, not chains vectorised: vmap turns NUTS's loops into loops over
+    every chain's branches, which doubles its compilation, makes all chains wait for the
+    longest trajectory, and keeps to one core. `fit_nuts` runs the chains on threads.
+    """
     co = _coordinates(spec, families, shapes, for_sampler=True)
     init_kernel, sample_kernel = hmc(potential_fn_gen=co.potential_fn_gen, algo="NUTS")
 
-    def init_one(z, key, args):
-        return init_kernel(z, num_warmup=warmup, target_accept_prob=target_accept,
+    @jax.jit
+    def init(start, key, args):
+        return init_kernel(start, num_warmup=warmup, target_accept_prob=target_accept,
                            max_tree_depth=max_tree_depth, model_args=args, rng_key=key)
 
     @jax.jit
-    def init_all(key_points, keys, args):
-        # the starting points are drawn in the same program as the kernel's init: one compile
-        z = _initial_points(families, args[2], key_points, keys.shape[0])
-        return jax.vmap(init_one, in_axes=(0, 0, None))(dict(zip(sample_sites(spec), z)), keys, args)
-
-    @jax.jit
     def chunk(state, args):
-        step = jax.vmap(lambda s: sample_kernel(s, args, None))
-
         def body(s, _):
-            s = step(s)
+            s = sample_kernel(s, args, None)
             return s, (s.z, s.diverging, s.energy, s.num_steps, s.adapt_state.step_size,
                        s.accept_prob, s.potential_energy)
         return lax.scan(body, state, None, length=chunk_len)
 
-    return _Sampler(init_all, chunk, chunk_len)
+    return _Sampler(init, chunk, chunk_len)
 
 
-def _initial_points(families: tuple, prior_args, key, chains: int) -> jnp.ndarray:
+def _prior_median(family: str, args) -> float:
+    """The median of a prior, in closed form or from SciPy (host-side: no compilation)."""
+    import scipy.stats as st
+
+    a = [float(v) for v in args]
+    if family == "half_normal":
+        return st.halfnorm(scale=a[0]).median()
+    if family == "half_cauchy":
+        return a[0]   # tan(π/4)·scale
+    if family == "half_student_t":
+        return a[1] * st.t(a[0]).ppf(0.75)
+    if family == "inverse_gamma":
+        return st.invgamma(a[0], scale=a[1]).median()
+    if family == "log_normal":
+        return math.exp(a[0])
+    if family == "exponential":
+        return math.log(2.0) / a[0]
+    if family == "gamma":
+        return st.gamma(a[0], scale=1.0 / a[1]).median()
+    if family == "normal":
+        return a[0]
+    if family == "uniform":
+        return 0.5 * (a[0] + a[1])
+    if family == "beta":
+        return st.beta(a[0], a[1]).median()
+    raise ValueError(f"no median for prior family {family!r}")
+
+
+def _to_unconstrained_value(family: str, args, value: float) -> float:
+    """`biject_to(support).inv(value)` for the supports of the prior families, on the host:
+    positive → log, an interval (low, high) → logit of the position inside it, real → itself."""
+    a = [float(v) for v in args]
+    if family in POSITIVE_FAMILIES:
+        return math.log(value)
+    if family in ("uniform", "beta"):
+        low, high = (a[0], a[1]) if family == "uniform" else (0.0, 1.0)
+        u = (value - low) / (high - low)
+        return math.log(u) - math.log1p(-u)
+    return value
+
+
+def _initial_points(families: tuple, prior_args, seed: int, chains: int) -> np.ndarray:
     """Per-chain starts (site, chain): prior medians on unconstrained coordinates, jittered by U(−1, 1)."""
-    z0 = []
-    for fam, args in zip(families, prior_args):
-        d = make_distribution(fam, args)
-        med = jnp.median(d.sample(jax.random.fold_in(key, len(z0)), (301,)))
-        z0.append(biject_to(d.support).inv(med))
-    jitter = jax.random.uniform(key, (len(families), chains), minval=-1.0, maxval=1.0)
-    return jnp.stack(z0)[:, None] + jitter
+    z0 = np.array([_to_unconstrained_value(f, a, _prior_median(f, a)) for f, a in zip(families, prior_args)])
+    jitter = np.random.default_rng(seed).uniform(-1.0, 1.0, (len(families), chains))
+    return z0[:, None] + jitter
+
+
+def _chain_keys(seed: int, chains: int) -> np.ndarray:
+    """Raw PRNG keys (chain, 2) for the chains, drawn on the host (no key-splitting program)."""
+    return np.random.default_rng([seed, 1]).integers(0, 2**32, (chains, 2), dtype=np.uint32)
 
 
 def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: int = 1000, seed: int = 0,
@@ -459,9 +489,10 @@ def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: 
              cancel=None, target_accept: float = 0.8, max_tree_depth: int = 10, time_index=None):
     """Sample the posterior of the hyperparameters with NUTS; returns an `arviz.InferenceData`.
 
-    Chains run vectorised (one batched Kalman filter serves all chains). `progress(chain,
-    iteration, total)` is called as sampling advances; `cancel` (anything with `is_set()`)
-    stops the fit with `FitCancelled`. Data of the same shape reuses the compiled sampler.
+    Chains run on threads, as many at once as there are cores, chunk by chunk (one chain's
+    program serves all of them). `progress(chain, iteration, total)` is called as sampling
+    advances; `cancel` (anything with `is_set()`) stops the fit with `FitCancelled`. Data of
+    the same shape reuses the compiled sampler.
     """
     import arviz as az
 
@@ -470,28 +501,46 @@ def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: 
     shapes = _shapes(prob.y, prob.x)
     chunk_len = _chunk_len(warmup, draws)
     sampler = _sampler(spec, prob.families, shapes, warmup, chunk_len, float(target_accept), int(max_tree_depth))
-    key_init, key_chains = jax.random.split(jax.random.PRNGKey(seed))
     t0 = time.perf_counter()
-    state = sampler.init(key_init, jax.random.split(key_chains, chains), args)
-    total = warmup + draws
-    kept = []
-    done = 0
-    while done < total:
-        if cancel is not None and cancel.is_set():
-            raise FitCancelled(f"NUTS fit cancelled after {done} of {total} iterations")
-        state, fields = sampler.chunk(state, args)
-        done += chunk_len
-        if done > warmup:
-            kept.append(jax.device_get(fields))
-        if progress is not None:
-            for c in range(chains):
-                progress(c, done, total)
+    sites = sample_sites(spec)
+    starts = _initial_points(prob.families, [prob.priors[n].args for n in sites], seed, chains)
+    keys = _chain_keys(seed, chains)
+    chain_starts = [{n: jnp.asarray(starts[i, c]) for i, n in enumerate(sites)} for c in range(chains)]
+
+    def advance(state):   # one chunk of one chain, blocking this thread (XLA runs it here)
+        return jax.block_until_ready(sampler.chunk(state, args))
+
+    with ThreadPoolExecutor(max(2, min(chains, os.cpu_count() or 1)), thread_name_prefix="nuts") as pool:
+        # the init and pointwise log-likelihood programs compile on other threads (XLA
+        # releases the interpreter lock) while this one traces the sampling loop
+        initial = pool.submit(lambda: [sampler.init(chain_starts[c], keys[c], args) for c in range(chains)])
+        warming = pool.submit(_run_once, _pointwise, spec, jnp.ones((chains * draws, len(param_names(spec)))),
+                              prob.y, prob.x)
+        sampler.chunk.trace(jax.eval_shape(sampler.init, chain_starts[0], keys[0], args), args)
+        states = initial.result()
+        total = warmup + draws
+        kept = []
+        done = 0
+        while done < total:
+            if cancel is not None and cancel.is_set():
+                raise FitCancelled(f"NUTS fit cancelled after {done} of {total} iterations")
+            if done == 0:   # the first chain compiles the program; the others then share it
+                first = advance(states[0])
+                steps = [first, *pool.map(advance, states[1:])]
+            else:
+                steps = list(pool.map(advance, states))
+            states = [st for st, _ in steps]
+            done += chunk_len
+            if done > warmup:
+                kept.append(jax.device_get([f for _, f in steps]))
+            if progress is not None:
+                for c in range(chains):
+                    progress(c, done, total)
+        warming.result()
     seconds = time.perf_counter() - t0
+    # kept: chunk → chain → fields (draw, …); stack chains, join chunks → (chain, draw, …)
     z, diverging, energy, num_steps, step_size, accept, potential = jax.tree_util.tree_map(
-        lambda *a: np.concatenate(a, axis=0), *kept)
-    # (draw, chain, …) → (chain, draw, …)
-    sw = lambda a: np.swapaxes(a, 0, 1)
-    z = {n: sw(v) for n, v in z.items()}
+        lambda *a: np.concatenate(a, axis=1), *[jax.tree_util.tree_map(lambda *c: np.stack(c), *k) for k in kept])
     to_c = _to_constrained_fn(prob)
     sites = sorted(sample_sites(spec))
     zmat = np.stack([z[n] for n in sites], axis=-1).reshape(-1, len(sites))
@@ -500,15 +549,15 @@ def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: 
     posterior = {n: theta[..., i] for i, n in enumerate(names)}
     pointwise = pointwise_loglik(spec, theta.reshape(chains * draws, -1), prob.y, prob.x)
     time_coord = np.arange(prob.y.shape[0]) if time_index is None else np.asarray(time_index)
-    n_steps = sw(num_steps)
+    n_steps = num_steps
     sample_stats = {
-        "diverging": sw(diverging).astype(bool),
-        "energy": sw(energy),
+        "diverging": diverging.astype(bool),
+        "energy": energy,
         "n_steps": n_steps,
         "tree_depth": (np.floor(np.log2(np.maximum(n_steps, 1))) + 1).astype(int),
-        "step_size": sw(step_size),
-        "acceptance_rate": sw(accept),
-        "lp": -sw(potential),
+        "step_size": step_size,
+        "acceptance_rate": accept,
+        "lp": -potential,
     }
     attrs = {"spec": spec.to_json(), "priors": json.dumps({n: p.as_dict() for n, p in prob.priors.items()}),
              "inference_library": "numpyro", "inference_library_version": numpyro.__version__,
@@ -531,6 +580,15 @@ def _pointwise(spec, theta, y, x):
     th = jnp.pad(theta, ((0, pad), (0, 0)), mode="edge").reshape(n_chunks, CHUNK_DRAWS, -1)
     out = lax.map(lambda t: _loglik_terms_batch(spec, t, y, x).T, th)
     return out.reshape(n_chunks * CHUNK_DRAWS, -1)[:n]
+
+
+def _run_once(fn, *args) -> None:
+    """Call jitted `fn` once on example arguments so that its program is compiled and cached.
+    A failure is ignored here: the real call reports it."""
+    try:
+        jax.block_until_ready(fn(*args))
+    except Exception:   # noqa: BLE001
+        pass
 
 
 def pointwise_loglik(spec, theta, y, exog=None) -> np.ndarray:
