@@ -30,6 +30,7 @@ from numpyro.infer.hmc import hmc
 from numpyro.infer.util import potential_energy
 
 from . import kalman
+from .compiled import on_trim
 from .model import _prepare, _systems, as_param_vector
 from .priors import POSITIVE_FAMILIES, Prior, make_distribution, resolve_priors, sample_sites
 from .spec import ModelSpec, as_spec, param_names
@@ -396,6 +397,7 @@ class _Sampler(NamedTuple):
     init: Callable     # (start {site: ()}, key (2,), args) → one chain's state
     chunk: Callable    # (state, args) → (state, per-iteration fields)
     chunk_len: int
+    compiled: dict     # "chunk" → the chunk's executable, compiled ahead of time (see `_compiled_chunk`)
 
 
 def _chunk_len(warmup: int, draws: int, cap: int = 100) -> int:
@@ -428,7 +430,18 @@ def _sampler(spec: ModelSpec, families: tuple, shapes: tuple, warmup: int, chunk
                        s.accept_prob, s.potential_energy)
         return lax.scan(body, state, None, length=chunk_len)
 
-    return _Sampler(init, chunk, chunk_len)
+    return _Sampler(init, chunk, chunk_len, {})
+
+
+def _compiled_chunk(sampler: _Sampler, state_shape, args):
+    """The sampling chunk's executable, compiled from the state's shape alone, so that it
+    compiles while the chains' initial states are still being computed (once per sampler)."""
+    if "chunk" not in sampler.compiled:
+        sampler.compiled["chunk"] = sampler.chunk.trace(state_shape, args).lower().compile()
+    return sampler.compiled["chunk"]
+
+
+on_trim(_sampler.cache_clear)   # the samplers hold executables of their own
 
 
 def _prior_median(family: str, args) -> float:
@@ -507,16 +520,19 @@ def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: 
     keys = _chain_keys(seed, chains)
     chain_starts = [{n: jnp.asarray(starts[i, c]) for i, n in enumerate(sites)} for c in range(chains)]
 
-    def advance(state):   # one chunk of one chain, blocking this thread (XLA runs it here)
-        return jax.block_until_ready(sampler.chunk(state, args))
-
     with ThreadPoolExecutor(max(2, min(chains, os.cpu_count() or 1)), thread_name_prefix="nuts") as pool:
-        # the init and pointwise log-likelihood programs compile on other threads (XLA
-        # releases the interpreter lock) while this one traces the sampling loop
+        # The init, the sampling chunk and the pointwise log-likelihood compile at once, on
+        # three threads (XLA releases the interpreter lock): the chunk needs only the shape
+        # of a chain's state, not its value.
+        state_shape = jax.eval_shape(sampler.init, chain_starts[0], keys[0], args)
         initial = pool.submit(lambda: [sampler.init(chain_starts[c], keys[c], args) for c in range(chains)])
         warming = pool.submit(_run_once, _pointwise, spec, jnp.ones((chains * draws, len(param_names(spec)))),
                               prob.y, prob.x)
-        sampler.chunk.trace(jax.eval_shape(sampler.init, chain_starts[0], keys[0], args), args)
+        chunk = _compiled_chunk(sampler, state_shape, args)
+
+        def advance(state):   # one chunk of one chain, blocking its thread (XLA runs it there)
+            return jax.block_until_ready(chunk(state, args))
+
         states = initial.result()
         total = warmup + draws
         kept = []
@@ -524,11 +540,7 @@ def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: 
         while done < total:
             if cancel is not None and cancel.is_set():
                 raise FitCancelled(f"NUTS fit cancelled after {done} of {total} iterations")
-            if done == 0:   # the first chain compiles the program; the others then share it
-                first = advance(states[0])
-                steps = [first, *pool.map(advance, states[1:])]
-            else:
-                steps = list(pool.map(advance, states))
+            steps = list(pool.map(advance, states))
             states = [st for st, _ in steps]
             done += chunk_len
             if done > warmup:

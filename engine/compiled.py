@@ -12,6 +12,7 @@ that limit; a program dropped that way is compiled again on its next use.
 from __future__ import annotations
 
 import gc
+from typing import Callable
 
 import jax
 
@@ -37,13 +38,24 @@ def mapping_limit() -> int | None:
         return None
 
 
+_CLEARERS: list[Callable[[], None]] = []
+
+
+def on_trim(clear: Callable[[], None]) -> None:
+    """Register `clear` to empty a cache of the engine's own that holds compiled programs
+    (ahead-of-time executables JAX's caches do not know about); `trim_compiled` calls it."""
+    _CLEARERS.append(clear)
+
+
 def trim_compiled(fraction: float = 0.5) -> bool:
-    """Drop JAX's compiled programs when this process holds more than `fraction` of the
-    mappings it may have; True when it did. Safe from any thread: a program running now
-    keeps its own reference, later calls compile again."""
+    """Drop JAX's compiled programs, and the engine's own (`on_trim`), when this process
+    holds more than `fraction` of the mappings it may have; True when it did. Safe from any
+    thread: a program running now keeps its own reference, later calls compile again."""
     count, limit = mapping_count(), mapping_limit()
     if count is None or limit is None or count <= fraction * limit:
         return False
+    for clear in _CLEARERS:
+        clear()
     jax.clear_caches()
     gc.collect()
     return True

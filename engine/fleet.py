@@ -649,7 +649,7 @@ def _belief(final: kalman.FilterState, i: int, n_time: int):
 
 
 def _nuts_batch(job: FleetJob, spec: ModelSpec, batch: Batch, good, fill, X) -> _Fitted:
-    """NUTS per series (its chains vectorised), seeded per series; parameters are posterior means."""
+    """NUTS per series (its chains on threads), seeded per series; parameters are posterior means."""
     from .bayes import fit_nuts
     from .diagnostics import diagnose
 

@@ -36,3 +36,13 @@ def test_a_trimmed_program_compiles_again_and_gives_the_same_result():
     assert compiled.trim_compiled(fraction=0.0)
     assert jnp.array_equal(f(x), first)
 
+
+
+def test_trimming_empties_the_engines_own_caches_of_executables():
+    from engine import bayes
+
+    spec = bayes.as_spec({"irregular": True, "level": {"kind": "local_level"}})
+    bayes._sampler(spec, ("half_normal", "half_normal"), (20, None), 10, 10, 0.8, 5)
+    assert bayes._sampler.cache_info().currsize >= 1
+    assert compiled.trim_compiled(fraction=0.0)
+    assert bayes._sampler.cache_info().currsize == 0
