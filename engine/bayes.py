@@ -520,7 +520,7 @@ def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: 
     keys = _chain_keys(seed, chains)
     chain_starts = [{n: jnp.asarray(starts[i, c]) for i, n in enumerate(sites)} for c in range(chains)]
 
-    with ThreadPoolExecutor(max(2, min(chains, os.cpu_count() or 1)), thread_name_prefix="nuts") as pool:
+    with ThreadPoolExecutor(max(2, min(chains, _usable_cores())), thread_name_prefix="nuts") as pool:
         # The init, the sampling chunk and the pointwise log-likelihood compile at once, on
         # three threads (XLA releases the interpreter lock): the chunk needs only the shape
         # of a chain's state, not its value.
@@ -592,6 +592,14 @@ def _pointwise(spec, theta, y, x):
     th = jnp.pad(theta, ((0, pad), (0, 0)), mode="edge").reshape(n_chunks, CHUNK_DRAWS, -1)
     out = lax.map(lambda t: _loglik_terms_batch(spec, t, y, x).T, th)
     return out.reshape(n_chunks * CHUNK_DRAWS, -1)[:n]
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # not on Linux
+        return os.cpu_count() or 1
 
 
 def _run_once(fn, *args) -> None:

@@ -170,6 +170,14 @@ def test_refit_on_new_data_of_the_same_shape_does_not_recompile(iid_fit):
     assert sampler.init._cache_size() == 1
 
 
+def test_a_seed_gives_the_same_draws_whichever_thread_runs_each_chain(iid_fit):
+    y, idata, _ = iid_fit
+    again = engine.fit_nuts(IID, y, chains=4, warmup=300, draws=500, seed=0, priors=IID_PRIOR)
+    np.testing.assert_array_equal(again.posterior["sigma2.irregular"], idata.posterior["sigma2.irregular"])
+    chains = np.asarray(idata.posterior["sigma2.irregular"])
+    assert len({tuple(c[:5]) for c in chains}) == 4   # the chains are not copies of one another
+
+
 def test_cancel_stops_the_fit():
     ev = threading.Event()
     ev.set()
