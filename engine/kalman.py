@@ -420,7 +420,7 @@ def run(lay: Layout, system: System, y: jnp.ndarray, *, sqrt: bool = False, keep
 
 
 def _run_chunked(lay: Layout, system: System, state: FilterState, y, d, sqrt: bool):
-    """Log-likelihood terms in chunks of CHUNK_STEPS steps, one branch per chunk instead of per step.
+    """Log-likelihood terms in equal chunks of at most CHUNK_STEPS steps, one branch per chunk instead of per step.
 
     A per-step `lax.switch` costs about as much as a whole standard update for m ≈ 13 on a CPU,
     and in reverse mode it stores every branch's residuals at every step. Here each chunk is
@@ -433,12 +433,13 @@ def _run_chunked(lay: Layout, system: System, state: FilterState, y, d, sqrt: bo
     """
     n_time, batch = y.shape
     n_chunks = -(-n_time // CHUNK_STEPS)
-    pad = n_chunks * CHUNK_STEPS - n_time
+    size = -(-n_time // n_chunks)        # at most CHUNK_STEPS; fewer than n_chunks steps of padding
+    pad = n_chunks * size - n_time
     z = system.design
-    valid = jnp.arange(n_chunks * CHUNK_STEPS) >= pad            # padding goes first, inside chunk 0
-    y_c = jnp.concatenate([jnp.full((pad, batch), jnp.nan), y]).reshape(n_chunks, CHUNK_STEPS, batch)
-    d_c = jnp.concatenate([jnp.zeros((pad, batch)), d]).reshape(n_chunks, CHUNK_STEPS, batch)
-    valid_c = valid.reshape(n_chunks, CHUNK_STEPS)
+    valid = jnp.arange(n_chunks * size) >= pad            # padding goes first, inside chunk 0
+    y_c = jnp.concatenate([jnp.full((pad, batch), jnp.nan), y]).reshape(n_chunks, size, batch)
+    d_c = jnp.concatenate([jnp.zeros((pad, batch)), d]).reshape(n_chunks, size, batch)
+    valid_c = valid.reshape(n_chunks, size)
 
     @jax.checkpoint
     def general(st, xs):
@@ -471,7 +472,7 @@ def _run_chunked(lay: Layout, system: System, state: FilterState, y, d, sqrt: bo
         return lax.switch(index, [general, steady, standard], st, xs)
 
     final, ll = lax.scan(chunk, state, (y_c, d_c, valid_c))
-    return final, ll.reshape(n_chunks * CHUNK_STEPS, batch)[pad:]
+    return final, ll.reshape(n_chunks * size, batch)[pad:]
 
 
 def mean_pass(lay: Layout, transition: jnp.ndarray, design: jnp.ndarray, obs_intercept: jnp.ndarray,
