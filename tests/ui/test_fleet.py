@@ -29,7 +29,8 @@ def test_fleet_run_table_drill_down_and_open_in_fit(app_url, page, panel_server)
     page.get_by_role("button", name="Run fleet").click()  # 24 synthetic sensors × 120 steps, MLE, locally
     page.get_by_text("series/s").first.wait_for(state="visible", timeout=600_000)
     assert page.locator(".fleet-progress progress").first.get_attribute("value") == "100"
-    assert len(_column(page, "series")) > 0 and page.locator(".fleet-badge").count() > 0
+    # the rows arrive in a later document update than the status line, and render after it
+    _wait_for(lambda: len(_column(page, "series")) > 0 and page.locator(".fleet-badge").count() > 0)
 
     page.locator('.fleet-table .tabulator-col[tabulator-field="loglik"] .tabulator-col-title').click()
     number = lambda s: float(s.replace(",", ""))
