@@ -225,3 +225,27 @@ def test_bad_inputs_are_refused_clearly():
                         priors={"sigma2.level": {"dist": "normal"}})
     with pytest.raises(ValueError, match="infinite"):
         engine.fit_nuts({"irregular": True, "level": {"kind": "local_level"}}, np.r_[nile()[:50], np.inf])
+
+
+PRIOR_EXAMPLES = {"half_normal": (2.0,), "half_cauchy": (0.5,), "half_student_t": (3.0, 2.0),
+                  "inverse_gamma": (3.0, 2.0), "log_normal": (0.3, 0.8), "exponential": (1.5,),
+                  "gamma": (2.5, 4.0), "normal": (1.0, 3.0), "uniform": (-2.0, 5.0), "beta": (2.0, 5.0)}
+
+
+@pytest.mark.parametrize("family", sorted(PRIOR_EXAMPLES))
+def test_chain_starts_are_numpyro_prior_medians_on_its_unconstrained_coordinates(family):
+    """The host-side starts against NumPyro itself: the median of 200,000 prior draws, and
+    the inverse of `biject_to` of the prior's support."""
+    from numpyro.distributions import biject_to
+
+    from engine.bayes import _prior_median, _to_unconstrained_value
+    from engine.priors import FAMILIES, make_distribution
+
+    assert set(PRIOR_EXAMPLES) == set(FAMILIES)
+    args = PRIOR_EXAMPLES[family]
+    d = make_distribution(family, tuple(jnp.asarray(a) for a in args))
+    draws = np.asarray(d.sample(jax.random.PRNGKey(0), (200_000,)))
+    median = _prior_median(family, args)
+    assert np.mean(draws <= median) == pytest.approx(0.5, abs=0.005)
+    expected = float(biject_to(d.support).inv(jnp.asarray(median)))
+    assert _to_unconstrained_value(family, args, median) == pytest.approx(expected, rel=1e-9, abs=1e-12)
