@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import scipy.optimize
+import scipy.stats as st
 from jax import lax
 from jax.flatten_util import ravel_pytree
 from numpyro.distributions import biject_to
@@ -446,8 +447,6 @@ on_trim(_sampler.cache_clear)   # the samplers hold executables of their own
 
 def _prior_median(family: str, args) -> float:
     """The median of a prior, in closed form or from SciPy (host-side: no compilation)."""
-    import scipy.stats as st
-
     a = [float(v) for v in args]
     if family == "half_normal":
         return st.halfnorm(scale=a[0]).median()
@@ -541,7 +540,7 @@ def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: 
             if cancel is not None and cancel.is_set():
                 raise FitCancelled(f"NUTS fit cancelled after {done} of {total} iterations")
             steps = list(pool.map(advance, states))
-            states = [st for st, _ in steps]
+            states = [state for state, _ in steps]
             done += chunk_len
             if done > warmup:
                 kept.append(jax.device_get([f for _, f in steps]))
@@ -554,19 +553,17 @@ def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: 
     z, diverging, energy, num_steps, step_size, accept, potential = jax.tree_util.tree_map(
         lambda *a: np.concatenate(a, axis=1), *[jax.tree_util.tree_map(lambda *c: np.stack(c), *k) for k in kept])
     to_c = _to_constrained_fn(prob)
-    sites = sorted(sample_sites(spec))
-    zmat = np.stack([z[n] for n in sites], axis=-1).reshape(-1, len(sites))
+    zmat = np.stack([z[n] for n in sorted(sites)], axis=-1).reshape(-1, len(sites))
     theta = np.asarray(jax.jit(jax.vmap(to_c))(jnp.asarray(zmat))).reshape(chains, draws, -1)
     names = param_names(spec)
     posterior = {n: theta[..., i] for i, n in enumerate(names)}
     pointwise = pointwise_loglik(spec, theta.reshape(chains * draws, -1), prob.y, prob.x)
     time_coord = np.arange(prob.y.shape[0]) if time_index is None else np.asarray(time_index)
-    n_steps = num_steps
     sample_stats = {
         "diverging": diverging.astype(bool),
         "energy": energy,
-        "n_steps": n_steps,
-        "tree_depth": (np.floor(np.log2(np.maximum(n_steps, 1))) + 1).astype(int),
+        "n_steps": num_steps,
+        "tree_depth": (np.floor(np.log2(np.maximum(num_steps, 1))) + 1).astype(int),
         "step_size": step_size,
         "acceptance_rate": accept,
         "lp": -potential,
