@@ -19,6 +19,11 @@ variance), so an iteration costs about k + 1 filter passes and stores no filter 
 Near a MAP the expected information misses part of the curvature and scoring converges only
 linearly; a structured secant correction (`_secant_update`) is added to the model whenever it
 predicted the last step's decrease better (NL2SOL's switch), which cuts the iterations.
+Log variances are stepped in σ² itself (σ² ← σ²(1 + Δz)), where scoring is exact for white
+noise; a linear step in log σ² shrinks a variance by at most a factor e per iteration. A
+member stops once its Newton decrement ½ gᵀH⁻¹g (the model's f − min f) is below
+DECREMENT_TOL·|f|, after one last step: f is then exact to about that, its parameters to
+about the square root where the likelihood is flat.
 MLE works on `transforms.constrain` coordinates scaled to each series (as `fit_mle`); MAP on
 NumPyro's unconstrained coordinates of each series' priors, adding the log prior and the log
 Jacobian (the potential `fit_map` minimises), whose exact Hessian is cheap.
@@ -45,7 +50,7 @@ from . import kalman, parallel
 from .bayes import FitCancelled, _params_to_site_values, _site_values_to_params
 from .mle import start_points
 from .model import _systems, as_param_vector
-from .priors import FAMILIES, make_distribution, resolve_priors, sample_sites
+from .priors import FAMILIES, POSITIVE_FAMILIES, make_distribution, resolve_priors, sample_sites
 from .spec import ModelSpec, as_spec, param_names
 from .system import layout
 from .transforms import constrain, scales
@@ -58,6 +63,7 @@ MAX_ITER = 200           # scoring iterations per series (each one filter pass w
 GTOL = 1e-9              # converged: max |∂f/∂z| of the per-observation objective below this
 FTOL = 1e-12             # ... or an undamped accepted step lowered it by less than this (relative)
 GTOL_STUCK = 1e-5        # no step lowers f any more (roundoff): converged if max |∂f/∂z| is below this
+DECREMENT_TOL = 1e-10    # ... or if the model's full step would lower f by at most this (relative)
 MAX_STEP = 5.0           # largest change of any unconstrained coordinate in one step
 NUTS_DEFAULTS = {"chains": 2, "warmup": 300, "draws": 300}
 
@@ -250,6 +256,18 @@ def _coordinates(spec: ModelSpec, method: str, priors) -> Coordinates:
     return Coordinates("map", tuple((s, fams[s], len(FAMILIES[fams[s]][1])) for s in sorted(sample_sites(spec))))
 
 
+def _log_variances(spec: ModelSpec, co: Coordinates) -> tuple[np.ndarray, np.ndarray]:
+    """Which coordinates are log variances (σ² = c·exp(z)): (k,) bools in z order and in
+    `param_names` order (the two differ for map, whose z follows the sorted sample sites)."""
+    names = param_names(spec)
+    if co.method == "mle":
+        mask = np.array([n.startswith("sigma2.") for n in names], dtype=bool)
+        return mask, mask
+    positive = {s: s.startswith("sigma2.") and f in POSITIVE_FAMILIES for s, f, _ in co.sites}
+    return (np.array([positive[s] for s, _, _ in co.sites], dtype=bool),
+            np.array([positive.get(n, False) for n in names], dtype=bool))
+
+
 def _member_args(spec: ModelSpec, co: Coordinates, y: np.ndarray, x, priors) -> np.ndarray:
     """Per-series numbers of the coordinates: the data scales (mle) or the priors' arguments (map)."""
     if co.method == "mle":
@@ -348,12 +366,16 @@ def _score(spec, co, Z, A, Y, X) -> Score:
 def _transform_curvature(spec, co, Z, A, ll_grad):
     """Σ_i ∂ℓ/∂θ_i ∇²_z θ_i (series, k, k): the part of ∇²_z ℓ that the information (a curvature
     in θ) misses. It vanishes at an interior MLE but not at a MAP, where the likelihood's slope
-    balances the prior's; there it is most of the curvature of a weakly identified variance."""
+    balances the prior's; there it is most of the curvature of a weakly identified variance.
+
+    Log variances are left out: `_optimise` steps them in σ² itself, where the information is
+    the likelihood's own curvature model."""
     to_params = partial(_to_params, spec, co)
+    curved = jnp.asarray(~_log_variances(spec, co)[1])
 
     def one(z, a, g):
         J = jax.jacfwd(to_params)(z, a)                               # (k, k) ∂θ/∂z
-        slope = jnp.linalg.lstsq(J.T, g)[0]                           # ∂ℓ/∂θ
+        slope = jnp.where(curved, jnp.linalg.lstsq(J.T, g)[0], 0.0)   # ∂ℓ/∂θ
         C = jax.hessian(lambda z: jnp.dot(lax.stop_gradient(slope), to_params(z, a)))(z)
         w, V = jnp.linalg.eigh(0.5 * (C + C.T))
         return (V * jnp.minimum(w, 0.0)) @ V.T     # keep the model convex: only −C's positive part
@@ -384,6 +406,7 @@ def _optimise(spec, co, Z0, A, Y, X, maxiter: int) -> Optimum:
     s0 = _score(spec, co, z, A, Y, X)
     n, k = z.shape
     eye = jnp.eye(k)
+    log_variance = jnp.asarray(_log_variances(spec, co)[0])
 
     def running_over(limit):
         return lambda c: (c["it"][0] < maxiter) & (jnp.sum(~c["done"]) > limit)
@@ -392,7 +415,18 @@ def _optimise(spec, co, Z0, A, Y, X, maxiter: int) -> Optimum:
         z, sc, lam, done = c["z"], c["score"], c["lam"], c["done"]
         H = sc.info + jnp.where(c["augmented"][:, None, None], c["secant"], 0.0)
         scale = jnp.maximum(jnp.trace(sc.info, axis1=1, axis2=2) / k, 1e-12)
+        # the Newton decrement ½ gᵀH⁻¹g, the model's estimate of f − min f: once it is at the
+        # roundoff level of f, no step can be told from noise (and rejected steps would only
+        # raise the damping until `stuck`)
+        newton = jnp.linalg.solve(H, sc.grad[..., None])[..., 0]
+        decrement = 0.5 * jnp.sum(sc.grad * newton, axis=1)
+        flat = (decrement >= 0) & (decrement <= DECREMENT_TOL * jnp.maximum(1.0, jnp.abs(sc.value))) \
+            & (jnp.max(jnp.abs(sc.grad), axis=1) <= GTOL_STUCK)
         step = -jnp.linalg.solve(H + (lam * scale)[:, None, None] * eye, sc.grad[..., None])[..., 0]
+        # along a log variance, take the step in the variance itself: σ² ← σ²(1 + Δz) (floored),
+        # i.e. Δz → log(1 + Δz). Scoring in σ² is exact for white noise (σ² ← mean square) where
+        # its linearisation in log σ² shrinks a variance by at most a factor e per iteration
+        step = jnp.where(log_variance, jnp.log(jnp.maximum(1.0 + step, jnp.exp(-MAX_STEP))), step)
         biggest = jnp.max(jnp.abs(step), axis=1)
         step = step * jnp.minimum(1.0, MAX_STEP / jnp.where(biggest > 0, biggest, 1.0))[:, None]
         step = jnp.where(jnp.isfinite(step), step, 0.0)
@@ -408,11 +442,12 @@ def _optimise(spec, co, Z0, A, Y, X, maxiter: int) -> Optimum:
             & jnp.all(jnp.isfinite(trial.info), axis=(1, 2))
         drop = sc.value - trial.value
         rho = drop / jnp.where(predicted > 0, predicted, 1.0)
-        accept = ~done & ok & (drop > 0) & (rho > 1e-4)
+        # a flat member stops after this step, kept if it lowered f at all (a last Newton step)
+        accept = ~done & ok & (drop > 0) & ((rho > 1e-4) | flat)
         small_g = jnp.max(jnp.abs(jnp.where(accept[:, None], trial.grad, sc.grad)), axis=1) <= GTOL
         small_f = accept & (drop <= FTOL * jnp.maximum(1.0, jnp.abs(sc.value))) & (lam <= 1e-3)
         stuck = ~accept & (lam > 1e10)
-        conv = ~done & (small_g | small_f | stuck & (jnp.max(jnp.abs(sc.grad), axis=1) <= GTOL_STUCK))
+        conv = ~done & (flat | small_g | small_f | stuck & (jnp.max(jnp.abs(sc.grad), axis=1) <= GTOL_STUCK))
         pick = lambda new, old: jnp.where(accept.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
         # Nielsen's update of the damping from the ratio of actual to predicted decrease
         lam_new = jnp.where(accept, lam * jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), lam * c["nu"])
