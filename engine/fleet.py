@@ -196,6 +196,10 @@ def _innovations(spec: ModelSpec, P, Y, X):
     def scan(use_diffuse: bool, state, xs):
         def body(state, xs):
             y_t, d_t, z_t = xs if varying else (*xs, system.design)
+            if not use_diffuse:   # no member diffuse: the fused update (no steady test, not used here)
+                new, llf, v = kalman._fused_standard_step(lay, system, state, y_t, d_t, z_t, test_steady=False)
+                kind = jnp.where(new.prev_observed & (new.innov_var > 0), 1.0, 0.0)
+                return new, (llf, v, new.innov_var, kind)
             new, info = kalman._full_step(lay, system, state, y_t, d_t, z_t, use_diffuse, False, True)
             return new, (info.loglik, info.innovation, info.innov_var, info.kind.astype(jnp.float64))
         return lax.scan(body, state, xs)

@@ -375,6 +375,59 @@ def _steady_step(lay: Layout, system: System, state: FilterState, y, d, z, sqrt:
     return new, info
 
 
+def _rows_apply(lay, T, rows: list) -> list:
+    """T X by blocks, X given as its list of state rows (each (..., draw)); returns the rows of T X.
+
+    The product of `system.transition_apply`, written as sums of rows: XLA then fuses a whole
+    covariance update into a few elementwise loops over the batch, where a reduction over the
+    state axis is a kernel of its own (about ten times slower at 13 states, 1000 draws, CPU).
+    """
+    out = []
+    for _, start, k, kind, _ in lay.blocks:
+        x = rows[start:start + k]
+        if kind == "dummy":   # [-Σ x, x_1, ..., x_{k-1}]
+            out += [-sum(x[1:], x[0])] + x[:-1]
+            continue
+        for i in range(k):
+            t = T[start + i, start:start + k]
+            out.append(sum((t[j] * x[j] for j in range(1, k)), t[0] * x[0]))
+    return out
+
+
+def _fused_standard_step(lay: Layout, system: System, st: FilterState, y, d, z, test_steady: bool = True):
+    """`step` for a batch with no diffuse member and a dense P, in fusable form: (next state,
+    loglik, innovation v), each (batch,) but the state.
+
+    Same arithmetic as the standard branch of `_full_step` (observe, then predict
+    T P_{t|t} Tᵀ + Q, and the same steady test unless `test_steady` is False), up to roundoff,
+    in a few large elementwise fusions instead of one small kernel per matrix operation:
+    about half the time of `_full_step` at 6 states and 256 series (the fleet's filter) and
+    what makes the online bank's update O(state²·draw) with a small constant.
+    """
+    observed = ~jnp.isnan(y)
+    T = system.transition
+    M = _mat_z(lay, st.cov, z)                       # P z (state, batch)
+    F = _z_dot(lay, M, z) + system.obs_var
+    updated = observed & (F > 0)
+    F_safe = jnp.where(updated, F, 1.0)
+    inv_F = jnp.where(updated, 1.0 / F_safe, 0.0)
+    K = M * inv_F
+    v = jnp.where(updated, jnp.where(observed, y, 0.0) - _z_dot(lay, st.mean, z) - d, 0.0)
+    loglik = jnp.where(updated, -0.5 * (LOG_2PI + jnp.log(F_safe) + v * v * inv_F), 0.0)
+    a_next = jnp.stack(_rows_apply(lay, T, list(st.mean + K * v)))
+    # P_{t+1} = T P_{t|t} Tᵀ + diag(q) by rows (see `_rows_apply`)
+    P_f = st.cov - (M[:, None] * M[None]) * inv_F            # P − M Mᵀ/F, exactly symmetric
+    TP = jnp.stack(_rows_apply(lay, T, list(P_f)))
+    P_next = (jnp.stack(_rows_apply(lay, T, list(jnp.swapaxes(TP, 0, 1))))
+              + jnp.eye(lay.n_states)[:, :, None] * system.state_var[None])
+    steady = jnp.zeros_like(observed)
+    if test_steady and not lay.time_varying_design:   # the filter's test ‖ΔP‖² ≤ tol ‖P‖² (as dot products: one kernel each)
+        diff, P_flat = jnp.reshape(P_next - st.cov, (-1, y.shape[0])), jnp.reshape(P_next, (-1, y.shape[0]))
+        change, size = jnp.einsum("ks,ks->s", diff, diff), jnp.einsum("ks,ks->s", P_flat, P_flat)
+        steady = updated & st.prev_observed & (change <= TOL_STEADY * size)
+    return FilterState(a_next, P_next, st.diffuse_cov, jnp.zeros_like(observed), steady, K, F, observed), loglik, v
+
+
 def step(lay: Layout, system: System, state: FilterState, y, d, z, *, sqrt: bool = False,
          keep: bool = False):
     """One time step for the whole batch: observe y_t, then predict t+1.

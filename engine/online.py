@@ -267,56 +267,6 @@ def _components(spec, z, d, a_f, entry, M, K, F):
     return jnp.stack(means), jnp.stack(variances)
 
 
-def _rows_apply(lay, T, rows: list) -> list:
-    """T X by blocks, X given as its list of state rows (each (..., draw)); returns the rows of T X.
-
-    The product of `system.transition_apply`, written as sums of rows: XLA then fuses a whole
-    covariance update into a few elementwise loops over the draws, where a reduction over the
-    state axis is a kernel of its own (about ten times slower at 13 states, 1000 draws, CPU).
-    """
-    out = []
-    for _, start, k, kind, _ in lay.blocks:
-        x = rows[start:start + k]
-        if kind == "dummy":   # [-Σ x, x_1, ..., x_{k-1}]
-            out += [-sum(x[1:], x[0])] + x[:-1]
-            continue
-        for i in range(k):
-            t = T[start + i, start:start + k]
-            out.append(sum((t[j] * x[j] for j in range(1, k)), t[0] * x[0]))
-    return out
-
-
-def _standard_step(lay, system: System, st: kalman.FilterState, y, d, z):
-    """`kalman.step` for a bank with no diffuse member and a dense P, in fusable form.
-
-    Same arithmetic as the filter's standard branch (observe, then predict T P_{t|t} Tᵀ + Q,
-    and the same steady test), up to roundoff.
-    """
-    observed = ~jnp.isnan(y)
-    T = system.transition
-    M = kalman._mat_z(lay, st.cov, z)                       # P z (state, draw)
-    F = kalman._z_dot(lay, M, z) + system.obs_var
-    updated = observed & (F > 0)
-    F_safe = jnp.where(updated, F, 1.0)
-    inv_F = jnp.where(updated, 1.0 / F_safe, 0.0)
-    K = M * inv_F
-    v = jnp.where(updated, jnp.where(observed, y, 0.0) - kalman._z_dot(lay, st.mean, z) - d, 0.0)
-    loglik = jnp.where(updated, -0.5 * (kalman.LOG_2PI + jnp.log(F_safe) + v * v * inv_F), 0.0)
-    a_next = jnp.stack(_rows_apply(lay, T, list(st.mean + K * v)))
-    # P_{t+1} = T P_{t|t} Tᵀ + diag(q) by rows (see `_rows_apply`)
-    P_f = st.cov - (M[:, None] * M[None]) * inv_F            # P − M Mᵀ/F, exactly symmetric
-    TP = jnp.stack(_rows_apply(lay, T, list(P_f)))
-    P_next = (jnp.stack(_rows_apply(lay, T, list(jnp.swapaxes(TP, 0, 1))))
-              + jnp.eye(lay.n_states)[:, :, None] * system.state_var[None])
-    steady = jnp.zeros_like(observed)
-    if not lay.time_varying_design:   # the filter's test ‖ΔP‖² ≤ tol ‖P‖² (as dot products: one kernel each)
-        diff, P_flat = jnp.reshape(P_next - st.cov, (-1, y.shape[0])), jnp.reshape(P_next, (-1, y.shape[0]))
-        change, size = jnp.einsum("ks,ks->s", diff, diff), jnp.einsum("ks,ks->s", P_flat, P_flat)
-        steady = updated & st.prev_observed & (change <= kalman.TOL_STEADY * size)
-    return kalman.FilterState(a_next, P_next, st.diffuse_cov, jnp.zeros_like(observed), steady, K, F,
-                              observed), loglik
-
-
 def _kalman_step(config: OnlineConfig, lay, system: System, st: kalman.FilterState, y, d, z):
     """The bank's Kalman step: (next filter state, loglik, F∞ (draw,), component still diffuse (component, draw)).
 
@@ -339,7 +289,7 @@ def _kalman_step(config: OnlineConfig, lay, system: System, st: kalman.FilterSta
     def standard():
         if config.sqrt:
             return kalman.step(lay, system, st, y, d, z, sqrt=True) + no_diffuse
-        return _standard_step(lay, system, st, y, d, z) + no_diffuse
+        return kalman._fused_standard_step(lay, system, st, y, d, z)[:2] + no_diffuse
 
     def steady():
         return kalman._steady_step(lay, system, st, y, d, z, config.sqrt, False) + no_diffuse
@@ -450,7 +400,7 @@ def standard_step(config: OnlineConfig, bank: Bank, belief: Belief, y, exog=None
     y = jnp.asarray(y, dtype=jnp.float64)
     z, d = _design(spec, bank, exog)
     st = belief.filter
-    fs, loglik = _standard_step(lay, bank.system, st, jnp.broadcast_to(y, d.shape), d, z)
+    fs, loglik, _ = kalman._fused_standard_step(lay, bank.system, st, jnp.broadcast_to(y, d.shape), d, z)
     ds = _per_draw(config, lay, z, d, st, fs.gain, fs.innov_var, jnp.zeros_like(d), y, loglik)
     return _report(config, belief, fs, y, ds)
 
@@ -471,7 +421,7 @@ def steady_step(config: OnlineConfig, bank: Bank, belief: Belief, y, exog=None) 
     v = y - kalman._z_dot(lay, st.mean, z) - d
     loglik = -0.5 * (kalman.LOG_2PI + jnp.log(F) + v * v / F)
     ds = _per_draw(config, lay, z, d, st, K, F, jnp.zeros_like(F), y, loglik)
-    fs = st._replace(mean=jnp.stack(_rows_apply(lay, bank.system.transition, list(ds.filt_mean))),
+    fs = st._replace(mean=jnp.stack(kalman._rows_apply(lay, bank.system.transition, list(ds.filt_mean))),
                      prev_observed=jnp.ones_like(st.steady))
     return _report(config, belief, fs, y, ds)
 

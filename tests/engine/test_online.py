@@ -415,14 +415,15 @@ def _rich_bank(n_draws=3, seed=0):
 
 def test_rows_apply_is_the_block_transition():
     """T X by rows equals the block-structured product for every block kind (dense, dummy, k = 1)."""
+    from engine import kalman
     from engine.system import layout, transition_apply
     _, bank = _rich_bank()
     lay = layout(RICH)
     X = jnp.asarray(np.random.default_rng(1).standard_normal((lay.n_states, lay.n_states, 3)))
     T = bank.system.transition
-    np.testing.assert_allclose(np.stack(online._rows_apply(lay, T, list(X))), transition_apply(lay, T, X),
+    np.testing.assert_allclose(np.stack(kalman._rows_apply(lay, T, list(X))), transition_apply(lay, T, X),
                                rtol=1e-13, atol=1e-13)
-    np.testing.assert_allclose(np.stack(online._rows_apply(lay, T, list(X[:, 0]))), transition_apply(lay, T, X[:, 0]),
+    np.testing.assert_allclose(np.stack(kalman._rows_apply(lay, T, list(X[:, 0]))), transition_apply(lay, T, X[:, 0]),
                                rtol=1e-13, atol=1e-13)
 
 
@@ -440,9 +441,10 @@ def test_fused_standard_step_equals_the_filters_step():
     st, z, d = belief.filter, bank.system.design, jnp.zeros(3)
     for v in (y[40], np.nan, y[41]):
         yb = jnp.full(3, v)
-        ours, ll = online._standard_step(lay, bank.system, st, yb, d, z)
-        ref, ll_ref = kalman.step(lay, bank.system, st, yb, d, z)
-        np.testing.assert_allclose(ll, ll_ref, rtol=1e-12, atol=1e-12)
+        ours, ll, v = kalman._fused_standard_step(lay, bank.system, st, yb, d, z)
+        ref, info = kalman.step(lay, bank.system, st, yb, d, z, keep=True)
+        np.testing.assert_allclose(ll, info.loglik, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(v, info.innovation, rtol=1e-12, atol=1e-12)
         for name, a, b in zip(ref._fields, ours, ref):
             np.testing.assert_allclose(np.asarray(a, float), np.asarray(b, float), rtol=1e-11, atol=1e-11, err_msg=name)
         st = ours
