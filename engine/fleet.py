@@ -35,6 +35,7 @@ its inputs (a seed per series), so a retried batch gives the same rows.
 from __future__ import annotations
 
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Mapping, NamedTuple
@@ -47,7 +48,7 @@ from jax import lax
 from numpyro.distributions import biject_to
 
 from . import kalman, parallel
-from .bayes import FitCancelled, _params_to_site_values, _site_values_to_params
+from .bayes import FitCancelled, _params_to_site_values, _site_values_to_params, _usable_cores
 from .mle import start_points
 from .model import _systems, as_param_vector
 from .priors import FAMILIES, POSITIVE_FAMILIES, make_distribution, resolve_priors, sample_sites
@@ -804,12 +805,10 @@ def fit_many(spec, Y, exog=None, *, method: str = "mle", backend: str = "local",
 
     outputs: dict[int, BatchOutput] = {}
     if backend == "local":
-        for i, batch in enumerate(batches):
-            if cancel is not None and cancel.is_set():
-                raise FleetCancelled(f"cancelled after {done[0]} of {n_series} series",
-                                     _assemble(job, batches, outputs, partial=True))
-            outputs[i] = run_batch(job, batch)
-            finished(batch)
+        outputs = _run_local(job, batches, finished, cancel)
+        if len(outputs) < len(batches):
+            raise FleetCancelled(f"cancelled after {done[0]} of {n_series} series",
+                                 _assemble(job, batches, outputs, partial=True))
     else:
         from . import cluster
 
@@ -822,6 +821,33 @@ def fit_many(spec, Y, exog=None, *, method: str = "mle", backend: str = "local",
                                  _assemble(job, batches, done_outputs, partial=True)) from None
         outputs = {i: _output_or_failure(job, b, r) for i, (b, r) in enumerate(zip(batches, results))}
     return _assemble(job, batches, outputs)
+
+
+def _run_local(job: FleetJob, batches: list[Batch], finished: Callable[[Batch], None], cancel) -> dict[int, BatchOutput]:
+    """Run the batches in this process, as many at once as there are usable cores.
+
+    XLA runs one batch's small kernels on about one core and releases the interpreter lock
+    meanwhile, so batches on threads use the others (as Ray's worker processes would, without
+    the copies). `finished` is called here, in the caller's thread. Once `cancel` is set no
+    batch starts; those running finish. Returns the outputs by batch index (fewer if cancelled).
+    """
+    outputs: dict[int, BatchOutput] = {}
+    todo = list(enumerate(batches))
+    workers = max(1, min(len(batches), _usable_cores()))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fit_many") as pool:
+        running: dict = {}
+        while todo or running:
+            while todo and len(running) < workers and not (cancel is not None and cancel.is_set()):
+                i, batch = todo.pop(0)
+                running[pool.submit(run_batch, job, batch)] = i
+            if not running:
+                break
+            ready, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in ready:
+                i = running.pop(future)
+                outputs[i] = future.result()
+                finished(batches[i])
+    return outputs
 
 
 def _output_or_failure(job: FleetJob, batch: Batch, result) -> BatchOutput:

@@ -131,7 +131,9 @@ def test_progress_cancel_and_a_failing_batch(fleet):
     with pytest.raises(engine.FleetCancelled) as info:
         engine.fit_many(SPEC, fleet, method="filter", params={n: 1.0 for n in NAMES}, batch_size=4,
                         progress=progress, cancel=cancel)
-    assert seen == [(4, 12)] and len(info.value.partial.table) == 4
+    # no batch starts after the cancel; those already running (one per core) finish and are kept
+    assert seen[0] == (4, 12) and len(seen) < 3
+    assert len(info.value.partial.table) == seen[-1][0]
     # a batch that raises fails only its own series, with the reason
     job = FleetJob(SPEC, "bogus", 3)
     out = run_batch(job, Batch(0, ["x", "y", "z"], fleet[:3]))
