@@ -17,7 +17,35 @@ if log.level == logging.NOTSET:
 
 def on_server_loaded(server_context):
     import app.dashboard  # noqa: F401  (see the module docstring)
+    from tornado.ioloop import IOLoop
+
+    ignore_closed_websockets(IOLoop.current().asyncio_loop)
     log.info("StreamSSM server loaded")
+
+
+def ignore_closed_websockets(loop) -> None:
+    """Log a browser that left while the server was writing to it as one line, not a traceback.
+
+    Tornado sends each websocket message in a task; when the page has just been closed the task
+    fails with WebSocketClosedError, nobody awaits it, and asyncio prints "Task exception was
+    never retrieved" with two tracebacks (bokeh/bokeh#7619). Nothing is lost: the session is
+    being destroyed anyway. Every other unhandled exception still goes to the previous handler.
+    """
+    from tornado.iostream import StreamClosedError
+    from tornado.websocket import WebSocketClosedError
+
+    previous = loop.get_exception_handler()
+
+    def handler(loop, context):
+        if isinstance(context.get("exception"), (WebSocketClosedError, StreamClosedError)):
+            log.info("a browser disconnected while a message was being sent to it")
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
 
 
 def on_server_unloaded(server_context):

@@ -125,16 +125,27 @@ def _bucket_sizes(batch_size: int) -> list[int]:
     return sizes
 
 
-def warm_up(plan: StreamPlan, filt: engine.OnlineFilter, sizes: list[int]) -> None:
-    """Compile `filt.update_many` for micro-batches of the given padded sizes, on throw-away twins
-    of the filter (same bank, a copy of the belief), both on the first-steps path and on the
-    steady-state path (taken from the third update on), so the stream itself never waits."""
-    def twin():
-        belief = jax.tree_util.tree_map(lambda a: a.copy(), filt.state)
-        return engine.OnlineFilter(plan.spec, filt.params, y_history=plan.y_history,
-                                   exog_history=plan.exog_history, belief=belief, rejuvenate=False)
+def twin_source(filt: engine.OnlineFilter) -> tuple:
+    """What `warm_up` builds its twins from: (draws, a copy of the belief, y history, exog history).
+    Take it while the filter is not updating (its belief's buffers are donated to each update)."""
+    y, x = filt.history()
+    return (filt.params, jax.tree_util.tree_map(lambda a: a.copy(), filt.state), np.array(y),
+            None if x is None else np.array(x))
 
-    finite = plan.y_history[np.isfinite(plan.y_history)]
+
+def warm_up(plan: StreamPlan, source: tuple, sizes: list[int]) -> None:
+    """Compile `OnlineFilter.update_many` for micro-batches of the given padded sizes, on throw-away
+    twins of a filter (`twin_source`: same bank, a copy of the belief), both on the first-steps path
+    and on the steady-state path (taken from the third update on), so the stream itself never
+    waits. The twins never touch the streaming filter, so this may run while it streams."""
+    params, belief0, y_history, exog_history = source
+
+    def twin():
+        belief = jax.tree_util.tree_map(lambda a: a.copy(), belief0)
+        return engine.OnlineFilter(plan.spec, params, y_history=y_history, exog_history=exog_history,
+                                   belief=belief, rejuvenate=False)
+
+    finite = y_history[np.isfinite(y_history)]
     y_fill = float(finite[-1]) if len(finite) else 0.0
     exog = (lambda n: np.zeros((n, plan.spec.k_exog))) if plan.spec.regression is not None else (lambda n: None)
     steady = twin()
@@ -151,7 +162,7 @@ def build_filter(plan: StreamPlan, filt: engine.OnlineFilter | None = None) -> e
     single-step batches."""
     if filt is None:
         filt = engine.OnlineFilter.from_posterior(plan.spec, plan.posterior, plan.y_history, plan.exog_history)
-    warm_up(plan, filt, _bucket_sizes(1))
+    warm_up(plan, twin_source(filt), _bucket_sizes(1))
     return filt
 
 
@@ -440,10 +451,11 @@ class StreamModel(param.Parameterized):
         self.runner = engine.StreamRunner(_Locked(filt, self._filter_lock), plan.source, rate=None if self.max_speed else float(self.rate),
                                           batch_size=self.batch_size)
         self.runner.subscribe(self._on_batch)
-        self.runner.start(paused=paused)
         larger = _bucket_sizes(self.batch_size)[1:]
+        source = twin_source(filt) if larger else None   # before the stream moves the filter on
+        self.runner.start(paused=paused)
         if larger:   # the micro-batches of a fast stream are compiled in the worker meanwhile
-            self.worker.submit(warm_up, plan, filt, larger, on_done=lambda _: None,
+            self.worker.submit(warm_up, plan, source, larger, on_done=lambda _: None,
                                on_error=lambda exc: log.info("stream warm-up failed: %s", exc))
         if self._pending_step:
             n, self._pending_step = self._pending_step, 0

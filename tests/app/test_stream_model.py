@@ -128,3 +128,23 @@ def test_bayesian_posterior_streams_the_weighted_mixture(session):
     assert ess.min() > 0.5 * 3   # above the rejuvenation threshold: the bank is never replaced here
     np.testing.assert_allclose(model.rows["ess"], ess, rtol=1e-8)
     model.shutdown()
+
+
+def test_warm_up_twins_a_snapshot_while_the_filter_streams():
+    """The micro-batch warm-up runs while the stream moves the filter on: its twins come from a
+    snapshot taken before, so they neither see a history shorter than the belief nor read the
+    belief's buffers that the stream's updates donate. The streaming filter is left as it was."""
+    import jax
+
+    from app.viewmodels.stream import StreamPlan, twin_source, warm_up
+
+    spec = engine.ModelSpec.from_dict({"level": {"kind": "local_level"}})
+    y = np.asarray(engine.simulate(jax.random.PRNGKey(0), spec, [1.0, 0.1], 80))
+    filt = engine.OnlineFilter(spec, np.array([[1.0, 0.1], [1.2, 0.2]]), y_history=y[:40], rejuvenate=False)
+    plan = StreamPlan(spec, filt.params, "test", y[:40], None, y[40:], 40)
+    source = twin_source(filt)
+    filt.update_many(y[40:60])                 # the stream moves on (and donates its belief)
+    reference = engine.OnlineFilter(spec, filt.params, y_history=y[:60], rejuvenate=False)
+    warm_up(plan, source, [8, 16])
+    assert filt.t == 60
+    np.testing.assert_allclose(filt.update(y[60]).loglik, reference.update(y[60]).loglik, rtol=1e-9)
