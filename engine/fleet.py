@@ -425,8 +425,8 @@ def _optimise(spec, co, Z0, A, Y, X, maxiter: int) -> Optimum:
         # raise the damping until `stuck`)
         newton = jnp.linalg.solve(H, sc.grad[..., None])[..., 0]
         decrement = 0.5 * jnp.sum(sc.grad * newton, axis=1)
-        flat = (decrement >= 0) & (decrement <= DECREMENT_TOL * jnp.maximum(1.0, jnp.abs(sc.value))) \
-            & (jnp.max(jnp.abs(sc.grad), axis=1) <= GTOL_STUCK)
+        grad_small = jnp.max(jnp.abs(sc.grad), axis=1) <= GTOL_STUCK
+        flat = (decrement >= 0) & (decrement <= DECREMENT_TOL * jnp.maximum(1.0, jnp.abs(sc.value))) & grad_small
         step = -jnp.linalg.solve(H + (lam * scale)[:, None, None] * eye, sc.grad[..., None])[..., 0]
         # along a log variance, take the step in the variance itself: σ² ← σ²(1 + Δz) (floored),
         # i.e. Δz → log(1 + Δz). Scoring in σ² is exact for white noise (σ² ← mean square) where
@@ -452,7 +452,7 @@ def _optimise(spec, co, Z0, A, Y, X, maxiter: int) -> Optimum:
         small_g = jnp.max(jnp.abs(jnp.where(accept[:, None], trial.grad, sc.grad)), axis=1) <= GTOL
         small_f = accept & (drop <= FTOL * jnp.maximum(1.0, jnp.abs(sc.value))) & (lam <= 1e-3)
         stuck = ~accept & (lam > 1e10)
-        conv = ~done & (flat | small_g | small_f | stuck & (jnp.max(jnp.abs(sc.grad), axis=1) <= GTOL_STUCK))
+        conv = ~done & (flat | small_g | small_f | stuck & grad_small)
         pick = lambda new, old: jnp.where(accept.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
         # Nielsen's update of the damping from the ratio of actual to predicted decrease
         lam_new = jnp.where(accept, lam * jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3), lam * c["nu"])
