@@ -472,34 +472,38 @@ def run(lay: Layout, system: System, y: jnp.ndarray, *, sqrt: bool = False, keep
     return lax.scan(body, state, xs)
 
 
+def _diffuse_states(lay: Layout) -> int:
+    """How many states start diffuse: with every observation present, the exact-diffuse phase
+    ends after this many steps (each observed step removes one dimension of P∞)."""
+    return sum(k for _, _, k, _, diffuse in lay.blocks if diffuse)
+
+
 def _run_chunked(lay: Layout, system: System, state: FilterState, y, d, sqrt: bool):
-    """Log-likelihood terms in equal chunks of at most CHUNK_STEPS steps, one branch per chunk instead of per step.
+    """Log-likelihood terms: a head of general steps, then equal chunks of at most CHUNK_STEPS
+    steps, one branch per chunk instead of per step.
 
     A per-step `lax.switch` costs about as much as a whole standard update for m ≈ 13 on a CPU,
-    and in reverse mode it stores every branch's residuals at every step. Here each chunk is
-    one of: general (the exact-diffuse update, valid in every case: while any member is
-    diffuse, and in the first chunk, which carries the padding to a whole number of chunks),
-    steady (every member converged and no missing value in the chunk: the O(m) mean update),
-    or standard (the plain covariance update, no branching). Each kind is exact for the
-    chunks it is given; the general chunk is rematerialised in reverse mode so that it stores
-    only its inputs. Same results as stepping with `step`, up to when the steady state starts.
+    and in reverse mode it stores every branch's residuals at every step. The head runs the
+    exact-diffuse update (valid in every case) over the first steps: as many as there are
+    diffuse states, where the diffuse phase ends when those observations are present, plus
+    fewer than one step per chunk so that the rest splits into equal chunks. Each chunk is
+    then one of: general (while any member is still diffuse, after gaps early on), steady
+    (every member converged and no missing value in the chunk: the O(m) mean update), or
+    standard (the plain covariance update, no branching). Each kind is exact for the steps it
+    is given; general steps are rematerialised in reverse mode so that they store only their
+    inputs. Same results as stepping with `step`, up to when the steady state starts.
     """
     n_time, batch = y.shape
-    n_chunks = -(-n_time // CHUNK_STEPS)
-    size = -(-n_time // n_chunks)        # at most CHUNK_STEPS; fewer than n_chunks steps of padding
-    pad = n_chunks * size - n_time
+    rest = max(n_time - _diffuse_states(lay), 0)
+    n_chunks = max(-(-rest // CHUNK_STEPS), 1)
+    size = rest // n_chunks
+    head = n_time - n_chunks * size      # the diffuse states' steps and fewer than n_chunks more
     z = system.design
-    valid = jnp.arange(n_chunks * size) >= pad            # padding goes first, inside chunk 0
-    y_c = jnp.concatenate([jnp.full((pad, batch), jnp.nan), y]).reshape(n_chunks, size, batch)
-    d_c = jnp.concatenate([jnp.zeros((pad, batch)), d]).reshape(n_chunks, size, batch)
-    valid_c = valid.reshape(n_chunks, size)
 
     @jax.checkpoint
     def general(st, xs):
         def body(c, x):
-            y_t, d_t, ok = x
-            new, ll = _full_step(lay, system, c, y_t, d_t, z, True, sqrt, False)  # exact in every case
-            return jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, c), jnp.where(ok, ll, 0.0)
+            return _full_step(lay, system, c, *x, z, True, sqrt, False)   # exact in every case
         return lax.scan(body, st, xs)
 
     def standard(st, xs):
@@ -519,13 +523,16 @@ def _run_chunked(lay: Layout, system: System, state: FilterState, y, d, sqrt: bo
         return st._replace(mean=a, prev_observed=~jnp.isnan(xs[0][-1])), ll
 
     def chunk(st, xs):
-        y_k, _, ok = xs
-        all_steady = jnp.all(st.steady) & ~jnp.any(jnp.isnan(y_k))
-        index = jnp.where(jnp.any(st.diffuse) | ~jnp.all(ok), 0, jnp.where(all_steady, 1, 2))
+        all_steady = jnp.all(st.steady) & ~jnp.any(jnp.isnan(xs[0]))
+        index = jnp.where(jnp.any(st.diffuse), 0, jnp.where(all_steady, 1, 2))
         return lax.switch(index, [general, steady, standard], st, xs)
 
-    final, ll = lax.scan(chunk, state, (y_c, d_c, valid_c))
-    return final, ll.reshape(n_chunks * size, batch)[pad:]
+    st, ll_head = general(state, (y[:head], d[:head]))
+    if size == 0:
+        return st, ll_head
+    y_c, d_c = y[head:].reshape(n_chunks, size, batch), d[head:].reshape(n_chunks, size, batch)
+    final, ll = lax.scan(chunk, st, (y_c, d_c))
+    return final, jnp.concatenate([ll_head, ll.reshape(n_chunks * size, batch)])
 
 
 def mean_pass(lay: Layout, transition: jnp.ndarray, design: jnp.ndarray, obs_intercept: jnp.ndarray,
