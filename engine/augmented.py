@@ -26,14 +26,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from .kalman import LOG_2PI
-from .system import Layout, System
+from .system import Layout, System, diffuse_states
 
 UNREACHED = 1e-12   # eigenvalues of S below this fraction of the largest: a direction no observation reaches
-
-
-def diffuse_states(lay: Layout) -> tuple[int, ...]:
-    """Indices of the states that start exact diffuse."""
-    return tuple(i for _, start, k, _, diffuse in lay.blocks if diffuse for i in range(start, start + k))
 
 
 def loglik(lay: Layout, system: System, y: jnp.ndarray) -> jnp.ndarray:

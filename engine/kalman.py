@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-from .system import Layout, System, transition_apply, transition_sandwich
+from .system import Layout, System, diffuse_states, transition_apply, transition_sandwich
 
 TOL_DIFFUSE = 1e-10
 TOL_STEADY = 1e-22  # squared relative change of P between steps
@@ -472,12 +472,6 @@ def run(lay: Layout, system: System, y: jnp.ndarray, *, sqrt: bool = False, keep
     return lax.scan(body, state, xs)
 
 
-def _diffuse_states(lay: Layout) -> int:
-    """How many states start diffuse: with every observation present, the exact-diffuse phase
-    ends after this many steps (each observed step removes one dimension of P∞)."""
-    return sum(k for _, _, k, _, diffuse in lay.blocks if diffuse)
-
-
 def _run_chunked(lay: Layout, system: System, state: FilterState, y, d, sqrt: bool):
     """Log-likelihood terms: a head of general steps, then equal chunks of at most CHUNK_STEPS
     steps, one branch per chunk instead of per step.
@@ -494,7 +488,7 @@ def _run_chunked(lay: Layout, system: System, state: FilterState, y, d, sqrt: bo
     inputs. Same results as stepping with `step`, up to when the steady state starts.
     """
     n_time, batch = y.shape
-    rest = max(n_time - _diffuse_states(lay), 0)
+    rest = max(n_time - len(diffuse_states(lay)), 0)
     n_chunks = max(-(-rest // CHUNK_STEPS), 1)
     size = rest // n_chunks
     head = n_time - n_chunks * size      # the diffuse states' steps and fewer than n_chunks more

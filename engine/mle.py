@@ -17,10 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
-from .augmented import diffuse_states
 from .model import DiffuseConditioningWarning, _prepare, as_param_vector, diffuse_conditioning, loglik
 from .spec import ModelSpec, as_spec, param_names
-from .system import layout
+from .system import diffuse_states, layout
 from .transforms import constrain, scales, unconstrain
 
 

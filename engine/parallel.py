@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from . import kalman
-from .system import Layout, System
+from .system import Layout, System, diffuse_states
 
 PREFIX_SLACK = 8          # extra sequential steps beyond 2·(diffuse states) before the scan
 CROSSOVER_STEPS = 2048    # "auto" uses the scan from this length on, on an accelerator
@@ -73,14 +73,9 @@ def _mv(M, x):
 
 
 # -- when to use it --------------------------------------------------------------------------
-def diffuse_states(lay: Layout) -> int:
-    """Number of exact-diffuse states (the rank of P∞ at the start)."""
-    return sum(k for _, _, k, _, diffuse in lay.blocks if diffuse)
-
-
 def prefix_length(lay: Layout, n_time: int) -> int:
     """Steps filtered sequentially before the scan (static): 2d + PREFIX_SLACK, 0 without diffuse states."""
-    d = diffuse_states(lay)
+    d = len(diffuse_states(lay))
     return min(n_time, 2 * d + PREFIX_SLACK) if d else 0
 
 

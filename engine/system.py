@@ -65,6 +65,11 @@ def _layout(spec: ModelSpec) -> Layout:
                   () if spec.regression_in_state else tuple(int(i) for i in observed))
 
 
+def diffuse_states(lay: Layout) -> tuple[int, ...]:
+    """Indices of the states that start exact diffuse (P∞_1 is the identity on them)."""
+    return tuple(i for _, start, k, _, diffuse in lay.blocks if diffuse for i in range(start, start + k))
+
+
 def build_system(spec: ModelSpec | Mapping, params: Mapping[str, jnp.ndarray],
                  exog: jnp.ndarray | None = None, n_time: int | None = None) -> System:
     """Assemble the system matrices for parameter values `params` (name → scalar)."""
