@@ -645,6 +645,21 @@ def test_chunked_gradient_equals_stepwise_autodiff(case):
         np.testing.assert_allclose(np.asarray(g), fd, rtol=1e-5, atol=1e-7 * np.max(np.abs(fd)))
 
 
+@pytest.mark.parametrize("n_time", [5, 13, 14, 15, 40])
+def test_chunked_filter_on_series_near_the_length_of_its_diffuse_phase(n_time):
+    """The chunked filter starts with a head of exact-diffuse steps, as many as there are diffuse
+    states (13 here) plus under one step per chunk, then equal chunks: series shorter than the
+    head, equal to it, or a step or two longer give the per-step filter's value and gradient."""
+    spec, p = GRAD_CASES["llt_dummy12"]
+    y = air()[:n_time]
+    assert len(engine.system.diffuse_states(engine.system.layout(spec))) == 13
+    p = jnp.asarray(p)
+    v, g = jax.value_and_grad(lambda q: engine.loglik(spec, q, y, filter="standard"))(p)
+    v_ref, g_ref = jax.value_and_grad(lambda q: _stepwise_loglik(spec, q, y))(p)
+    assert float(v) == pytest.approx(float(v_ref), rel=1e-10)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-7, atol=1e-9 * np.max(np.abs(g_ref)))
+
+
 @pytest.mark.parametrize("case", ["gaps_cycle_ar1", "reg_parameters"])
 def test_chunked_forward_mode_and_hessian_equal_stepwise(case):
     """Forward mode (the NUTS path for few parameters) and the Hessian (MLE standard errors)
