@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Callable, Mapping, NamedTuple
@@ -532,26 +532,31 @@ def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: 
         def advance(state):   # one chunk of one chain, blocking its thread (XLA runs it there)
             return jax.block_until_ready(chunk(state, args))
 
-        states = initial.result()
+        # Each chain moves on to its next chunk as soon as its last one is done: no barrier
+        # between chunks, so a chain with longer trajectories does not leave a core idle
         total = warmup + draws
-        kept = []
-        done = 0
-        while done < total:
-            if cancel is not None and cancel.is_set():
-                raise FitCancelled(f"NUTS fit cancelled after {done} of {total} iterations")
-            steps = list(pool.map(advance, states))
-            states = [state for state, _ in steps]
-            done += chunk_len
-            if done > warmup:
-                kept.append(jax.device_get([f for _, f in steps]))
-            if progress is not None:
-                for c in range(chains):
-                    progress(c, done, total)
+        kept = [[] for _ in range(chains)]   # chain → its chunks after warmup
+        pending = {pool.submit(advance, state): c for c, state in enumerate(initial.result())}
+        done = [0] * chains
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                c = pending.pop(future)
+                state, fields = future.result()
+                done[c] += chunk_len
+                if done[c] > warmup:
+                    kept[c].append(jax.device_get(fields))
+                if progress is not None:
+                    progress(c, done[c], total)
+                if done[c] < total and not (cancel is not None and cancel.is_set()):
+                    pending[pool.submit(advance, state)] = c
+        if cancel is not None and cancel.is_set():
+            raise FitCancelled(f"NUTS fit cancelled after {min(done)} of {total} iterations")
         warming.result()
     seconds = time.perf_counter() - t0
-    # kept: chunk → chain → fields (draw, …); stack chains, join chunks → (chain, draw, …)
+    # kept: chain → chunk → fields (draw, …); join chunks, stack chains → (chain, draw, …)
     z, diverging, energy, num_steps, step_size, accept, potential = jax.tree_util.tree_map(
-        lambda *a: np.concatenate(a, axis=1), *[jax.tree_util.tree_map(lambda *c: np.stack(c), *k) for k in kept])
+        lambda *a: np.stack(a), *[jax.tree_util.tree_map(lambda *k: np.concatenate(k), *chunks) for chunks in kept])
     to_c = _to_constrained_fn(prob)
     zmat = np.stack([z[n] for n in sorted(sites)], axis=-1).reshape(-1, len(sites))
     theta = np.asarray(jax.jit(jax.vmap(to_c))(jnp.asarray(zmat))).reshape(chains, draws, -1)
