@@ -524,7 +524,7 @@ def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: 
         # three threads (XLA releases the interpreter lock): the chunk needs only the shape
         # of a chain's state, not its value.
         state_shape = jax.eval_shape(sampler.init, chain_starts[0], keys[0], args)
-        initial = pool.submit(lambda: [sampler.init(chain_starts[c], keys[c], args) for c in range(chains)])
+        first = pool.submit(sampler.init, chain_starts[0], keys[0], args)   # compiles the init
         warming = pool.submit(_run_once, _pointwise, spec, jnp.ones((chains * draws, len(param_names(spec)))),
                               prob.y, prob.x)
         chunk = _compiled_chunk(sampler, state_shape, args)
@@ -532,24 +532,30 @@ def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: 
         def advance(state):   # one chunk of one chain, blocking its thread (XLA runs it there)
             return jax.block_until_ready(chunk(state, args))
 
-        # Each chain moves on to its next chunk as soon as its last one is done: no barrier
-        # between chunks, so a chain with longer trajectories does not leave a core idle
+        # Each chain starts as soon as its own init is done and moves on to its next chunk as
+        # soon as its last one is: no barrier, so a chain with longer trajectories does not
+        # leave a core idle. The other chains' inits run once the first has compiled the init.
         total = warmup + draws
         kept = [[] for _ in range(chains)]   # chain → its chunks after warmup
-        pending = {pool.submit(advance, state): c for c, state in enumerate(initial.result())}
+        first.result()
+        pending = {pool.submit(sampler.init, chain_starts[c], keys[c], args): (c, True) for c in range(1, chains)}
+        pending[first] = (0, True)
         done = [0] * chains
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
-                c = pending.pop(future)
-                state, fields = future.result()
-                done[c] += chunk_len
-                if done[c] > warmup:
-                    kept[c].append(jax.device_get(fields))
-                if progress is not None:
-                    progress(c, done[c], total)
+                c, is_init = pending.pop(future)
+                if is_init:
+                    state = future.result()
+                else:
+                    state, fields = future.result()
+                    done[c] += chunk_len
+                    if done[c] > warmup:
+                        kept[c].append(jax.device_get(fields))
+                    if progress is not None:
+                        progress(c, done[c], total)
                 if done[c] < total and not (cancel is not None and cancel.is_set()):
-                    pending[pool.submit(advance, state)] = c
+                    pending[pool.submit(advance, state)] = (c, False)
         if cancel is not None and cancel.is_set():
             raise FitCancelled(f"NUTS fit cancelled after {min(done)} of {total} iterations")
         warming.result()
