@@ -289,13 +289,29 @@ def _kalman_step(config: OnlineConfig, lay, system: System, st: kalman.FilterSta
     def standard():
         if config.sqrt:
             return kalman.step(lay, system, st, y, d, z, sqrt=True) + no_diffuse
-        return kalman._fused_standard_step(lay, system, st, y, d, z)[:2] + no_diffuse
+        return _standard_update(lay, system, st, y, d, z)[:2] + no_diffuse
 
     def steady():
         return kalman._steady_step(lay, system, st, y, d, z, config.sqrt, False) + no_diffuse
 
     index = jnp.where(jnp.all(st.steady & ~jnp.isnan(y)), 0, jnp.where(jnp.any(st.diffuse), 2, 1))
     return lax.switch(index, [steady, standard, diffuse])
+
+
+def _standard_update(lay, system: System, st: kalman.FilterState, y, d, z):
+    """The bank's standard Kalman step (`kalman._packed_standard_step`) for a dense or packed P
+    (`kalman.pack`), returning P in the same form: (next filter state, loglik, v)."""
+    dense = not isinstance(st.cov, tuple)
+    fs, loglik, v = kalman._packed_standard_step(lay, system, _packed(st) if dense else st, y, d, z)
+    return (_unpacked(lay, fs) if dense else fs), loglik, v
+
+
+def _packed(st: kalman.FilterState) -> kalman.FilterState:
+    return st._replace(cov=kalman.pack(st.cov))
+
+
+def _unpacked(lay, st: kalman.FilterState) -> kalman.FilterState:
+    return st._replace(cov=kalman.unpack(st.cov, lay.n_states))
 
 
 def _block(P, ix):
@@ -365,6 +381,9 @@ def _per_draw(config: OnlineConfig, lay, z, d, st: kalman.FilterState, K, F, Fi,
         L = st.cov
         entry = lambda i, j: jnp.sum(L[i] * L[j], axis=0)
         M = kalman._mv(L, jnp.sum(L * z[:, None], axis=0))
+    elif isinstance(st.cov, tuple):   # packed (`kalman.pack`)
+        entry = kalman._packed_entry(st.cov, lay.n_states)
+        M = kalman._packed_mat_z(lay, st.cov, z)
     else:
         entry = lambda i, j: st.cov[i, j]
         M = kalman._mat_z(lay, st.cov, z)
@@ -391,8 +410,9 @@ def step(config: OnlineConfig, bank: Bank, belief: Belief, y, exog=None) -> tupl
 
 
 def standard_step(config: OnlineConfig, bank: Bank, belief: Belief, y, exog=None) -> tuple[Belief, OnlineInfo]:
-    """`step` for a bank with no diffuse draw (every `filter.diffuse` False) and a dense P: the
-    fused standard covariance update, without the branch (whose operands XLA would copy)."""
+    """`step` for a bank with no diffuse draw (every `filter.diffuse` False) and P dense or packed
+    (`kalman.pack`; `step_many` carries it so): the fused standard covariance update, without the
+    branch (whose operands XLA would copy)."""
     if config.sqrt:
         return step(config, bank, belief, y, exog)
     spec = config.spec
@@ -400,7 +420,7 @@ def standard_step(config: OnlineConfig, bank: Bank, belief: Belief, y, exog=None
     y = jnp.asarray(y, dtype=jnp.float64)
     z, d = _design(spec, bank, exog)
     st = belief.filter
-    fs, loglik, _ = kalman._fused_standard_step(lay, bank.system, st, jnp.broadcast_to(y, d.shape), d, z)
+    fs, loglik, _ = _standard_update(lay, bank.system, st, jnp.broadcast_to(y, d.shape), d, z)
     ds = _per_draw(config, lay, z, d, st, fs.gain, fs.innov_var, jnp.zeros_like(d), y, loglik)
     return _report(config, belief, fs, y, ds)
 
@@ -515,10 +535,15 @@ def step_many(config: OnlineConfig, bank: Bank, belief: Belief, ys, exog=None, n
     """`step` over the first n observations of a micro-batch ys (time,) in one compiled loop.
 
     n (traced, default all) lets padded batches of one length share a trace; the info is
-    stacked over the padded length (rows past n are zeros). one_step: `step` (default) or
+    stacked over the padded length (rows past n are zeros). one_step: `step` (default),
+    `standard_step` (no draw diffuse: the loop carries P packed, half the memory to move) or
     `steady_step` (every y observed and the bank steady).
     """
     step_fn = step if one_step is None else one_step
+    if step_fn is standard_step and not config.sqrt and not isinstance(belief.filter.cov, tuple):
+        belief = belief._replace(filter=_packed(belief.filter))
+        belief, buf = step_many(config, bank, belief, ys, exog, n, one_step)
+        return belief._replace(filter=_unpacked(layout(config.spec), belief.filter)), buf
     size = ys.shape[0]
     n = size if n is None else n
     info_shape = jax.eval_shape(lambda b, y, x: step_fn(config, bank, b, y, x)[1], belief, ys[0],

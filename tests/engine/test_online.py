@@ -427,9 +427,11 @@ def test_rows_apply_is_the_block_transition():
                                rtol=1e-13, atol=1e-13)
 
 
-def test_fused_standard_step_equals_the_filters_step():
-    """The bank's fused standard update gives the filter's own step (state, gain, steady test, loglik),
-    observed and missing, for a model with every kind of block."""
+@pytest.mark.parametrize("form", ["dense", "packed"])
+def test_fused_standard_step_equals_the_filters_step(form):
+    """The fused standard updates (dense P for the fleet, packed P for the bank) give the filter's
+    own step (state, gain, steady test, loglik), observed and missing, for a model with every
+    kind of block."""
     from engine import kalman
     from engine.system import layout
     draws, bank = _rich_bank()
@@ -441,13 +443,43 @@ def test_fused_standard_step_equals_the_filters_step():
     st, z, d = belief.filter, bank.system.design, jnp.zeros(3)
     for v in (y[40], np.nan, y[41]):
         yb = jnp.full(3, v)
-        ours, ll, v = kalman._fused_standard_step(lay, bank.system, st, yb, d, z)
+        if form == "dense":
+            ours, ll, v = kalman._fused_standard_step(lay, bank.system, st, yb, d, z)
+        else:
+            ours, ll, v = kalman._packed_standard_step(lay, bank.system, st._replace(cov=kalman.pack(st.cov)),
+                                                       yb, d, z)
+            ours = ours._replace(cov=kalman.unpack(ours.cov, lay.n_states))
         ref, info = kalman.step(lay, bank.system, st, yb, d, z, keep=True)
         np.testing.assert_allclose(ll, info.loglik, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(v, info.innovation, rtol=1e-12, atol=1e-12)
         for name, a, b in zip(ref._fields, ours, ref):
             np.testing.assert_allclose(np.asarray(a, float), np.asarray(b, float), rtol=1e-11, atol=1e-11, err_msg=name)
         st = ours
+
+
+def test_pack_keeps_the_upper_triangle_and_unpack_restores_the_symmetric_matrix():
+    from engine import kalman
+    A = np.random.default_rng(2).standard_normal((5, 5, 3))
+    P = jnp.asarray(A + np.swapaxes(A, 0, 1))
+    packed = kalman.pack(P)
+    assert len(packed) == 15 and all(x.shape == (3,) for x in packed)
+    assert [tuple(ij) for ij in kalman.packed_pairs(5)][:6] == [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (1, 1)]
+    np.testing.assert_array_equal(kalman.unpack(packed, 5), P)
+
+
+def test_micro_batches_carry_the_packed_covariance_and_return_it_dense():
+    """update_many on a settled bank (the packed loop) ends in the dense belief that single
+    updates (dense in and out) reach, to roundoff."""
+    y = _series(n=70, seed=8, gaps=())
+    a = engine.OnlineFilter(SPEC, _draws(20), y_history=y[:40], rejuvenate=False)
+    b = engine.OnlineFilter(SPEC, _draws(20), y_history=y[:40], rejuvenate=False)
+    a.update_many(y[40:70])
+    for v in y[40:70]:
+        b.update(v)
+    assert a.state.filter.cov.shape == b.state.filter.cov.shape == (5, 5, 20)
+    np.testing.assert_allclose(a.state.filter.cov, b.state.filter.cov, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(a.state.filter.mean, b.state.filter.mean, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(a.weights, b.weights, rtol=1e-10)
 
 
 def test_bank_bands_match_the_mixture_quantiles():
