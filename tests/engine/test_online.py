@@ -468,15 +468,16 @@ def test_pack_keeps_the_upper_triangle_and_unpack_restores_the_symmetric_matrix(
 
 
 def test_micro_batches_carry_the_packed_covariance_and_return_it_dense():
-    """update_many on a settled bank (the packed loop) ends in the dense belief that single
-    updates (dense in and out) reach, to roundoff."""
+    """update_many on a settled bank of PACKED_MIN_DRAWS draws (the packed loop) ends in the dense
+    belief that single updates (dense in and out) reach, to roundoff."""
     y = _series(n=70, seed=8, gaps=())
-    a = engine.OnlineFilter(SPEC, _draws(20), y_history=y[:40], rejuvenate=False)
-    b = engine.OnlineFilter(SPEC, _draws(20), y_history=y[:40], rejuvenate=False)
+    S = online.PACKED_MIN_DRAWS
+    a = engine.OnlineFilter(SPEC, _draws(S), y_history=y[:40], rejuvenate=False)
+    b = engine.OnlineFilter(SPEC, _draws(S), y_history=y[:40], rejuvenate=False)
     a.update_many(y[40:70])
     for v in y[40:70]:
         b.update(v)
-    assert a.state.filter.cov.shape == b.state.filter.cov.shape == (5, 5, 20)
+    assert a.state.filter.cov.shape == b.state.filter.cov.shape == (5, 5, S)
     np.testing.assert_allclose(a.state.filter.cov, b.state.filter.cov, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(a.state.filter.mean, b.state.filter.mean, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(a.weights, b.weights, rtol=1e-10)
