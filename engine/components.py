@@ -5,6 +5,10 @@ q_b of R Q Rᵀ (every component here has its disturbances on the diagonal), and
 how its initial state is set (exact diffuse, or AR's stationary covariance).
 The state ordering follows statsmodels UnobservedComponents: level, trend,
 dummy seasonals, trigonometric seasonals, cycle, AR, regression.
+
+What does not depend on the parameters (designs, and the transitions of the trend,
+seasonal and regression blocks) is a NumPy constant: the layout reads it from a trace
+without running anything (see `system.block_structure`).
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from .spec import ModelSpec, seasonal_param_name
 
 class Block(NamedTuple):
     name: str            # component name used for decompositions ('level', 'seasonal_12', ...)
-    transition: jnp.ndarray   # (k, k)
-    design: jnp.ndarray       # (k,)
+    transition: jnp.ndarray   # (k, k); NumPy where it does not depend on the parameters
+    design: np.ndarray        # (k,) always a NumPy constant
     noise_var: jnp.ndarray    # (k,) diagonal of R Q Rᵀ
     stationary_cov: jnp.ndarray | None  # (k, k) for stationary blocks, None for diffuse
     kind: str            # how T_b acts: 'dense' or 'dummy' (shift with a sum row)
@@ -32,16 +36,21 @@ def _zero() -> jnp.ndarray:
     return jnp.zeros(())
 
 
+def _unit(k: int) -> np.ndarray:
+    """The design of a block observed through its first state: (1, 0, …, 0)."""
+    return np.eye(k)[0]
+
+
 def trend_blocks(spec: ModelSpec, p: dict) -> list[Block]:
     level, stoch_level, trend, stoch_trend = spec.trend_flags
     if not level:
         return []
     var_level = p["sigma2.level"] if stoch_level else _zero()
     if not trend:
-        return [Block("level", jnp.ones((1, 1)), jnp.ones(1), jnp.reshape(var_level, (1,)), None, "dense")]
+        return [Block("level", np.ones((1, 1)), np.ones(1), jnp.reshape(var_level, (1,)), None, "dense")]
     var_trend = p["sigma2.trend"] if stoch_trend else _zero()
-    T = jnp.array([[1.0, 1.0], [0.0, 1.0]])
-    return [Block("level", T, jnp.array([1.0, 0.0]), jnp.stack([var_level, var_trend]), None, "dense")]
+    T = np.array([[1.0, 1.0], [0.0, 1.0]])
+    return [Block("level", T, np.array([1.0, 0.0]), jnp.stack([var_level, var_trend]), None, "dense")]
 
 
 def seasonal_block(spec: ModelSpec, s, p: dict) -> Block:
@@ -49,10 +58,10 @@ def seasonal_block(spec: ModelSpec, s, p: dict) -> Block:
     name = f"seasonal_{s.period}" if s.form == "dummy" else f"freq_seasonal_{s.period}({s.n_harmonics})"
     if s.form == "dummy":
         k = int(s.period) - 1
-        T = jnp.zeros((k, k)).at[0, :].set(-1.0).at[jnp.arange(1, k), jnp.arange(k - 1)].set(1.0)
-        design = jnp.zeros(k).at[0].set(1.0)
+        T = np.eye(k, k, -1)
+        T[0, :] = -1.0
         noise = jnp.zeros(k).at[0].set(var)
-        return Block(name, T, design, noise, None, "dummy")
+        return Block(name, T, _unit(k), noise, None, "dummy")
     h = s.n_harmonics
     j = np.arange(1, h + 1)
     lam = 2 * np.pi * j / float(s.period)
@@ -61,27 +70,21 @@ def seasonal_block(spec: ModelSpec, s, p: dict) -> Block:
     nyquist = 2 * j == s.period
     cos = np.where(nyquist, -1.0, np.cos(lam))
     sin = np.where(nyquist, 0.0, np.sin(lam))
-    T = _rotation_blocks(jnp.asarray(cos), jnp.asarray(sin))
-    design = jnp.tile(jnp.array([1.0, 0.0]), h)
+    T = np.zeros((2 * h, 2 * h))   # block-diagonal of [[cos, sin], [−sin, cos]] rotations
+    i = np.arange(h) * 2
+    T[i, i], T[i, i + 1], T[i + 1, i], T[i + 1, i + 1] = cos, sin, -sin, cos
+    design = np.tile([1.0, 0.0], h)
     return Block(name, T, design, jnp.full(2 * h, var), None, "dense")
-
-
-def _rotation_blocks(cos: jnp.ndarray, sin: jnp.ndarray) -> jnp.ndarray:
-    """Block-diagonal of [[cos, sin], [-sin, cos]] rotations."""
-    h = cos.shape[0]
-    T = jnp.zeros((2 * h, 2 * h))
-    i = jnp.arange(h) * 2
-    T = T.at[i, i].set(cos).at[i, i + 1].set(sin).at[i + 1, i].set(-sin).at[i + 1, i + 1].set(cos)
-    return T
 
 
 def cycle_block(spec: ModelSpec, p: dict) -> Block:
     c = spec.cycle
     lam = p["frequency.cycle"]
     rho = p["damping.cycle"] if c.damped else jnp.ones(())
-    T = rho * _rotation_blocks(jnp.reshape(jnp.cos(lam), (1,)), jnp.reshape(jnp.sin(lam), (1,)))
+    cos, sin = jnp.cos(lam), jnp.sin(lam)
+    T = rho * jnp.stack([jnp.stack([cos, sin]), jnp.stack([-sin, cos])])
     var = p["sigma2.cycle"] if c.stochastic else _zero()
-    return Block("cycle", T, jnp.array([1.0, 0.0]), jnp.full(2, var), None, "dense")
+    return Block("cycle", T, np.array([1.0, 0.0]), jnp.full(2, var), None, "dense")
 
 
 def ar_block(spec: ModelSpec, p: dict) -> Block:
@@ -91,7 +94,7 @@ def ar_block(spec: ModelSpec, p: dict) -> Block:
     if order > 1:
         T = T.at[jnp.arange(1, order), jnp.arange(order - 1)].set(1.0)
     noise = jnp.zeros(order).at[0].set(p["sigma2.ar"])
-    return Block("autoregressive", T, jnp.zeros(order).at[0].set(1.0), noise,
+    return Block("autoregressive", T, _unit(order), noise,
                  stationary_covariance(T, jnp.diag(noise)), "dense")
 
 
@@ -102,7 +105,7 @@ def regression_block(spec: ModelSpec, p: dict) -> Block:
     else:
         noise = jnp.zeros(k)
     # the design of regression states is x_t; filled per time step by the system
-    return Block("regression", jnp.eye(k), jnp.zeros(k), noise, None, "dense")
+    return Block("regression", np.eye(k), np.zeros(k), noise, None, "dense")
 
 
 def stationary_covariance(T: jnp.ndarray, Q: jnp.ndarray) -> jnp.ndarray:

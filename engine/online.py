@@ -28,10 +28,9 @@ from jax import lax
 from jax.scipy.special import ndtri
 
 from . import kalman
-from .components import blocks
 from .model import _systems, as_param_vector
 from .spec import ModelSpec, as_spec, param_names
-from .system import System, check_exog, layout
+from .system import System, block_structure, check_exog, layout
 
 # quantiles reported for the 95%, 80% and 50% bands, and the median
 PROBS = (0.025, 0.1, 0.25, 0.5, 0.75, 0.9, 0.975)
@@ -221,9 +220,7 @@ def _component_index(spec: ModelSpec) -> tuple[tuple[str, tuple[int, ...], bool]
     spec = as_spec(spec)
     lay = layout(spec)
     out = []
-    with jax.ensure_compile_time_eval():   # static structure, also when called under jit
-        dummy = {n: jnp.asarray(0.5) for n in param_names(spec)}
-        designs = [np.asarray(b.design) for b in blocks(spec, dummy)]
+    designs = [design for *_, design in block_structure(spec)]
     for design, (name, start, k, _, _) in zip(designs, lay.blocks):
         nz = tuple(start + int(i) for i in np.flatnonzero(design))
         if name == "regression":

@@ -48,15 +48,30 @@ def layout(spec: ModelSpec | Mapping) -> Layout:
 
 
 @lru_cache(maxsize=512)
+def block_structure(spec: ModelSpec) -> tuple[tuple[str, int, str, bool, np.ndarray], ...]:
+    """(name, size, kind, diffuse, design) of each block of a spec, in state order.
+
+    Read from an abstract trace of `blocks` (nothing is computed or compiled: the designs are
+    NumPy constants), so it is cheap in a fresh process and can be asked for under jit.
+    """
+    out = []
+
+    def describe(params):
+        for b in blocks(spec, params):
+            out.append((b.name, b.transition.shape[0], b.kind, b.stationary_cov is None,
+                        np.asarray(b.design, dtype=float)))
+        return 0.0
+
+    jax.eval_shape(describe, {n: jax.ShapeDtypeStruct((), jnp.float64) for n in param_names(spec)})
+    return tuple(out)
+
+
+@lru_cache(maxsize=512)
 def _layout(spec: ModelSpec) -> Layout:
-    dummy_params = {n: jnp.asarray(0.5) for n in param_names(spec)}
     out, start, observed = [], 0, []
-    with jax.ensure_compile_time_eval():  # concrete designs even when called under jit
-        bl = blocks(spec, dummy_params)
-    for b in bl:
-        k = b.transition.shape[0]
-        out.append((b.name, start, k, b.kind, b.stationary_cov is None))
-        observed += [start + i for i in np.flatnonzero(np.asarray(b.design))]
+    for name, k, kind, diffuse, design in block_structure(spec):
+        out.append((name, start, k, kind, diffuse))
+        observed += [start + i for i in np.flatnonzero(design)]
         start += k
     if start == 0:  # irregular only: one known, unused state (as statsmodels does)
         out.append(("unused", 0, 1, "dense", False))
