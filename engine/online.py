@@ -644,9 +644,9 @@ def _padded(ys: np.ndarray, xs: np.ndarray | None):
     n = len(ys)
     size = max(MIN_BUCKET, 1 << max(0, int(n - 1).bit_length()))
     pad = size - n
-    y_pad = jnp.asarray(np.concatenate([ys, np.zeros(pad)]))
-    x_pad = None if xs is None else jnp.asarray(np.concatenate([xs, np.zeros((pad, xs.shape[1]))]))
-    return y_pad, x_pad, jnp.asarray(n)
+    y_pad = np.concatenate([ys, np.zeros(pad)]).astype(np.float64)
+    x_pad = None if xs is None else np.concatenate([xs, np.zeros((pad, xs.shape[1]))]).astype(np.float64)
+    return y_pad, x_pad, np.int64(n)
 
 
 CATCH_UP_PIECE = 4096
@@ -886,8 +886,10 @@ class OnlineFilter:
         self._history.extend(np.array([y]), x)
         fn = (_steady_step_jit if self._steady and not np.isnan(y)
               else _standard_step_jit if self._settled else _step_jit)
-        self._belief, info = fn(self.config, self.bank, self._belief, jnp.asarray(y),
-                                None if x is None else jnp.asarray(x[0]))
+        # host values go in as NumPy: an eager jnp.asarray would be a computation of its own
+        # that the step waits for (about 0.07 ms of a 0.25 ms update at S = 1)
+        self._belief, info = fn(self.config, self.bank, self._belief, np.float64(y),
+                                None if x is None else np.asarray(x[0], dtype=np.float64))
         self._after_update(info, None, observed=not np.isnan(y))
         return info
 
