@@ -38,6 +38,14 @@ class SpecificationWarning(UserWarning):
     """A spec was accepted but changed to describe a usable model (as statsmodels would)."""
 
 
+def _check_fields(name: str, d: Mapping, known: set[str]):
+    """An unknown field inside a component is an error, not silently ignored (a typo such as
+    'n_harmonics' would otherwise fit a different model than the one asked for)."""
+    unknown = sorted(set(d) - known)
+    if unknown:
+        _fail(f"{name}.{unknown[0]}", "unknown field", f"Valid fields are {sorted(known)}")
+
+
 def _fail(field_name: str, problem: str, fix: str) -> None:
     raise ValueError(f"spec field '{field_name}': {problem}. {fix}")
 
@@ -126,6 +134,7 @@ class ModelSpec:
             if isinstance(level_d, str):
                 level_kind = level_d
             elif isinstance(level_d, Mapping):
+                _check_fields("level", level_d, {"kind"})
                 level_kind = level_d.get("kind")
             else:
                 _fail("level", f"expected a dict like {{'kind': 'local_level'}}, got {level_d!r}", "")
@@ -146,6 +155,7 @@ class ModelSpec:
             name = f"seasonal[{i}]"
             if not isinstance(s, Mapping) or "period" not in s:
                 _fail(name, "each seasonal needs a 'period'", "Example: {'period': 12, 'form': 'dummy'}")
+            _check_fields(name, s, {"period", "form", "harmonics", "stochastic"})
             period = float(s["period"])
             form = s.get("form", "dummy")
             if form not in SEASONAL_FORMS:
@@ -178,6 +188,9 @@ class ModelSpec:
         if cycle_d:
             if cycle_d is True:
                 cycle_d = {}
+            if not isinstance(cycle_d, Mapping):
+                _fail("cycle", f"expected true or a dict, got {cycle_d!r}", "Example: {'period_bounds': [6, 48]}")
+            _check_fields("cycle", cycle_d, {"period_bounds", "damped", "stochastic"})
             bounds = tuple(float(b) for b in cycle_d.get("period_bounds", (6.0, 48.0)))
             if len(bounds) != 2 or not (2 <= bounds[0] < bounds[1]) or not all(map(math.isfinite, bounds)):
                 _fail("cycle.period_bounds", f"got {list(bounds)}",
@@ -188,6 +201,8 @@ class ModelSpec:
         ar = d.get("autoregressive") or {}
         if isinstance(ar, int):
             ar = {"order": ar}
+        if isinstance(ar, Mapping):
+            _check_fields("autoregressive", ar, {"order"})
         order = ar.get("order", 0) if isinstance(ar, Mapping) else ar
         if not isinstance(order, int) or isinstance(order, bool) or order < 0:
             _fail("autoregressive.order", f"got {order!r}", "Use a whole number >= 0")
@@ -195,6 +210,8 @@ class ModelSpec:
         regression = None
         reg = d.get("regression")
         if reg:
+            if isinstance(reg, Mapping):
+                _check_fields("regression", reg, {"columns", "coefficients"})
             cols = reg.get("columns") if isinstance(reg, Mapping) else reg
             if isinstance(cols, str):
                 cols = [cols]

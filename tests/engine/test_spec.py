@@ -233,6 +233,13 @@ INVALID = [
     ({"regression": {"columns": ["x", "x"]}}, "regression.columns"),
     ({"regression": {"columns": ["x"], "coefficients": "random"}}, "regression.coefficients"),
     ({"priors": ["sigma2.level"]}, "priors"),
+    # a field a component does not have is refused, not ignored (the model would differ from the one asked for)
+    ({"level": {"kind": "local_level", "stochastic_level": False}}, "level.stochastic_level"),
+    ({"level": "local_level", "seasonal": [{"period": 9, "form": "trig", "n_harmonics": 3}]}, "seasonal[0].n_harmonics"),
+    ({"level": "local_level", "cycle": {"period_bound": [6, 20]}}, "cycle.period_bound"),
+    ({"level": "local_level", "cycle": 12}, "cycle"),
+    ({"level": "local_level", "autoregressive": {"order": 1, "lags": 2}}, "autoregressive.lags"),
+    ({"level": "local_level", "regression": {"columns": ["x"], "time_varying": True}}, "regression.time_varying"),
 ]
 
 

@@ -1,0 +1,43 @@
+"""The layout of a spec's state vector: read from a trace of its blocks, in agreement with the
+system it builds, and without running or compiling anything."""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+import numpy as np
+
+import engine
+from engine.system import block_structure, build_system, layout
+
+EVERY_BLOCK = {"level": {"kind": "local_linear_trend"},
+               "seasonal": [{"period": 5}, {"period": 9, "form": "trig", "harmonics": 3}],
+               "cycle": {"period_bounds": [6, 20], "damped": True}, "autoregressive": {"order": 2}}
+
+
+def _params(spec):
+    p = {n: 0.3 for n in engine.param_names(spec)}
+    p.update({"frequency.cycle": 0.6, "damping.cycle": 0.9, "ar.L1": 0.5, "ar.L2": -0.2})
+    return p
+
+
+def test_block_structure_agrees_with_the_built_system():
+    spec = engine.ModelSpec.from_dict(EVERY_BLOCK)
+    system = build_system(spec, _params(spec))
+    structure = block_structure(spec)
+    assert [name for name, *_ in structure] == ["level", "seasonal_5", "freq_seasonal_9(3)", "cycle", "autoregressive"]
+    np.testing.assert_array_equal(np.concatenate([design for *_, design in structure]), system.design)
+    diffuse = np.concatenate([np.full(k, d, float) for _, k, _, d, _ in structure])
+    np.testing.assert_array_equal(np.diag(system.init_diffuse), diffuse)
+    lay = layout(spec)
+    assert lay.n_states == system.transition.shape[0] == 2 + 4 + 6 + 2 + 2
+    assert lay.observed_states == tuple(int(i) for i in np.flatnonzero(system.design))
+
+
+def test_layout_of_a_new_spec_compiles_nothing(caplog):
+    spec = engine.ModelSpec.from_dict(dict(EVERY_BLOCK, seasonal=[{"period": 23}]))   # not cached yet
+    with caplog.at_level(logging.DEBUG, logger="jax"), jax.log_compiles():
+        lay = layout(spec)
+    assert lay.n_states == 2 + 22 + 2 + 2
+    assert "Compiling" not in caplog.text
