@@ -286,7 +286,7 @@ def _kalman_step(config: OnlineConfig, lay, system: System, st: kalman.FilterSta
     def standard():
         if config.sqrt:
             return kalman.step(lay, system, st, y, d, z, sqrt=True) + no_diffuse
-        return _standard_update(lay, system, st, y, d, z)[:2] + no_diffuse
+        return _standard_update(config, lay, system, st, y, d, z)[:2] + no_diffuse
 
     def steady():
         return kalman._steady_step(lay, system, st, y, d, z, config.sqrt, False) + no_diffuse
@@ -306,12 +306,13 @@ def _use_packed(config: OnlineConfig, n_draws: int) -> bool:
     return not config.sqrt and n_draws >= PACKED_MIN_DRAWS
 
 
-def _standard_update(lay, system: System, st: kalman.FilterState, y, d, z):
-    """The bank's standard Kalman step for P dense or packed (`kalman.pack`), returning P in the
-    same form: (next filter state, loglik, v). Large banks take the packed step either way."""
+def _standard_update(config: OnlineConfig, lay, system: System, st: kalman.FilterState, y, d, z):
+    """The bank's standard Kalman step (dense P, not sqrt) for P dense or packed (`kalman.pack`),
+    returning P in the same form: (next filter state, loglik, v). Large banks take the packed
+    step either way."""
     if isinstance(st.cov, tuple):
         return kalman._packed_standard_step(lay, system, st, y, d, z)
-    if y.shape[0] < PACKED_MIN_DRAWS:
+    if not _use_packed(config, y.shape[0]):
         return kalman._fused_standard_step(lay, system, st, y, d, z)
     fs, loglik, v = kalman._packed_standard_step(lay, system, _packed(st), y, d, z)
     return _unpacked(lay, fs), loglik, v
@@ -431,7 +432,7 @@ def standard_step(config: OnlineConfig, bank: Bank, belief: Belief, y, exog=None
     y = jnp.asarray(y, dtype=jnp.float64)
     z, d = _design(spec, bank, exog)
     st = belief.filter
-    fs, loglik, _ = _standard_update(lay, bank.system, st, jnp.broadcast_to(y, d.shape), d, z)
+    fs, loglik, _ = _standard_update(config, lay, bank.system, st, jnp.broadcast_to(y, d.shape), d, z)
     ds = _per_draw(config, lay, z, d, st, fs.gain, fs.innov_var, jnp.zeros_like(d), y, loglik)
     return _report(config, belief, fs, y, ds)
 
