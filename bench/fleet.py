@@ -73,7 +73,8 @@ def main():
     ap.add_argument("--filter-series", type=int, default=100_000)
     ap.add_argument("--sm-sample", type=int, default=50)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="series per batch (default: the engine's choice, engine.fleet.default_batch_size)")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray run (statsmodels vs fit_many local only)")
     ap.add_argument("--quick", action="store_true", help="smoke sizes: 64 series, T=120, 5 statsmodels fits")
     args = ap.parse_args()
@@ -82,10 +83,15 @@ def main():
 
     import engine
     from engine import cluster
+    from engine.bayes import _usable_cores
+    from engine.fleet import default_batch_size
 
     fleet = engine.make_fleet(args.series, args.time, seed=0)
     Y, spec = fleet.Y, fleet.spec
-    print(f"fleet: {args.series} series × T={args.time}, spec {spec}, batch {args.batch_size}, "
+    chosen = args.batch_size is None
+    if chosen:
+        args.batch_size = default_batch_size(engine.spec.as_spec(spec), args.series, _usable_cores())
+    print(f"fleet: {args.series} series × T={args.time}, spec {spec}, batch {args.batch_size}{' (default)' if chosen else ''}, "
           f"CPUs {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} (timings on a loaded machine are inflated)")
 
     sm_rate = _statsmodels_rate(Y, min(args.sm_sample, args.series))
@@ -125,9 +131,10 @@ def main():
 
     params = {n: 1.0 for n in engine.param_names(spec)}
     big = engine.make_fleet(args.filter_series, args.time, seed=1).Y
-    engine.fit_many(spec, big[: args.batch_size * 4], method="filter", params=params, batch_size=args.batch_size * 4)
+    filter_batch = None if chosen else args.batch_size * 4
+    engine.fit_many(spec, big[: 4 * args.batch_size], method="filter", params=params, batch_size=filter_batch)
     t0 = time.perf_counter()
-    filt = engine.fit_many(spec, big, method="filter", params=params, batch_size=args.batch_size * 4)
+    filt = engine.fit_many(spec, big, method="filter", params=params, batch_size=filter_batch)
     filt_s = time.perf_counter() - t0
     print(f"fit_many filter: {args.filter_series / filt_s:.0f} series/s ({args.filter_series} series in "
           f"{filt_s:.1f} s, local), {int(filt.table['n_anomalies'].sum())} anomalies flagged")

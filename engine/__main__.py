@@ -48,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="the Ray cluster to use: host:port, or 'auto' for the one RAY_ADDRESS or a local "
                         "`ray start` names; without it --backend ray starts a local Ray on 127.0.0.1")
     b.add_argument("--batch-size", type=int, metavar="N",
-                   help="series per batch (vectorised together; default min(256, series))")
+                   help="series per batch (vectorised together; default: about 4096 covariance entries, "
+                        "series × states², at most 256 series)")
     b.add_argument("--seed", type=int, default=0, help="seed of the job (nuts: one seed per series from it)")
     b.add_argument("--time-column", metavar="NAME", help="the time column of a wide CSV (default: detected)")
     b.add_argument("--out", required=True, metavar="FILE", help="where to write the table: .parquet or .csv")

@@ -12,12 +12,15 @@ import pytest
 import engine
 from engine.bayes import log_posterior
 from engine.model import as_param_vector
-from engine.fleet import (Batch, Coordinates, FleetJob, _coordinates, _innovations, _late_starts_to_end,
-                          _log_prior, _member_args, _start_moves_to_end, _to_params, as_panel, run_batch)
+from engine.fleet import (BATCH_COV_ENTRIES, Batch, Coordinates, FleetJob, _coordinates, _innovations, _late_starts_to_end,
+                          _log_prior, _member_args, _start_moves_to_end, _to_params, as_panel,
+                          default_batch_size, run_batch)
+from engine.system import layout
 
 SPEC = {"irregular": True, "level": {"kind": "local_level"},
         "seasonal": [{"period": 6, "form": "trig", "harmonics": 1, "stochastic": True}]}
 NAMES = engine.param_names(SPEC)
+AIR = {"level": {"kind": "local_linear_trend"}, "seasonal": [{"period": 12}]}   # 13 states
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +62,23 @@ def test_results_do_not_depend_on_batch_size(fleet, mle3):
         diff = np.abs(a[n] - other[n]).to_numpy()
         ok = np.isnan(diff) | (diff <= 1e-5 * np.abs(a[n].to_numpy()) + 1e-7 * scale)
         assert ok.all(), (n, diff)
+
+
+def test_default_batch_size_follows_the_covariance_size():
+    """The largest multiple of 8 with at most BATCH_COV_ENTRIES covariance entries (series ×
+    states²), in [16, 256], and no more than an even share of the series per worker."""
+    sizes = {}
+    for spec in ({"level": {"kind": "local_level"}}, engine.make_fleet(1, 30).spec, AIR):
+        spec = engine.ModelSpec.from_dict(spec)
+        m = layout(spec).n_states
+        size = default_batch_size(spec, 10_000, 2)
+        assert size % 8 == 0 and 16 <= size <= 256
+        if size < 256:
+            assert size * m * m <= BATCH_COV_ENTRIES < (size + 8) * m * m
+        sizes[m] = size
+    assert sizes[1] == 256 and sizes[13] < sizes[6] < 256
+    assert default_batch_size(engine.ModelSpec.from_dict(AIR), 30, 2) == 15     # spread over the workers
+    assert default_batch_size(engine.ModelSpec.from_dict(AIR), 1, 2) == 1
 
 
 def test_map_agrees_with_fit_map(fleet):
