@@ -171,7 +171,7 @@ def default_batch_size(spec: ModelSpec, n_series: int, workers: int = 1) -> int:
 
     A batch's filter keeps, per series, a states² covariance and one tangent of it per
     parameter; past a few thousand covariance entries per batch each series costs more
-    (measured MAP fits, 2-core CPU: 6 states, 96–112 series 190–220 series/s against 118–125
+    (measured MAP fits, 2-core CPU: 6 states, 96–112 series 190–220 series/s against 115–125
     at 256; 13 states, 16–64 series about 65/s against 48 at 96 and 27 at 256; 1 state, 256
     series 3,400–4,500/s against 1,800 at 32). Results do not depend on the batch size."""
     n_states = max(layout(spec).n_states, 1)
