@@ -58,8 +58,9 @@ def block_structure(spec: ModelSpec) -> tuple[tuple[str, int, str, bool, np.ndar
 
     def describe(params):
         for b in blocks(spec, params):
-            out.append((b.name, b.transition.shape[0], b.kind, b.stationary_cov is None,
-                        np.asarray(b.design, dtype=float)))
+            design = np.array(b.design, dtype=float)
+            design.setflags(write=False)   # shared by every caller of the cache
+            out.append((b.name, b.transition.shape[0], b.kind, b.stationary_cov is None, design))
         return 0.0
 
     jax.eval_shape(describe, {n: jax.ShapeDtypeStruct((), jnp.float64) for n in param_names(spec)})
