@@ -28,7 +28,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 from numpyro.distributions import biject_to
 from numpyro.infer.hmc import hmc
-from numpyro.infer.util import potential_energy
+from numpyro.infer.util import ParamInfo, potential_energy
 
 from . import kalman
 from .compiled import on_trim
@@ -111,10 +111,12 @@ def _sampler_loglik(spec: ModelSpec) -> Callable:
     return loglik
 
 
-def _model(spec: ModelSpec, families: tuple[str, ...], y, x, prior_args, *, for_sampler: bool = False):
+def _model(spec: ModelSpec, families: tuple[str, ...], y, x, prior_args, *, for_sampler: bool = False,
+           likelihood: bool = True):
     """NumPyro model: one sample site per parameter with its prior; the Kalman likelihood as a factor.
 
     for_sampler: use the first-derivative likelihood with the filter's own tangent (`_sampler_loglik`).
+    likelihood: False leaves the factor out (the prior and the transforms' Jacobians only).
     """
     sites = sample_sites(spec)
     values = {name: numpyro.sample(name, make_distribution(fam, args))
@@ -123,8 +125,9 @@ def _model(spec: ModelSpec, families: tuple[str, ...], y, x, prior_args, *, for_
     if spec.ar_order:
         for i in range(spec.ar_order):
             numpyro.deterministic(f"ar.L{i + 1}", pvec[param_names(spec).index(f"ar.L{i + 1}")])
-    ll = _sampler_loglik(spec)(pvec, (y, x)) if for_sampler else loglik_value(spec, pvec, y, x)
-    numpyro.factor("loglik", ll)
+    if likelihood:
+        ll = _sampler_loglik(spec)(pvec, (y, x)) if for_sampler else loglik_value(spec, pvec, y, x)
+        numpyro.factor("loglik", ll)
 
 
 def _site_values_to_params(spec: ModelSpec, values: Mapping) -> jnp.ndarray:
@@ -204,13 +207,15 @@ class _Coordinates(NamedTuple):
 
 
 @lru_cache(maxsize=32)
-def _coordinates(spec: ModelSpec, families: tuple[str, ...], shapes: tuple, for_sampler: bool = False) -> _Coordinates:
+def _coordinates(spec: ModelSpec, families: tuple[str, ...], shapes: tuple, for_sampler: bool = False,
+                 likelihood: bool = True) -> _Coordinates:
     """NumPyro's potential energy for a model structure (cached per spec, prior families and shapes).
 
     The potential maps each site's unconstrained value through `biject_to` of its support as
     the model declares it at evaluation time, so prior numbers (and bounds) are arguments.
+    likelihood=False: the prior part of the potential only.
     """
-    model = partial(_model, spec, families, for_sampler=for_sampler)
+    model = partial(_model, spec, families, for_sampler=for_sampler, likelihood=likelihood)
 
     def potential_fn_gen(*args):
         return partial(potential_energy, model, args, {})
@@ -395,7 +400,7 @@ def fit_map(spec, y, exog=None, *, priors: Mapping | None = None, start=None, ma
 # ----------------------------------------------------------------------------- NUTS
 
 class _Sampler(NamedTuple):
-    init: Callable     # (start {site: ()}, key (2,), args) → one chain's state
+    init: Callable     # (start {site: ()}, key (2,), args, loglik (), its gradient {site: ()}) → one chain's state
     chunk: Callable    # (state, args) → (state, per-iteration fields)
     chunk_len: int
     compiled: dict     # "chunk" → the chunk's executable, compiled ahead of time (see `_compiled_chunk`)
@@ -416,12 +421,18 @@ def _sampler(spec: ModelSpec, families: tuple, shapes: tuple, warmup: int, chunk
     longest trajectory, and keeps to one core. `fit_nuts` runs the chains on threads.
     """
     co = _coordinates(spec, families, shapes, for_sampler=True)
+    prior_potential = _coordinates(spec, families, shapes, likelihood=False).potential_fn_gen
     init_kernel, sample_kernel = hmc(potential_fn_gen=co.potential_fn_gen, algo="NUTS")
 
     @jax.jit
-    def init(start, key, args):
-        return init_kernel(start, num_warmup=warmup, target_accept_prob=target_accept,
-                           max_tree_depth=max_tree_depth, model_args=args, rng_key=key)
+    def init(start, key, args, loglik, loglik_grad):
+        # The likelihood's value and gradient at the start are given (`_start_likelihood`), so
+        # this program holds no filter: only the prior's part of the potential is derived here.
+        pe, grad = jax.value_and_grad(prior_potential(*args))(start)
+        grad = {n: g - loglik_grad[n] for n, g in grad.items()}
+        return init_kernel(ParamInfo(start, pe - loglik, grad), num_warmup=warmup,
+                           target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
+                           model_args=args, rng_key=key)
 
     @jax.jit
     def chunk(state, args):
@@ -520,13 +531,19 @@ def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: 
     chain_starts = [{n: jnp.asarray(starts[i, c]) for i, n in enumerate(sites)} for c in range(chains)]
 
     with ThreadPoolExecutor(max(2, min(chains, _usable_cores())), thread_name_prefix="nuts") as pool:
-        # The init, the sampling chunk and the pointwise log-likelihood compile at once, on
-        # three threads (XLA releases the interpreter lock): the chunk needs only the shape
-        # of a chain's state, not its value.
-        state_shape = jax.eval_shape(sampler.init, chain_starts[0], keys[0], args)
-        first = pool.submit(sampler.init, chain_starts[0], keys[0], args)   # compiles the init
-        warming = pool.submit(_run_once, _pointwise, spec, jnp.ones((chains * draws, len(param_names(spec)))),
-                              prob.y, prob.x)
+        # Two programs compile at once, on two threads (XLA releases the interpreter lock): the
+        # sampling chunk, which needs only the shape of a chain's state, and the pointwise
+        # log-likelihood, which the fit needs at the end and which first gives the likelihood
+        # at the chains' starts; the inits then compile no filter of their own.
+        no_grad = {n: jnp.zeros(()) for n in sites}
+        state_shape = jax.eval_shape(sampler.init, chain_starts[0], keys[0], args, jnp.zeros(()), no_grad)
+        at_starts = pool.submit(_start_likelihood, prob, starts, chains * draws)
+
+        def start(c):
+            ll, grad = at_starts.result()
+            return sampler.init(chain_starts[c], keys[c], args, ll[c], {n: g[c] for n, g in grad.items()})
+
+        first = pool.submit(start, 0)   # compiles the init
         chunk = _compiled_chunk(sampler, state_shape, args)
 
         def advance(state):   # one chunk of one chain, blocking its thread (XLA runs it there)
@@ -538,7 +555,7 @@ def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: 
         total = warmup + draws
         kept = [[] for _ in range(chains)]   # chain → its chunks after warmup
         first.result()
-        pending = {pool.submit(sampler.init, chain_starts[c], keys[c], args): (c, True) for c in range(1, chains)}
+        pending = {pool.submit(start, c): (c, True) for c in range(1, chains)}
         pending[first] = (0, True)
         done = [0] * chains
         while pending:
@@ -558,14 +575,12 @@ def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: 
                     pending[pool.submit(advance, state)] = (c, False)
         if cancel is not None and cancel.is_set():
             raise FitCancelled(f"NUTS fit cancelled after {min(done)} of {total} iterations")
-        warming.result()
     seconds = time.perf_counter() - t0
     # kept: chain → chunk → fields (draw, …); join chunks, stack chains → (chain, draw, …)
     z, diverging, energy, num_steps, step_size, accept, potential = jax.tree_util.tree_map(
         lambda *a: np.stack(a), *[jax.tree_util.tree_map(lambda *k: np.concatenate(k), *chunks) for chunks in kept])
-    to_c = _to_constrained_fn(prob)
     zmat = np.stack([z[n] for n in sorted(sites)], axis=-1).reshape(-1, len(sites))
-    theta = np.asarray(jax.jit(jax.vmap(to_c))(jnp.asarray(zmat))).reshape(chains, draws, -1)
+    theta = np.asarray(_constrained_rows(spec, prob.families, args[2], jnp.asarray(zmat))).reshape(chains, draws, -1)
     names = param_names(spec)
     posterior = {n: theta[..., i] for i, n in enumerate(names)}
     pointwise = pointwise_loglik(spec, theta.reshape(chains * draws, -1), prob.y, prob.x)
@@ -592,6 +607,40 @@ def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: 
         attrs=attrs)
 
 
+@partial(jax.jit, static_argnames=("spec", "families"))
+def _constrained_rows(spec: ModelSpec, families: tuple, prior_args, z):
+    """Parameters (row, param) of unconstrained points z (row, site), sites in sorted order."""
+    return jax.vmap(_traced_maps(spec, families, prior_args)[1])(z)
+
+
+FD_STEP = 1e-5   # central-difference step on unconstrained coordinates (`_start_likelihood`)
+
+
+def _start_likelihood(prob: Problem, starts: np.ndarray, n_rows: int):
+    """log p(y | θ(z)) at each chain's start z and its gradient in z: ((chain,), {site: (chain,)}).
+
+    Both come from the pointwise program at the batch shape `fit_nuts` uses for its
+    log_likelihood group (n_rows draws), so the chains' inits need no filter program of their
+    own; the gradient by central differences (error ~1e-8 relative), which only steers the
+    first warmup step. starts: (site, chain) unconstrained, in `sample_sites` order.
+    """
+    sites = sample_sites(prob.spec)
+    order = sorted(sites)   # the order of NumPyro's flattened sites
+    k, chains = len(sites), starts.shape[1]
+    z = starts[[sites.index(n) for n in order]].T                                  # (chain, site)
+    steps = np.concatenate([np.zeros((1, k)), FD_STEP * np.eye(k), -FD_STEP * np.eye(k)])
+    rows = (z[:, None, :] + steps[None]).reshape(-1, k)                            # (chain·(2k+1), site)
+    theta = np.asarray(_constrained_rows(prob.spec, prob.families, prob.args[2], jnp.asarray(rows)))
+    ll = np.empty(len(rows))
+    for i in range(0, len(rows), n_rows):   # in slices of the compiled batch, the last padded
+        part = theta[i:i + n_rows]
+        padded = np.concatenate([part, np.repeat(part[-1:], n_rows - len(part), axis=0)])
+        ll[i:i + len(part)] = np.asarray(_pointwise(prob.spec, jnp.asarray(padded), prob.y, prob.x)).sum(axis=1)[:len(part)]
+    ll = ll.reshape(chains, 2 * k + 1)
+    grad = (ll[:, 1:k + 1] - ll[:, k + 1:]) / (2 * FD_STEP)
+    return ll[:, 0], {n: grad[:, i] for i, n in enumerate(order)}
+
+
 @partial(jax.jit, static_argnames=("spec",))
 def _pointwise(spec, theta, y, x):
     n = theta.shape[0]
@@ -608,15 +657,6 @@ def _usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:   # not on Linux
         return os.cpu_count() or 1
-
-
-def _run_once(fn, *args) -> None:
-    """Call jitted `fn` once on example arguments so that its program is compiled and cached.
-    A failure is ignored here: the real call reports it."""
-    try:
-        jax.block_until_ready(fn(*args))
-    except Exception:   # noqa: BLE001
-        pass
 
 
 def pointwise_loglik(spec, theta, y, exog=None) -> np.ndarray:

@@ -254,3 +254,30 @@ def test_chain_starts_are_numpyro_prior_medians_on_its_unconstrained_coordinates
     assert np.mean(draws <= median) == pytest.approx(0.5, abs=0.005)
     expected = float(biject_to(d.support).inv(jnp.asarray(median)))
     assert _to_unconstrained_value(family, args, median) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_a_chain_starts_with_the_exact_potential_and_gradient_of_the_posterior():
+    """The inits get the likelihood at the starts from the pointwise program (its gradient by
+    central differences); the state they build must carry −log p and its gradient at the
+    start as NumPyro's own potential gives them (cycle + AR(2): interval and PACF sites, gaps)."""
+    from engine.bayes import _chain_keys, _chunk_len, _initial_points, _shapes, _start_likelihood
+    from engine.priors import sample_sites
+
+    y = with_gaps(nile(), index=(0, 5, 30, 31, 32, 90))
+    prob = engine.bayes.make_problem(CYCLE_AR, y)
+    sites = sample_sites(prob.spec)
+    starts = _initial_points(prob.families, [prob.priors[n].args for n in sites], seed=4, chains=3)
+    ll, grad = _start_likelihood(prob, starts, n_rows=7)   # 3 × 17 rows in slices of 7: padding exercised
+    sampler = _sampler(prob.spec, prob.families, _shapes(prob.y, prob.x), 10, _chunk_len(10, 10), 0.8, 5)
+    logp, _, _ = engine.log_posterior(CYCLE_AR, y)
+    value_and_grad = jax.jit(jax.value_and_grad(logp))
+    order = sorted(sites)
+    for c, key in enumerate(_chain_keys(0, 3)):
+        start = {n: jnp.asarray(starts[i, c]) for i, n in enumerate(sites)}
+        state = sampler.init(start, key, prob.args, ll[c], {n: g[c] for n, g in grad.items()})
+        z = jnp.array([starts[sites.index(n), c] for n in order])
+        value, gradient = value_and_grad(z)
+        assert float(state.potential_energy) == pytest.approx(-float(value), rel=1e-10)
+        expected = -np.asarray(gradient)
+        got = np.array([float(state.z_grad[n]) for n in order])
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
