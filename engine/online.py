@@ -286,7 +286,8 @@ def _kalman_step(config: OnlineConfig, lay, system: System, st: kalman.FilterSta
     def standard():
         if config.sqrt:
             return kalman.step(lay, system, st, y, d, z, sqrt=True) + no_diffuse
-        return _standard_update(config, lay, system, st, y, d, z)[:2] + no_diffuse
+        fs, loglik, _ = _standard_update(config, lay, system, st, y, d, z)
+        return (_dense(lay, fs), loglik) + no_diffuse
 
     def steady():
         return kalman._steady_step(lay, system, st, y, d, z, config.sqrt, False) + no_diffuse
@@ -307,23 +308,31 @@ def _use_packed(config: OnlineConfig, n_draws: int) -> bool:
 
 
 def _standard_update(config: OnlineConfig, lay, system: System, st: kalman.FilterState, y, d, z):
-    """The bank's standard Kalman step (dense P, not sqrt) for P dense or packed (`kalman.pack`),
-    returning P in the same form: (next filter state, loglik, v). Large banks take the packed
-    step either way."""
-    if isinstance(st.cov, tuple):
-        return kalman._packed_standard_step(lay, system, st, y, d, z)
-    if not _use_packed(config, y.shape[0]):
+    """The bank's standard Kalman step (not sqrt) for P dense or packed (`_is_packed`): (next
+    filter state, loglik, v). Large banks take the packed step and return P packed (as rows
+    when it came so, else stacked), so a stream keeps it packed from one step to the next;
+    small ones take the fused dense step."""
+    if not (_is_packed(st) or _use_packed(config, y.shape[0])):
         return kalman._fused_standard_step(lay, system, st, y, d, z)
-    fs, loglik, v = kalman._packed_standard_step(lay, system, _packed(st), y, d, z)
-    return _unpacked(lay, fs), loglik, v
+    rows = tuple(st.cov) if _is_packed(st) else kalman.pack(st.cov)
+    fs, loglik, v = kalman._packed_standard_step(lay, system, st._replace(cov=rows), y, d, z)
+    return fs._replace(cov=fs.cov if isinstance(st.cov, tuple) else jnp.stack(fs.cov)), loglik, v
+
+
+def _is_packed(st: kalman.FilterState) -> bool:
+    """P is held packed: the m(m+1)/2 distinct entries of each draw's P (`kalman.pack`), either
+    stacked into one (pair, draw) array (between updates: one buffer to pass) or as a tuple of
+    (draw,) rows (inside a micro-batch's loop: each entry updated in place, no restacking)."""
+    return isinstance(st.cov, tuple) or st.cov.ndim == 2
 
 
 def _packed(st: kalman.FilterState) -> kalman.FilterState:
-    return st._replace(cov=kalman.pack(st.cov))
+    return st._replace(cov=jnp.stack(kalman.pack(st.cov)))
 
 
-def _unpacked(lay, st: kalman.FilterState) -> kalman.FilterState:
-    return st._replace(cov=kalman.unpack(st.cov, lay.n_states))
+def _dense(lay, st: kalman.FilterState) -> kalman.FilterState:
+    """The filter state with P dense, whichever form it is held in."""
+    return st._replace(cov=kalman.unpack(tuple(st.cov), lay.n_states)) if _is_packed(st) else st
 
 
 def _block(P, ix):
@@ -393,9 +402,10 @@ def _per_draw(config: OnlineConfig, lay, z, d, st: kalman.FilterState, K, F, Fi,
         L = st.cov
         entry = lambda i, j: jnp.sum(L[i] * L[j], axis=0)
         M = kalman._mv(L, jnp.sum(L * z[:, None], axis=0))
-    elif isinstance(st.cov, tuple):   # packed (`kalman.pack`)
-        entry = kalman._packed_entry(st.cov, lay.n_states)
-        M = kalman._packed_mat_z(lay, st.cov, z)
+    elif _is_packed(st):
+        rows = tuple(st.cov)
+        entry = kalman._packed_entry(rows, lay.n_states)
+        M = kalman._packed_mat_z(lay, rows, z)
     else:
         entry = lambda i, j: st.cov[i, j]
         M = kalman._mat_z(lay, st.cov, z)
@@ -415,16 +425,16 @@ def step(config: OnlineConfig, bank: Bank, belief: Belief, y, exog=None) -> tupl
     lay = layout(spec)
     y = jnp.asarray(y, dtype=jnp.float64)
     z, d = _design(spec, bank, exog)
-    st = belief.filter
+    st = _dense(lay, belief.filter)
     fs, loglik, Fi, still = _kalman_step(config, lay, bank.system, st, jnp.broadcast_to(y, d.shape), d, z)
     ds = _per_draw(config, lay, z, d, st, fs.gain, fs.innov_var, Fi, y, loglik, still)
     return _report(config, belief, fs, y, ds)
 
 
 def standard_step(config: OnlineConfig, bank: Bank, belief: Belief, y, exog=None) -> tuple[Belief, OnlineInfo]:
-    """`step` for a bank with no diffuse draw (every `filter.diffuse` False) and P dense or packed
-    (`kalman.pack`; `step_many` carries it so): the fused standard covariance update, without the
-    branch (whose operands XLA would copy)."""
+    """`step` for a bank with no diffuse draw (every `filter.diffuse` False): the fused standard
+    covariance update, without the branch (whose operands XLA would copy). P dense or packed
+    (`_packed`); a large bank's P comes out packed (see `_standard_update`)."""
     if config.sqrt:
         return step(config, bank, belief, y, exog)
     spec = config.spec
@@ -548,15 +558,21 @@ def step_many(config: OnlineConfig, bank: Bank, belief: Belief, ys, exog=None, n
 
     n (traced, default all) lets padded batches of one length share a trace; the info is
     stacked over the padded length (rows past n are zeros). one_step: `step` (default),
-    `standard_step` (no draw diffuse: a large bank's loop carries P packed, half the memory
-    to move) or `steady_step` (every y observed and the bank steady).
+    `standard_step` (no draw diffuse: a large bank's loop carries P packed and returns it so)
+    or `steady_step` (every y observed and the bank steady).
     """
     step_fn = step if one_step is None else one_step
-    packing = _use_packed(config, belief.log_weight.shape[0]) and not isinstance(belief.filter.cov, tuple)
-    if step_fn is standard_step and packing:
-        belief = belief._replace(filter=_packed(belief.filter))
-        belief, buf = step_many(config, bank, belief, ys, exog, n, one_step)
-        return belief._replace(filter=_unpacked(layout(config.spec), belief.filter)), buf
+    # the loop's carry keeps one form of P: dense for `step`; for a large bank's `standard_step`
+    # packed rows (half the memory to move), stacked again at the end; as it comes for
+    # `steady_step` (P unused)
+    if step_fn is step:
+        belief = belief._replace(filter=_dense(layout(config.spec), belief.filter))
+    elif (step_fn is standard_step and not isinstance(belief.filter.cov, tuple)
+          and (_use_packed(config, belief.log_weight.shape[0]) or _is_packed(belief.filter))):
+        st = belief.filter
+        rows = tuple(st.cov) if _is_packed(st) else kalman.pack(st.cov)
+        belief, buf = step_many(config, bank, belief._replace(filter=st._replace(cov=rows)), ys, exog, n, one_step)
+        return belief._replace(filter=belief.filter._replace(cov=jnp.stack(belief.filter.cov))), buf
     size = ys.shape[0]
     n = size if n is None else n
     info_shape = jax.eval_shape(lambda b, y, x: step_fn(config, bank, b, y, x)[1], belief, ys[0],
@@ -614,7 +630,7 @@ def forecast(config: OnlineConfig, bank: Bank, belief: Belief, steps: int, exog_
         diffuse = jnp.einsum("ib,ijb,jb->b", z, si.pred_diffuse, z) > kalman.TOL_DIFFUSE
         return fs, (mu, jnp.where(diffuse, jnp.inf, var))
 
-    _, (mu, var) = lax.scan(body, belief.filter, xs)
+    _, (mu, var) = lax.scan(body, _dense(lay, belief.filter), xs)
     w = jnp.exp(belief.log_weight)
     finite = jnp.isfinite(var)
     var_f = jnp.where(finite, var, 1.0)
@@ -636,6 +652,8 @@ _catch_up_jit = jax.jit(catch_up, static_argnums=0)
 _forecast_jit = jax.jit(forecast, static_argnums=(0, 3))
 _make_bank_jit = jax.jit(make_bank, static_argnums=0)
 _init_jit = jax.jit(init, static_argnums=0)
+_dense_jit = jax.jit(_dense, static_argnums=0)
+_packed_jit = jax.jit(_packed)
 MIN_BUCKET = 8
 
 
@@ -825,8 +843,11 @@ class OnlineFilter:
     # -- read-only views -----------------------------------------------------------------
     @property
     def state(self) -> Belief:
-        """The current belief. Its arrays may be reused by the next update (copy what you keep)."""
-        return self._belief
+        """The current belief, P dense. Its arrays may be reused by the next update (copy what you keep).
+
+        A large bank holds P packed between updates (see `_standard_update`); this unpacks it."""
+        b = self._belief
+        return b._replace(filter=_dense_jit(layout(self.spec), b.filter)) if _is_packed(b.filter) else b
 
     @property
     def params(self) -> np.ndarray:
@@ -885,8 +906,7 @@ class OnlineFilter:
         y = float(ys[0])
         self._before_update()
         self._history.extend(np.array([y]), x)
-        fn = (_steady_step_jit if self._steady and not np.isnan(y)
-              else _standard_step_jit if self._settled else _step_jit)
+        fn = self._step_for(not np.isnan(y), _steady_step_jit, _standard_step_jit, _step_jit)
         # host values go in as NumPy: an eager jnp.asarray would be a computation of its own
         # that the step waits for (about 0.07 ms of a 0.25 ms update at S = 1)
         self._belief, info = fn(self.config, self.bank, self._belief, np.float64(y),
@@ -902,13 +922,24 @@ class OnlineFilter:
         self._history.extend(ys, x)
         y_pad, x_pad, n_valid = _padded(ys, x)
         observed = not np.isnan(ys).any()
-        fn = (_steady_step_many_jit if self._steady and observed
-              else _standard_step_many_jit if self._settled else _step_many_jit)
+        fn = self._step_for(observed, _steady_step_many_jit, _standard_step_many_jit, _step_many_jit)
         self._belief, info = fn(self.config, self.bank, self._belief, y_pad, x_pad, n_valid)
         if len(y_pad) > n:
             info = jax.tree_util.tree_map(lambda a: a[:n], info)
         self._after_update(info, n - 1, observed)
         return info
+
+    def _step_for(self, observed: bool, steady, standard, general):
+        """The compiled step for the next update: `steady` once every draw has converged and
+        the update has no missing value, `standard` once no draw is diffuse, else `general`.
+        A large bank's P is packed before its first standard step, the form those keep."""
+        if self._steady and observed:
+            return steady
+        if not self._settled:
+            return general
+        if _use_packed(self.config, self.n_draws) and not _is_packed(self._belief.filter):
+            self._belief = self._belief._replace(filter=_packed_jit(self._belief.filter))
+        return standard
 
     def forecast(self, steps: int, exog_future=None) -> OnlineForecast:
         """Predictive of y for the next `steps` observations, mixed over the draws (O(steps))."""
@@ -963,7 +994,8 @@ class OnlineFilter:
         row = () if plast is None else plast
         # steadiness only grows while every y is observed, and a diffuse part only shrinks, so
         # the lagged flags are safe
-        steady, settled, ess = (np.asarray(a)[row] for a in jax.device_get((pinfo.steady, pinfo.settled, pinfo.ess)))
+        # np.asarray per array: jax.device_get of a tuple costs ~40 µs even once they are on the host
+        steady, settled, ess = (np.asarray(a)[row] for a in (pinfo.steady, pinfo.settled, pinfo.ess))
         self._steady = observed and bool(steady)
         self._settled = self._settled or bool(settled)
         if not self.rejuvenate_enabled or self.rejuvenating:

@@ -467,20 +467,26 @@ def test_pack_keeps_the_upper_triangle_and_unpack_restores_the_symmetric_matrix(
     np.testing.assert_array_equal(kalman.unpack(packed, 5), P)
 
 
-def test_micro_batches_carry_the_packed_covariance_and_return_it_dense():
-    """update_many on a settled bank of PACKED_MIN_DRAWS draws (the packed loop) ends in the dense
-    belief that single updates (dense in and out) reach, to roundoff."""
+def test_a_large_bank_keeps_its_covariance_packed_and_still_equals_the_batch_filter():
+    """A settled bank of PACKED_MIN_DRAWS draws holds P packed between updates (single ones and
+    micro-batches, a gap included); `state` gives it dense, and it, the weights and the
+    forecast equal those of one batch pass over the same data."""
     y = _series(n=70, seed=8, gaps=())
+    y[55] = np.nan
     S = online.PACKED_MIN_DRAWS
     a = engine.OnlineFilter(SPEC, _draws(S), y_history=y[:40], rejuvenate=False)
     b = engine.OnlineFilter(SPEC, _draws(S), y_history=y[:40], rejuvenate=False)
+    batch = engine.OnlineFilter(SPEC, _draws(S), y_history=y[:70], rejuvenate=False)
     a.update_many(y[40:70])
     for v in y[40:70]:
         b.update(v)
-    assert a.state.filter.cov.shape == b.state.filter.cov.shape == (5, 5, S)
-    np.testing.assert_allclose(a.state.filter.cov, b.state.filter.cov, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(a.state.filter.mean, b.state.filter.mean, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(a.weights, b.weights, rtol=1e-10)
+    for filt in (a, b):
+        assert online._is_packed(filt._belief.filter)
+        assert filt.state.filter.cov.shape == (5, 5, S)
+        np.testing.assert_allclose(filt.state.filter.cov, batch.state.filter.cov, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(filt.state.filter.mean, batch.state.filter.mean, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(filt.weights, batch.weights, rtol=1e-10)
+        np.testing.assert_allclose(filt.forecast(5).quantiles, batch.forecast(5).quantiles, rtol=1e-10)
 
 
 def test_bank_bands_match_the_mixture_quantiles():

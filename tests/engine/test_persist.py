@@ -89,8 +89,9 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     np.testing.assert_allclose(resumed.filter.weights, uninterrupted.weights, rtol=1e-12)
 
 
-def test_snapshot_roundtrip_and_log_replay(tmp_path):
-    y, draws = _series(), _draws()
+@pytest.mark.parametrize("n_draws", [3, 64])   # 64: a bank that holds its covariance packed
+def test_snapshot_roundtrip_and_log_replay(tmp_path, n_draws):
+    y, draws = _series(), _draws(n_draws)
     durable = engine.DurableFilter.create(tmp_path, SPEC, draws, y_history=y[:20], snapshot_every=10,
                                           fsync=False, rejuvenate=False, quantile_iters=1)
     for v in y[20:33]:
