@@ -537,7 +537,7 @@ def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: 
         # at the chains' starts; the inits then compile no filter of their own.
         no_grad = {n: jnp.zeros(()) for n in sites}
         state_shape = jax.eval_shape(sampler.init, chain_starts[0], keys[0], args, jnp.zeros(()), no_grad)
-        at_starts = pool.submit(_start_likelihood, prob, starts, chains * draws)
+        at_starts = pool.submit(_start_likelihood, prob, starts)
 
         def start(c):
             ll, grad = at_starts.result()
@@ -616,13 +616,13 @@ def _constrained_rows(spec: ModelSpec, families: tuple, prior_args, z):
 FD_STEP = 1e-5   # central-difference step on unconstrained coordinates (`_start_likelihood`)
 
 
-def _start_likelihood(prob: Problem, starts: np.ndarray, n_rows: int):
+def _start_likelihood(prob: Problem, starts: np.ndarray):
     """log p(y | θ(z)) at each chain's start z and its gradient in z: ((chain,), {site: (chain,)}).
 
-    Both come from the pointwise program at the batch shape `fit_nuts` uses for its
-    log_likelihood group (n_rows draws), so the chains' inits need no filter program of their
-    own; the gradient by central differences (error ~1e-8 relative), which only steers the
-    first warmup step. starts: (site, chain) unconstrained, in `sample_sites` order.
+    Both come from the pointwise program (`pointwise_loglik`), which the fit needs for its
+    log_likelihood group anyway, so the chains' inits need no filter program of their own;
+    the gradient by central differences (error ~1e-8 relative), which only steers the first
+    warmup step. starts: (site, chain) unconstrained, in `sample_sites` order.
     """
     sites = sample_sites(prob.spec)
     order = sorted(sites)   # the order of NumPyro's flattened sites
@@ -630,25 +630,16 @@ def _start_likelihood(prob: Problem, starts: np.ndarray, n_rows: int):
     z = starts[[sites.index(n) for n in order]].T                                  # (chain, site)
     steps = np.concatenate([np.zeros((1, k)), FD_STEP * np.eye(k), -FD_STEP * np.eye(k)])
     rows = (z[:, None, :] + steps[None]).reshape(-1, k)                            # (chain·(2k+1), site)
-    theta = np.asarray(_constrained_rows(prob.spec, prob.families, prob.args[2], jnp.asarray(rows)))
-    ll = np.empty(len(rows))
-    for i in range(0, len(rows), n_rows):   # in slices of the compiled batch, the last padded
-        part = theta[i:i + n_rows]
-        padded = np.concatenate([part, np.repeat(part[-1:], n_rows - len(part), axis=0)])
-        ll[i:i + len(part)] = np.asarray(_pointwise(prob.spec, jnp.asarray(padded), prob.y, prob.x)).sum(axis=1)[:len(part)]
-    ll = ll.reshape(chains, 2 * k + 1)
+    theta = _constrained_rows(prob.spec, prob.families, prob.args[2], jnp.asarray(rows))
+    ll = pointwise_loglik(prob.spec, theta, prob.y, prob.x).sum(axis=1).reshape(chains, 2 * k + 1)
     grad = (ll[:, 1:k + 1] - ll[:, k + 1:]) / (2 * FD_STEP)
     return ll[:, 0], {n: grad[:, i] for i, n in enumerate(order)}
 
 
 @partial(jax.jit, static_argnames=("spec",))
-def _pointwise(spec, theta, y, x):
-    n = theta.shape[0]
-    n_chunks = -(-n // CHUNK_DRAWS)
-    pad = n_chunks * CHUNK_DRAWS - n
-    th = jnp.pad(theta, ((0, pad), (0, 0)), mode="edge").reshape(n_chunks, CHUNK_DRAWS, -1)
-    out = lax.map(lambda t: _loglik_terms_batch(spec, t, y, x).T, th)
-    return out.reshape(n_chunks * CHUNK_DRAWS, -1)[:n]
+def _pointwise_chunk(spec, theta, y, x):
+    """(CHUNK_DRAWS, time) log-likelihood terms for a chunk of draws (CHUNK_DRAWS, param)."""
+    return _loglik_terms_batch(spec, theta, y, x).T
 
 
 def _usable_cores() -> int:
@@ -660,8 +651,16 @@ def _usable_cores() -> int:
 
 
 def pointwise_loglik(spec, theta, y, exog=None) -> np.ndarray:
-    """log p(y_t | y_{1:t-1}, θ_d) for each draw: (draw, time); NaN/diffuse steps give 0."""
+    """log p(y_t | y_{1:t-1}, θ_d) for each draw: (draw, time); NaN/diffuse steps give 0.
+
+    The draws go through one compiled program in chunks of CHUNK_DRAWS (the last padded), so
+    any number of draws reuses it."""
     spec = as_spec(spec)
-    theta = jnp.asarray(theta, dtype=jnp.float64)
+    theta = np.asarray(theta, dtype=np.float64)
+    y = jnp.asarray(y, dtype=jnp.float64)
     x = None if exog is None else jnp.asarray(exog, dtype=jnp.float64)
-    return np.asarray(_pointwise(spec, theta, jnp.asarray(y, dtype=jnp.float64), x))
+    n = theta.shape[0]
+    padded = np.concatenate([theta, np.repeat(theta[-1:], -n % CHUNK_DRAWS, axis=0)])
+    chunks = [_pointwise_chunk(spec, jnp.asarray(padded[i:i + CHUNK_DRAWS]), y, x)   # all dispatched,
+              for i in range(0, n, CHUNK_DRAWS)]                                     # then gathered
+    return np.concatenate([np.asarray(c) for c in chunks])[:n]

@@ -267,7 +267,7 @@ def test_a_chain_starts_with_the_exact_potential_and_gradient_of_the_posterior()
     prob = engine.bayes.make_problem(CYCLE_AR, y)
     sites = sample_sites(prob.spec)
     starts = _initial_points(prob.families, [prob.priors[n].args for n in sites], seed=4, chains=3)
-    ll, grad = _start_likelihood(prob, starts, n_rows=7)   # 3 × 17 rows in slices of 7: padding exercised
+    ll, grad = _start_likelihood(prob, starts)   # 3 × 17 rows: one padded chunk
     sampler = _sampler(prob.spec, prob.families, _shapes(prob.y, prob.x), 10, _chunk_len(10, 10), 0.8, 5)
     logp, _, _ = engine.log_posterior(CYCLE_AR, y)
     value_and_grad = jax.jit(jax.value_and_grad(logp))
