@@ -660,6 +660,8 @@ def pointwise_loglik(spec, theta, y, exog=None) -> np.ndarray:
     y = jnp.asarray(y, dtype=jnp.float64)
     x = None if exog is None else jnp.asarray(exog, dtype=jnp.float64)
     n = theta.shape[0]
+    if n == 0:
+        return np.zeros((0, y.shape[0]))
     padded = np.concatenate([theta, np.repeat(theta[-1:], -n % CHUNK_DRAWS, axis=0)])
     chunks = [_pointwise_chunk(spec, jnp.asarray(padded[i:i + CHUNK_DRAWS]), y, x)   # all dispatched,
               for i in range(0, n, CHUNK_DRAWS)]                                     # then gathered
