@@ -235,25 +235,10 @@ def _vector_potential(spec: ModelSpec, families: tuple[str, ...], args) -> Calla
     return lambda z: potential(co.unravel(z))
 
 
-def _to_unconstrained_fn(prob: Problem):
-    """params (k,) → unconstrained z (k,) with the bijections of *these* priors' supports."""
-    sites = sample_sites(prob.spec)
-    tr = {n: biject_to(prob.priors[n].distribution().support) for n in sites}
-
-    def to_unconstrained(pvec):
-        values = _params_to_site_values(prob.spec, pvec)
-        return jnp.stack([tr[n].inv(values[n]) for n in sorted(sites)])  # ravel_pytree sorts dict keys
-    return to_unconstrained
-
-
-def _to_constrained_fn(prob: Problem):
-    sites = sample_sites(prob.spec)
-    tr = {n: biject_to(prob.priors[n].distribution().support) for n in sites}
-
-    def to_constrained(z):
-        values = {n: tr[n](z[i]) for i, n in enumerate(sorted(sites))}
-        return _site_values_to_params(prob.spec, values)
-    return to_constrained
+def _maps(prob: Problem):
+    """(to_unconstrained, to_constrained) between params (k,) and z (k,) with the bijections of
+    *these* priors' supports (`_traced_maps` with the problem's prior numbers)."""
+    return _traced_maps(prob.spec, prob.families, prob.args[2])
 
 
 def log_posterior(spec, y, exog=None, priors: Mapping | None = None):
@@ -268,7 +253,7 @@ def log_posterior(spec, y, exog=None, priors: Mapping | None = None):
 
     def logp(z):
         return -potential(z)
-    return logp, _to_unconstrained_fn(prob), _to_constrained_fn(prob)
+    return (logp, *_maps(prob))
 
 
 def _traced_maps(spec: ModelSpec, families: tuple[str, ...], prior_args):
@@ -355,7 +340,7 @@ def fit_map(spec, y, exog=None, *, priors: Mapping | None = None, start=None, ma
 
     prob = make_problem(spec, y, exog, priors)
     spec = prob.spec
-    to_u, to_c = _to_unconstrained_fn(prob), _to_constrained_fn(prob)
+    to_u, to_c = _maps(prob)
     args = prob.args
     candidates = []
     if start is not None:
