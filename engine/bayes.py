@@ -398,7 +398,7 @@ def _chunk_len(warmup: int, draws: int, cap: int = 100) -> int:
 
 @lru_cache(maxsize=16)
 def _sampler(spec: ModelSpec, families: tuple, shapes: tuple, warmup: int, chunk_len: int,
-             target_accept: float, max_tree_depth: int) -> _Sampler:
+             target_accept: float, max_tree_depth: int, dense_mass: bool) -> _Sampler:
     """Jitted NUTS init and chunked sampling loop for one chain (compiled once per key).
 
     One chain per program, not chains vectorised: vmap turns NUTS's loops into loops over
@@ -415,7 +415,7 @@ def _sampler(spec: ModelSpec, families: tuple, shapes: tuple, warmup: int, chunk
         # this program holds no filter: only the prior's part of the potential is derived here.
         pe, grad = jax.value_and_grad(prior_potential(*args))(start)
         grad = {n: g - loglik_grad[n] for n, g in grad.items()}
-        return init_kernel(ParamInfo(start, pe - loglik, grad), num_warmup=warmup,
+        return init_kernel(ParamInfo(start, pe - loglik, grad), num_warmup=warmup, dense_mass=dense_mass,
                            target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
                            model_args=args, rng_key=key)
 
@@ -494,13 +494,20 @@ def _chain_keys(seed: int, chains: int) -> np.ndarray:
 
 def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: int = 1000, seed: int = 0,
              priors: Mapping | None = None, progress: Callable[[int, int, int], None] | None = None,
-             cancel=None, target_accept: float = 0.8, max_tree_depth: int = 10, time_index=None):
+             cancel=None, target_accept: float = 0.8, max_tree_depth: int = 10, dense_mass: bool = True,
+             time_index=None):
     """Sample the posterior of the hyperparameters with NUTS; returns an `arviz.InferenceData`.
 
     Chains run on threads, as many at once as there are cores, chunk by chunk (one chain's
     program serves all of them). `progress(chain, iteration, total)` is called as sampling
     advances; `cancel` (anything with `is_set()`) stops the fit with `FitCancelled`. Data of
     the same shape reuses the compiled sampler.
+
+    dense_mass: warmup adapts a full covariance as the mass matrix (NumPyro's `dense_mass`),
+    not only its diagonal. The few hyperparameters of a structural model are correlated in
+    their posterior (the variances trade off against each other), so this takes fewer leapfrog
+    steps per draw (AirPassengers: 6.7–7.5 against 8.6–8.8) for a cost that does not grow with
+    the series.
     """
     import arviz as az
 
@@ -508,7 +515,8 @@ def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: 
     spec, args = prob.spec, prob.args
     shapes = _shapes(prob.y, prob.x)
     chunk_len = _chunk_len(warmup, draws)
-    sampler = _sampler(spec, prob.families, shapes, warmup, chunk_len, float(target_accept), int(max_tree_depth))
+    sampler = _sampler(spec, prob.families, shapes, warmup, chunk_len, float(target_accept), int(max_tree_depth),
+                       bool(dense_mass))
     t0 = time.perf_counter()
     sites = sample_sites(spec)
     starts = _initial_points(prob.families, [prob.priors[n].args for n in sites], seed, chains)

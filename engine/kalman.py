@@ -258,34 +258,34 @@ def _transition_tangent(lay: Layout, T, dT, X):
     return jax.jvp(lambda T_: transition_apply(lay, T_, X), (T,), (dT,))[1]
 
 
-def _standard_scan_jvp(lay: Layout, primals, tangents):
-    a, P, T, z, H, q, y, d = primals
-    da, dP, dT, dz, dH, dq, dy, dd = (None if type(t) is SymbolicZero else t for t in tangents)
-    if dz is not None or dy is not None:   # not met by the models (fixed design, data as given)
-        tangents = tuple(jnp.zeros_like(p) if type(t) is SymbolicZero else t for p, t in zip(primals, tangents))
-        return jax.jvp(partial(_standard_steps, lay), primals, tangents)
-    m = a.shape[0]
+def _residual_rows(K, v, kind, Fs, llf, a_f, P_f, with_transition: bool):
+    """What the tangent scan reads of one step, packed into one (rows, batch) array: K, v,
+    w = 1/F on standard steps (0 otherwise), the step's update flag, its log-likelihood term
+    (the primal output), and a_f, P_f when T has a tangent."""
+    m = K.shape[0]
+    s = kind == 1
+    w = jnp.where(s, 1.0 / jnp.where(s, Fs, 1.0), 0.0)
+    rows = [K, v[None], w[None], (kind > 0).astype(K.dtype)[None], llf[None]]
+    if with_transition:
+        rows += [a_f, P_f.reshape(m * m, -1)]
+    return jnp.concatenate(rows, axis=0)
 
-    def body(c, x):
-        a, P, _, _ = c
-        y_t, d_t = x
-        a_f, P_f, _, llf, v, Fs, _, kind, K = _observe(lay, a, P, None, y_t, z, d_t, H, ~jnp.isnan(y_t), False, False)
-        a_n, P_n, _ = _predict(lay, T, q, a_f, P_f, None, False, False)
-        s = kind == 1
-        w = jnp.where(s, 1.0 / jnp.where(s, Fs, 1.0), 0.0)
-        packed = [K, v[None], w[None], llf[None]]
-        if dT is not None:
-            packed += [a_f, P_f.reshape(m * m, -1)]
-        return (a_n, P_n, K, Fs), jnp.concatenate(packed, axis=0)
 
-    zero_K, one_F = jnp.zeros_like(a), jnp.ones_like(H)
-    (a_n, P_n, K_n, F_n), packed = lax.scan(body, (a, P, zero_K, one_F), (y, d))
-    K_all, v_all, w_all, ll = packed[:, :m], packed[:, m], packed[:, m + 1], packed[:, m + 2]
-    extra = (packed[:, m + 3:2 * m + 3], packed[:, 2 * m + 3:].reshape((-1, m, m) + a.shape[1:])) if dT is not None else None
+def _tangent_scan(lay: Layout, T, z, dT, dH, dq, da, dP, dK, dF, packed, dd):
+    """The linear scan of the filter's tangent (see `_standard_scan`) over the rows packed by
+    `_residual_rows`: (da, dP, dK, dF) after the last step and dℓ (time, batch).
+
+    The same recursion serves diffuse steps when P∞ has no tangent (T without one): their gain
+    K = M∞/F∞ and log-likelihood term −½(log 2π + log F∞) are then constant, which is w = 0 with
+    the update flag set, and P_f = P − K Mᵀ − M Kᵀ + F K Kᵀ has the standard step's tangent.
+    """
+    m = da.shape[0]
+    K_all, v_all, w_all, on_all = packed[:, :m], packed[:, m], packed[:, m + 1], packed[:, m + 2]
+    extra = (packed[:, m + 4:2 * m + 4], packed[:, 2 * m + 4:].reshape((-1, m, m) + da.shape[1:])) if dT is not None else None
 
     def tangent(c, x):
         da, dP, _, _ = c
-        K, v, w, dd_t, ex = x
+        K, v, w, on, dd_t, ex = x
         dM = _mat_z(lay, dP, z)
         dF = _z_dot(lay, dM, z)
         if dH is not None:
@@ -293,7 +293,7 @@ def _standard_scan_jvp(lay: Layout, primals, tangents):
         dv = -_z_dot(lay, da, z)
         if dd_t is not None:
             dv = dv - dd_t
-        dv = jnp.where(w > 0, dv, 0.0)
+        dv = jnp.where(on > 0, dv, 0.0)
         dK = (dM - K * dF) * w
         da_f = da + dK * v + K * dv
         G = dM - 0.5 * dF * K
@@ -310,11 +310,81 @@ def _standard_scan_jvp(lay: Layout, primals, tangents):
             dP_n = dP_n + X + jnp.swapaxes(X, 0, 1)
         return (da_n, dP_n, dK, dF), dll
 
-    da = jnp.zeros_like(a) if da is None else da
-    dP = jnp.zeros_like(P) if dP is None else _sym(dP)   # symmetric, as P is: a symmetric cotangent
-    init = (da, dP, jnp.zeros_like(a), jnp.zeros_like(H))
-    (da_n, dP_n, dK_n, dF_n), dll = lax.scan(tangent, init, (K_all, v_all, w_all, dd, extra))
-    return (a_n, P_n, K_n, F_n, ll), (da_n, dP_n, dK_n, dF_n, dll)
+    return lax.scan(tangent, (da, _sym(dP), dK, dF), (K_all, v_all, w_all, on_all, dd, extra))
+
+
+def _tangent_or_zero(t, like):
+    return jnp.zeros_like(like) if t is None else t
+
+
+def _standard_scan_jvp(lay: Layout, primals, tangents):
+    a, P, T, z, H, q, y, d = primals
+    da, dP, dT, dz, dH, dq, dy, dd = (None if type(t) is SymbolicZero else t for t in tangents)
+    if dz is not None or dy is not None:   # not met by the models (fixed design, data as given)
+        tangents = tuple(jnp.zeros_like(p) if type(t) is SymbolicZero else t for p, t in zip(primals, tangents))
+        return jax.jvp(partial(_standard_steps, lay), primals, tangents)
+
+    def body(c, x):
+        a, P, _, _ = c
+        y_t, d_t = x
+        a_f, P_f, _, llf, v, Fs, _, kind, K = _observe(lay, a, P, None, y_t, z, d_t, H, ~jnp.isnan(y_t), False, False)
+        a_n, P_n, _ = _predict(lay, T, q, a_f, P_f, None, False, False)
+        return (a_n, P_n, K, Fs), _residual_rows(K, v, kind, Fs, llf, a_f, P_f, dT is not None)
+
+    (a_n, P_n, K_n, F_n), packed = lax.scan(body, (a, P, jnp.zeros_like(a), jnp.ones_like(H)), (y, d))
+    (da_n, dP_n, dK_n, dF_n), dll = _tangent_scan(lay, T, z, dT, dH, dq, _tangent_or_zero(da, a),
+                                                  _tangent_or_zero(dP, P), jnp.zeros_like(a), jnp.zeros_like(H),
+                                                  packed, dd)
+    return (a_n, P_n, K_n, F_n, packed[:, a.shape[0] + 3]), (da_n, dP_n, dK_n, dF_n, dll)
+
+
+def _general_steps(lay: Layout, state: FilterState, T, z, H, q, y, d, sqrt: bool = False):
+    """Exact-diffuse steps (`_full_step`, valid in every case) over y, d (time, batch): the
+    state after them and the log-likelihood terms (time, batch)."""
+    system = System(T, z, d, H, q, None, None, None)
+
+    def body(c, x):
+        return _full_step(lay, system, c, *x, z, True, sqrt, False)
+    return lax.scan(body, state, (y, d))
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _general_scan(lay: Layout, state: FilterState, T, z, H, q, y, d):
+    """`_general_steps` with the standard steps' hand-written tangent (`_tangent_scan`) where P∞
+    has none (T has no tangent), which is every model's case but those with a cycle or AR
+    block; plain autodiff otherwise. The diffuse head of every likelihood runs here, and plain
+    autodiff of its masks and branches cost about three standard tangents per step."""
+    return _general_steps(lay, state, T, z, H, q, y, d)
+
+
+def _general_scan_jvp(lay: Layout, primals, tangents):
+    state, T, z, H, q, y, d = primals
+    dstate, dT, dz, dH, dq, dy, dd = tangents
+    symbolic = lambda t: type(t) is SymbolicZero
+    dT, dH, dq, dd = (None if symbolic(t) else t for t in (dT, dH, dq, dd))
+    if dT is not None or not (symbolic(dz) and symbolic(dy) and symbolic(dstate.diffuse_cov)):
+        dense = jax.tree.map(lambda p, t: (jnp.zeros(p.shape, jax.dtypes.float0) if p.dtype == bool
+                                           else jnp.zeros_like(p)) if symbolic(t) else t, primals, tangents)
+        return jax.jvp(partial(_general_steps, lay), primals, dense)
+    system = System(T, z, d, H, q, None, None, None)
+
+    def body(c, x):
+        new, info = _full_step(lay, system, c, *x, z, True, False, True)
+        return new, _residual_rows(info.gain, info.innovation, info.kind, info.innov_var, info.loglik, None, None, False)
+
+    final, packed = lax.scan(body, state, (y, d))
+    m = state.mean.shape[0]
+    tangent_of = lambda name: _tangent_or_zero(None if symbolic(getattr(dstate, name)) else getattr(dstate, name),
+                                               getattr(state, name))
+    (da_n, dP_n, dK_n, dF_n), dll = _tangent_scan(lay, T, z, None, dH, dq, tangent_of("mean"), tangent_of("cov"),
+                                                  tangent_of("gain"), tangent_of("innov_var"), packed, dd)
+    flag = lambda x: jnp.zeros(x.shape, jax.dtypes.float0)
+    dfinal = FilterState(da_n, dP_n, jnp.zeros_like(final.diffuse_cov), flag(final.diffuse), flag(final.steady),
+                         dK_n, dF_n, flag(final.prev_observed))
+    return (final, packed[:, m + 3]), (dfinal, dll)
+
+
+_general_scan.defjvp(_general_scan_jvp, symbolic_zeros=True)
 
 
 _standard_scan.defjvp(_standard_scan_jvp, symbolic_zeros=True)
@@ -568,8 +638,9 @@ def _run_chunked(lay: Layout, system: System, state: FilterState, y, d, sqrt: bo
     then one of: general (while any member is still diffuse, after gaps early on), steady
     (every member converged and no missing value in the chunk: the O(m) mean update), or
     standard (the plain covariance update, no branching). Each kind is exact for the steps it
-    is given; general steps are rematerialised in reverse mode so that they store only their
-    inputs. Same results as stepping with `step`, up to when the steady state starts.
+    is given; general and standard chunks carry hand-written tangents (`_general_scan`,
+    `_standard_scan`), and general steps are rematerialised in reverse mode so that they store
+    only their inputs. Same results as stepping with `step`, up to when the steady state starts.
     """
     n_time, batch = y.shape
     rest = max(n_time - len(diffuse_states(lay)), 0)
@@ -579,10 +650,9 @@ def _run_chunked(lay: Layout, system: System, state: FilterState, y, d, sqrt: bo
     z = system.design
 
     @jax.checkpoint
-    def general(st, xs):
-        def body(c, x):
-            return _full_step(lay, system, c, *x, z, True, sqrt, False)   # exact in every case
-        return lax.scan(body, st, xs)
+    def general(st, xs):   # exact in every case
+        args = (lay, st, system.transition, z, system.obs_var, system.state_var, *xs)
+        return _general_steps(*args, sqrt=True) if sqrt else _general_scan(*args)
 
     def standard(st, xs):
         # carry only what the covariance update needs; the rest of the state is set at the end

@@ -163,7 +163,7 @@ def test_refit_on_new_data_of_the_same_shape_does_not_recompile(iid_fit):
     y, idata, _ = iid_fit
     prob = engine.bayes.make_problem(IID, y, priors=IID_PRIOR)
     shapes = (y.shape[0], None)
-    sampler = _sampler(prob.spec, prob.families, shapes, 300, engine.bayes._chunk_len(300, 500), 0.8, 10)
+    sampler = _sampler(prob.spec, prob.families, shapes, 300, engine.bayes._chunk_len(300, 500), 0.8, 10, True)
     compiled = sampler.compiled["chunk"]   # the sampling chunk, compiled ahead of time
     engine.fit_nuts(IID, iid_data(seed=9), chains=4, warmup=300, draws=500, seed=2, priors=IID_PRIOR)
     assert sampler.compiled["chunk"] is compiled
@@ -268,7 +268,7 @@ def test_a_chain_starts_with_the_exact_potential_and_gradient_of_the_posterior()
     sites = sample_sites(prob.spec)
     starts = _initial_points(prob.families, [prob.priors[n].args for n in sites], seed=4, chains=3)
     ll, grad = _start_likelihood(prob, starts)   # 3 × 17 rows: one padded chunk
-    sampler = _sampler(prob.spec, prob.families, _shapes(prob.y, prob.x), 10, _chunk_len(10, 10), 0.8, 5)
+    sampler = _sampler(prob.spec, prob.families, _shapes(prob.y, prob.x), 10, _chunk_len(10, 10), 0.8, 5, True)
     logp, _, _ = engine.log_posterior(CYCLE_AR, y)
     value_and_grad = jax.jit(jax.value_and_grad(logp))
     order = sorted(sites)

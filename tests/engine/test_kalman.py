@@ -586,7 +586,8 @@ def test_sqrt_filter_gradient_equals_standard(case, gaps):
 
 
 # The single-series filter runs in chunks (exact-diffuse, standard or steady) and gives the
-# standard chunks a hand-written tangent; the per-step filter behind filter_series is plain
+# standard and exact-diffuse chunks a hand-written tangent (the diffuse one only where T has no
+# tangent: the cycle and AR cases take plain autodiff); the per-step filter behind filter_series is plain
 # autodiff through one branch per step. Both must give the same derivatives in every regime.
 def _stepwise_loglik(spec, p, y, exog=None):
     """Log-likelihood from the per-step filter (one branch per step, plain autodiff): the reference."""
@@ -660,7 +661,7 @@ def test_chunked_filter_on_series_near_the_length_of_its_diffuse_phase(n_time):
     np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-7, atol=1e-9 * np.max(np.abs(g_ref)))
 
 
-@pytest.mark.parametrize("case", ["gaps_cycle_ar1", "reg_parameters"])
+@pytest.mark.parametrize("case", ["gaps_cycle_ar1", "reg_parameters", "long_diffuse"])
 def test_chunked_forward_mode_and_hessian_equal_stepwise(case):
     """Forward mode (the NUTS path for few parameters) and the Hessian (MLE standard errors)
     go through the same hand-written tangent."""
