@@ -4,8 +4,7 @@
 
 Models: Nile (local level) and log AirPassengers (local linear trend + 12-period dummy
 seasonal). Both samplers get the same half-normal priors on the *variances* (our data-scaled
-defaults) and the same NUTS settings (NumPyro's, with a dense mass matrix adapted in warmup,
-our default). Wall times include compilation, each measured cold in its own process. pymc-extras
+defaults). Wall times include compilation, each measured cold in its own process. pymc-extras
 has no exact diffuse start: its initial states are sampled with a wide normal prior and P0 is
 set to a large multiple of the identity (its documented approach).
 """
@@ -90,8 +89,7 @@ def run_pymc_extras(name, chains, warmup, draws):
         pm.Deterministic("sigma_MeasurementError", pt.sqrt(v_obs))
         mod.build_statespace_graph(y[:, None], mode="JAX")
         idata = pm.sample(draws=draws, tune=warmup, chains=chains, nuts_sampler="numpyro", random_seed=0,
-                          progressbar=False, compute_convergence_checks=False,
-                          nuts_sampler_kwargs={"nuts_kwargs": {"dense_mass": True}})   # as ours
+                          progressbar=False, compute_convergence_checks=False)
     wall = time.perf_counter() - t0
     import arviz as az
     keep = [v for v in idata.posterior.data_vars if v.startswith("sigma2_")]

@@ -94,7 +94,7 @@ class BayesFitView(pn.viewable.Viewer):
             else:
                 parts.append(pn.pane.Alert(d.verdict, alert_type="success"))
             parts.append("### Diagnostics")
-            cols = ["parameter", "mean", "sd", "r_hat", "ess_bulk", "ess_tail", "div_shift"]
+            cols = ["parameter", "mean", "sd", "r_hat", "ess_bulk", "ess_tail", "div_shift", "prior_quantile"]
             parts.append(pn.pane.DataFrame(r.summary[[c for c in cols if c in r.summary]], index=False,
                                            float_format="{:.4g}".format))
             parts.append(f"divergences: {d.divergences}")

@@ -1,17 +1,22 @@
 """The verdict on a fit: independent well-mixed chains pass; disagreeing chains, too few
-effective draws and divergences are each flagged with the reason; netCDF keeps everything."""
+effective draws, divergences and a posterior in the far tail of its prior are each flagged
+with the reason; netCDF keeps everything."""
 
 from __future__ import annotations
 
+import json
+
 import arviz as az
 import numpy as np
+import pytest
+import scipy.stats as st
 
 import engine
 
 SPEC = {"irregular": True, "level": {"kind": "local_level"}}
 
 
-def fake_fit(rng, chains=4, draws=1000, shift=0.0, ar=0.0, diverging=None):
+def fake_fit(rng, chains=4, draws=1000, shift=0.0, ar=0.0, diverging=None, priors=None):
     """Posterior draws with a known structure (iid or AR(1) within chains, shifted chains)."""
     out = {}
     for name in ("sigma2.irregular", "sigma2.level"):
@@ -22,7 +27,8 @@ def fake_fit(rng, chains=4, draws=1000, shift=0.0, ar=0.0, diverging=None):
         out[name] = np.exp(x)
     div = np.zeros((chains, draws), bool) if diverging is None else diverging
     return az.from_dict(posterior=out, sample_stats={"diverging": div, "energy": rng.standard_normal((chains, draws))},
-                        attrs={"spec": engine.ModelSpec.from_dict(SPEC).to_json()})
+                        attrs={"spec": engine.ModelSpec.from_dict(SPEC).to_json(),
+                               **({} if priors is None else {"priors": json.dumps(priors)})})
 
 
 def test_independent_chains_are_trustworthy(rng):
@@ -52,6 +58,34 @@ def test_divergences_are_counted_and_localised(rng):
     assert d.divergences == 20 and list(d.divergences_per_chain) == [0, 20, 0, 0]
     assert not d.trustworthy and any("divergent" in r and "sigma2.level" in r for r in d.reasons)
     assert abs(d.table.loc["sigma2.level", "div_shift"]) > abs(d.table.loc["sigma2.irregular", "div_shift"])
+
+
+# the fake posteriors are log-normal around a median of 1 (e^N(0, 1) per parameter)
+@pytest.mark.parametrize("prior, conflict", [
+    ({"dist": "half_normal", "scale": 2.0}, None),               # the median at its 31% quantile
+    ({"dist": "half_normal", "scale": 1e-3}, "above"),           # far too narrow: the data push past it
+    ({"dist": "half_normal", "scale": 1e6}, None),               # wide; small values are its mode, no conflict
+    ({"dist": "inverse_gamma", "concentration": 3.0, "rate": 1e4}, "below"),   # its mass sits near 5,000
+    ({"dist": "log_normal", "loc": 0.0, "scale": 1.0}, None),
+    ({"dist": "uniform", "low": 0.0, "high": 1e-3}, None),       # bounded families are not checked
+])
+def test_a_posterior_in_the_far_tail_of_its_prior_is_flagged(rng, prior, conflict):
+    ref = {"half_normal": lambda a: st.halfnorm(scale=a["scale"]), "uniform": lambda a: None,
+           "inverse_gamma": lambda a: st.invgamma(a["concentration"], scale=a["rate"]),
+           "log_normal": lambda a: st.lognorm(a["scale"], scale=np.exp(a["loc"]))}[prior["dist"]](prior)
+    fit = fake_fit(rng, priors={"sigma2.level": prior, "pacf.L1": {"dist": "uniform", "low": -1.0, "high": 1.0}})
+    d = engine.diagnose(fit)
+    median = float(np.median(np.asarray(fit.posterior["sigma2.level"])))
+    if ref is None:
+        assert np.isnan(d.table.loc["sigma2.level", "prior_quantile"])
+    else:
+        assert d.table.loc["sigma2.level", "prior_quantile"] == pytest.approx(ref.cdf(median), rel=1e-6, abs=1e-12)
+    flagged = [r for r in d.reasons if "prior" in r]
+    if conflict is None:
+        assert d.trustworthy and not flagged, d.reasons
+    else:
+        assert not d.trustworthy and len(flagged) == 1
+        assert "sigma2.level" in flagged[0] and conflict in flagged[0] and "badly scaled" in flagged[0]
 
 
 def test_netcdf_round_trip_keeps_groups_spec_and_booleans(rng, tmp_path):
