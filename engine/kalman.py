@@ -363,9 +363,7 @@ def _general_scan_jvp(lay: Layout, primals, tangents):
     symbolic = lambda t: type(t) is SymbolicZero
     dT, dH, dq, dd = (None if symbolic(t) else t for t in (dT, dH, dq, dd))
     if dT is not None or not (symbolic(dz) and symbolic(dy) and symbolic(dstate.diffuse_cov)):
-        dense = jax.tree.map(lambda p, t: (jnp.zeros(p.shape, jax.dtypes.float0) if p.dtype == bool
-                                           else jnp.zeros_like(p)) if symbolic(t) else t, primals, tangents)
-        return jax.jvp(partial(_general_steps, lay), primals, dense)
+        return _general_steps_autodiff(lay, primals, tangents)
     system = System(T, z, d, H, q, None, None, None)
 
     def body(c, x):
@@ -379,12 +377,21 @@ def _general_scan_jvp(lay: Layout, primals, tangents):
     (da_n, dP_n, dK_n, dF_n), dll = _tangent_scan(lay, T, z, None, dH, dq, tangent_of("mean"), tangent_of("cov"),
                                                   tangent_of("gain"), tangent_of("innov_var"), packed, dd)
     flag = lambda x: jnp.zeros(x.shape, jax.dtypes.float0)
-    dfinal = FilterState(da_n, dP_n, jnp.zeros_like(final.diffuse_cov), flag(final.diffuse), flag(final.steady),
-                         dK_n, dF_n, flag(final.prev_observed))
+    # P∞'s tangent stays a symbolic zero, so that a later diffuse chunk takes this path too
+    no_tangent = SymbolicZero(jax.typeof(final.diffuse_cov).to_tangent_aval())
+    dfinal = FilterState(da_n, dP_n, no_tangent, flag(final.diffuse), flag(final.steady), dK_n, dF_n,
+                         flag(final.prev_observed))
     return (final, packed[:, m + 3]), (dfinal, dll)
 
 
 _general_scan.defjvp(_general_scan_jvp, symbolic_zeros=True)
+
+
+def _general_steps_autodiff(lay: Layout, primals, tangents):
+    """Plain autodiff of `_general_steps`, where P∞ may have a tangent (cycle and AR models)."""
+    dense = jax.tree.map(lambda p, t: (jnp.zeros(p.shape, jax.dtypes.float0) if p.dtype == bool
+                                       else jnp.zeros_like(p)) if type(t) is SymbolicZero else t, primals, tangents)
+    return jax.jvp(partial(_general_steps, lay), primals, dense)
 
 
 _standard_scan.defjvp(_standard_scan_jvp, symbolic_zeros=True)

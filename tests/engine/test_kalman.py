@@ -679,6 +679,72 @@ def test_chunked_forward_mode_and_hessian_equal_stepwise(case):
     np.testing.assert_allclose(h, h_ref, rtol=1e-6, atol=1e-8 * np.max(np.abs(h_ref)))
 
 
+# The exact-diffuse steps' rule (`kalman._general_scan`) against plain autodiff of the same steps,
+# with tangents on every input it differentiates: the start (mean, P, and the gain and F it
+# passes on when no step runs), H, q and the intercepts d; steps 0–2 of the local linear trend +
+# quarterly seasonal are diffuse.
+DIFFUSE_PATTERNS = {"gaps_in_the_diffuse_phase": (12, (0, 2)), "mixed_gaps": (12, (1, 4, 9)),
+                    "ends_diffuse": (3, ()), "ends_missing": (6, (5,)), "no_steps": (0, ())}
+
+
+@pytest.mark.parametrize("pattern", list(DIFFUSE_PATTERNS))
+def test_the_diffuse_steps_tangent_equals_autodiff_of_the_same_steps(pattern):
+    from engine import kalman
+    from engine.system import build_system, layout
+
+    spec = engine.ModelSpec.from_dict({"level": {"kind": "local_linear_trend"}, "seasonal": [{"period": 4}]})
+    lay = layout(spec)
+    params = dict(zip(engine.param_names(spec), jnp.array([3e-3, 7e-4, 1e-5, 5e-3])))
+    system = kalman.batch_last(jax.tree.map(lambda x: jnp.asarray(x)[None], build_system(spec, params)))
+    n, gaps = DIFFUSE_PATTERNS[pattern]
+    y = air()[:n].copy()
+    y[list(gaps)] = np.nan
+    y = jnp.asarray(y)[:, None]
+    rng = np.random.default_rng(0)
+    normal = lambda x: jnp.asarray(rng.normal(size=np.shape(x)))  # noqa: E731
+    start = kalman.init(lay, system)._replace(innov_var=jnp.ones(1))
+    T, z, H, q, d = system.transition, system.design, system.obs_var, system.state_var, 0.1 * normal(y)
+    A = normal(start.cov)
+    primals = (start.mean, start.cov, start.gain, start.innov_var, H, q, d)
+    tangents = (normal(start.mean), A + jnp.swapaxes(A, 0, 1), normal(start.gain), normal(H), normal(H),
+                normal(q), normal(d))
+
+    def with_rule(steps):
+        def f(mean, cov, gain, innov_var, H, q, d):
+            st, ll = steps(lay, start._replace(mean=mean, cov=cov, gain=gain, innov_var=innov_var), T, z, H, q, y, d)
+            return (st.mean, st.cov, st.gain, st.innov_var), ll
+        return f
+
+    rule, plain = with_rule(kalman._general_scan), with_rule(kalman._general_steps)
+    (out, t_out), (ref, t_ref) = jax.jvp(rule, primals, tangents), jax.jvp(plain, primals, tangents)
+    for a, b in zip(jax.tree.leaves((out, t_out)), jax.tree.leaves((ref, t_ref))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
+    total = lambda f: lambda *a: sum(jnp.sum(x) for x in jax.tree.leaves(f(*a)))  # noqa: E731
+    for a, b in zip(jax.grad(total(rule), argnums=range(7))(*primals), jax.grad(total(plain), argnums=range(7))(*primals)):
+        if a.ndim == 3:    # the rule's cotangent of a symmetric P is symmetrised
+            b = 0.5 * (b + jnp.swapaxes(b, 0, 1))
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
+
+
+def test_forward_mode_keeps_the_diffuse_rule_in_chunks_after_the_head(monkeypatch):
+    """A diffuse phase longer than the head (gaps early on) runs diffuse chunks after it; under
+    `jax.jvp` (NUTS's path for few parameters) they must still take the rule, not plain autodiff."""
+    from engine import kalman
+    from engine.model import _run
+
+    spec, p, _, gaps = CHUNKED_GRAD_CASES["long_diffuse"]
+    y = jnp.asarray(with_gaps(air(), gaps))[:, None]
+    plain = []
+    autodiff = kalman._general_steps_autodiff
+    monkeypatch.setattr(kalman, "_general_steps_autodiff", lambda *a: plain.append(1) or autodiff(*a))
+    f = lambda q: jnp.sum(_run(engine.ModelSpec.from_dict(spec), q[None], y, None, False, False)[1])  # noqa: E731
+    jax.jvp(f, (jnp.asarray(p),), (jnp.asarray(p),))
+    assert not plain
+    spec, p, _, gaps = CHUNKED_GRAD_CASES["gaps_cycle_ar1"]   # and a model whose T has a tangent does fall back
+    jax.jvp(f, (jnp.asarray(p),), (jnp.asarray(p),))
+    assert plain
+
+
 # -- jit, vmap, batches -----------------------------------------------------------------------
 def test_jit_equals_eager():
     spec, p = GRAD_CASES["llt_dummy12"]
