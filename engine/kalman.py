@@ -321,8 +321,7 @@ def _standard_scan_jvp(lay: Layout, primals, tangents):
     a, P, T, z, H, q, y, d = primals
     da, dP, dT, dz, dH, dq, dy, dd = (None if type(t) is SymbolicZero else t for t in tangents)
     if dz is not None or dy is not None:   # not met by the models (fixed design, data as given)
-        tangents = tuple(jnp.zeros_like(p) if type(t) is SymbolicZero else t for p, t in zip(primals, tangents))
-        return jax.jvp(partial(_standard_steps, lay), primals, tangents)
+        return _plain_jvp(partial(_standard_steps, lay), primals, tangents)
 
     def body(c, x):
         a, P, _, _ = c
@@ -372,8 +371,8 @@ def _general_scan_jvp(lay: Layout, primals, tangents):
 
     final, packed = lax.scan(body, state, (y, d))
     m = state.mean.shape[0]
-    tangent_of = lambda name: _tangent_or_zero(None if symbolic(getattr(dstate, name)) else getattr(dstate, name),
-                                               getattr(state, name))
+    tangent_of = lambda name: (jnp.zeros_like(getattr(state, name)) if symbolic(getattr(dstate, name))
+                               else getattr(dstate, name))
     (da_n, dP_n, dK_n, dF_n), dll = _tangent_scan(lay, T, z, None, dH, dq, tangent_of("mean"), tangent_of("cov"),
                                                   tangent_of("gain"), tangent_of("innov_var"), packed, dd)
     flag = lambda x: jnp.zeros(x.shape, jax.dtypes.float0)
@@ -389,9 +388,15 @@ _general_scan.defjvp(_general_scan_jvp, symbolic_zeros=True)
 
 def _general_steps_autodiff(lay: Layout, primals, tangents):
     """Plain autodiff of `_general_steps`, where P∞ may have a tangent (cycle and AR models)."""
+    return _plain_jvp(partial(_general_steps, lay), primals, tangents)
+
+
+def _plain_jvp(fn, primals, tangents):
+    """`jax.jvp` of fn, the custom rules' fallback: symbolic-zero tangents made concrete
+    (float0 for boolean primals)."""
     dense = jax.tree.map(lambda p, t: (jnp.zeros(p.shape, jax.dtypes.float0) if p.dtype == bool
                                        else jnp.zeros_like(p)) if type(t) is SymbolicZero else t, primals, tangents)
-    return jax.jvp(partial(_general_steps, lay), primals, dense)
+    return jax.jvp(fn, primals, dense)
 
 
 _standard_scan.defjvp(_standard_scan_jvp, symbolic_zeros=True)
