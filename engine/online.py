@@ -16,6 +16,7 @@ background rejuvenation (see `engine.rejuvenation`) and swaps the new bank in.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from functools import lru_cache, partial
@@ -81,7 +82,8 @@ class OnlineInfo(NamedTuple):
     quantiles: jnp.ndarray            # (len(PROBS),) mixture predictive quantiles
     log_pred: jnp.ndarray             # () log Σ_s w_s p(y_t | θ_s): the increment of the log evidence
     pit: jnp.ndarray                  # () Σ_s w_s Φ((y_t − μ_s)/√F_s)
-    innovation: jnp.ndarray           # () standardised innovation Φ⁻¹(PIT) (= v/√F for one draw)
+    innovation: jnp.ndarray           # () standardised innovation Φ⁻¹(PIT) (= v/√F for one draw), from the
+                                      #    smaller tail, so accurate far out in both
     anomaly: jnp.ndarray              # () bool: |innovation| > anomaly_z
     cusum: jnp.ndarray                # (2,) CUSUM statistics after this step
     drift: jnp.ndarray                # () bool: a CUSUM crossed its threshold (then it restarts)
@@ -488,7 +490,9 @@ def _report(config: OnlineConfig, belief: Belief, fs: kalman.FilterState, y, ds:
 
     # stage 1: predictive mean and PIT under the weights before the update; maxima (log weights,
     # the Newton brackets, and the flags: any draw diffuse, every draw steady, component diffuse)
-    mean, pit = _sums(w_prior * mu, w_prior * 0.5 * lax.erfc((mu - y0) / (np.sqrt(2.0) * sd)))
+    # both tails of the PIT, so that the innovation Φ⁻¹(PIT) stays accurate far out in either one
+    u = (y0 - mu) / (np.sqrt(2.0) * sd)
+    mean, pit, pit_upper = _sums(w_prior * mu, w_prior * 0.5 * lax.erfc(-u), w_prior * 0.5 * lax.erfc(u))
     flag = lambda b: jnp.where(b, 1.0, 0.0)
     tops = [lw, mu + 8 * sd, 8 * sd - mu, flag(ds.diffuse), flag(~fs.steady), flag(fs.diffuse), flag(comp_inf)]
     if cq_iters:
@@ -533,8 +537,9 @@ def _report(config: OnlineConfig, belief: Belief, fs: kalman.FilterState, y, ds:
     # calibration: PIT, standardised innovation, anomaly flag, two-sided CUSUM
     valid = observed & ~diffuse
     pit = jnp.where(valid, pit, jnp.nan)
-    tiny = jnp.finfo(jnp.float64).eps
-    innovation = jnp.where(valid, ndtri(jnp.clip(pit, tiny, 1 - tiny)), jnp.nan)
+    tiny = jnp.finfo(jnp.float64).tiny
+    lower_z, upper_z = ndtri(jnp.maximum(pit, tiny)), -ndtri(jnp.maximum(pit_upper, tiny))
+    innovation = jnp.where(valid, jnp.where(pit <= 0.5, lower_z, upper_z), jnp.nan)
     anomaly = valid & (jnp.abs(innovation) > config.anomaly_z)
     zc = jnp.where(valid, innovation, 0.0)
     upper = jnp.maximum(0.0, belief.cusum[0] + zc - config.cusum_k)
@@ -655,6 +660,8 @@ _init_jit = jax.jit(init, static_argnums=0)
 _dense_jit = jax.jit(_dense, static_argnums=0)
 _packed_jit = jax.jit(_packed)
 MIN_BUCKET = 8
+# observations before an automatic move is tried again after one failed (doubling with each failure)
+RETRY_AFTER = 16
 
 
 def _padded(ys: np.ndarray, xs: np.ndarray | None):
@@ -735,6 +742,14 @@ def posterior_draws(spec, posterior) -> np.ndarray:
     return draws
 
 
+def fit_priors(posterior) -> dict | None:
+    """The priors a fit of `engine.fit_nuts` used ({name: {"dist": …, args}}, from the
+    InferenceData's attrs), so that a rejuvenation move targets the same posterior; None for
+    other inputs."""
+    text = (getattr(posterior, "attrs", None) or {}).get("priors")
+    return json.loads(text) if isinstance(text, str) else None
+
+
 # -- stateful wrapper -----------------------------------------------------------------------
 class _History:
     """Growing host-side buffers of y (time,) and exog (time, k) (amortised doubling)."""
@@ -770,6 +785,8 @@ class OnlineFilter:
     thread resamples and moves the draws with MCMC on the full-data posterior; the stream keeps
     using the old bank meanwhile and the new one is swapped in at the next update, after
     catching up on what arrived during the move. Each event goes to `events` and `on_event`.
+    After a failed move, automatic ones wait `RETRY_AFTER` observations (doubling with each
+    failure in a row) instead of starting again at every update.
 
     `params` are draws from the prior (or any weighted set): catching up on `y_history`
     weights each by its likelihood, as sequential importance sampling does. Posterior draws
@@ -828,6 +845,8 @@ class OnlineFilter:
         self._steady = False   # every draw's covariance has converged: the O(state·draw) path applies
         self._settled = not bool(np.any(np.asarray(belief.filter.diffuse)))  # no draw diffuse: no branch needed
         self._unavailable_reported = False
+        self._failures = 0        # failed moves in a row; automatic moves back off after each
+        self._retry_at = 0        # no automatic move before this many observations
 
     @classmethod
     def from_posterior(cls, spec, posterior, y_history=None, exog_history=None, **kwargs) -> "OnlineFilter":
@@ -835,8 +854,13 @@ class OnlineFilter:
 
         The draws come from p(θ | y_history), so catching up does not re-weight them (that would
         count the history twice); pass `weigh_history=True` for draws from the prior instead.
+        An InferenceData from `fit_nuts` also gives its priors (`fit_priors`), which the default
+        rejuvenation move then targets: the defaults scale with the data, so without them the
+        move's prior would drift as the history grows.
         """
         kwargs.setdefault("weigh_history", False)
+        if kwargs.get("priors") is None:
+            kwargs["priors"] = fit_priors(posterior)
         return cls(spec, posterior_draws(spec, posterior), y_history=y_history, exog_history=exog_history,
                    **kwargs)
 
@@ -966,8 +990,13 @@ class OnlineFilter:
             pending, self._pending = self._pending, None
         if pending is None:
             return
-        if isinstance(pending, BaseException):
+        if isinstance(pending, BaseException):   # reported by the move; wait before the next automatic one
+            self._failures += 1
+            self._retry_at = self._history.n + RETRY_AFTER * 2 ** (self._failures - 1)
+            self._emit({"kind": "rejuvenation_backoff", "t": self._history.n, "failures": self._failures,
+                        "retry_at": self._retry_at})
             return
+        self._failures = 0
         bank, belief, event = pending
         n_now = self._history.n
         t_bank = int(belief.t)
@@ -998,7 +1027,7 @@ class OnlineFilter:
         steady, settled, ess = (np.asarray(a)[row] for a in (pinfo.steady, pinfo.settled, pinfo.ess))
         self._steady = observed and bool(steady)
         self._settled = self._settled or bool(settled)
-        if not self.rejuvenate_enabled or self.rejuvenating:
+        if not self.rejuvenate_enabled or self.rejuvenating or self._history.n < self._retry_at:
             return
         low = float(ess) < self.ess_threshold * self.n_draws
         drift = self.refit_on_drift and bool(np.any(np.asarray(pinfo.drift)))

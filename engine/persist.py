@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .online import OnlineConfig, OnlineFilter, OnlineInfo, init, make_bank, posterior_draws
+from .online import OnlineConfig, OnlineFilter, OnlineInfo, fit_priors, init, make_bank, posterior_draws
 from .spec import as_spec
 
 SNAPSHOT = "snapshot.npz"
@@ -48,6 +48,16 @@ def atomic_write(path: Path, data: bytes):
     _fsync_dir(path.parent)
 
 
+def _storable(value) -> bool:
+    """A filter setting the snapshot can keep: plain JSON (numbers, strings, priors as dicts);
+    callables such as `on_event` or `log_posterior` must be passed again to `open`."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def write_snapshot(directory, filt: OnlineFilter, settings: dict | None = None):
     """Snapshot `filt` (spec, draws, belief, history) into directory/snapshot.npz atomically."""
     directory = Path(directory)
@@ -56,7 +66,7 @@ def write_snapshot(directory, filt: OnlineFilter, settings: dict | None = None):
     meta = {"format": FORMAT, "spec": filt.spec.to_dict(), "t": filt.t, "n_leaves": len(leaves),
             "settings": settings or {}}
     arrays = {f"belief_{i}": np.asarray(a) for i, a in enumerate(leaves)}
-    arrays.update(params=np.asarray(filt.params), history_y=y,
+    arrays.update(params=np.asarray(filt.params), history_y=y, rng_key=np.asarray(filt._key),
                   history_x=np.zeros((len(y), 0)) if x is None else x,
                   meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
     buf = io.BytesIO()
@@ -77,6 +87,7 @@ def read_snapshot(directory, **filter_kwargs) -> tuple[OnlineFilter, dict]:
         params = z["params"]
         leaves = [z[f"belief_{i}"] for i in range(meta["n_leaves"])]
         y, x = z["history_y"], z["history_x"]
+        key = z["rng_key"] if "rng_key" in z.files else None
     settings = dict(meta["settings"])
     kwargs = {**settings, **filter_kwargs}
     sqrt = kwargs.get("sqrt", False)
@@ -85,6 +96,8 @@ def read_snapshot(directory, **filter_kwargs) -> tuple[OnlineFilter, dict]:
     belief = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in leaves])
     filt = OnlineFilter(spec, params, y_history=y, exog_history=x if spec.regression is not None else None,
                         belief=belief, **kwargs)
+    if key is not None:   # the next move draws what it would have drawn without the restart
+        filt._key = jnp.asarray(key)
     return filt, settings
 
 
@@ -166,7 +179,9 @@ class DurableFilter:
         if (directory / SNAPSHOT).exists():
             raise FileExistsError(f"{directory} already holds a snapshot; use DurableFilter.open to resume it")
         spec = as_spec(spec)
-        settings = {k: v for k, v in filter_kwargs.items() if isinstance(v, (bool, int, float, str, type(None)))}
+        if filter_kwargs.get("priors") is None:   # a fit's priors, so that a resumed move targets them too
+            filter_kwargs["priors"] = fit_priors(posterior)
+        settings = {k: v for k, v in filter_kwargs.items() if _storable(v)}
         filt = OnlineFilter(spec, posterior_draws(spec, posterior), y_history=y_history,
                             exog_history=exog_history, **filter_kwargs)
         out = cls(directory, filt, snapshot_every=snapshot_every, fsync=fsync, settings=settings)

@@ -28,6 +28,7 @@ EVENT_TEXT = {
                          "acceptance {acceptance:.2f}, {duration_s:.1f} s)",
     "rejuvenation_failed": "rejuvenation failed: {error}",
     "rejuvenation_unavailable": "rejuvenation unavailable: {reason}",
+    "rejuvenation_backoff": "after {failures} failed move(s) in a row, the next automatic one waits until t = {retry_at}",
     "drift": "drift alarm at t = {t}",
     "error": "stream error in the {where}: {error}",
 }

@@ -11,8 +11,11 @@ from __future__ import annotations
 import warnings
 from functools import lru_cache
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+import scipy.stats
 import statsmodels.api as sm
 
 import engine
@@ -171,3 +174,27 @@ def assert_rel_close(actual, expected, rtol, what=""):
     scale = max(float(np.max(np.abs(expected))), np.finfo(float).tiny) if expected.size else 1.0
     err = float(np.max(np.abs(actual - expected))) / scale if expected.size else 0.0
     assert err <= rtol, f"{what}: max relative error {err:.3e} > {rtol:.1e}"
+
+
+# y_t ~ N(0, σ²) iid (irregular only); σ² ~ InvGamma(A, B) ⇒ σ² | y ~ InvGamma(A + n/2, B + Σy²/2).
+IID = {"irregular": True}
+A, B = 3.0, 2.0
+
+
+def conjugate_log_posterior(spec, y, exog=None, priors=None):
+    """Same contract as engine.bayes.log_posterior, for the conjugate model: z = log σ²."""
+    def logp(z):
+        s2 = jnp.exp(z[0])
+        prior = scipy_invgamma_logpdf(s2)
+        return engine.loglik(spec, jnp.exp(z), y) + prior + z[0]
+    return logp, lambda p: jnp.log(p), lambda z: jnp.exp(z)
+
+
+def scipy_invgamma_logpdf(s2):
+    return A * jnp.log(B) - jax.scipy.special.gammaln(A) - (A + 1) * jnp.log(s2) - B / s2
+
+
+def exact_posterior(y):
+    """The exact posterior of σ² given y (NaN skipped), as a scipy distribution."""
+    obs = y[~np.isnan(y)]
+    return scipy.stats.invgamma(A + len(obs) / 2, scale=B + np.sum(obs ** 2) / 2)

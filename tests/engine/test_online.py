@@ -12,7 +12,7 @@ import scipy.stats
 import engine
 from engine import online
 
-from .helpers import air, assert_rel_close, seatbelts, sm_loglik
+from .helpers import IID, air, assert_rel_close, conjugate_log_posterior, exact_posterior, seatbelts, sm_loglik
 
 SPEC = {"level": {"kind": "local_linear_trend"}, "seasonal": [{"period": 4}]}
 BASE = np.array([1.0, 0.1, 0.01, 0.05])
@@ -56,11 +56,6 @@ def test_streaming_equals_batch_filter_per_draw():
         assert_rel_close(pred_cov[:-1], ref.predicted_cov[1:], 1e-9, "predicted cov")
         assert_rel_close(pred_diffuse[:-1], ref.predicted_diffuse[1:], 1e-9, "diffuse cov")
         assert_rel_close(pred_cov[-1], ref.final_cov, 1e-9, "final cov")
-        # the filtered covariance, through the level component's variance once it is identified
-        level_var = np.array([i.component_var[0] for i in infos])
-        if len(draws) == 1:
-            ok = np.isfinite(level_var)
-            assert_rel_close(level_var[ok], ref.filtered_cov[ok, 0, 0], 1e-9, "filtered level var")
         ll = sum(float(i.loglik[s]) for i in infos)
         assert ll == pytest.approx(float(engine.loglik(SPEC, draws[s], y)), rel=1e-9, abs=1e-9)
         assert ll == pytest.approx(sm_loglik(SPEC, draws[s], y), rel=1e-6)
@@ -267,40 +262,17 @@ def test_posterior_inputs_and_bad_input_messages():
 
 
 # -- rejuvenation on a model with a known posterior ------------------------------------------
-# y_t ~ N(0, σ²) iid (irregular only); σ² ~ InvGamma(A, B) ⇒ σ² | y ~ InvGamma(A + n/2, B + Σy²/2).
-IID = {"irregular": True}
-A, B = 3.0, 2.0
-
-
-def conjugate_log_posterior(spec, y, exog=None, priors=None):
-    """Same contract as engine.bayes.log_posterior, for the conjugate model: z = log σ²."""
-    def logp(z):
-        s2 = jnp.exp(z[0])
-        prior = scipy_invgamma_logpdf(s2)
-        return engine.loglik(spec, jnp.exp(z), y) + prior + z[0]
-    return logp, lambda p: jnp.log(p), lambda z: jnp.exp(z)
-
-
-def scipy_invgamma_logpdf(s2):
-    return A * jnp.log(B) - jax.scipy.special.gammaln(A) - (A + 1) * jnp.log(s2) - B / s2
-
-
-def _exact_posterior(y):
-    obs = y[~np.isnan(y)]
-    return scipy.stats.invgamma(A + len(obs) / 2, scale=B + np.sum(obs ** 2) / 2)
-
-
 def test_rejuvenation_leaves_a_valid_sample_of_the_known_posterior():
     rng = np.random.default_rng(7)
     y = rng.normal(0.0, np.sqrt(2.5), 220)
     y[[5, 100]] = np.nan
     n0, S = 20, 1000
-    start = _exact_posterior(y[:n0]).rvs(S, random_state=rng)[:, None]
+    start = exact_posterior(y[:n0]).rvs(S, random_state=rng)[:, None]
     filt = engine.OnlineFilter(IID, start, y_history=y[:n0], rejuvenate=False,
                                log_posterior=conjugate_log_posterior, move_steps=20, seed=3)
     filt.update_many(y[n0:])
     ess_before = filt.ess
-    target = _exact_posterior(y)
+    target = exact_posterior(y)
     assert filt.rejuvenate(background=False)
     filt.apply_pending()
     done = [e for e in filt.events if e["kind"] == "rejuvenation_done"]
@@ -325,7 +297,7 @@ def test_background_rejuvenation_swaps_in_a_caught_up_bank():
     rng = np.random.default_rng(11)
     y = rng.normal(0.0, 3.0, 400)
     S = 200
-    start = _exact_posterior(y[:1] * 0.1).rvs(S, random_state=rng)[:, None]  # a poor bank: ESS collapses
+    start = exact_posterior(y[:1] * 0.1).rvs(S, random_state=rng)[:, None]  # a poor bank: ESS collapses
     filt = engine.OnlineFilter(IID, start, rejuvenate=True, ess_threshold=0.5,
                                log_posterior=conjugate_log_posterior, move_steps=5, seed=1)
     i = 0
@@ -553,3 +525,149 @@ def test_catch_up_in_power_of_two_pieces_equals_one_pass():
     assert len(y) & (len(y) - 1), "the test needs a length that is not a power of two"
     for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(pieces)):
         np.testing.assert_allclose(np.asarray(b, float), np.asarray(a, float), rtol=1e-10, atol=1e-12)
+
+
+def _batch_predictives(draws, y):
+    """Per draw and step, from the batch filter: the predictive mean and variance of y_t and the
+    log-likelihood terms, each (time, draw)."""
+    refs = [engine.filter_series(SPEC, d, y) for d in draws]
+    mu = np.stack([y - np.asarray(r.innovation) for r in refs], axis=1)
+    F = np.stack([np.asarray(r.innov_var) for r in refs], axis=1)
+    ll = np.stack([np.asarray(r.loglik_terms) for r in refs], axis=1)
+    return mu, F, ll, refs
+
+
+def test_mixture_pit_innovation_anomaly_and_cusum_match_the_batch_filter_and_scipy():
+    """After a level shift the mixture PIT, standardised innovation, anomaly flag and the CUSUM
+    drift alarm equal their definitions computed from the batch filter of each draw with scipy."""
+    y = _series(n=70, seed=3, gaps=(0, 20))
+    y[50:] += 12.0   # a level shift the model does not expect
+    draws = _draws(6, spread=0.5)
+    filt = engine.OnlineFilter(SPEC, draws, rejuvenate=False)
+    infos, _ = _stream(filt, y)
+    mu, F, ll, _ = _batch_predictives(draws, y)
+    log_w = np.full(len(draws), -np.log(len(draws)))
+    upper = lower = 0.0
+    config = filt.config
+    drifts = []
+    for t, info in enumerate(infos):
+        w = np.exp(log_w - np.logaddexp.reduce(log_w))     # the weights before y_t
+        valid = not np.isnan(y[t]) and not bool(info.diffuse)
+        if valid:
+            u = (y[t] - mu[t]) / np.sqrt(F[t])
+            pit = float(np.sum(w * scipy.stats.norm.cdf(u)))
+            # Φ⁻¹ of the smaller tail: accurate far out, where 1 − PIT is below roundoff of PIT
+            z = scipy.stats.norm.ppf(pit) if pit <= 0.5 else scipy.stats.norm.isf(np.sum(w * scipy.stats.norm.sf(u)))
+            assert float(info.pit) == pytest.approx(pit, abs=1e-12), t
+            assert float(info.innovation) == pytest.approx(z, rel=1e-9, abs=1e-9), t
+            assert bool(info.anomaly) == (abs(z) > config.anomaly_z), t
+            upper, lower = max(0.0, upper + z - config.cusum_k), max(0.0, lower - z - config.cusum_k)
+        else:
+            assert np.isnan(info.pit) and np.isnan(info.innovation) and not bool(info.anomaly)
+        drift = max(upper, lower) > config.cusum_h
+        if drift:
+            upper = lower = 0.0
+        assert bool(info.drift) == drift, t
+        np.testing.assert_allclose(info.cusum, [upper, lower], atol=1e-9)
+        drifts.append(drift)
+        log_w = log_w + ll[t]
+    assert bool(infos[50].anomaly) and any(drifts[50:53]) and not any(drifts[:50])
+
+
+def test_drift_triggers_a_background_refit_when_asked():
+    rng = np.random.default_rng(5)
+    y = rng.normal(0.0, np.sqrt(2.5), 120)
+    y[80:] += 15.0
+    start = exact_posterior(y[:40]).rvs(200, random_state=rng)[:, None]
+    events = {}
+    for refit in (False, True):
+        filt = engine.OnlineFilter(IID, start, y_history=y[:40], weigh_history=False, ess_threshold=0.0,
+                                   refit_on_drift=refit, log_posterior=conjugate_log_posterior, move_steps=2)
+        for v in y[40:90]:
+            info = filt.update(v)
+            filt.wait_for_rejuvenation()
+        events[refit] = [e for e in filt.events if e["kind"] == "rejuvenation_start"]
+    assert events[False] == []
+    assert [e["reason"] for e in events[True]][:1] == ["drift"] and events[True][0]["t_start"] >= 81
+
+
+def test_failed_moves_back_off_instead_of_restarting_at_every_update():
+    def broken(spec, y, exog=None, priors=None):
+        raise RuntimeError("no posterior today")
+
+    rng = np.random.default_rng(2)
+    y = rng.normal(0.0, 3.0, 200)
+    start = exact_posterior(y[:1] * 0.1).rvs(100, random_state=rng)[:, None]   # ESS collapses at once
+    filt = engine.OnlineFilter(IID, start, ess_threshold=0.99, log_posterior=broken)
+    for v in y:
+        filt.update(v)
+        filt.wait_for_rejuvenation()
+    starts = [e["t_start"] for e in filt.events if e["kind"] == "rejuvenation_start"]
+    failed = [e for e in filt.events if e["kind"] == "rejuvenation_failed"]
+    backoff = [e for e in filt.events if e["kind"] == "rejuvenation_backoff"]
+    assert len(failed) == len(starts) and "no posterior today" in failed[0]["error"]
+    assert 3 <= len(starts) <= 5, starts          # 16, 32, 64, 128 observations apart, not 200 tries
+    gaps = np.diff(starts)
+    assert np.all(gaps >= [online.RETRY_AFTER * 2 ** k for k in range(len(gaps))])
+    assert [e["failures"] for e in backoff] == list(range(1, len(backoff) + 1))
+    assert filt.t == len(y)                        # the stream itself never stopped
+
+
+def test_square_root_bank_equals_the_batch_filter_per_draw():
+    y = _series()
+    draws = _draws(3)
+    filt = engine.OnlineFilter(SPEC, draws, sqrt=True, rejuvenate=False)
+    infos, beliefs = _stream(filt, y)
+    for s in range(len(draws)):
+        ref = engine.filter_series(SPEC, draws[s], y)
+        L = np.array([b.filter.cov[:, :, s] for b in beliefs])
+        assert np.allclose(L, np.tril(L))            # the belief holds a Cholesky factor
+        assert_rel_close(np.array([i.filtered_mean[:, s] for i in infos]), ref.filtered_mean, 1e-9, "filtered mean")
+        assert_rel_close((L @ np.swapaxes(L, 1, 2))[:-1], ref.predicted_cov[1:], 1e-9, "predicted cov")
+        ll = sum(float(i.loglik[s]) for i in infos)
+        assert ll == pytest.approx(float(engine.loglik(SPEC, draws[s], y)), rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize("iters", [0, 3])
+def test_component_bands_are_the_quantiles_of_the_mixed_filtered_components(iters):
+    """The level's bands: quantiles of Σ_s w_s N(a_{t|t,s}, P_{t|t,s}) with a, P from each draw's
+    batch filter and w the exact posterior weights after y_t, solved with scipy. Newton steps
+    (component_quantile_iters) make them exact; the default Cornish–Fisher start is close."""
+    y = _series(seed=6, gaps=())
+    draws = _draws(40, spread=0.8)
+    filt = engine.OnlineFilter(SPEC, draws, y_history=y[:30], rejuvenate=False, component_quantile_iters=iters)
+    info = jax.device_get(filt.update(y[30]))
+    _, _, ll, refs = _batch_predictives(draws, y[:31])
+    lw = ll.sum(axis=0)
+    w = np.exp(lw - np.logaddexp.reduce(lw))
+    assert online.component_names(SPEC)[0] == "level"
+    m = np.array([r.filtered_mean[-1, 0] for r in refs])
+    sd = np.sqrt([r.filtered_cov[-1, 0, 0] for r in refs])
+    cdf = lambda q: np.sum(w * scipy.stats.norm.cdf((q - m) / sd))
+    exact = [scipy.optimize.brentq(lambda q: cdf(q) - p, m.min() - 10 * sd.max(), m.max() + 10 * sd.max(), xtol=1e-14)
+             for p in online.PROBS]
+    mix_sd = float(np.sqrt(info.component_var[0]))
+    assert float(info.component_mean[0]) == pytest.approx(np.sum(w * m), rel=1e-9)
+    tol = 1e-7 if iters else 0.05
+    np.testing.assert_allclose(info.component_quantiles[0], exact, atol=tol * mix_sd)
+
+
+def test_from_posterior_keeps_the_fits_priors_for_the_rejuvenation_move():
+    """An InferenceData from fit_nuts carries its priors; the bank's default move targets them
+    (resolved again, they are the same priors whatever the history's scale)."""
+    from engine import bayes
+    spec = {"level": "local_level"}
+    y = np.asarray(engine.simulate(jax.random.PRNGKey(0), spec, [1.0, 0.2], 60))
+    priors = {"sigma2.irregular": {"dist": "inverse_gamma", "concentration": 3.0, "rate": 2.0},
+              "sigma2.level": {"dist": "half_normal", "scale": 0.7}}
+    idata = engine.fit_nuts(spec, y[:40], chains=1, warmup=60, draws=40, seed=0, priors=priors)
+    filt = engine.OnlineFilter.from_posterior(spec, idata, y[:40], rejuvenate=False, move_steps=2)
+    assert filt.priors == online.fit_priors(idata)
+    for history in (y[:40], 1e3 * y):   # data-scaled defaults would differ between these
+        resolved = bayes.make_problem(spec, history, priors=filt.priors).priors
+        assert {n: p.as_dict() for n, p in resolved.items()} == priors
+    assert online.fit_priors({"sigma2.irregular": [1.0], "sigma2.level": [0.2]}) is None
+    filt.update_many(y[40:])
+    assert filt.rejuvenate(background=False)
+    filt.apply_pending()
+    assert [e["kind"] for e in filt.events] == ["rejuvenation_start", "rejuvenation_done"], filt.events

@@ -16,6 +16,8 @@ import pytest
 import engine
 from engine import persist
 
+from .helpers import IID, conjugate_log_posterior, exact_posterior
+
 SPEC = {"level": {"kind": "local_linear_trend"}, "seasonal": [{"period": 4}]}
 BASE = np.array([1.0, 0.1, 0.01, 0.05])
 
@@ -143,3 +145,28 @@ def test_atomic_write_replaces_whole_files(tmp_path):
     assert os.listdir(tmp_path) == ["f.bin"]
     with pytest.raises(FileNotFoundError, match="no snapshot"):
         persist.read_snapshot(tmp_path / "nowhere")
+
+
+def test_a_resumed_filter_keeps_the_fits_priors_and_its_random_stream(tmp_path):
+    """Priors given at creation come back on resume (so the default move targets the same
+    posterior), and so does the random stream: the resumed filter's next move draws exactly
+    what the uninterrupted filter's does."""
+    priors = {"sigma2.irregular": {"dist": "inverse_gamma", "concentration": 3.0, "rate": 2.0}}
+    rng = np.random.default_rng(8)
+    y = rng.normal(0.0, 1.5, 60)
+    start = exact_posterior(y[:20]).rvs(50, random_state=rng)[:, None]
+    kwargs = dict(rejuvenate=False, log_posterior=conjugate_log_posterior, move_steps=3, seed=4)
+    live = engine.DurableFilter.create(tmp_path / "s", IID, start, y_history=y[:20], priors=priors, **kwargs)
+    live.update_many(y[20:35])
+    assert live.filter.rejuvenate(background=False)     # uses up part of the random stream
+    live.update_many(y[35:50])                           # swaps the new bank in and snapshots it
+    resumed = engine.DurableFilter.open(tmp_path / "s", log_posterior=conjugate_log_posterior)
+    assert resumed.filter.priors == priors and resumed.filter.t == live.filter.t == 50
+    np.testing.assert_array_equal(resumed.filter.params, live.filter.params)
+    for f in (live, resumed):
+        assert f.filter.rejuvenate(background=False)
+        f.update_many(y[50:])
+    np.testing.assert_array_equal(resumed.filter.params, live.filter.params)
+    _assert_same_belief(resumed.filter.state, live.filter.state)
+    live.close()
+    resumed.close()
