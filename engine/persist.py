@@ -59,12 +59,16 @@ def _storable(value) -> bool:
 
 
 def write_snapshot(directory, filt: OnlineFilter, settings: dict | None = None):
-    """Snapshot `filt` (spec, draws, belief, history) into directory/snapshot.npz atomically."""
+    """Snapshot `filt` (spec, draws, belief, history, priors, random stream) into directory/snapshot.npz
+    atomically."""
     directory = Path(directory)
     leaves = jax.tree_util.tree_leaves(filt.state)
     y, x = filt.history()
+    settings = dict(settings or {})
+    if filt.priors is not None and _storable(filt.priors):   # the prior a resumed move targets
+        settings.setdefault("priors", filt.priors)
     meta = {"format": FORMAT, "spec": filt.spec.to_dict(), "t": filt.t, "n_leaves": len(leaves),
-            "settings": settings or {}}
+            "settings": settings}
     arrays = {f"belief_{i}": np.asarray(a) for i, a in enumerate(leaves)}
     arrays.update(params=np.asarray(filt.params), history_y=y, rng_key=np.asarray(filt._key),
                   history_x=np.zeros((len(y), 0)) if x is None else x,

@@ -168,5 +168,9 @@ def test_a_resumed_filter_keeps_the_fits_priors_and_its_random_stream(tmp_path):
         f.update_many(y[50:])
     np.testing.assert_array_equal(resumed.filter.params, live.filter.params)
     _assert_same_belief(resumed.filter.state, live.filter.state)
+    (tmp_path / "plain").mkdir()
+    persist.write_snapshot(tmp_path / "plain", live.filter)    # a bare snapshot (the app's) keeps them too
+    again, _ = persist.read_snapshot(tmp_path / "plain", rejuvenate=False)
+    assert again.priors == priors
     live.close()
     resumed.close()
