@@ -1,4 +1,5 @@
-"""StreamRunner: replay order and completeness, pause/step/resume/stop, back-pressure, errors, pacing at a rate, a demo stream end to end."""
+"""StreamRunner: replay order and completeness, pause/step/resume/stop, back-pressure, errors,
+pacing at a rate, and a demo stream end to end."""
 
 from __future__ import annotations
 
