@@ -92,6 +92,8 @@ class OnlineInfo(NamedTuple):
     settled: jnp.ndarray              # () bool: no draw's next belief has a diffuse part left (P∞ = 0)
     filtered_mean: jnp.ndarray        # (state, draw) a_{t|t} per draw
     state_mean: jnp.ndarray           # (state,) Σ_s w_s a_{t|t,s}
+    state_var: jnp.ndarray            # (state,) mixture variance of each filtered state (inf while diffuse)
+    state_quantiles: jnp.ndarray      # (state, len(PROBS)) its quantiles (Cornish–Fisher from the mixture's moments)
     component_mean: jnp.ndarray       # (component,) mixture mean of each component (see `component_names`)
     component_var: jnp.ndarray        # (component,) mixture variance (inf while that component is diffuse)
     component_quantiles: jnp.ndarray  # (component, len(PROBS))
@@ -267,15 +269,15 @@ def _components(spec, z, d, a_f, entry, M, K, F):
 
 
 def _kalman_step(config: OnlineConfig, lay, system: System, st: kalman.FilterState, y, d, z):
-    """The bank's Kalman step: (next filter state, loglik, F∞ (draw,), component still diffuse (component, draw)).
+    """The bank's Kalman step: (next filter state, loglik, F∞ (draw,), still diffuse (component + state, draw)).
 
     Picks the cheapest exact update for the whole bank, as `kalman.step` does: mean only when every
     draw is steady and y_t observed; the fused standard update when no draw is diffuse (dense P);
     otherwise the filter's own exact-diffuse step, which also reports F∞ = z P∞ z and, per
-    component, whether its block of the next P∞ is still non-zero.
+    component and per state, whether its block of the next P∞ is still non-zero.
     """
     n_draws = y.shape[0]
-    no_diffuse = (jnp.zeros(n_draws), jnp.zeros((len(_component_index(config.spec)), n_draws), bool))
+    no_diffuse = (jnp.zeros(n_draws), jnp.zeros((len(_component_index(config.spec)) + lay.n_states, n_draws), bool))
 
     def diffuse():
         fs, loglik = kalman.step(lay, system, st, y, d, z, sqrt=config.sqrt)
@@ -283,7 +285,8 @@ def _kalman_step(config: OnlineConfig, lay, system: System, st: kalman.FilterSta
         Fi = jnp.sum(z * kalman._mv(Pinf, z), axis=0)
         still = [jnp.sum(_block(fs.diffuse_cov, jnp.asarray(ix)) ** 2, axis=(0, 1)) > kalman.TOL_DIFFUSE if ix
                  else jnp.zeros(n_draws, bool) for _, ix, _ in _component_index(config.spec)]
-        return fs, loglik, Fi, jnp.stack(still) if still else no_diffuse[1]
+        states = [fs.diffuse_cov[i, i] ** 2 > kalman.TOL_DIFFUSE for i in range(lay.n_states)]
+        return fs, loglik, Fi, jnp.stack(still + states)
 
     def standard():
         if config.sqrt:
@@ -383,16 +386,18 @@ class _DrawStep(NamedTuple):
     filt_mean: jnp.ndarray   # (state, draw)
     comp_mu: jnp.ndarray     # (component, draw)
     comp_var: jnp.ndarray    # (component, draw), inf while diffuse
+    state_var: jnp.ndarray   # (state, draw) diagonal of P_{t|t}, inf while diffuse
 
 
 def _per_draw(config: OnlineConfig, lay, z, d, st: kalman.FilterState, K, F, Fi, y, loglik,
-              comp_diffuse=None) -> _DrawStep:
+              still=None) -> _DrawStep:
     """Per-draw predictive and filtered quantities of one step from the predicted belief `st`
     and this step's gain K, F* and F∞ (state, draw / draw).
 
     a_{t|t} = a + K v; the components need only a few entries of P and M = P z (see
-    `_components`), so no (state, state, draw) array is formed. comp_diffuse (component, draw):
-    components whose next P∞ block is non-zero get an infinite variance.
+    `_components`), so no (state, state, draw) array is formed; nor do the states' filtered
+    variances, the diagonal P_ii − 2 K_i M_i + F K_i² (each state as a component of its own).
+    still (component + state, draw): those whose next P∞ block is non-zero get an infinite variance.
     """
     observed = ~jnp.isnan(y)
     draw_diffuse = Fi > kalman.TOL_DIFFUSE
@@ -412,9 +417,12 @@ def _per_draw(config: OnlineConfig, lay, z, d, st: kalman.FilterState, K, F, Fi,
         entry = lambda i, j: st.cov[i, j]
         M = kalman._mat_z(lay, st.cov, z)
     comp_mu, comp_var = _components(config.spec, z, d, a_f, entry, M, K, F)
-    if comp_diffuse is not None:
-        comp_var = jnp.where(comp_diffuse, jnp.inf, comp_var)
-    return _DrawStep(mu, F, draw_diffuse, loglik, a_f, comp_mu, comp_var)
+    state_var = jnp.stack([entry(i, i) - 2 * K[i] * M[i] + F * K[i] * K[i] for i in range(lay.n_states)])
+    if still is not None:
+        n_comp = comp_var.shape[0]
+        comp_var = jnp.where(still[:n_comp], jnp.inf, comp_var)
+        state_var = jnp.where(still[n_comp:], jnp.inf, state_var)
+    return _DrawStep(mu, F, draw_diffuse, loglik, a_f, comp_mu, comp_var, state_var)
 
 
 def step(config: OnlineConfig, bank: Bank, belief: Belief, y, exog=None) -> tuple[Belief, OnlineInfo]:
@@ -471,7 +479,7 @@ def steady_step(config: OnlineConfig, bank: Bank, belief: Belief, y, exog=None) 
 
 
 def _report(config: OnlineConfig, belief: Belief, fs: kalman.FilterState, y, ds: _DrawStep):
-    """Weights, mixture predictive and bands, calibration, drift, mixed filtered components.
+    """Weights, mixture predictive and bands, calibration, drift, mixed filtered states and components.
 
     Every sum over the draws of one stage is a single reduction (`_sums`): three stages (and
     one per further Newton step), so the report is a handful of kernels whatever the model.
@@ -486,20 +494,24 @@ def _report(config: OnlineConfig, belief: Belief, fs: kalman.FilterState, y, ds:
     comp_inf = jnp.isinf(ds.comp_var)
     comp_var = jnp.where(comp_inf, 1.0, ds.comp_var)
     comp_sd = jnp.sqrt(jnp.maximum(comp_var, 0.0))
+    state_inf = jnp.isinf(ds.state_var)
+    state_var = jnp.where(state_inf, 1.0, ds.state_var)
     cq_iters = config.component_quantile_iters
 
     # stage 1: predictive mean and PIT under the weights before the update; maxima (log weights,
-    # the Newton brackets, and the flags: any draw diffuse, every draw steady, component diffuse)
+    # the Newton brackets, and the flags: any draw diffuse, every draw steady, component or state diffuse)
     # both tails of the PIT, so that the innovation Φ⁻¹(PIT) stays accurate far out in either one
     u = (y0 - mu) / (np.sqrt(2.0) * sd)
     mean, pit, pit_upper = _sums(w_prior * mu, w_prior * 0.5 * lax.erfc(-u), w_prior * 0.5 * lax.erfc(u))
     flag = lambda b: jnp.where(b, 1.0, 0.0)
-    tops = [lw, mu + 8 * sd, 8 * sd - mu, flag(ds.diffuse), flag(~fs.steady), flag(fs.diffuse), flag(comp_inf)]
+    tops = [lw, mu + 8 * sd, 8 * sd - mu, flag(ds.diffuse), flag(~fs.steady), flag(fs.diffuse), flag(comp_inf),
+            flag(state_inf)]
     if cq_iters:
         tops += [ds.comp_mu + 8 * comp_sd, 8 * comp_sd - ds.comp_mu]
     top = _maxima(*tops)
     lw_max, hi, lo = jnp.where(jnp.isfinite(top[0]), top[0], 0.0), top[1], -top[2]
-    diffuse, steady, settled, comp_diffuse = top[3] > 0, top[4] == 0, top[5] == 0, top[6] > 0
+    diffuse, steady, settled = top[3] > 0, top[4] == 0, top[5] == 0
+    comp_diffuse, state_diffuse = top[6] > 0, top[7] > 0
 
     # stage 2: central moments of the predictive; the updated weights (u ∝ w_post) and the
     # filtered means mixed with them
@@ -511,12 +523,14 @@ def _report(config: OnlineConfig, belief: Belief, fs: kalman.FilterState, y, ds:
     ess = su * su / su2
     w_post = u / su
     c_mean = comp_sum / su
+    s_mean = state_sum / su
     var = jnp.where(diffuse, jnp.inf, m2)
     q = _cornish_fisher(mean, m2, m3, m4, PROBS)
 
-    # stage 3 (and one more per further Newton step): the components' central moments, then
-    # Newton on the predictive quantiles and (from the next stage) on the components'
-    comp_terms = _central_terms(w_post, ds.comp_mu - c_mean[:, None], comp_var)
+    # stage 3 (and one more per further Newton step): the components' and states' central
+    # moments, then Newton on the predictive quantiles and (from the next stage) on the components'
+    comp_terms = (_central_terms(w_post, ds.comp_mu - c_mean[:, None], comp_var)
+                  + _central_terms(w_post, ds.filt_mean - s_mean[:, None], state_var))
     c_q = None
     for it in range(max(config.quantile_iters, cq_iters + 1)):
         newton_y, newton_c = it < config.quantile_iters, 1 <= it <= cq_iters
@@ -525,13 +539,14 @@ def _report(config: OnlineConfig, belief: Belief, fs: kalman.FilterState, y, ds:
         terms += [w_post * t for t in _newton_terms(ds.comp_mu, comp_sd, c_q, PROBS, fast=True)] if newton_c else []
         sums = _sums(*terms)
         if it == 0:
-            c_m2, c_m3, c_m4, *sums = sums
+            c_m2, c_m3, c_m4, s_m2, s_m3, s_m4, *sums = sums
             c_q = _cornish_fisher(c_mean, c_m2, c_m3, c_m4, PROBS)
+            s_q = _cornish_fisher(s_mean, s_m2, s_m3, s_m4, PROBS)
         if newton_y:
             q = _newton_update(q, sums[0], sums[1], lo, hi)
             sums = sums[2:]
         if newton_c:
-            c_q = _newton_update(c_q, sums[0], sums[1], -top[8], top[7])
+            c_q = _newton_update(c_q, sums[0], sums[1], -top[9], top[8])
     quantiles = jnp.where(diffuse, jnp.nan, q)
 
     # calibration: PIT, standardised innovation, anomaly flag, two-sided CUSUM
@@ -552,7 +567,8 @@ def _report(config: OnlineConfig, belief: Belief, fs: kalman.FilterState, y, ds:
         t=belief.t, observed=observed, diffuse=diffuse, draw_mean=mu, draw_var=jnp.where(ds.diffuse, jnp.inf, ds.F),
         loglik=ds.loglik, mean=mean, var=var, quantiles=quantiles, log_pred=log_pred, pit=pit,
         innovation=innovation, anomaly=anomaly, cusum=cusum, drift=drift, ess=ess, steady=steady, settled=settled,
-        filtered_mean=ds.filt_mean, state_mean=state_sum / su, component_mean=c_mean,
+        filtered_mean=ds.filt_mean, state_mean=s_mean, state_var=jnp.where(state_diffuse, jnp.inf, s_m2),
+        state_quantiles=jnp.where(state_diffuse[:, None], jnp.nan, s_q), component_mean=c_mean,
         component_var=jnp.where(comp_diffuse, jnp.inf, c_m2),
         component_quantiles=jnp.where(comp_diffuse[:, None], jnp.nan, c_q))
     return Belief(fs, log_weight, cusum, belief.t + 1), info

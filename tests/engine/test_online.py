@@ -78,6 +78,16 @@ def test_filtered_covariance_of_one_draw_equals_batch():
     assert_rel_close(var[ok, 2], ref.filtered_cov[ok, 2, 2], 1e-9, "seasonal")
     mean = np.array([i.component_mean for i in infos])
     assert_rel_close(mean[:, 0], ref.filtered_mean[:, 0], 1e-9, "level mean")
+    # every state's filtered variance and band, once that state is identified
+    state_var = np.array([i.state_var for i in infos])
+    known = np.isfinite(state_var)
+    assert known[ok].all() and not known[0].any()
+    diag = np.diagonal(np.asarray(ref.filtered_cov), axis1=1, axis2=2)
+    assert_rel_close(state_var[known], diag[known], 1e-9, "state variances")
+    bands = np.array([i.state_quantiles for i in infos])
+    gauss = ref.filtered_mean[:, :, None] + np.sqrt(diag)[:, :, None] * scipy.stats.norm.ppf(online.PROBS)
+    assert_rel_close(bands[known], gauss[known], 1e-9, "state bands")
+    assert np.isnan(bands[~known]).all()
     # one draw: the predictive is N(Z a + d, F) and the standardised innovation is v/√F
     obs = ~np.isnan(y) & (np.asarray(ref.kind) == 1)
     z = np.array([i.innovation for i in infos])
@@ -629,10 +639,11 @@ def test_square_root_bank_equals_the_batch_filter_per_draw():
 
 
 @pytest.mark.parametrize("iters", [0, 3])
-def test_component_bands_are_the_quantiles_of_the_mixed_filtered_components(iters):
+def test_component_and_state_bands_are_the_quantiles_of_the_mixed_filtered_belief(iters):
     """The level's bands: quantiles of Σ_s w_s N(a_{t|t,s}, P_{t|t,s}) with a, P from each draw's
     batch filter and w the exact posterior weights after y_t, solved with scipy. Newton steps
-    (component_quantile_iters) make them exact; the default Cornish–Fisher start is close."""
+    (component_quantile_iters) make them exact; the default Cornish–Fisher start is close, as
+    are every state's bands."""
     y = _series(seed=6, gaps=())
     draws = _draws(40, spread=0.8)
     filt = engine.OnlineFilter(SPEC, draws, y_history=y[:30], rejuvenate=False, component_quantile_iters=iters)
@@ -648,8 +659,20 @@ def test_component_bands_are_the_quantiles_of_the_mixed_filtered_components(iter
              for p in online.PROBS]
     mix_sd = float(np.sqrt(info.component_var[0]))
     assert float(info.component_mean[0]) == pytest.approx(np.sum(w * m), rel=1e-9)
+    assert mix_sd ** 2 == pytest.approx(np.sum(w * (sd ** 2 + (m - np.sum(w * m)) ** 2)), rel=1e-9)
     tol = 1e-7 if iters else 0.05
     np.testing.assert_allclose(info.component_quantiles[0], exact, atol=tol * mix_sd)
+    # each filtered state's mixture: its mean and variance exactly, its bands (Cornish–Fisher) closely
+    a = np.array([r.filtered_mean[-1] for r in refs])                                   # (draw, state)
+    v = np.array([np.diagonal(r.filtered_cov[-1]) for r in refs])
+    mean = w @ a
+    np.testing.assert_allclose(info.state_mean, mean, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(info.state_var, w @ (v + (a - mean) ** 2), rtol=1e-9)
+    for i in range(a.shape[1]):
+        cdf_i = lambda q: np.sum(w * scipy.stats.norm.cdf((q - a[:, i]) / np.sqrt(v[:, i])))
+        lo, hi = a[:, i].min() - 10 * np.sqrt(v[:, i].max()), a[:, i].max() + 10 * np.sqrt(v[:, i].max())
+        exact_i = [scipy.optimize.brentq(lambda q: cdf_i(q) - p, lo, hi, xtol=1e-14) for p in online.PROBS]
+        np.testing.assert_allclose(info.state_quantiles[i], exact_i, atol=0.05 * np.sqrt(info.state_var[i]))
 
 
 def test_from_posterior_keeps_the_fits_priors_for_the_rejuvenation_move():
