@@ -1006,11 +1006,7 @@ class OnlineFilter:
             pending, self._pending = self._pending, None
         if pending is None:
             return
-        if isinstance(pending, BaseException):   # reported by the move; wait before the next automatic one
-            self._failures += 1
-            self._retry_at = self._history.n + RETRY_AFTER * 2 ** (self._failures - 1)
-            self._emit({"kind": "rejuvenation_backoff", "t": self._history.n, "failures": self._failures,
-                        "retry_at": self._retry_at})
+        if isinstance(pending, BaseException):   # reported by the move, which also set the back-off
             return
         self._failures = 0
         bank, belief, event = pending
@@ -1114,9 +1110,13 @@ class OnlineFilter:
                 with self._lock:
                     self._pending = (bank, belief, done)
             except BaseException as exc:  # surfaced as an event, never silent
-                with self._lock:
+                with self._lock:   # back off before the stream's next look at the ESS
                     self._pending = exc
-                self._emit({"kind": "rejuvenation_failed", "t_start": t0, "error": repr(exc)})
+                    self._failures += 1
+                    self._retry_at = self._history.n + RETRY_AFTER * 2 ** (self._failures - 1)
+                    failures, retry_at = self._failures, self._retry_at
+                self._emit({"kind": "rejuvenation_failed", "t_start": t0, "error": repr(exc), "failures": failures,
+                            "retry_at": retry_at})
 
         self._move = threading.Thread(target=work, name="rejuvenation", daemon=True)
         self._move.start()

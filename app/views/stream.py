@@ -26,9 +26,9 @@ EVENT_TEXT = {
     "rejuvenation_start": "rejuvenation started ({reason}) at t = {t_start}, ESS {ess_before:.1f}",
     "rejuvenation_done": "new posterior bank swapped in at t = {t_swap} ({unique_draws} distinct draws, "
                          "acceptance {acceptance:.2f}, {duration_s:.1f} s)",
-    "rejuvenation_failed": "rejuvenation failed: {error}",
+    "rejuvenation_failed": "rejuvenation failed ({failures} in a row): {error}; the next automatic one waits "
+                           "until t = {retry_at}",
     "rejuvenation_unavailable": "rejuvenation unavailable: {reason}",
-    "rejuvenation_backoff": "after {failures} failed move(s) in a row, the next automatic one waits until t = {retry_at}",
     "drift": "drift alarm at t = {t}",
     "error": "stream error in the {where}: {error}",
 }
