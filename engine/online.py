@@ -286,7 +286,7 @@ def _kalman_step(config: OnlineConfig, lay, system: System, st: kalman.FilterSta
         still = [jnp.sum(_block(fs.diffuse_cov, jnp.asarray(ix)) ** 2, axis=(0, 1)) > kalman.TOL_DIFFUSE if ix
                  else jnp.zeros(n_draws, bool) for _, ix, _ in _component_index(config.spec)]
         states = [fs.diffuse_cov[i, i] ** 2 > kalman.TOL_DIFFUSE for i in range(lay.n_states)]
-        return fs, loglik, Fi, jnp.stack(still + states)
+        return fs, loglik, Fi, jnp.stack(still + states) if still + states else no_diffuse[1]
 
     def standard():
         if config.sqrt:
@@ -501,8 +501,8 @@ def _report(config: OnlineConfig, belief: Belief, fs: kalman.FilterState, y, ds:
     # stage 1: predictive mean and PIT under the weights before the update; maxima (log weights,
     # the Newton brackets, and the flags: any draw diffuse, every draw steady, component or state diffuse)
     # both tails of the PIT, so that the innovation Φ⁻¹(PIT) stays accurate far out in either one
-    u = (y0 - mu) / (np.sqrt(2.0) * sd)
-    mean, pit, pit_upper = _sums(w_prior * mu, w_prior * 0.5 * lax.erfc(-u), w_prior * 0.5 * lax.erfc(u))
+    half_z = (y0 - mu) / (np.sqrt(2.0) * sd)
+    mean, pit, pit_upper = _sums(w_prior * mu, w_prior * 0.5 * lax.erfc(-half_z), w_prior * 0.5 * lax.erfc(half_z))
     flag = lambda b: jnp.where(b, 1.0, 0.0)
     tops = [lw, mu + 8 * sd, 8 * sd - mu, flag(ds.diffuse), flag(~fs.steady), flag(fs.diffuse), flag(comp_inf),
             flag(state_inf)]
