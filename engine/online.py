@@ -361,7 +361,9 @@ def _design(spec: ModelSpec, bank: Bank, exog_t):
     x = jnp.reshape(jnp.asarray(exog_t, dtype=jnp.float64), (1, spec.k_exog))
     sys_t = _systems(spec, bank.params, x)   # only Z_t and d_t are used (the rest is dead code)
     z = sys_t.design[:, 0] if sys_t.design.ndim == 3 else sys_t.design
-    d = jnp.broadcast_to(sys_t.obs_intercept, (n_draws, 1))[:, 0] if sys_t.obs_intercept.ndim else jnp.zeros(n_draws)
+    intercept = sys_t.obs_intercept   # (draw,) when the coefficients are states, (draw, 1) when parameters
+    d = (jnp.broadcast_to(jnp.reshape(intercept, (intercept.shape[0], -1))[:, 0], (n_draws,)) if intercept.ndim
+         else jnp.zeros(n_draws))
     return z.T, d
 
 
@@ -515,11 +517,13 @@ def _report(config: OnlineConfig, belief: Belief, fs: kalman.FilterState, y, ds:
 
     # stage 2: central moments of the predictive; the updated weights (u ∝ w_post) and the
     # filtered means mixed with them
-    u = jnp.exp(lw - lw_max)
+    # when no draw gives y_t a positive density (v² overflowed: every lw is −inf) the weights stay
+    weighed = jnp.isfinite(top[0])
+    u = jnp.where(weighed, jnp.exp(lw - lw_max), w_prior)
     m2, m3, m4, su, su2, state_sum, comp_sum = _sums(*_central_terms(w_prior, mu - mean, F_finite), u, u * u,
                                                      u * ds.filt_mean, u * ds.comp_mu)
-    log_pred = lw_max + jnp.log(su)
-    log_weight = lw - log_pred
+    log_pred = jnp.where(weighed, lw_max + jnp.log(su), -jnp.inf)
+    log_weight = jnp.where(weighed, lw - log_pred, belief.log_weight)
     ess = su * su / su2
     w_post = u / su
     c_mean = comp_sum / su
@@ -694,15 +698,23 @@ def _padded(ys: np.ndarray, xs: np.ndarray | None):
 CATCH_UP_PIECE = 4096
 
 
-def _catch_up_pieces(config, bank, belief, ys: np.ndarray, xs: np.ndarray | None) -> Belief:
+class _Closed(Exception):
+    """The filter was closed while a move was catching up: the move ends without a result."""
+
+
+def _catch_up_pieces(config, bank, belief, ys: np.ndarray, xs: np.ndarray | None,
+                     closing: threading.Event | None = None) -> Belief:
     """`catch_up` over pieces of power-of-two lengths (whole pieces of CATCH_UP_PIECE, then the
     binary digits of the rest), so that catching up on histories of ever new lengths, as each
-    rejuvenation does, reuses at most log2(CATCH_UP_PIECE) + 1 compiled programs."""
+    rejuvenation does, reuses at most log2(CATCH_UP_PIECE) + 1 compiled programs. Raises
+    `_Closed` between pieces once `closing` is set."""
     n, start = len(ys), 0
     sizes = [CATCH_UP_PIECE] * (n // CATCH_UP_PIECE)
     rest = n % CATCH_UP_PIECE
     sizes += [1 << b for b in reversed(range(rest.bit_length())) if rest >> b & 1]
     for size in sizes:
+        if closing is not None and closing.is_set():
+            raise _Closed
         stop = start + size
         belief = _catch_up_jit(config, bank, belief, jnp.asarray(ys[start:stop]),
                                None if xs is None else jnp.asarray(xs[start:stop]))
@@ -808,6 +820,10 @@ class OnlineFilter:
     weights each by its likelihood, as sequential importance sampling does. Posterior draws
     given that history go through `from_posterior` (or `weigh_history=False`), which keeps
     their weights.
+
+    One thread at a time: `update` donates the belief's buffers, so reads (`state`, `ess`,
+    `forecast`, `rejuvenate`) from another thread must hold the same lock as the updates (as the
+    app's stream does). `close` ends the background work.
     """
 
     def __init__(self, spec, params, *, y_history=None, exog_history=None, log_weight=None,
@@ -863,6 +879,7 @@ class OnlineFilter:
         self._unavailable_reported = False
         self._failures = 0        # failed moves in a row; automatic moves back off after each
         self._retry_at = 0        # no automatic move before this many observations
+        self._closing = threading.Event()   # `close`: a move in flight gives up at its next piece
 
     @classmethod
     def from_posterior(cls, spec, posterior, y_history=None, exog_history=None, **kwargs) -> "OnlineFilter":
@@ -906,6 +923,15 @@ class OnlineFilter:
     def t(self) -> int:
         return self._history.n
 
+    def settings(self) -> dict:
+        """The constructor's settings (beyond spec, draws and history) that rebuild this filter's
+        behaviour: what a snapshot keeps (`engine.persist`)."""
+        c = self.config
+        return {"sqrt": c.sqrt, "quantile_iters": c.quantile_iters,
+                "component_quantile_iters": c.component_quantile_iters, "anomaly_z": c.anomaly_z, "cusum_k": c.cusum_k, "cusum_h": c.cusum_h,
+                "ess_threshold": self.ess_threshold, "rejuvenate": self.rejuvenate_enabled,
+                "refit_on_drift": self.refit_on_drift, "move_steps": self.move_steps}
+
     @property
     def n_draws(self) -> int:
         return int(self.bank.params.shape[0])
@@ -945,12 +971,12 @@ class OnlineFilter:
         ys, x = self.check_input([y], None if exog is None else [exog])
         y = float(ys[0])
         self._before_update()
-        self._history.extend(np.array([y]), x)
         fn = self._step_for(not np.isnan(y), _steady_step_jit, _standard_step_jit, _step_jit)
         # host values go in as NumPy: an eager jnp.asarray would be a computation of its own
         # that the step waits for (about 0.07 ms of a 0.25 ms update at S = 1)
         self._belief, info = fn(self.config, self.bank, self._belief, np.float64(y),
                                 None if x is None else np.asarray(x[0], dtype=np.float64))
+        self._history.extend(np.array([y]), x)   # only once the step has succeeded: history and belief agree
         self._after_update(info, None, observed=not np.isnan(y))
         return info
 
@@ -959,11 +985,11 @@ class OnlineFilter:
         ys, x = self.check_input(ys, exog)
         n = len(ys)
         self._before_update()
-        self._history.extend(ys, x)
         y_pad, x_pad, n_valid = _padded(ys, x)
         observed = not np.isnan(ys).any()
         fn = self._step_for(observed, _steady_step_many_jit, _standard_step_many_jit, _step_many_jit)
         self._belief, info = fn(self.config, self.bank, self._belief, y_pad, x_pad, n_valid)
+        self._history.extend(ys, x)
         if len(y_pad) > n:
             info = jax.tree_util.tree_map(lambda a: a[:n], info)
         self._after_update(info, n - 1, observed)
@@ -1057,8 +1083,9 @@ class OnlineFilter:
         return getattr(bayes, "log_posterior", None)
 
     def rejuvenate(self, reason: str = "requested", background: bool = True) -> bool:
-        """Resample and move the draws on the full-data posterior; returns False if not possible now."""
-        if self.rejuvenating:
+        """Resample and move the draws on the full-data posterior; returns False if not possible now
+        (a move is running, or the filter is closed)."""
+        if self.rejuvenating or self._closing.is_set():
             return False
         try:
             factory = self._log_posterior_factory()
@@ -1096,10 +1123,12 @@ class OnlineFilter:
                 bank = _make_bank_jit(self.spec, new_params)
                 belief = _init_jit(self.config, bank, None)
                 if t0:
-                    belief = _catch_up_pieces(self.config, bank, belief, y, x)
+                    belief = _catch_up_pieces(self.config, bank, belief, y, x, self._closing)
                     belief = belief._replace(log_weight=jnp.full(bank.params.shape[0], -jnp.log(bank.params.shape[0])))
                 # keep up with the stream while it runs, so the swap itself has little left to do
                 while True:
+                    if self._closing.is_set():
+                        raise _Closed
                     n_now = self._history.n
                     if n_now - int(belief.t) <= 16:
                         break
@@ -1108,7 +1137,11 @@ class OnlineFilter:
                 done = dict(event, acceptance=float(move_info.acceptance),
                             unique_draws=int(move_info.unique_draws))
                 with self._lock:
+                    if self._closing.is_set():
+                        return
                     self._pending = (bank, belief, done)
+            except _Closed:   # nobody is left to use the new bank
+                return
             except BaseException as exc:  # surfaced as an event, never silent
                 with self._lock:   # back off before the stream's next look at the ESS
                     self._pending = exc
@@ -1123,6 +1156,15 @@ class OnlineFilter:
         if not background:
             self._move.join()
         return True
+
+    def close(self, timeout: float | None = 10.0) -> bool:
+        """Stop background work: no new moves, and the filter keeps its bank (a finished move is
+        not swapped in; one in flight gives up at its next catch-up piece, after its MCMC step).
+        Updates still work. True when no move thread is left after `timeout` seconds."""
+        self._closing.set()
+        with self._lock:
+            self._pending = None
+        return self.wait_for_rejuvenation(timeout)
 
     def wait_for_rejuvenation(self, timeout: float | None = None) -> bool:
         """Block until a running move has finished (its bank is swapped in at the next update)."""

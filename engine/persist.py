@@ -64,7 +64,7 @@ def write_snapshot(directory, filt: OnlineFilter, settings: dict | None = None):
     directory = Path(directory)
     leaves = jax.tree_util.tree_leaves(filt.state)
     y, x = filt.history()
-    settings = dict(settings or {})
+    settings = {**filt.settings(), **(settings or {})}   # the filter's own, so that it resumes as it ran
     if filt.priors is not None and _storable(filt.priors):   # the prior a resumed move targets
         settings.setdefault("priors", filt.priors)
     meta = {"format": FORMAT, "spec": filt.spec.to_dict(), "t": filt.t, "n_leaves": len(leaves),
@@ -113,7 +113,9 @@ class ObservationLog:
         self.fsync = fsync
         self._fh = open(self.path, "a", encoding="utf-8")
 
-    def append(self, t: int, ys: np.ndarray, xs: np.ndarray | None):
+    def append(self, t: int, ys: np.ndarray, xs: np.ndarray | None) -> int:
+        """Write and sync the records of ys (from index t); returns the log's length before them."""
+        start = self._fh.tell()
         lines = []
         for i, y in enumerate(ys):
             rec = {"t": int(t + i), "y": None if np.isnan(y) else float(y)}
@@ -121,6 +123,14 @@ class ObservationLog:
                 rec["x"] = [float(v) for v in xs[i]]
             lines.append(json.dumps(rec))
         self._fh.write("\n".join(lines) + "\n")
+        self._fh.flush()
+        if self.fsync:
+            os.fsync(self._fh.fileno())
+        return start
+
+    def rollback(self, length: int):
+        """Drop what was appended after `length` (records the filter then failed to apply)."""
+        self._fh.truncate(length)
         self._fh.flush()
         if self.fsync:
             os.fsync(self._fh.fileno())
@@ -209,8 +219,12 @@ class DurableFilter:
 
     def update_many(self, ys, exog=None) -> OnlineInfo:
         ys, xs = self.filter.check_input(ys, exog)
-        self._log.append(self.filter.t, ys, xs)
-        info = self.filter.update_many(ys, xs)
+        logged = self._log.append(self.filter.t, ys, xs)
+        try:
+            info = self.filter.update_many(ys, xs)
+        except BaseException:   # not applied: the log must not replay it on the next open
+            self._log.rollback(logged)
+            raise
         self._since_snapshot += len(ys)
         if self._since_snapshot >= self.snapshot_every or self.filter.bank_version != self._bank_version:
             self.snapshot()

@@ -86,6 +86,7 @@ class StreamRunner:
         self.batch_size = int(batch_size)
         self._source = source
         self._queue: queue.Queue = queue.Queue(maxsize=int(queue_size))
+        self._leftover: list = []
         self._subscribers: list[Callable] = []
         self._sub_lock = threading.Lock()
         self._cond = threading.Condition()
@@ -177,11 +178,28 @@ class StreamRunner:
         return any(th.is_alive() for th in self._threads)
 
     def stop(self, timeout: float | None = None):
-        """Stop both threads and wait for them (the batch being processed is finished first)."""
+        """Stop both threads and wait for them (the batch being processed is finished first).
+        Observations already taken from the source but not yet filtered (at most queue_size) are
+        not lost: `unprocessed()` returns them once the threads have ended."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
         self.join(timeout)
+
+    def unprocessed(self) -> list[tuple[float, np.ndarray | None]]:
+        """(y, exog) of what the source gave but the filter never saw, in order (after `stop`); a
+        live source does not give them again."""
+        if self.running:
+            raise RuntimeError("the runner is still running: stop it first")
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _END:
+                self._leftover.append((item[1], item[2]))
+        items, self._leftover = self._leftover, []
+        return items
 
     def join(self, timeout: float | None = None):
         for th in self._threads:
@@ -246,12 +264,16 @@ class StreamRunner:
                     next_at = max(next_at + 1.0 / self.rate, now - 1.0 / self.rate)  # no burst after a pause
                     if next_at > now:
                         self._stop.wait(next_at - now)
+                queued = False
                 while not self._stop.is_set():   # back-pressure: wait for room
                     try:
                         self._queue.put((i, y, x, time.perf_counter()), timeout=0.1)
+                        queued = True
                         break
                     except queue.Full:
                         continue
+                if not queued:   # taken from the source during a stop: kept for `unprocessed`
+                    self._leftover.append((y, x))
                 if self._stop.is_set():
                     return
             self._put_end()
@@ -308,11 +330,13 @@ class StreamRunner:
             if batch is _END:
                 self.finished.set()
                 return
-            t = np.array([b[0] for b in batch])
-            y = np.array([b[1] for b in batch])
-            xs = [b[2] for b in batch]
-            x = None if xs[0] is None else np.stack(xs)
-            try:
+            try:   # a malformed item (e.g. exog on some observations only) fails the run, loudly
+                t = np.array([b[0] for b in batch])
+                y = np.array([b[1] for b in batch])
+                xs = [b[2] for b in batch]
+                if any((x_i is None) != (xs[0] is None) for x_i in xs):
+                    raise ValueError("the source gave regressors with some observations and not with others")
+                x = None if xs[0] is None else np.stack(xs)
                 t0 = time.perf_counter()
                 info = jax.device_get(self.filter.update_many(y, x))
                 engine_s = time.perf_counter() - t0

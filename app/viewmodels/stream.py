@@ -21,6 +21,7 @@ import logging
 import tempfile
 import threading
 import time
+import zipfile
 from pathlib import Path
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ FORECAST_EVERY_S = 0.25   # the forecast panel is refreshed at most this often
 FRAME_S = 0.1             # the page is updated at most this often while the stream runs
 MAX_HORIZON = 500         # forecast steps the x-axis is extended by (the `horizon` bound)
 COLUMNS = ("t", "x", "y", "predicted", "lo95", "hi95", "lo50", "hi50", "filtered", "anomaly_y", "ess", "drift")
+FORECAST_COLUMNS = ("t", "x", "mean", "lo95", "hi95", "lo50", "hi50")
 
 
 def fit_posterior(fit: FitModel, bayes=None) -> tuple[ModelSpec, Any, str] | None:
@@ -179,7 +181,7 @@ def filter_from_snapshot(content: bytes) -> engine.OnlineFilter:
         (Path(tmp) / SNAPSHOT).write_bytes(content)
         try:
             filt, _ = read_snapshot(tmp)
-        except (OSError, KeyError, EOFError, TypeError) as exc:
+        except (OSError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as exc:
             raise ValueError(f"not an online belief snapshot ({exc})") from None
     return filt
 
@@ -334,7 +336,7 @@ class StreamModel(param.Parameterized):
     def restore(self, settings: dict, filt: engine.OnlineFilter | None, message: str = "") -> None:
         """Take saved settings and, when given, a restored belief that the next Play continues from."""
         self.stop()
-        self.runner = self.filter = None
+        self._drop_run()
         self._plan = None
         self._resume = filt
         known = {k: v for k, v in settings.items() if k in self.settings()}
@@ -383,15 +385,17 @@ class StreamModel(param.Parameterized):
             self._set(status="stopped", message="Stopped.")
 
     def shutdown(self) -> bool:
-        """The session closed: stop the runner and drop further results. True when its threads ended."""
+        """The session closed: stop the runner and the filter's background refit, and drop further
+        results. True when their threads ended."""
         self._closed = True
-        runner = self.runner
-        if runner is None:
-            return True
-        runner.stop(timeout=10.0)
-        alive = runner.running
-        log.info("session %s stream stopped (runner still running: %s)", self.worker.session_id, alive)
-        return not alive
+        runner, filt = self.runner, self.filter
+        if runner is not None:
+            runner.stop(timeout=10.0)
+        moves_done = filt.close(timeout=10.0) if filt is not None else True
+        alive = runner is not None and runner.running
+        log.info("session %s stream stopped (runner still running: %s, refit still running: %s)",
+                 self.worker.session_id, alive, not moves_done)
+        return not alive and moves_done
 
     def refit(self) -> None:
         """Rejuvenate the posterior bank on all data seen so far, in the background (the stream
@@ -404,7 +408,8 @@ class StreamModel(param.Parameterized):
             with self._lock:
                 self._refit_requested = True   # done on the engine thread, between two updates
         else:
-            self.filter.rejuvenate(reason="drift alarm (requested)")
+            with self._filter_lock:   # a stepped update may be in flight: it donates the belief
+                self.filter.rejuvenate(reason="drift alarm (requested)")
 
     @param.depends("rate", "max_speed", watch=True)
     def _on_speed(self):
@@ -422,15 +427,22 @@ class StreamModel(param.Parameterized):
         except ValueError as exc:
             self._set(status="error", message=str(exc))
             return None
-        if self.runner is not None:
-            self.runner.stop()
-        self.runner = self.filter = None
+        self._drop_run()
         self._plan = plan
         self._set(status="starting", posterior_label=plan.label,
                   message=f"Starting the filter from {plan.t0} observations ({plan.label}); the first run "
                           "of a model also compiles it…")
         return self.worker.submit(build_filter, plan, self._resume, on_done=lambda f: self._begin(f, plan, paused),
                                   on_error=self._failed)
+
+    def _drop_run(self) -> None:
+        """Forget the current run: stop its runner, and close its filter (a refit in flight gives
+        up in the background)."""
+        if self.runner is not None:
+            self.runner.stop()
+        if self.filter is not None:
+            self.filter.close(timeout=0)
+        self.runner = self.filter = None
 
     def _begin(self, filt: engine.OnlineFilter, plan: StreamPlan, paused: bool) -> None:
         if self._closed or plan is not self._plan:
@@ -484,22 +496,40 @@ class StreamModel(param.Parameterized):
         filt = self.filter
         now = time.perf_counter()
         last = int(message.t[-1]) + 1 >= len(plan.source)
-        forecast = None
-        if now - self._last_forecast > FORECAST_EVERY_S or last:
-            self._last_forecast = now
-            forecast = forecast_frame(jax.device_get(filt.forecast(self.horizon)), int(rows["t"][-1]) + 1,
-                                      plan.x_of)
         with self._lock:
             self._queued.append(rows)
-            if forecast is not None:
-                self._queued_forecast = forecast
             refit, self._refit_requested = self._refit_requested, False
+        if now - self._last_forecast > FORECAST_EVERY_S or last:
+            self._last_forecast = now
+            forecast = self._forecast(filt, plan, int(message.t[-1]) + 1)
+            if forecast is not None:
+                with self._lock:
+                    self._queued_forecast = forecast
         if refit:
             filt.rejuvenate(reason="drift alarm (requested)")
         # a running stream updates the page once a frame (later batches pick up what is queued);
         # the last batch and a paused (stepped) stream are shown at once
         if last or self.runner is None or self.runner.paused or now - self._last_drain >= FRAME_S:
             self._schedule()
+
+    def _forecast(self, filt: engine.OnlineFilter, plan: StreamPlan, k: int) -> pd.DataFrame:
+        """The forecast from after the k-th streamed observation. A regression model is forecast
+        as far as the data's regressors go (its later rows); with none left, nor is y (empty
+        frame). A failure is an event, not the end of the stream."""
+        steps, exog_future = self.horizon, None
+        if plan.spec.regression is not None:
+            exog_future = np.asarray(plan.source)[k:k + steps, 1:]
+            steps = len(exog_future)
+        t_next = plan.t0 + k
+        try:
+            if steps == 0:
+                return pd.DataFrame({c: np.zeros(0) for c in FORECAST_COLUMNS})
+            return forecast_frame(jax.device_get(filt.forecast(steps, exog_future)), t_next, plan.x_of)
+        except Exception as exc:   # noqa: BLE001 - the stream goes on without this forecast
+            log.warning("forecast failed: %r", exc)
+            with self._lock:
+                self._queued_events.append({"kind": "forecast_failed", "error": repr(exc)})
+            return None
 
     def _schedule(self) -> None:
         with self._lock:
@@ -534,9 +564,14 @@ class StreamModel(param.Parameterized):
             values["forecast"] = forecast
         if events:
             values["events"] = self.events + events
-            errors = [e for e in events if e["kind"] in ("error", "rejuvenation_failed")]
+            errors = [e for e in events if e["kind"] == "error"]   # the runner has stopped
+            setbacks = [e for e in events if e["kind"] in ("rejuvenation_failed", "forecast_failed")]
             if errors:
                 values.update(status="error", message=f"The stream failed: {errors[0].get('error')}")
+            elif setbacks:   # the stream goes on with the bank it has
+                what = "refit" if setbacks[-1]["kind"] == "rejuvenation_failed" else "forecast"
+                values["message"] = (f"The background {what} failed ({setbacks[-1].get('error')}); the stream "
+                                     "goes on with the current draws.")
         runner = self.runner
         if runner is not None and self.n_received + n_new >= self.n_total and self.status != "error":
             values.update(status="finished", message=f"Streamed all {self.n_total} observations.")

@@ -29,6 +29,7 @@ EVENT_TEXT = {
     "rejuvenation_failed": "rejuvenation failed ({failures} in a row): {error}; the next automatic one waits "
                            "until t = {retry_at}",
     "rejuvenation_unavailable": "rejuvenation unavailable: {reason}",
+    "forecast_failed": "the forecast failed: {error}",
     "drift": "drift alarm at t = {t}",
     "error": "stream error in the {where}: {error}",
 }
@@ -146,6 +147,8 @@ class StreamView(pn.viewable.Viewer):
         if fc is None:
             return
         self.forecast_source.data = {c: fc[c].to_numpy() for c in fc.columns}
+        if fc.empty:   # a regression model past the last known regressors
+            return
         t_next, t_end = int(fc["t"].iloc[0]), int(fc["t"].iloc[-1])
         start, last, end = self.model.x_of([t_next - FORECAST_WINDOW, t_end - 1, t_end])
         self.forecast_plot.x_range.update(start=start, end=end + (end - last))
@@ -157,7 +160,9 @@ class StreamView(pn.viewable.Viewer):
         self._pause.disabled = m.status != "playing"
         self._stop.disabled = not busy and m.status != "paused"
         self._refit.visible = m.drift_alarm
-        kind = {"error": "danger", "starting": "info", "finished": "success"}.get(m.status, "light")
+        # while a run goes on, a message is a setback it survived (a failed refit or forecast)
+        kind = {"error": "danger", "starting": "info", "finished": "success", "playing": "warning",
+                "paused": "warning"}.get(m.status, "light")
         self._alert.param.update(object=m.message, alert_type=kind, visible=bool(m.message))
         label = f" — {m.posterior_label}" if m.posterior_label else ""
         alarm = " — **drift alarm**: the model no longer fits the recent data" if m.drift_alarm else ""

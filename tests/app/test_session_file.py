@@ -172,6 +172,7 @@ def test_bad_files_are_refused_with_a_message_and_change_nothing():
 _zip({"session.json": json.dumps({**manifest, "files": ["posterior.nc"]}).encode(),
                   "posterior.nc": b"CDF garbage"}): "posterior.nc is not a readable posterior",
             pack(dataclasses.replace(bundle, belief=b"garbage")): "belief.npz",
+            pack(dataclasses.replace(bundle, belief=snapshot_bytes(other)[:2000])): "belief.npz",   # torn
             pack(dataclasses.replace(bundle, belief=snapshot_bytes(other))): "built on other data",
         }
         for content, expected in cases.items():

@@ -62,6 +62,63 @@ def test_streamed_nile_equals_the_batch_filter(session):
     assert not model.runner.running
 
 
+def test_regression_model_streams_and_forecasts_with_the_datas_regressors():
+    """A model with a regression streams to the end; its forecast after a step is the engine's
+    plug-in forecast with the dataset's next regressors; past the last regressor it is empty."""
+    worker = SessionWorker("stream-regression")
+    data = DataModel(dataset="seatbelts")
+    spec = SpecModel(data)
+    spec.regression_columns = ["petrol_price"]
+    fit = FitModel(data, spec, worker)
+    fit.run_quick_fit().result()
+    model = StreamModel(data, fit, worker, batch_size=8)
+    try:
+        model.step().result()
+        _wait_for(lambda: model.n_received == 1 and model.forecast is not None)
+        t = int(model.rows["t"].iloc[-1]) + 1
+        X = data.exog_frame[["petrol_price"]].to_numpy(float)
+        ref = engine.forecast(fit.result.spec, fit.result.params, data.y[:t], model.horizon, X[:t],
+                              X[t:t + model.horizon])
+        fc = model.forecast
+        assert fc["t"].iloc[0] == t and len(fc) == model.horizon
+        np.testing.assert_allclose(fc["mean"], np.asarray(ref.mean), rtol=1e-9)
+        np.testing.assert_allclose(fc["hi95"], np.asarray(ref.upper), rtol=1e-6)
+        model.max_speed = True
+        model.play()
+        _wait_for(lambda: model.status in ("finished", "error"))
+        assert model.status == "finished", model.message
+        assert model.n_received == model.n_total == len(data.y) - int(round(model.history_fraction * len(data.y)))
+        _wait_for(lambda: model.forecast is not None and model.forecast.empty)
+    finally:
+        model.shutdown()
+        worker.shutdown()
+
+
+def test_a_failed_refit_is_reported_and_the_stream_goes_on(session):
+    """A refit that fails is an event and a warning; the run keeps playing, pauses and finishes."""
+    _, _, model = session
+
+    def broken(spec, y, exog=None, priors=None):
+        raise FloatingPointError("move diverged")
+
+    model.rate = 40.0
+    model.play().result()
+    _wait_for(lambda: model.n_received >= 2)
+    model.filter._log_posterior = broken       # the next move fails
+    model.refit()
+    _wait_for(lambda: any(e["kind"] == "rejuvenation_failed" for e in model.events))
+    assert model.status == "playing" and "refit failed" in model.message, (model.status, model.message)
+    received = model.n_received
+    _wait_for(lambda: model.n_received > received)
+    model.pause()
+    assert model.status == "paused" and model.runner.paused
+    model.max_speed = True
+    model.play()
+    _wait_for(lambda: model.status == "finished")
+    assert model.n_received == model.n_total
+    assert model.shutdown()
+
+
 def test_step_pause_play_stop_and_shutdown(session):
     _, _, model = session
     model.rate = 5.0

@@ -3,6 +3,9 @@ one trace per step, mixture quantiles, forecasts, and rejuvenation on a known po
 
 from __future__ import annotations
 
+import threading
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -231,10 +234,19 @@ def test_forecast_of_a_bank_is_the_weighted_mixture():
     assert_rel_close(fc.var, var, 1e-10, "mixture var")
 
 
-def test_regression_exog_online_equals_batch():
+REGRESSION_DRAWS = {"parameters": [[0.004, 0.0005, -0.3, -0.2], [0.005, 0.0004, -0.25, -0.22]],
+                    "state": [[0.004, 0.0005], [0.005, 0.0004]],
+                    "time_varying": [[0.004, 0.0005, 1e-4, 1e-5], [0.005, 0.0004, 2e-4, 1e-6]]}
+
+
+@pytest.mark.parametrize("coefficients", sorted(REGRESSION_DRAWS))
+def test_regression_exog_online_equals_batch(coefficients):
+    """Two draws (the bank's observation intercept is per draw) with the coefficients as
+    parameters, as states, or as random walks."""
     y, X = seatbelts()
-    spec = {"level": {"kind": "local_level"}, "regression": {"columns": ["petrol_price", "law"]}}
-    params = np.array([[0.004, 0.0005, -0.3, -0.2], [0.005, 0.0004, -0.25, -0.22]])
+    spec = {"level": {"kind": "local_level"},
+            "regression": {"columns": ["petrol_price", "law"], "coefficients": coefficients}}
+    params = np.array(REGRESSION_DRAWS[coefficients])
     x = X.to_numpy(float)
     filt = engine.OnlineFilter(spec, params, y_history=y[:150], exog_history=x[:150], rejuvenate=False)
     info = filt.update_many(y[150:], x[150:])
@@ -621,6 +633,70 @@ def test_failed_moves_back_off_instead_of_restarting_at_every_update():
     assert [e["failures"] for e in failed] == list(range(1, len(failed) + 1))
     assert all(e["retry_at"] <= s for e, s in zip(failed, starts[1:]))
     assert filt.t == len(y)                        # the stream itself never stopped
+
+
+def test_close_ends_a_move_in_flight_and_keeps_the_bank():
+    """A move still running when the filter is closed gives up (before its catch-up), nothing is
+    swapped in afterwards, no new move starts, and updates go on with the same bank."""
+    started = threading.Event()
+
+    def slow(spec, y, exog=None, priors=None):
+        started.set()
+        time.sleep(0.5)
+        return conjugate_log_posterior(spec, y, exog, priors)
+
+    rng = np.random.default_rng(4)
+    y = rng.normal(0.0, 2.0, 300)
+    start = exact_posterior(y[:200]).rvs(50, random_state=rng)[:, None]
+    filt = engine.OnlineFilter(IID, start, y_history=y[:200], weigh_history=False, log_posterior=slow,
+                               move_steps=2, ess_threshold=0.0)
+    params = filt.params.copy()
+    assert filt.rejuvenate("test")
+    started.wait()
+    assert filt.close(timeout=60)
+    assert not filt.rejuvenating and not filt.rejuvenate("again")
+    for v in y[200:]:
+        filt.update(v)
+    np.testing.assert_array_equal(filt.params, params)
+    assert [e["kind"] for e in filt.events] == ["rejuvenation_start"]
+    assert filt.t == len(y)
+
+
+def test_an_observation_no_draw_can_weigh_keeps_the_weights():
+    """y so large that v² overflows gives every draw a log-likelihood of −inf: the step says so
+    (log_pred = −inf, an anomaly) and keeps the weights instead of turning them into NaN."""
+    y = _series(gaps=())
+    filt = engine.OnlineFilter(SPEC, _draws(3), y_history=y[:40], rejuvenate=False)
+    before = filt.weights.copy()
+    info = filt.update(1e200)
+    assert float(info.log_pred) == -np.inf and bool(info.anomaly)
+    np.testing.assert_array_equal(filt.weights, before)
+    assert float(info.ess) == pytest.approx(1.0 / np.sum(before ** 2))
+    assert np.all(np.isfinite(np.asarray(info.state_mean)))
+
+
+def test_a_failed_step_leaves_history_and_belief_in_step(monkeypatch):
+    """An update whose compiled step raises consumes nothing: the history and the belief still
+    agree, and the next updates equal a run that never saw the failure."""
+    y = _series(gaps=())
+    filt = engine.OnlineFilter(SPEC, _draws(3), y_history=y[:20], rejuvenate=False)
+    real = online.OnlineFilter._step_for
+
+    def failing(self, *args):
+        monkeypatch.setattr(online.OnlineFilter, "_step_for", real)   # fails once
+        def step(*_):
+            raise RuntimeError("out of memory while compiling")
+        return step
+
+    monkeypatch.setattr(online.OnlineFilter, "_step_for", failing)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        filt.update(y[20])
+    assert filt.t == int(filt.state.t) == 20
+    filt.update_many(y[20:30])
+    ref = engine.OnlineFilter(SPEC, _draws(3), y_history=y[:30], rejuvenate=False)
+    assert filt.t == int(filt.state.t) == 30
+    np.testing.assert_array_equal(filt.history()[0], y[:30])
+    assert_rel_close(np.asarray(filt.state.filter.mean), np.asarray(ref.state.filter.mean), 1e-9, "mean")
 
 
 def test_square_root_bank_equals_the_batch_filter_per_draw():

@@ -116,6 +116,49 @@ def test_snapshot_roundtrip_and_log_replay(tmp_path, n_draws):
         engine.DurableFilter.create(tmp_path, SPEC, draws)
 
 
+def test_a_snapshot_keeps_the_filters_own_settings(tmp_path):
+    """Settings given to the filter itself (not through DurableFilter.create) travel too: a
+    square-root bank comes back square-root and forecasts the same."""
+    y = _series()
+    filt = engine.OnlineFilter(SPEC, _draws(), y_history=y[:30], sqrt=True, anomaly_z=2.5, ess_threshold=0.3,
+                               rejuvenate=False)
+    persist.write_snapshot(tmp_path, filt)
+    again, _ = persist.read_snapshot(tmp_path)
+    assert again.settings() == filt.settings() and again.config.sqrt
+    np.testing.assert_allclose(np.asarray(again.forecast(3).var), np.asarray(filt.forecast(3).var), rtol=1e-12)
+    for f in (filt, again):
+        f.update_many(y[30:40])
+    _assert_same_belief(again.state, filt.state)
+
+
+def test_an_update_that_fails_is_not_replayed(tmp_path, monkeypatch):
+    """The log is written ahead of each update; an update that raises takes its record back out,
+    so a resume sees the stream as the caller did."""
+    y = _series()
+    durable = engine.DurableFilter.create(tmp_path, SPEC, _draws(), y_history=y[:20], fsync=False,
+                                          rejuvenate=False)
+    real = engine.OnlineFilter.update_many
+
+    def failing(self, *args, **kwargs):
+        raise RuntimeError("the device went away")
+
+    durable.update(y[20])
+    monkeypatch.setattr(engine.OnlineFilter, "update_many", failing)
+    with pytest.raises(RuntimeError, match="went away"):
+        durable.update(99.0)
+    monkeypatch.setattr(engine.OnlineFilter, "update_many", real)
+    durable.update_many(y[21:25])
+    state = jax.device_get(durable.filter.state)
+    durable.close()
+    lines = (tmp_path / persist.LOG).read_text().splitlines()
+    assert [json.loads(line)["t"] for line in lines] == [20, 21, 22, 23, 24]
+    again = engine.DurableFilter.open(tmp_path, rejuvenate=False)
+    assert again.filter.t == 25
+    np.testing.assert_array_equal(again.filter.history()[0], y[:25])
+    _assert_same_belief(again.filter.state, state)
+    again.close()
+
+
 def test_log_reader_drops_a_torn_record_and_refuses_gaps(tmp_path):
     path = tmp_path / "log.jsonl"
     path.write_text('{"t": 5, "y": 1.5}\n{"t": 6, "y": null}\n{"t": 7, "y": 2.')

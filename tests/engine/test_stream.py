@@ -119,6 +119,29 @@ def test_stop_an_endless_generator_at_a_rate():
     assert got.count == n and not runner.finished.is_set() and not runner.errors
 
 
+def test_stop_keeps_what_was_taken_from_a_live_source_but_not_filtered():
+    """Every value the source gave is either filtered or returned by `unprocessed`, in order."""
+    pulled = []
+
+    def live():
+        for i in itertools.count():
+            pulled.append(float(i))
+            yield float(i)
+
+    runner = engine.StreamRunner(_filter(), live(), batch_size=4, queue_size=16)
+    got = Collector(n=12)
+    runner.subscribe(lambda msg: time.sleep(0.05))   # a slow page: the queue fills up
+    runner.subscribe(got)
+    runner.start()
+    assert got.reached.wait(HANG_GUARD)
+    runner.stop()
+    seen = [float(v) for b in got.batches for v in b.y]
+    left = runner.unprocessed()
+    assert left and all(x is None for _, x in left)
+    assert seen + [y for y, _ in left] == pulled
+    assert runner.unprocessed() == []
+
+
 def test_back_pressure_bounds_what_is_in_flight():
     pulled = [0]
     in_flight = []
@@ -173,6 +196,22 @@ def test_engine_error_stops_the_stream_and_is_reported():
     assert [e.where for e in got.errors] == ["engine"]
     assert "infinite" in str(got.errors[0].error)
     assert 0 < got.count <= 30
+
+
+def test_a_malformed_source_item_fails_the_run_loudly():
+    """Regressors with some observations and not with others: the run stops with an engine error
+    (the engine thread does not die silently)."""
+    spec = {"level": {"kind": "local_level"}, "regression": {"columns": ["x"]}}
+    filt = engine.OnlineFilter(spec, np.array([[1.0, 0.5, 2.0]]), rejuvenate=False)
+    items = [(1.0, [0.5]), (2.0, [0.1]), 3.0, (4.0, [0.2])]
+    runner = engine.StreamRunner(filt, iter(items), batch_size=8)
+    got = Collector()
+    runner.subscribe(got)
+    runner.start(paused=True)
+    runner.step(4)
+    runner.join(HANG_GUARD)
+    assert not runner.running and runner.failed
+    assert [e.where for e in got.errors] == ["engine"] and "regressors" in str(got.errors[0].error)
 
 
 def test_a_failing_subscriber_does_not_stop_the_stream():
