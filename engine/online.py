@@ -956,9 +956,13 @@ class OnlineFilter:
     def check_input(self, ys, exog=None) -> tuple[np.ndarray, np.ndarray | None]:
         """Validated (ys (time,), exog (time, k) or None) for an update; raises naming what is wrong."""
         try:
-            ys = np.asarray(ys, dtype=float).reshape(-1)
+            arr = np.asarray(ys, dtype=float)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"observations must be numbers (NaN for missing): {exc}") from None
+        if arr.size != max(arr.shape, default=1):   # (time, 1 + k) would be read as (1 + k)·time values
+            raise ValueError(f"observations must be one series of shape (time,), got shape {arr.shape}; "
+                             "pass regressors as exog")
+        ys = arr.reshape(-1)
         if len(ys) == 0:
             raise ValueError("an update needs at least one observation")
         if np.isinf(ys).any():

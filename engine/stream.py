@@ -316,9 +316,9 @@ class StreamRunner:
             if item is _END:
                 self._queue.put(_END)   # seen again after this batch
                 break
-            if self._paused:
-                with self._cond:
-                    self._credits_engine -= 1
+            with self._cond:   # a pause() since the check above has reset the credits: none below 0
+                if self._paused:
+                    self._credits_engine = max(0, self._credits_engine - 1)
             batch.append(item)
         return batch
 

@@ -281,6 +281,10 @@ def test_posterior_inputs_and_bad_input_messages():
         filt.forecast(0)
     with pytest.raises(ValueError, match="no regression"):
         filt.update(1.0, exog=[1.0])
+    with pytest.raises(ValueError, match=r"shape \(time,\), got shape \(5, 2\)"):
+        filt.update_many(np.ones((5, 2)))
+    filt.update_many(np.ones((2, 1)))   # a column is one series
+    assert filt.t == 2
 
 
 # -- rejuvenation on a model with a known posterior ------------------------------------------
