@@ -32,7 +32,7 @@ from numpyro.infer.util import ParamInfo, potential_energy
 
 from . import kalman
 from .compiled import on_trim
-from .model import _prepare, _systems, as_param_vector
+from .model import _systems, as_param_vector, prepare_fit
 from .priors import POSITIVE_FAMILIES, Prior, make_distribution, resolve_priors, sample_sites
 from .spec import ModelSpec, as_spec, param_names
 from .system import layout
@@ -185,8 +185,7 @@ class Problem(NamedTuple):
 
 
 def make_problem(spec, y, exog=None, priors: Mapping | None = None) -> Problem:
-    spec = as_spec(spec)
-    spec, _, y, x = _prepare(spec, np.zeros(len(param_names(spec))), y, exog)
+    spec, y, x = prepare_fit(spec, y, exog)
     if not param_names(spec):
         raise ValueError("this model has no parameters to infer (every component is fixed)")
     resolved = resolve_priors(spec, np.asarray(y), None if x is None else np.asarray(x), priors)

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
-from .model import DiffuseConditioningWarning, _prepare, as_param_vector, diffuse_conditioning, loglik
-from .spec import ModelSpec, as_spec, param_names
+from .model import DiffuseConditioningWarning, as_param_vector, diffuse_conditioning, loglik, prepare_fit
+from .spec import ModelSpec, param_names
 from .system import diffuse_states, layout
 from .transforms import constrain, scales, unconstrain
 
@@ -94,8 +94,7 @@ def fit_mle(spec, y, exog=None, *, start=None, maxiter: int = 500, n_starts: int
     Where the exact-diffuse start is ill-conditioned (`diffuse_conditioning`), the likelihood is
     evaluated by the augmented filter, which stays exact there, and the result says so.
     """
-    spec = as_spec(spec)
-    spec, _, y, x = _prepare(spec, np.zeros(len(param_names(spec))), y, exog)
+    spec, y, x = prepare_fit(spec, y, exog)
     names = param_names(spec)
     if not names:
         ll = float(loglik(spec, jnp.zeros(0), y, x))

@@ -19,7 +19,7 @@ from . import augmented as _augmented
 from . import kalman
 from . import parallel as _parallel
 from .spec import ModelSpec, as_spec, param_names
-from .system import (Layout, System, build_system, check_exog, layout, params_from_vector,
+from .system import (Layout, System, build_system, check_exog, diffuse_states, layout, params_from_vector,
                      params_to_vector)
 
 FILTERS = ("standard", "sqrt", "parallel", "auto")
@@ -88,6 +88,20 @@ def _prepare(spec, params, y, exog):
     x = check_exog(spec, exog, y.shape[0])
     x = None if x is None else jnp.asarray(x)[: y.shape[0]]
     return spec, as_param_vector(spec, params), y, x
+
+
+def prepare_fit(spec, y, exog=None) -> tuple[ModelSpec, jnp.ndarray, jnp.ndarray | None]:
+    """`_prepare` for a fit: (spec, y, x), refusing a series that leaves nothing to fit. The exact
+    diffuse likelihood spends the first observations on the d diffuse initial states, so with
+    d or fewer observed values (all NaN, say) it does not depend on the parameters."""
+    spec, _, y, x = _prepare(spec, np.zeros(len(param_names(spec))), y, exog)
+    n_observed = int(np.sum(np.isfinite(np.asarray(y))))
+    n_diffuse = len(diffuse_states(layout(spec)))
+    if n_observed <= n_diffuse:
+        raise ValueError(f"the series has {n_observed} observed value(s) and the model's {n_diffuse} diffuse "
+                         f"initial state(s) take the first {n_diffuse}: nothing is left to fit. Load more data "
+                         "(or fill the gaps), or use a model with fewer components.")
+    return spec, y, x
 
 
 def _filter_for(filter: str, spec: ModelSpec, n_time: int, batch: int = 1) -> tuple[bool, bool]:

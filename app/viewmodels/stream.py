@@ -66,6 +66,16 @@ def fit_posterior(fit: FitModel, bayes=None) -> tuple[ModelSpec, Any, str] | Non
     return r.spec, dict(r.params), "quick fit estimate (S = 1 draw)"
 
 
+def fitted_series(fit: FitModel, posterior) -> np.ndarray | None:
+    """The series (time,) the posterior was fitted to: a NUTS posterior's observed data, else the
+    quick fit's; None when it is not known (a fit restored without its data)."""
+    observed = getattr(posterior, "observed_data", None)
+    if observed is not None and "y" in observed:
+        return np.asarray(observed["y"].values, dtype=float).reshape(-1)
+    result = fit.result
+    return None if result is None or result.y is None else np.asarray(result.y, dtype=float)
+
+
 @dataclass(frozen=True)
 class StreamPlan:
     """Everything a run needs: the model and posterior, the history to catch up on, what to stream."""
@@ -299,8 +309,12 @@ class StreamModel(param.Parameterized):
         if fitted is None:
             raise ValueError("Fit a model first (Fit tab): the stream runs the fitted model's posterior.")
         spec, posterior, label = fitted
-        if self.fit.result is not None and self.fit.result.n_obs < len(y):
-            n_hist = self.fit.result.n_obs   # the fit saw only the first part: stream the rest
+        y_fit = fitted_series(self.fit, posterior)
+        if y_fit is not None and not (len(y_fit) <= len(y) and np.array_equal(y_fit, y[:len(y_fit)], equal_nan=True)):
+            raise ValueError(f"The {label.split(' (')[0]} was fitted to other data ({len(y_fit)} observations that "
+                             f"are not the start of the loaded series): fit the model again (Fit tab).")
+        if y_fit is not None and len(y_fit) < len(y):
+            n_hist = len(y_fit)   # the fit saw only the first part: stream the rest
         else:
             n_hist = int(round(self.history_fraction * len(y)))
         if n_hist >= len(y):

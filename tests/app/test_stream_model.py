@@ -119,6 +119,20 @@ def test_a_failed_refit_is_reported_and_the_stream_goes_on(session):
     assert model.shutdown()
 
 
+def test_a_fit_of_other_data_is_not_streamed(session):
+    """After switching dataset, Play refuses the old fit (it names why) until the model is fitted
+    again; then the new data streams."""
+    data, fit, model = session
+    data.dataset = "airpassengers"
+    assert model.play() is None
+    assert model.status == "error" and "fitted to other data" in model.message, model.message
+    fit.run_quick_fit().result()
+    model.max_speed = True
+    model.play().result()
+    _wait_for(lambda: model.status == "finished")
+    assert model.n_total == len(data.y) - int(round(model.history_fraction * len(data.y)))
+
+
 def test_step_pause_play_stop_and_shutdown(session):
     _, _, model = session
     model.rate = 5.0

@@ -153,3 +153,19 @@ def test_fit_on_an_ill_conditioned_diffuse_start_says_so():
     with warnings.catch_warnings():
         warnings.simplefilter("error", engine.DiffuseConditioningWarning)
         assert engine.fit_mle({"level": {"kind": "local_level"}}, nile()).warnings == ()
+
+
+@pytest.mark.parametrize("n_observed", [0, 2])
+def test_a_series_that_leaves_nothing_to_fit_is_refused(n_observed):
+    """With no more observed values than diffuse states (2 for a local linear trend) the exact
+    diffuse likelihood does not depend on the parameters: every fit refuses, naming why."""
+    spec = {"level": {"kind": "local_linear_trend"}}
+    y = np.full(12, np.nan)
+    y[[3, 7][:n_observed]] = [1.0, 2.0][:n_observed]
+    assert float(engine.loglik(spec, [1.0, 0.5, 0.1], y)) == pytest.approx(
+        float(engine.loglik(spec, [3.0, 0.1, 2.0], y)), abs=1e-12)   # flat: nothing to fit
+    for fit in (engine.fit_mle, engine.fit_map):
+        with pytest.raises(ValueError, match=f"{n_observed} observed value.*2 diffuse"):
+            fit(spec, y)
+    y[[1, 5, 9]] = [1.5, 0.2, 2.5]   # more observations than diffuse states: a likelihood to maximise
+    assert engine.fit_mle(spec, y).n_obs == 12
