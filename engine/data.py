@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -23,13 +24,20 @@ DATASETS_DIR = Path(__file__).resolve().parent.parent / "datasets"
 CATALOGUE_FILE = DATASETS_DIR / "catalogue.json"
 
 MAX_TABLE_BYTES = 10 * 1024 * 1024
+MAX_YEAR = 9999                # integer years, either side of year 0
+MAX_INTEGER_TIME = 2**62       # integer times: any two differ by less than 2**63, so steps fit in int64
 MISSING_TOKENS = frozenset({"", "na", "nan", "n/a", "null", "none", "-", "."})
 TIME_NAMES = ("time", "date", "datetime", "timestamp", "ds", "year", "month", "quarter", "week",
               "day", "period", "t", "index")
 # Calendar grids tried coarsest first when the caller gives no frequency: the first
 # grid that contains every timestamp is the series' frequency.
 CANDIDATE_FREQS = ("YS", "YE", "QS", "QE", "MS", "ME", "W", "D", "h", "min", "s")
+# The longest step of the calendar grids whose steps vary in length (see `_grid_too_large`).
+_LONGEST_STEP = {"YS": pd.Timedelta(days=366), "YE": pd.Timedelta(days=366), "QS": pd.Timedelta(days=92),
+                 "QE": pd.Timedelta(days=92), "MS": pd.Timedelta(days=31), "ME": pd.Timedelta(days=31),
+                 "W": pd.Timedelta(days=7), "D": pd.Timedelta(days=1)}
 _MAX_LISTED = 5
+_INTEGER = re.compile(r"[+-]?\d+")  # \d: the decimal digits int() takes
 
 
 class DataError(ValueError):
@@ -47,6 +55,14 @@ def _lines(rows: list[int]) -> str:
     return f"lines {', '.join(shown[:-1])} and {shown[-1]}"
 
 
+def format_size(n_bytes: int) -> str:
+    """A size as people read it ('10 MB', '15.7 MB', '512 KB'; 1 MB = 2**20 bytes), the same in every message."""
+    for unit, size in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if n_bytes >= size:
+            return f"{round(n_bytes / size, 1):g} {unit}"
+    return f"{n_bytes} bytes"
+
+
 def _read_bytes(source: bytes | bytearray | memoryview | BinaryIO, max_bytes: int | None) -> bytes:
     """The raw bytes, refusing anything larger than `max_bytes` before it is parsed."""
     if isinstance(source, (str, Path)):
@@ -60,7 +76,7 @@ def _read_bytes(source: bytes | bytearray | memoryview | BinaryIO, max_bytes: in
     else:
         raise DataError(f"cannot read a table from a {type(source).__name__}; give bytes or a binary file")
     if max_bytes is not None and len(raw) > max_bytes:
-        raise DataError(f"the file is larger than the {max_bytes / 1e6:.1f} MB limit; "
+        raise DataError(f"the file is larger than the {format_size(max_bytes)} limit; "
                         "upload a smaller file (fewer rows or columns)")
     return raw
 
@@ -145,19 +161,66 @@ def detect_time_column(header: list[str]) -> str | None:
     return None
 
 
+def _is_integer(value: str) -> bool:
+    """An optionally signed run of decimal digits (str.isdigit would also take '²', which int() refuses)."""
+    return _INTEGER.fullmatch(value) is not None
+
+
+def _integer(value: str) -> int | float:
+    """int(value), or ±inf past 19 digits: beyond every limit here (and int() refuses over 4300 digits)."""
+    if len(value.lstrip("+-").lstrip("0")) <= 19:
+        return int(value)
+    return -math.inf if value.startswith("-") else math.inf
+
+
+def _utc_offsets(name: str, values: list[str], lines: list[int]) -> pd.Series:
+    """ISO dates where some carry a UTC offset: all converted to UTC, but only if none lacks one.
+
+    Offsets may differ between rows (local time across a DST change, or 'Z' next to '+01:00');
+    a time without an offset among times with one has no defined instant, so it is refused.
+    """
+    parsed = pd.to_datetime(pd.Series(values), format="ISO8601", errors="coerce", utc=True)
+    aware: list[bool | None] = []
+    for v in values:
+        try:
+            aware.append(pd.Timestamp(v).tzinfo is not None)
+        except (ValueError, OverflowError):
+            aware.append(None)  # not a date at all: the caller reports it as such
+    naive = [i for i, a in enumerate(aware) if a is False]
+    if naive and True in aware:
+        first = aware.index(True)
+        raise DataError(f"time column '{name}' mixes times with a UTC offset (e.g. line {lines[first]}: "
+                        f"{values[first]!r}) and times without one on {_lines([lines[i] for i in naive])} "
+                        f"(e.g. {values[naive[0]]!r}); give every time an offset (or Z), or none")
+    return parsed
+
+
 def _parse_time(name: str, values: list[str], lines: list[int]) -> pd.Index:
     """Integer years (1000-2999, or a column called 'year') → 1 January; other integers → an
     integer index; anything else must be an ISO-like date."""
     missing = [lines[i] for i, v in enumerate(values) if v.lower() in MISSING_TOKENS]
     if missing:
         raise DataError(f"time column '{name}' is empty on {_lines(missing)}; every row needs a time")
-    ints = [v.lstrip("+-").isdigit() for v in values]
-    if all(ints):
-        stamps = np.array([int(v) for v in values])
-        if name.lower() == "year" or (stamps.min() >= 1000 and stamps.max() <= 2999):
-            return pd.DatetimeIndex(pd.to_datetime(pd.Series(stamps).astype(str), format="%Y"), name="time")
+    if all(_is_integer(v) for v in values):
+        numbers = [_integer(v) for v in values]
+        is_year = name.lower() == "year" or (min(numbers) >= 1000 and max(numbers) <= 2999)
+        limit = MAX_YEAR if is_year else MAX_INTEGER_TIME
+        out = [i for i, n in enumerate(numbers) if abs(n) > limit]
+        if out:
+            rule = (f"years must lie between -{MAX_YEAR} and {MAX_YEAR}" if is_year else
+                    f"integer times must lie between -{MAX_INTEGER_TIME:.3g} and {MAX_INTEGER_TIME:.3g}")
+            raise DataError(f"time column '{name}' has values out of range on {_lines([lines[i] for i in out])} "
+                            f"(e.g. {values[out[0]]!r}); {rule}")
+        stamps = np.array(numbers, dtype="int64")
+        if is_year:  # numpy counts datetime64[Y] from 1970
+            return pd.DatetimeIndex((stamps - 1970).astype("datetime64[Y]").astype("datetime64[us]"), name="time")
         return pd.Index(stamps, dtype="int64", name="time")
-    parsed = pd.to_datetime(pd.Series(values), format="ISO8601", errors="coerce")
+    try:
+        parsed = pd.to_datetime(pd.Series(values), format="ISO8601", errors="coerce")
+    except ValueError:  # pandas refuses different UTC offsets, or offsets mixed with none, without utc=True
+        parsed = None
+    if parsed is None or parsed.dtype == object:
+        parsed = _utc_offsets(name, values, lines)
     bad = [lines[i] for i in np.flatnonzero(parsed.isna().to_numpy())]
     if bad:
         example = values[next(i for i, ok in enumerate(parsed.notna()) if not ok)]
@@ -182,6 +245,21 @@ def _check_order(name: str, index: pd.Index, lines: list[int]) -> None:
                         f"{_lines(rows)}; sort the file by time, or ask for the rows to be sorted")
 
 
+def _grid_too_large(index: pd.DatetimeIndex, freq: str) -> bool:
+    """Whether the grid of `freq` from the first to the last time surely has over 4 steps per time.
+
+    Checked before the grid is built: two times 8000 years apart on a grid of seconds would not fit
+    in memory. A step's longest length gives the fewest steps the grid can have.
+    """
+    longest = _LONGEST_STEP.get(freq)
+    if longest is None:
+        offset = pd.tseries.frequencies.to_offset(freq)
+        if not isinstance(offset, pd.offsets.Tick):
+            return False
+        longest = pd.Timedelta(offset.nanos, "ns")
+    return (index[-1] - index[0]).total_seconds() / longest.total_seconds() + 1 > 4 * len(index)
+
+
 def _regular_grid(index: pd.Index, freq: str | None) -> tuple[pd.Index, str | None]:
     """The regular grid that the times lie on (missing time steps included), and its frequency."""
     if isinstance(index, pd.DatetimeIndex):
@@ -189,19 +267,23 @@ def _regular_grid(index: pd.Index, freq: str | None) -> tuple[pd.Index, str | No
             return pd.DatetimeIndex(index, freq=freq, name="time"), freq
         candidates = (freq,) if freq else CANDIDATE_FREQS
         for f in candidates:
+            if _grid_too_large(index, f):
+                continue
             grid = pd.date_range(index[0], index[-1], freq=f, name="time")
             if len(grid) and grid[0] == index[0] and index.isin(grid).all() and len(grid) <= 4 * len(index):
                 return grid, f
+        if freq and _grid_too_large(index, freq):
+            raise DataError(f"the times are too sparse for the frequency '{freq}' (most steps missing)")
         if freq:
             off = [t for t in index if t not in set(pd.date_range(index[0], index[-1], freq=freq))]
             raise DataError(f"the times do not follow the frequency '{freq}' (e.g. {off[0] if off else index[-1]})")
         raise DataError("the times are not on a regular calendar grid (yearly, quarterly, monthly, weekly, "
                         "daily, hourly, …); a state space model needs equally spaced time steps")
-    values = index.to_numpy()
-    step = int(np.gcd.reduce(np.diff(values))) if len(values) > 1 else 1
-    grid = pd.Index(np.arange(values[0], values[-1] + 1, step), dtype="int64", name="time")
-    if len(grid) > 4 * len(values):
+    values = [int(v) for v in index]  # Python integers: no overflow in the steps
+    step = math.gcd(*(b - a for a, b in zip(values, values[1:]))) if len(values) > 1 else 1
+    if (values[-1] - values[0]) // step + 1 > 4 * len(values):
         raise DataError("the integer times are too sparse to form a regular series (most steps missing)")
+    grid = pd.Index(np.arange(values[0], values[-1] + 1, step), dtype="int64", name="time")
     return grid, None if step == 1 else str(step)
 
 
@@ -242,7 +324,7 @@ def read_table(source: bytes | BinaryIO, *, max_bytes: int | None = MAX_TABLE_BY
     grid, grid_freq = _regular_grid(index, freq)
     filled = len(grid) - len(index)
     frame = frame.reindex(grid)
-    if isinstance(grid, pd.DatetimeIndex) and pd.Series(columns[time_col]).str.lstrip("+-").str.isdigit().all():
+    if isinstance(grid, pd.DatetimeIndex) and all(_is_integer(v) for v in columns[time_col]):
         frame.insert(0, time_col, grid.year.astype("int64"))   # integer years stay integer years
     elif isinstance(grid, pd.DatetimeIndex):
         frame.insert(0, time_col, grid.to_series().to_numpy())

@@ -20,10 +20,11 @@ from engine.fleet import ANOMALY_Z
 from engine.spec import ModelSpec
 
 from ..workers import SessionWorker
-from .data_model import NO_TIME, UPLOAD, DataModel
+from .data_model import UPLOAD, DataModel
 from .spec_model import SpecModel
 
 SYNTHETIC = "synthetic fleet"
+NO_UPLOAD = "Upload a wide CSV: a time column and one numeric column per series."
 SPEC_SUGGESTED = "suggested for the data"
 SPEC_MODEL_TAB = "the Model tab's spec"
 METHODS = ("mle", "map", "filter", "nuts")
@@ -203,15 +204,26 @@ class FleetModel(param.Parameterized):
     def _on_source(self):
         if self.source == SYNTHETIC:
             self.n_series = self.param.n_series.default
-        if self.source in (SYNTHETIC, UPLOAD):
-            self._set(data_error="" if self.source == SYNTHETIC or self._has_upload() else
-                      "Upload a wide CSV: a time column and one numeric column per series.")
+            self._set(data_error="")
             return
-        self.source_table.dataset = self.source
+        self.source_table.dataset = self.source  # UPLOAD: the last upload again, if there was one
+        if self.source == UPLOAD and not self._has_upload():
+            self._set(data_error=NO_UPLOAD)
+            return
         self._table_loaded()
 
     def _has_upload(self) -> bool:
         return self.source_table.dataset == UPLOAD and self.source_table.frame is not None
+
+    def _data_problem(self) -> str:
+        """Why the chosen series cannot be fitted, or ''; a failed upload that kept the table is no reason."""
+        if self.source == SYNTHETIC:
+            return ""
+        if self.source == UPLOAD and not self._has_upload():
+            return NO_UPLOAD
+        if self.source_table.frame is None:
+            return "No table is loaded."
+        return self.source_table.choice_error
 
     def load_upload(self, raw: bytes, filename: str = "upload.csv") -> bool:
         """Parse an uploaded wide CSV with the Data tab's parser; on failure say why and keep the rest."""
@@ -238,8 +250,9 @@ class FleetModel(param.Parameterized):
         """The chosen series (a synthetic fleet is drawn here: call it in the worker)."""
         if self.source == SYNTHETIC:
             return synthetic_fleet(self.n_series, self.n_time, self.seed)
-        if self.source_table.frame is None or self.data_error:
-            raise ValueError(self.data_error or "no table is loaded")
+        problem = self._data_problem()
+        if problem:
+            raise ValueError(problem)
         titles = series_titles(self.source) if self.source not in (SYNTHETIC, UPLOAD) else {}
         return table_fleet(self.source_table, self.n_series, self.log_transform, titles)
 
@@ -284,8 +297,9 @@ class FleetModel(param.Parameterized):
         """Start the fleet job in the worker; progress arrives through the session's event loop."""
         if self.busy:
             return None
-        if self.data_error:
-            self._set(status="error", message=self.data_error)
+        problem = self._data_problem()
+        if problem:
+            self._set(status="error", message=problem)
             return None
         try:
             address = self._check_address()

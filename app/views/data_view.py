@@ -1,14 +1,126 @@
-"""The Data tab: choose a dataset or upload a CSV, pick columns, see the series."""
+"""The Data tab: choose a dataset or upload a CSV, pick columns, see the series; and the upload box
+that every upload of the app uses."""
 
 from __future__ import annotations
 
+import binascii
+from base64 import b64decode
+
 import panel as pn
 import param
+from panel.custom import JSComponent
 
-from engine.data import MAX_TABLE_BYTES
+from engine.data import MAX_TABLE_BYTES, format_size
 
 from ..plots import series_plot
 from ..viewmodels import DataModel
+
+CHUNK_BYTES = 2 * 2**20  # one websocket message per 2 MB of file (2.7 MB as base64), far below Bokeh's 20 MB
+
+
+class UploadBox(JSComponent):
+    """A file box whose browser side checks the file's size before reading it, then sends it in chunks.
+
+    A file over `max_bytes` never leaves the browser; the box says why instead. Panel's FileInput sends
+    a file as one base64 message, and one over Bokeh's websocket limit (20 MB) closes the session
+    without a word. `value` and `filename` are set as FileInput sets them, once the last chunk is in.
+    """
+
+    accept = param.String(default="", doc="File types offered in the browser's dialog, e.g. '.csv,text/csv'")
+    max_bytes = param.Integer(default=MAX_TABLE_BYTES, bounds=(0, None), doc="The largest file accepted")
+    chunk_bytes = param.Integer(default=CHUNK_BYTES, bounds=(1, None), doc="Bytes of the file per message")
+    message = param.String(default="", doc="Why the last file was refused (shown under the box)")
+    filename = param.String(default=None, allow_None=True, doc="The last file's name")
+    value = param.Bytes(default=None, allow_None=True, doc="The last file's content")
+
+    _rename = {"filename": None, "value": None}  # server-side only: the file arrives by messages
+
+    _esm = """
+    function base64(blob) {
+      return new Promise((resolve, reject) => {
+        const reader = new FileReader()
+        reader.onload = () => resolve(reader.result.slice(reader.result.indexOf(",") + 1))
+        reader.onerror = () => reject(reader.error)
+        reader.readAsDataURL(blob)
+      })
+    }
+
+    export function render({ model, el }) {
+      const input = document.createElement("input")
+      input.type = "file"
+      input.accept = model.accept
+      const progress = document.createElement("div")
+      progress.className = "upload-progress"
+      const note = document.createElement("div")
+      note.className = "upload-message"
+      const show = () => { note.textContent = model.message; note.hidden = !model.message }
+      model.on("message", show)
+      show()
+      let latest = 0  // a file chosen while another is being sent stops the older one
+      input.addEventListener("change", async () => {
+        const file = input.files[0]
+        input.value = ""  // choosing the same file again is a new upload
+        if (!file) return
+        const upload = ++latest
+        progress.textContent = ""
+        if (file.size > model.max_bytes) {
+          model.send_msg({ kind: "refused", name: file.name, size: file.size })
+          return
+        }
+        const step = model.chunk_bytes
+        const total = Math.max(1, Math.ceil(file.size / step))
+        for (let i = 0; i < total; i++) {
+          if (total > 1) progress.textContent = `Sending ${file.name}: ${Math.round(100 * i / total)}%`
+          const data = await base64(file.slice(i * step, (i + 1) * step))
+          if (upload !== latest) return
+          model.send_msg({ kind: "chunk", name: file.name, size: file.size, index: i, total: total, data: data })
+        }
+        progress.textContent = `${file.name}: sent`  // the box itself shows no file once cleared
+      })
+      el.append(input, progress, note)
+    }
+    """
+
+    _stylesheets = ["""
+    :host { display: flex; flex-direction: column; }
+    input { font: inherit; max-width: 100%; }
+    .upload-progress { color: #555; font-size: 0.9em; }
+    .upload-progress:empty { display: none; }
+    .upload-message { color: #842029; background: #f8d7da; border: 1px solid #f5c2c7; border-radius: 4px;
+                      padding: 4px 8px; margin-top: 4px; }
+    """]
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self._parts: list[bytes] = []
+
+    def _handle_msg(self, msg) -> None:
+        """One message from the browser: a refusal, or one chunk of a file (the last sets `value`)."""
+        try:
+            name, size = str(msg["name"]), int(msg["size"])
+            if msg["kind"] == "refused" or size > self.max_bytes:
+                self._parts = []
+                self.message = (f"{name} is {format_size(size)}, over the {format_size(self.max_bytes)} limit, "
+                                "so it was not uploaded: choose a smaller file.")
+                return
+            index, total = int(msg["index"]), int(msg["total"])
+            if index == 0:
+                self._parts, self.message = [], ""
+            if index != len(self._parts) or index >= total:
+                raise ValueError(f"part {index + 1} of {total} arrived out of order")
+            self._parts.append(b64decode(msg["data"], validate=True))
+            if sum(map(len, self._parts)) > size:
+                raise ValueError("more bytes arrived than the file has")
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            self._parts = []
+            self.message = f"The upload failed ({exc}); please choose the file again."
+            return
+        if len(self._parts) < total:
+            return
+        raw, self._parts = b"".join(self._parts), []
+        with param.parameterized.discard_events(self):
+            self.value = None  # the same file again is a new value
+        self.param.update(filename=name, value=raw)
 
 
 def error_alert(model: param.Parameterized, name: str = "error") -> pn.pane.Alert:
@@ -28,11 +140,11 @@ class DataView(pn.viewable.Viewer):
     def __init__(self, **params):
         super().__init__(**params)
         m = self.model
-        self._upload = pn.widgets.FileInput(accept=".csv,text/csv", multiple=False, name="Upload a CSV")
+        self._upload = UploadBox(accept=".csv,text/csv", max_bytes=MAX_TABLE_BYTES, name="Upload a CSV")
         self._upload.param.watch(self._on_upload, "value")
         self._layout = pn.Column(
             pn.Row(pn.widgets.Select.from_param(m.param.dataset, name="Dataset"),
-                   pn.Column(pn.pane.Markdown(f"**…or upload a CSV** (at most {MAX_TABLE_BYTES // 2**20} MB)",
+                   pn.Column(pn.pane.Markdown(f"**…or upload a CSV** (at most {format_size(MAX_TABLE_BYTES)})",
                                               margin=(0, 5)), self._upload)),
             error_alert(m),
             pn.pane.Markdown(m.param.description, sizing_mode="stretch_width"),

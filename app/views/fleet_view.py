@@ -11,11 +11,11 @@ import param
 from bokeh.models.widgets.tables import HTMLTemplateFormatter, NumberFormatter, ScientificFormatter
 
 import engine
-from engine.data import MAX_TABLE_BYTES
+from engine.data import MAX_TABLE_BYTES, format_size
 
 from ..plots import _OPTS, BAND_Z
 from ..viewmodels.fleet_model import DrillDown, FleetModel
-from .data_view import error_alert
+from .data_view import UploadBox, error_alert
 
 BADGE = HTMLTemplateFormatter(template=(
     '<span class="fleet-badge" style="padding:1px 8px;border-radius:8px;color:white;background:'
@@ -52,7 +52,7 @@ class FleetView(pn.viewable.Viewer):
     def __init__(self, **params):
         super().__init__(**params)
         m, w = self.model, pn.widgets
-        upload = w.FileInput(accept=".csv,text/csv", multiple=False)
+        upload = UploadBox(accept=".csv,text/csv", max_bytes=MAX_TABLE_BYTES)
         upload.param.watch(lambda e: e.new is not None and m.load_upload(e.new, upload.filename or "upload.csv"),
                            "value")
         self._nuts = pn.Row(w.IntInput.from_param(m.param.nuts_chains, name="NUTS chains", width=100),
@@ -88,7 +88,7 @@ class FleetView(pn.viewable.Viewer):
             "## Fleet: many series at once",
             pn.Row(w.Select.from_param(m.param.source, name="Series", width=220),
                    pn.Column(pn.pane.Markdown(f"**…or upload a wide CSV** (one column per series, at most "
-                                              f"{MAX_TABLE_BYTES // 2**20} MB)", margin=(0, 5)), upload)),
+                                              f"{format_size(MAX_TABLE_BYTES)})", margin=(0, 5)), upload)),
             error_alert(m, "data_error"),
             pn.Row(w.IntInput.from_param(m.param.n_series, name="Series (first N)", width=130), self._synthetic,
                    w.Checkbox.from_param(m.param.log_transform, name="Fit log(series)", align="end")),

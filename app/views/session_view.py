@@ -5,7 +5,8 @@ from __future__ import annotations
 import panel as pn
 import param
 
-from ..viewmodels.session_file import SessionFileModel
+from ..viewmodels.session_file import MAX_FILE_BYTES, SessionFileModel
+from .data_view import UploadBox
 
 FILENAME = "streamssm-session.zip"
 
@@ -18,7 +19,7 @@ class SessionView(pn.viewable.Viewer):
         m = self.model
         save = pn.widgets.FileDownload(callback=m.save, filename=FILENAME, label="Save session (.zip)",
                                        button_type="primary", width=220, css_classes=["session-save"])
-        upload = pn.widgets.FileInput(accept=".zip", multiple=False, width=260, css_classes=["session-upload"])
+        upload = UploadBox(accept=".zip", max_bytes=MAX_FILE_BYTES, width=260, css_classes=["session-upload"])
         upload.param.watch(lambda e: e.new and m.load(e.new, upload.filename or FILENAME), "value")
         self._status = pn.pane.Alert("", visible=False, sizing_mode="stretch_width", css_classes=["session-status"])
         m.param.watch(self._on_status, ["status", "message"])

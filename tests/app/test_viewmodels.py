@@ -16,13 +16,6 @@ from engine.spec import TREND_KINDS, ModelSpec
 
 
 @pytest.fixture
-def worker():
-    w = SessionWorker("test")
-    yield w
-    w.shutdown()
-
-
-@pytest.fixture
 def models(worker):
     data = DataModel(dataset="nile")
     spec = SpecModel(data)

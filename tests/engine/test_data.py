@@ -214,3 +214,52 @@ def test_sorting_only_when_asked():
 def test_catalogue_frequency_is_enforced():
     with pytest.raises(DataError, match="frequency 'MS'"):
         read_table(_csv("month,y\n2020-01-01,1\n2020-01-15,2\n"), freq="MS")
+
+
+@pytest.mark.parametrize("text, words", [
+    # a time without a UTC offset among times with one names no instant
+    ("date,y\n2020-01-01T00:00:00+01:00,1\n2020-01-02T00:00:00,2\n2020-01-03T00:00:00Z,3\n",
+     ["'date'", "UTC offset", "line 3", "'2020-01-02T00:00:00'"]),
+    # integers beyond int64 (and beyond the range whose steps fit in int64)
+    ("t,y\n99999999999999999999,1\n99999999999999999999,2\n", ["'t'", "out of range", "lines 2 and 3"]),
+    ("t,y\n-9000000000000000000,1\n9000000000000000000,2\n", ["'t'", "out of range", "lines 2 and 3"]),
+    ("t,y\n1,1\n" + "9" * 5000 + ",2\n", ["'t'", "out of range", "line 3"]),  # int() refuses 4300+ digits
+    ("year,y\n99999,1\n100000,2\n", ["'year'", "out of range", "years must lie between -9999 and 9999"]),
+    ("t,y\n\u00b2,1\n\u00b3,2\n", ["'t'", "not dates", "lines 2 and 3"]),  # '²'.isdigit(), but not an integer
+    # two times 8000 years apart would need a grid of 2.5e11 seconds: refused before it is built
+    ("date,y\n0001-01-01,1\n8001-01-01T00:00:01,2\n", ["regular calendar grid"]),
+    ("t,y\n0,1\n1,2\n4000000000000000000,3\n", ["too sparse"]),
+], ids=["naive-among-offsets", "beyond-int64", "steps-beyond-int64", "5000-digits", "year-99999", "superscript",
+        "grid-of-seconds-over-8000-years", "sparse-integers"])
+def test_odd_time_values_are_data_errors(text, words):
+    """Every malformed time column gives a DataError naming the problem, never another exception."""
+    with pytest.raises(DataError) as exc:
+        read_table(_csv(text))
+    for w in words:
+        assert w in str(exc.value), (w, str(exc.value))
+
+
+def test_utc_offsets_that_differ_are_converted_to_utc():
+    """Local times across a DST change ('+01:00', then '+02:00') and 'Z' are one hourly series in UTC."""
+    stamps = ["2024-03-31T00:00:00+01:00", "2024-03-31T01:00:00+01:00", "2024-03-31T03:00:00+02:00",
+              "2024-03-31T02:00:00Z"]
+    df = read_table(_csv("date,y\n" + "".join(f"{s},{i}\n" for i, s in enumerate(stamps))))
+    expected = pd.to_datetime(pd.Series(stamps), format="ISO8601", utc=True).dt.tz_localize(None)
+    assert list(df.index) == list(expected) and df.attrs["freq"] == "h"
+    np.testing.assert_array_equal(df["y"].to_numpy(), [0.0, 1.0, 2.0, 3.0])
+
+
+def test_years_outside_1000_2999_in_a_year_column():
+    """A column called 'year' holds years whatever their size (within ±9999): 1 January of each."""
+    df = read_table(_csv("year,y\n1,1\n2,2\n3,3\n"))
+    assert [t.year for t in df.index] == [1, 2, 3] and list(df["year"]) == [1, 2, 3]
+    assert df.attrs["freq"] == "YS"
+
+
+def test_size_limit_is_stated_as_the_page_states_it():
+    from engine.data import MAX_TABLE_BYTES, format_size
+
+    assert [format_size(n) for n in (MAX_TABLE_BYTES, 64 * 2**20, 16_500_000, 1536, 100)] == [
+        "10 MB", "64 MB", "15.7 MB", "1.5 KB", "100 bytes"]
+    with pytest.raises(DataError, match="larger than the 10 MB limit"):
+        read_table(b"y\n" + b"1\n" * (MAX_TABLE_BYTES // 2 + 1))
