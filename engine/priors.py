@@ -44,6 +44,7 @@ FAMILIES: dict[str, tuple[type, tuple[str, ...]]] = {
 POSITIVE_ARGS = {"scale", "df", "concentration", "rate", "concentration1", "concentration0"}
 POSITIVE_FAMILIES = {"half_normal", "half_cauchy", "half_student_t", "inverse_gamma", "log_normal",
                      "exponential", "gamma"}
+AUTO = "auto"   # an argument given as "auto" takes its data-scaled value
 
 
 class Prior(NamedTuple):
@@ -106,6 +107,22 @@ def _support_problem(name: str, prior: Prior, spec: ModelSpec) -> str | None:
     return None
 
 
+def _given(spec: ModelSpec, priors: Mapping | None) -> dict[str, dict]:
+    """The priors asked for, the spec's and then the `priors` argument's, by sample site; ValueError
+    for a name that is not one of the model's sites."""
+    sites = sample_sites(spec)
+    given = {k: dict(v) for k, v in spec.priors}
+    given.update(dict(priors or {}))
+    if spec.ar_order == 1 and "ar.L1" in given:  # for AR(1) the PACF is the coefficient
+        given["pacf.L1"] = given.pop("ar.L1")
+    unknown = sorted(map(str, set(given) - set(sites)))
+    if unknown:
+        hint = " (priors on AR coefficients go on their partial autocorrelations pacf.L1, …)" \
+            if any(u.startswith("ar.") for u in unknown) else ""
+        raise ValueError(f"prior for unknown parameter(s) {unknown}{hint}; the model's parameters are {sites}")
+    return given
+
+
 def resolve_priors(spec, y=None, exog=None, priors: Mapping | None = None) -> dict[str, Prior]:
     """Priors for every sampled site: the spec's and the `priors` argument's, then defaults.
 
@@ -113,61 +130,79 @@ def resolve_priors(spec, y=None, exog=None, priors: Mapping | None = None) -> di
     support that does not fit the parameter's constraint.
     """
     spec = as_spec(spec)
-    sites = sample_sites(spec)
+    given = _given(spec, priors)
     y_arr = np.zeros(2) if y is None else np.asarray(getattr(y, "values", y), dtype=float)
     x_arr = None if exog is None else np.asarray(getattr(exog, "values", exog), dtype=float)
     if x_arr is not None and x_arr.ndim == 1:
         x_arr = x_arr[:, None]
     scale = {n.replace("ar.", "pacf.") if n.startswith("ar.L") else n: v
              for n, v in scales(spec, y_arr, x_arr).items()}
-    given = {k: dict(v) for k, v in spec.priors}
-    given.update({k: dict(v) for k, v in (priors or {}).items()})
-    if spec.ar_order == 1 and "ar.L1" in given:  # for AR(1) the PACF is the coefficient
-        given["pacf.L1"] = given.pop("ar.L1")
-    unknown = sorted(set(given) - set(sites))
-    if unknown:
-        hint = " (priors on AR coefficients go on their partial autocorrelations pacf.L1, …)" \
-            if any(u.startswith("ar.") for u in unknown) else ""
-        raise ValueError(f"prior for unknown parameter(s) {unknown}{hint}; the model's parameters are {sites}")
     out = {}
-    for name in sites:
+    for name in sample_sites(spec):
         default = _default(spec, name, scale)
         if name not in given:
             out[name] = default
             continue
-        out[name] = prior = _parse(name, given[name], default)
-        problem = _support_problem(name, prior, spec)
-        if problem:
-            raise ValueError(f"prior for {name}: {prior.family} does not fit this parameter: {problem}")
+        family, args = _arguments(name, given[name])
+        args = [_argument(name, family, a, _auto_argument(name, family, a, default)) if isinstance(v, str) else v
+                for a, v in zip(FAMILIES[family][1], args)]   # the strings left are 'auto'
+        out[name] = _checked(name, Prior(family, tuple(args)), spec)
     return out
 
 
-def _parse(name: str, d: Mapping, default: Prior) -> Prior:
+def check_priors(spec, priors: Mapping | None = None) -> None:
+    """Validate priors without the data: names, families, argument names and values, and the
+    support where every argument is a number. 'auto' arguments take their value (and its checks)
+    from the data, in `resolve_priors`. Raises ValueError naming the parameter, as `resolve_priors`."""
+    spec = as_spec(spec)
+    for name, d in _given(spec, priors).items():
+        family, args = _arguments(name, d)
+        if AUTO not in args:
+            _checked(name, Prior(family, tuple(args)), spec)
+
+
+def _arguments(name: str, d) -> tuple[str, list]:
+    """The family of one prior and its arguments in constructor order, each a checked number or
+    'auto'; ValueError naming the parameter otherwise."""
+    if not isinstance(d, Mapping):
+        raise ValueError(f"prior for {name}: expected a dict like {{'dist': 'half_normal', 'scale': 'auto'}}, "
+                         f"got {d!r}")
     d = dict(d)
     family = d.pop("dist", None)
-    if family not in FAMILIES:
+    if not isinstance(family, str) or family not in FAMILIES:
         raise ValueError(f"prior for {name}: 'dist' must be one of {sorted(FAMILIES)}, got {family!r}")
     arg_names = FAMILIES[family][1]
-    extra = sorted(set(d) - set(arg_names))
+    extra = sorted(map(str, set(d) - set(arg_names)))
     if extra:
         raise ValueError(f"prior for {name}: {family} takes arguments {list(arg_names)}, not {extra}")
     args = []
     for a in arg_names:
-        v = d.get(a, "auto")
-        if v == "auto":
-            v = _auto_argument(name, family, a, default)
-        try:
-            v = float(v)
-        except (TypeError, ValueError):
-            raise ValueError(f"prior for {name}: argument {a} must be a number or 'auto', got {v!r}") from None
-        if not np.isfinite(v):
-            raise ValueError(f"prior for {name}: argument {a} must be finite, got {v}")
-        if a in POSITIVE_ARGS and v <= 0:
-            raise ValueError(f"prior for {name}: argument {a} of {family} must be positive, got {v}")
-        args.append(v)
-    if family == "uniform" and not args[0] < args[1]:
-        raise ValueError(f"prior for {name}: uniform needs low < high, got low={args[0]}, high={args[1]}")
-    return Prior(family, tuple(args))
+        v = d.get(a, AUTO)
+        args.append(AUTO if isinstance(v, str) and v == AUTO else _argument(name, family, a, v))
+    return family, args
+
+
+def _argument(name: str, family: str, arg: str, v) -> float:
+    """One argument as a finite number, positive where the family needs it."""
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"prior for {name}: argument {arg} must be a number or 'auto', got {v!r}") from None
+    if not np.isfinite(v):
+        raise ValueError(f"prior for {name}: argument {arg} must be finite, got {v}")
+    if arg in POSITIVE_ARGS and v <= 0:
+        raise ValueError(f"prior for {name}: argument {arg} of {family} must be positive, got {v}")
+    return v
+
+
+def _checked(name: str, prior: Prior, spec: ModelSpec) -> Prior:
+    """The prior, once its arguments agree with each other and its support fits the parameter."""
+    if prior.family == "uniform" and not prior.args[0] < prior.args[1]:
+        raise ValueError(f"prior for {name}: uniform needs low < high, got low={prior.args[0]}, high={prior.args[1]}")
+    problem = _support_problem(name, prior, spec)
+    if problem:
+        raise ValueError(f"prior for {name}: {prior.family} does not fit this parameter: {problem}")
+    return prior
 
 
 def _auto_argument(name: str, family: str, arg: str, default: Prior) -> float:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+
+import numpy as np
 
 # statsmodels UnobservedComponents trend specifications, named with underscores:
 # kind -> (irregular, level, stochastic_level, trend, stochastic_trend)
@@ -38,16 +41,72 @@ class SpecificationWarning(UserWarning):
     """A spec was accepted but changed to describe a usable model (as statsmodels would)."""
 
 
+# The most states a model may have. A dense state covariance of m states holds m² float64s and one
+# filter step costs about m³ flops: at 1000 states that is 8 MB and, measured on a 2-core CPU, about
+# 90 s per log-likelihood of the 3652 daily births (14 s at the 365 states of a level and a
+# 365-day dummy seasonal) — the edge of what a fit can afford. The cap admits daily data
+# with a yearly seasonal in either form (364 states, dummy or full trigonometric) plus weekly,
+# trend, cycle and a long AR, and refuses the specs that cannot be held at all (a seasonal period
+# of 2500 makes every (time, state, state) history gigabytes, one of 1e9 a 7 EiB covariance).
+# How much history the data adds is bounded separately (`check_length`).
+MAX_STATES = 1000
+
+# The most bytes one (time, state, state) float64 history may take for a series: filtering with
+# every step's moments (the Learn tab) and smoothing (every fit's decomposition) keep three to
+# four such arrays, so 1 GiB each keeps a session's peak to a few GiB on a server shared by
+# sessions. 10 years of daily data allow 191 states, a year of hourly data 123.
+MAX_HISTORY_BYTES = 2 ** 30
+
+
 def _check_fields(name: str, d: Mapping, known: set[str]):
     """An unknown field inside a component is an error, not silently ignored (a typo such as
     'n_harmonics' would otherwise fit a different model than the one asked for)."""
-    unknown = sorted(set(d) - known)
+    unknown = sorted(map(str, set(d) - known))
     if unknown:
         _fail(f"{name}.{unknown[0]}", "unknown field", f"Valid fields are {sorted(known)}")
 
 
 def _fail(field_name: str, problem: str, fix: str) -> None:
     raise ValueError(f"spec field '{field_name}': {problem}. {fix}")
+
+
+def _shown(value: Any) -> str:
+    """A value as a message quotes it: null as 'nothing', long values cut short."""
+    if value is None:
+        return "nothing (null)"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _number(field_name: str, value: Any, fix: str) -> float:
+    """A finite real number (not a bool, None or text), else a ValueError naming the field."""
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        try:
+            x = float(value)
+        except OverflowError:
+            x = math.inf
+        if math.isfinite(x):
+            return x
+    _fail(field_name, f"expected a finite number, got {_shown(value)}", fix)
+
+
+def _whole(field_name: str, value: Any, fix: str) -> int:
+    """A whole number (an int, or a float with no fraction), else a ValueError naming the field."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) \
+            and math.isfinite(float(value)) and float(value).is_integer():
+        return int(value)
+    _fail(field_name, f"expected a whole number, got {_shown(value)}", fix)
+
+
+def _flag(field_name: str, value: Any, default: bool) -> bool:
+    """true/false (absent or null: the default); anything else is refused, since bool('false') is True."""
+    if value is None:
+        return default
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    _fail(field_name, f"expected true or false, got {_shown(value)}", "Use true or false")
 
 
 def format_period(period: float) -> str:
@@ -118,15 +177,19 @@ class ModelSpec:
     # -- construction -----------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: Mapping | "ModelSpec") -> "ModelSpec":
-        """Parse and validate a plain dict (as stored in JSON)."""
+        """Parse and validate a plain dict (as stored in JSON).
+
+        Every malformed input is a ValueError naming the field ("spec field 'seasonal[0].period': …"),
+        so that a page or a CLI can show it as it is.
+        """
         if isinstance(d, ModelSpec):
             return d
         if not isinstance(d, Mapping):
             raise ValueError(f"a model spec must be a dict, got {type(d).__name__}")
         known = {"irregular", "level", "seasonal", "cycle", "autoregressive", "regression", "priors"}
-        unknown = set(d) - known
+        unknown = sorted(map(str, set(d) - known))
         if unknown:
-            _fail(sorted(unknown)[0], "unknown field", f"Valid fields are {sorted(known)}")
+            _fail(unknown[0], "unknown field", f"Valid fields are {sorted(known)}")
 
         level_d = d.get("level")
         level_kind = None
@@ -138,74 +201,83 @@ class ModelSpec:
                 level_kind = level_d.get("kind")
             else:
                 _fail("level", f"expected a dict like {{'kind': 'local_level'}}, got {level_d!r}", "")
-            if level_kind not in TREND_KINDS:
+            if not isinstance(level_kind, str) or level_kind not in TREND_KINDS:
                 _fail("level.kind", f"unknown kind {level_kind!r}",
                       f"Choose one of {', '.join(TREND_KINDS)}")
-        irregular = d.get("irregular")
-        if irregular is None:
-            irregular = TREND_KINDS[level_kind][0] if level_kind else True
+        irregular = _flag("irregular", d.get("irregular"), TREND_KINDS[level_kind][0] if level_kind else True)
         if level_kind == "irregular":
             level_kind = None  # the 'irregular' trend kind means: no level, no trend
 
         seasonal_d = d.get("seasonal") or []
         if isinstance(seasonal_d, Mapping):
             seasonal_d = [seasonal_d]
+        if not isinstance(seasonal_d, (list, tuple)):
+            _fail("seasonal", f"expected a list of seasonals, got {seasonal_d!r}",
+                  "Example: [{'period': 12, 'form': 'dummy'}]")
         seasonals = []
         for i, s in enumerate(seasonal_d):
             name = f"seasonal[{i}]"
             if not isinstance(s, Mapping) or "period" not in s:
                 _fail(name, "each seasonal needs a 'period'", "Example: {'period': 12, 'form': 'dummy'}")
             _check_fields(name, s, {"period", "form", "harmonics", "stochastic"})
-            period = float(s["period"])
+            period = _number(f"{name}.period", s["period"], "A season needs a period >= 2 (in time steps)")
             form = s.get("form", "dummy")
-            if form not in SEASONAL_FORMS:
+            if not isinstance(form, str) or form not in SEASONAL_FORMS:
                 _fail(f"{name}.form", f"unknown form {form!r}", "Use 'dummy' or 'trig'")
-            if not math.isfinite(period) or period < 2:
+            if period < 2:
                 _fail(f"{name}.period", f"period {s['period']!r} is below 2", "A season needs period >= 2")
             if form == "dummy" and not period.is_integer():
                 _fail(f"{name}.period", f"a dummy seasonal needs an integer period, got {period}",
                       "Use form 'trig' for fractional periods such as 365.25")
             harmonics = s.get("harmonics")
             if form == "trig":
-                if harmonics is None:
-                    harmonics = int(math.floor(period / 2))
-                harmonics = int(harmonics)
+                most = int(math.floor(period / 2))
+                harmonics = most if harmonics is None else _whole(
+                    f"{name}.harmonics", harmonics, f"Use between 1 and {most} (period/2)")
                 if harmonics < 1 or harmonics > period / 2:
                     _fail(f"{name}.harmonics", f"{harmonics} harmonics for period {period}",
-                          f"Use between 1 and {int(math.floor(period / 2))} (period/2)")
+                          f"Use between 1 and {most} (period/2)")
             elif harmonics is not None:
                 _fail(f"{name}.harmonics", "harmonics only apply to form 'trig'", "Remove it or use form 'trig'")
             seasonals.append(Seasonal(period=int(period) if period.is_integer() else period, form=form,
-                                      harmonics=harmonics, stochastic=bool(s.get("stochastic", True))))
+                                      harmonics=harmonics,
+                                      stochastic=_flag(f"{name}.stochastic", s.get("stochastic"), True)))
         names = [(s.form, s.period) for s in seasonals]
         if len(set(names)) != len(names):
             _fail("seasonal", "the same seasonal period and form appear twice", "Remove the duplicate")
         # state order as in statsmodels: dummy seasonals, then trigonometric ones
-        seasonals = [s for s in seasonals if s.form == "dummy"] + [s for s in seasonals if s.form == "trig"]
+        given_index = sorted(range(len(seasonals)), key=lambda i: seasonals[i].form != "dummy")
+        seasonals = [seasonals[i] for i in given_index]
 
         cycle = None
         cycle_d = d.get("cycle")
-        if cycle_d:
+        if cycle_d:   # false, null or {}: no cycle
             if cycle_d is True:
                 cycle_d = {}
             if not isinstance(cycle_d, Mapping):
                 _fail("cycle", f"expected true or a dict, got {cycle_d!r}", "Example: {'period_bounds': [6, 48]}")
             _check_fields("cycle", cycle_d, {"period_bounds", "damped", "stochastic"})
-            bounds = tuple(float(b) for b in cycle_d.get("period_bounds", (6.0, 48.0)))
-            if len(bounds) != 2 or not (2 <= bounds[0] < bounds[1]) or not all(map(math.isfinite, bounds)):
-                _fail("cycle.period_bounds", f"got {list(bounds)}",
-                      "Give [low, high] with 2 <= low < high (periods in time steps)")
-            cycle = Cycle(period_bounds=bounds, damped=bool(cycle_d.get("damped", True)),
-                          stochastic=bool(cycle_d.get("stochastic", True)))
+            how = "Give [low, high] with 2 <= low < high (periods in time steps)"
+            raw = cycle_d.get("period_bounds", (6.0, 48.0))
+            if not isinstance(raw, (list, tuple)) or len(raw) != 2:
+                _fail("cycle.period_bounds", f"got {_shown(raw)}", how)
+            bounds = tuple(_number("cycle.period_bounds", b, how) for b in raw)
+            if not 2 <= bounds[0] < bounds[1]:
+                _fail("cycle.period_bounds", f"got {list(bounds)}", how)
+            cycle = Cycle(period_bounds=bounds, damped=_flag("cycle.damped", cycle_d.get("damped"), True),
+                          stochastic=_flag("cycle.stochastic", cycle_d.get("stochastic"), True))
 
-        ar = d.get("autoregressive") or {}
-        if isinstance(ar, int):
-            ar = {"order": ar}
+        ar = d.get("autoregressive")
+        if ar is None or ar is False:
+            ar = {}
         if isinstance(ar, Mapping):
             _check_fields("autoregressive", ar, {"order"})
-        order = ar.get("order", 0) if isinstance(ar, Mapping) else ar
-        if not isinstance(order, int) or isinstance(order, bool) or order < 0:
-            _fail("autoregressive.order", f"got {order!r}", "Use a whole number >= 0")
+            order = ar.get("order", 0)
+        else:
+            order = ar
+        if not isinstance(order, numbers.Integral) or isinstance(order, (bool, np.bool_)) or order < 0:
+            _fail("autoregressive.order", f"got {_shown(order)}", "Use a whole number >= 0 (0 for no AR)")
+        order = int(order)
 
         regression = None
         reg = d.get("regression")
@@ -215,22 +287,32 @@ class ModelSpec:
             cols = reg.get("columns") if isinstance(reg, Mapping) else reg
             if isinstance(cols, str):
                 cols = [cols]
-            if not cols or not all(isinstance(c, str) and c for c in cols):
+            if not isinstance(cols, (list, tuple)) or not cols or not all(isinstance(c, str) and c for c in cols):
                 _fail("regression.columns", f"got {cols!r}", "Give a list of column names")
             if len(set(cols)) != len(cols):
                 _fail("regression.columns", "a column is listed twice", "Remove the duplicate")
             mode = reg.get("coefficients", "parameters") if isinstance(reg, Mapping) else "parameters"
-            if mode not in REGRESSION_MODES:
+            if not isinstance(mode, str) or mode not in REGRESSION_MODES:
                 _fail("regression.coefficients", f"unknown mode {mode!r}", f"Choose one of {REGRESSION_MODES}")
             regression = Regression(columns=tuple(cols), coefficients=mode)
 
         priors_d = d.get("priors") or {}
         if not isinstance(priors_d, Mapping):
             _fail("priors", "expected a dict parameter name -> {'dist': ...}", "")
-        priors = tuple(sorted((str(k), tuple(sorted(dict(v).items()))) for k, v in priors_d.items()))
+        priors = []
+        for k, v in priors_d.items():
+            if not isinstance(k, str) or not isinstance(v, Mapping) or not all(
+                    isinstance(a, str) and (b is None or isinstance(b, (str, numbers.Real))) for a, b in v.items()):
+                _fail(f"priors.{k}", f"expected a dict of names to numbers or 'auto', got {v!r}",
+                      "Example: {'dist': 'half_normal', 'scale': 'auto'}")
+            priors.append((k, tuple(sorted(v.items()))))
 
-        spec = cls(irregular=bool(irregular), level=level_kind, seasonal=tuple(seasonals), cycle=cycle,
-                   ar_order=int(order), regression=regression, priors=priors)
+        spec = cls(irregular=irregular, level=level_kind, seasonal=tuple(seasonals), cycle=cycle,
+                   ar_order=order, regression=regression, priors=tuple(sorted(priors)))
+        if spec.n_states > MAX_STATES:
+            where, states, fix = spec._biggest_part(given_index)
+            _fail(where, f"the model would have {spec.n_states} states, {states} of them in {where.split('.')[0]}; "
+                         f"the engine holds at most {MAX_STATES}", fix)
         if not spec.irregular and spec.level is None and not spec.seasonal and spec.cycle is None \
                 and not spec.ar_order and spec.regression is None:
             _fail("irregular", "the model is empty (no irregular, level, seasonal, cycle, AR or regression)",
@@ -243,6 +325,14 @@ class ModelSpec:
                           "statsmodels UnobservedComponents does. Set 'irregular': true to say so explicitly",
                           SpecificationWarning, stacklevel=2)
             spec = dataclasses.replace(spec, irregular=True)
+        if spec.priors:
+            from .priors import check_priors  # priors builds on this module
+            bare = dataclasses.replace(spec, priors=())
+            for name, items in spec.priors:   # one at a time, to name the one that is wrong
+                try:
+                    check_priors(bare, {name: dict(items)})
+                except ValueError as exc:
+                    _fail(f"priors.{name}", str(exc), "Fix or remove that prior")
         return spec
 
     def to_dict(self) -> dict:
@@ -303,9 +393,29 @@ class ModelSpec:
                 + (2 if self.cycle else 0) + self.ar_order
                 + (self.k_exog if self.regression_in_state else 0))
 
-    def check_data(self, n_obs: int, exog_columns: tuple[str, ...] | None = None) -> None:
-        """Validate the spec against data: AR order vs length, regression columns present."""
-        if self.ar_order and self.ar_order >= n_obs:
+    def _biggest_part(self, seasonal_index: list[int] | None = None,
+                      diffuse_only: bool = False) -> tuple[str, int, str]:
+        """(field, states, how to use fewer) of the part of the state vector with the most states (or
+        diffuse states): the one a message about the model's size points at. `seasonal_index[j]` is
+        the position at which `self.seasonal[j]` was given (default: its position here, dummy first)."""
+        level, _, trend, _ = self.trend_flags
+        parts = [("level", int(level) + int(trend), "Use a simpler level"),
+                 ("cycle", 2 if self.cycle else 0, "Remove the cycle"),
+                 ("autoregressive.order", 0 if diffuse_only else self.ar_order, "Use a lower AR order"),
+                 ("regression.columns", self.k_exog if self.regression_in_state else 0,
+                  "Use fewer columns, or coefficients 'parameters'")]
+        for j, s in enumerate(self.seasonal):
+            i = j if seasonal_index is None else seasonal_index[j]
+            parts.append((f"seasonal[{i}].period", s.n_states,
+                          "Use a shorter period, or form 'trig' with a few harmonics (2 states each)")
+                         if s.form == "dummy" else
+                         (f"seasonal[{i}].harmonics", s.n_states, "Use fewer harmonics (2 states each)"))
+        return max(parts, key=lambda p: p[1])
+
+    def check_data(self, n_obs: int | None, exog_columns: tuple[str, ...] | None = None) -> None:
+        """Validate the spec against data: AR order vs length (unless n_obs is None), regression
+        columns present."""
+        if self.ar_order and n_obs is not None and self.ar_order >= n_obs:
             _fail("autoregressive.order", f"order {self.ar_order} >= series length {n_obs}",
                   "Use a lower AR order or a longer series")
         if self.regression is not None and exog_columns is not None:
@@ -313,6 +423,32 @@ class ModelSpec:
             if missing:
                 _fail("regression.columns", f"column(s) {missing} not in the data",
                       f"Available columns: {list(exog_columns)}")
+
+    def check_length(self, n_obs: int) -> None:
+        """Validate the spec against the length of the series it is to describe, before a fit (the
+        app's check; `check_data` also sees forecast horizons, where these limits do not apply).
+
+        The states that start diffuse (all but the AR's: level, trend, seasonals, cycle, regression
+        in the state) must be fewer than the observations: each takes one to pin its starting value
+        down, so a dummy seasonal with a period longer than the series leaves nothing to learn from
+        (a trigonometric one with a few harmonics is fine). And the covariance history that
+        filtering and smoothing keep, n_obs × states² float64s per array, must fit in
+        MAX_HISTORY_BYTES. Seasonal fields are numbered in `self.seasonal`'s order.
+        """
+        diffuse = self.n_states - self.ar_order
+        if diffuse >= n_obs:
+            where, states, fix = self._biggest_part(diffuse_only=True)
+            _fail(where, f"the model has {diffuse} states with unknown starting values ({states} in "
+                         f"{where.split('.')[0]}), not fewer than the {n_obs} observations: pinning them down "
+                         f"takes one observation each and leaves none to learn from", fix)
+        m = self.n_states
+        need = 8 * n_obs * m * m
+        if need > MAX_HISTORY_BYTES:
+            where, states, fix = self._biggest_part()
+            _fail(where, f"the model has {m} states ({states} in {where.split('.')[0]}): over {n_obs} observations "
+                         f"its filter and smoother would keep {need / 2 ** 30:.1f} GiB per covariance history, "
+                         f"more than the {MAX_HISTORY_BYTES / 2 ** 30:.0f} GiB allowed",
+                  f"{fix}, or use a shorter series")
 
 
 def as_spec(spec: Mapping | ModelSpec) -> ModelSpec:

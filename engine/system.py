@@ -184,7 +184,7 @@ def check_exog(spec: ModelSpec, exog, n_time: int):
         raise ValueError(f"spec field 'regression.columns': the model regresses on {list(spec.exog_columns)} "
                          "but no exog was given. Pass exog with those columns")
     if hasattr(exog, "columns"):  # a DataFrame: pick the spec's columns by name
-        spec.check_data(n_time, tuple(map(str, exog.columns)))
+        spec.check_data(None, tuple(map(str, exog.columns)))   # n_time may be a forecast's horizon
         exog = exog[list(spec.exog_columns)].to_numpy(dtype=float)
     if isinstance(exog, jax.core.Tracer):
         return exog

@@ -270,7 +270,7 @@ class BayesFitModel(param.Parameterized):
                     load(content)
                     return None
             raise ValueError("expected a model spec (.json) or a posterior (.nc)")
-        except (ValueError, UnicodeDecodeError, OSError) as exc:
+        except (ValueError, UnicodeDecodeError, OSError, RecursionError) as exc:   # RecursionError: deep JSON
             self._set(status="error", message=f"Could not load {filename}: {exc}")
             return None
 

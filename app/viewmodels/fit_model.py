@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from .data_model import DataModel
 from .spec_model import SpecModel
 
 BAND_Z = 1.959963984540054  # 95% normal band
+log = logging.getLogger("streamssm.app")
 
 
 @dataclass(frozen=True)
@@ -115,11 +117,19 @@ class FitModel(param.Parameterized):
                                   on_done=lambda r: self._done(r, inputs), on_error=self._failed)
 
     def _done(self, result: QuickFit, inputs) -> None:
+        """Publish a finished fit. The status is set last and whatever happens: a watcher of the result
+        (another tab drawing it) that fails is logged and named in the message, and the Fit tab
+        never stays 'running'."""
         self._fitted_on = inputs
         note = "" if result.converged else f" The optimiser did not report convergence ({result.message})."
         note += "".join(f" Caution: {w}" for w in result.warnings)
-        self._set(result=result, status="done", stale=inputs != self._inputs(),
-                  message=f"Fitted {result.n_obs} observations.{note}")
+        try:
+            self._set(result=result, stale=inputs != self._inputs())
+        except Exception as exc:   # noqa: BLE001 (any failure of a view of the fit; the fit itself stands)
+            log.exception("showing the quick fit failed")
+            note += f" Part of the page could not show it ({type(exc).__name__}: {exc})."
+        finally:
+            self._set(status="done", message=f"Fitted {result.n_obs} observations.{note}")
 
     def restore(self, result: QuickFit | None, message: str) -> None:
         """Show a fit rebuilt elsewhere (a reloaded session) as a fit of the current data and spec."""

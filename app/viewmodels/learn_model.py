@@ -8,6 +8,7 @@ formed here (from the engine's P_t and F_t) to show how the update splits the in
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,8 @@ from .fit_model import FitModel
 from .spec_model import SpecModel
 
 KINDS = {0: "missing", 1: "standard", 2: "diffuse"}
+COMPONENT_COLUMNS = ["component", "prior mean", "prior sd", "share of innovation", "posterior mean", "posterior sd"]
+log = logging.getLogger("streamssm.app")
 
 EXPLANATIONS = {
     "prior": "**Prior state** a_t, P_t: what the model believes about each component before seeing y_t "
@@ -116,7 +119,8 @@ def filter_step(spec: ModelSpec, params: dict, y: np.ndarray, exog, result: engi
         rows.append({"component": "regression", "prior mean": d, "prior sd": 0.0, "share of innovation": 0.0,
                      "posterior mean": d, "posterior sd": 0.0})
     return FilterStep(t, None if index is None else index[t], kind, float(y[t]), float(Z @ a + d), F, v, H,
-                      float(result.loglik_terms[t]), a, P, gain, a_post, P_post, pd.DataFrame(rows))
+                      float(result.loglik_terms[t]), a, P, gain, a_post, P_post,
+                      pd.DataFrame(rows, columns=COMPONENT_COLUMNS))   # the columns even with no component
 
 
 def default_params(spec: ModelSpec, y: np.ndarray, exog) -> dict[str, float]:
@@ -137,6 +141,23 @@ def default_params(spec: ModelSpec, y: np.ndarray, exog) -> dict[str, float]:
     return out
 
 
+# The step view keeps three (time, state, state) float64 histories (the prior, diffuse prior and
+# posterior covariances of every step). This budget bounds them: a longer series is shown from its
+# start for as many steps as fit (the 3652 daily births whole up to 55 states).
+HISTORY_BUDGET = 256 * 2 ** 20
+# Up to this many covariance entries per history (steps × states², 16 MB) the filter runs as soon as
+# the model, data or fit change, even while the Learn tab is not shown: measured, a tenth of a second
+# once compiled (the daily births with 23 states). Beyond, a run takes seconds (births with 65 states:
+# 6 s) and many harmonics take a minute to compile, in the session's one worker and ahead of the
+# user's fits, so the filter waits until the Learn tab asks for it (`run`).
+EAGER_ENTRIES = 2_000_000
+
+
+def steps_within_budget(n_states: int, n_obs: int) -> int:
+    """How many of n_obs steps fit their three state covariance histories in HISTORY_BUDGET bytes."""
+    return min(n_obs, HISTORY_BUDGET // (3 * 8 * max(n_states, 1) ** 2))
+
+
 class LearnModel(param.Parameterized):
     """State of the teaching mode: the step shown, the variances in use and the filter run behind them."""
 
@@ -144,8 +165,11 @@ class LearnModel(param.Parameterized):
     variances = param.Dict(default={}, doc="sigma2.* → value used by the filter")
     step = param.ClassSelector(class_=FilterStep, default=None, allow_None=True, constant=True)
     busy = param.Boolean(default=False, constant=True)
+    pending = param.Boolean(default=False, constant=True,
+                            doc="A large model's filter waits for `run` (it is not started by itself)")
     error = param.String(default="", constant=True)
-    n_obs = param.Integer(default=0, constant=True)
+    notice = param.String(default="", constant=True, doc="Why only the first n_obs observations are shown")
+    n_obs = param.Integer(default=0, constant=True, doc="Observations the step view covers")
     generation = param.Integer(default=0, constant=True, doc="Counts resets (new model, data or fit)")
 
     def __init__(self, data: DataModel, spec: SpecModel, fit: FitModel, worker: SessionWorker, **params):
@@ -153,6 +177,8 @@ class LearnModel(param.Parameterized):
         self.data, self.spec_model, self.fit, self.worker = data, spec, fit, worker
         self._params: dict[str, float] = {}
         self._run = None  # (spec, params, y, exog, FilterResult)
+        self._allowed = None  # the large spec whose filter the user asked for (`run`)
+        self._request = 0     # the latest filter request; older results are dropped
         spec.param.watch(self._reset, ["spec"])
         data.param.watch(self._reset, ["frame", "target", "exog", "log_transform"])
         fit.param.watch(self._reset, ["result"])
@@ -163,47 +189,85 @@ class LearnModel(param.Parameterized):
             self.param.update(**values)
 
     def _reset(self, *_):
-        """New model or data: start from the fitted values when there are some, else the defaults."""
-        spec = self.spec_model.spec
-        if spec is None or not self.data.ready:
+        """New model, data or fit: start again (never raising into the watchers of those)."""
+        try:
+            self._start()
+        except Exception as exc:   # noqa: BLE001 (shown in the Learn tab instead of breaking other tabs)
+            log.exception("the step-by-step view could not start")
             self._run = None
-            self._set(step=None, error="Choose valid data and a valid model first.")
+            self._set(step=None, busy=False, pending=False, error=f"The step-by-step view failed: {exc}")
+
+    def _start(self):
+        """The variances start from the fitted values when there are some, else the defaults; the
+        filter runs now for a small model, on `run` for a large one."""
+        spec = self.spec_model.spec
+        self._run = None
+        self._request += 1   # a result still on its way belongs to the old model or data
+        if spec is None or not self.data.ready:
+            self._set(step=None, busy=False, pending=False, notice="",
+                      error="Choose valid data and a valid model first.")
             return
         y, exog = self.data.y, self.data.exog_frame
+        m, n = spec.n_states, len(y)
+        shown = steps_within_budget(m, n)
+        if shown < n and shown <= m:   # too few steps to get past the diffuse start
+            self._set(step=None, busy=False, pending=False, notice="",
+                      error=f"This model has {m} states: the step-by-step view keeps their covariances for "
+                            f"every step and has room for only {shown} steps in its "
+                            f"{HISTORY_BUDGET / 2 ** 20:.0f} MB. Use fewer states to step through it.")
+            return
+        notice = "" if shown == n else (
+            f"Showing the first {shown} of {n} observations: with {m} states every step's covariances take "
+            f"{3 * 8 * m * m / 2 ** 20:.1f} MB, and the step-by-step view keeps at most "
+            f"{HISTORY_BUDGET / 2 ** 20:.0f} MB.")
         params = default_params(spec, y, exog)
         fit = self.fit.result
         if fit is not None and fit.spec == spec and not self.fit.stale:
             params.update(fit.params)
         self._params = params
         with param.parameterized.discard_events(self):
-            self.t = min(self.t, len(y) - 1)
-        self.param.t.bounds = (0, len(y) - 1)
+            self.t = min(self.t, shown - 1)
+        self.param.t.bounds = (0, shown - 1)
         with param.parameterized.discard_events(self):
-            self.variances = {n: v for n, v in params.items() if n.startswith("sigma2.")}
-        self._set(n_obs=len(y), generation=self.generation + 1)
+            self.variances = {k: v for k, v in params.items() if k.startswith("sigma2.")}
+        waits = shown * m * m > EAGER_ENTRIES and spec != self._allowed
+        self._set(step=None, busy=False, error="", notice=notice, pending=waits, n_obs=shown,
+                  generation=self.generation + 1)
         self._refilter()
+
+    def run(self):
+        """Run the filter for the current (large) model: the Learn tab's button."""
+        self._allowed = self.spec_model.spec
+        if self.pending:
+            self._set(pending=False)
+            self._refilter()
 
     @param.depends("variances", watch=True)
     def _refilter(self):
         spec = self.spec_model.spec
-        if spec is None or not self.data.ready:
+        if spec is None or not self.data.ready or self.pending or self.n_obs < 1:
             return
         params = dict(self._params, **self.variances)
-        y, exog = self.data.y, self.data.exog_frame
+        y = self.data.y[:self.n_obs]
+        exog = self.data.exog_frame
+        exog = None if exog is None else exog.iloc[:self.n_obs]
+        self._request += 1
+        request = self._request
         self._set(busy=True)
         self.worker.submit(engine.filter_series, spec, params, y, exog,
-                           on_done=lambda res: self._filtered(spec, params, y, exog, res),
-                           on_error=self._failed)
+                           on_done=lambda res: self._filtered(request, spec, params, y, exog, res),
+                           on_error=lambda exc: self._failed(request, exc))
 
-    def _filtered(self, spec, params, y, exog, result):
-        if spec != self.spec_model.spec:
+    def _filtered(self, request, spec, params, y, exog, result):
+        if request != self._request:
             return  # an older request; a newer one is on its way
         self._run = (spec, params, y, exog, result)
         self._set(busy=False, error="")
         self._show()
 
-    def _failed(self, exc):
-        self._set(busy=False, error=f"The filter failed: {exc}")
+    def _failed(self, request, exc):
+        if request == self._request:
+            self._set(busy=False, error=f"The filter failed: {exc}")
 
     @param.depends("t", watch=True)
     def _show(self):
@@ -211,7 +275,13 @@ class LearnModel(param.Parameterized):
             return
         spec, params, y, exog, result = self._run
         t = min(self.t, len(y) - 1)
-        self._set(step=filter_step(spec, params, y, exog, result, t, self.data.index))
+        try:
+            step = filter_step(spec, params, y, exog, result, t, self.data.index)
+        except Exception as exc:   # noqa: BLE001 (shown in the Learn tab instead of a traceback)
+            log.exception("taking filter step %d apart failed", t)
+            self._set(step=None, error=f"Could not take step {t} apart: {exc}")
+            return
+        self._set(step=step)
 
     def forward(self):
         if self.t < self.n_obs - 1:

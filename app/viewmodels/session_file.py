@@ -291,6 +291,10 @@ def rebuild(bundle: SessionBundle) -> Restored:
     probe = DataModel()
     apply_data(probe, bundle.data, bundle.raw)
     y, exog = probe.y, probe.exog_frame
+    if bundle.spec is not None:   # what `SpecModel.load` would refuse in `apply`, refused before anything changes
+        missing = [c for c in ModelSpec.from_dict(bundle.spec).exog_columns if c not in probe.exog]
+        _need(not missing, f"the saved model regresses on {missing}, which the saved data choice does not "
+                           "pick as regressors")
     quick = None
     if bundle.quick_fit is not None:
         spec = ModelSpec.from_dict(bundle.quick_fit["spec"])

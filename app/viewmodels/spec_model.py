@@ -35,11 +35,13 @@ class SpecModel(param.Parameterized):
     level = param.Selector(default="local_level", objects=[NO_LEVEL, *TREND_KINDS], doc="Level/trend kind")
     seasonals = param.List(default=[], item_type=dict, doc="Seasonals: period, form, harmonics, stochastic")
     cycle = param.Boolean(default=False)
-    cycle_period_low = param.Number(default=6.0)
-    cycle_period_high = param.Number(default=48.0)
+    # Numbers may be cleared (None) or out of range in the widgets: the spec says what is wrong,
+    # next to the widget, instead of the widget and the model disagreeing.
+    cycle_period_low = param.Number(default=6.0, allow_None=True)
+    cycle_period_high = param.Number(default=48.0, allow_None=True)
     cycle_damped = param.Boolean(default=True)
     cycle_stochastic = param.Boolean(default=True)
-    ar_order = param.Integer(default=0, bounds=(0, None))
+    ar_order = param.Integer(default=0, allow_None=True)
     regression_columns = param.ListSelector(default=[], objects=[])
     regression_mode = param.Selector(default="parameters", objects=list(REGRESSION_MODES))
 
@@ -79,10 +81,21 @@ class SpecModel(param.Parameterized):
             self.irregular = TREND_KINDS[self.level][0]
 
     def load(self, spec: dict | ModelSpec) -> None:
-        """Set every widget from a spec (e.g. a dataset's suggested spec)."""
+        """Set every widget from a spec (e.g. a dataset's suggested spec or a saved file).
+
+        A spec that regresses on columns the session's regressors lack is refused (ValueError naming
+        them), before any widget changes: loading it without them would fit another model.
+        """
         spec = ModelSpec.from_dict(spec)
+        missing = [c for c in spec.exog_columns if c not in self.param.regression_columns.objects]
+        if missing:
+            absent = [c for c in missing if c not in self.data.param.exog.objects]
+            why = (f"which the data {self.data.source!r} does not have" if absent else
+                   "which are not chosen as regressors")
+            raise ValueError(f"spec field 'regression.columns': the model regresses on {missing}, {why}. Load data "
+                             "with those columns and choose them as regressors on the Data tab first")
+        self.level = spec.level or NO_LEVEL   # first: its watcher sets the kind's default irregular
         with param.parameterized.batch_call_watchers(self):
-            self.level = spec.level or NO_LEVEL
             self.irregular = spec.irregular
             self.seasonals = [{"period": s.period, "form": s.form,
                                "harmonics": s.n_harmonics if s.form == "trig" else None,
@@ -93,7 +106,7 @@ class SpecModel(param.Parameterized):
                 self.cycle_damped, self.cycle_stochastic = spec.cycle.damped, spec.cycle.stochastic
             self.ar_order = spec.ar_order
             if spec.regression is not None:
-                self.regression_columns = [c for c in spec.exog_columns if c in self.param.regression_columns.objects]
+                self.regression_columns = list(spec.exog_columns)
                 self.regression_mode = spec.regression.coefficients
             else:
                 self.regression_columns = []
@@ -132,7 +145,7 @@ class SpecModel(param.Parameterized):
         if self.cycle:
             d["cycle"] = {"period_bounds": [self.cycle_period_low, self.cycle_period_high],
                           "damped": self.cycle_damped, "stochastic": self.cycle_stochastic}
-        if self.ar_order:
+        if self.ar_order != 0:   # an empty or negative order goes to the spec, which explains it
             d["autoregressive"] = {"order": self.ar_order}
         if self.regression_columns:
             d["regression"] = {"columns": list(self.regression_columns), "coefficients": self.regression_mode}
@@ -147,6 +160,10 @@ class SpecModel(param.Parameterized):
             spec = ModelSpec.from_dict(self.as_dict())
             if self.data.frame is not None and self.data.target is not None:
                 spec.check_data(len(self.data.frame), tuple(self.data.exog))
+                try:
+                    spec.check_length(len(self.data.frame))
+                except ValueError as exc:   # it numbers seasonals in the spec's order, not the widgets'
+                    raise ValueError(self._widget_order(spec, str(exc))) from None
         except ValueError as exc:
             m = _FIELD.search(str(exc))
             errors[error_group(m.group(1)) if m else "spec"] = str(exc)
@@ -163,6 +180,16 @@ class SpecModel(param.Parameterized):
             self.statsmodels_text = statsmodels_code(spec, target)
             self.pymc_text = pymc_extras_code(spec, self._data_sd(), target)
             self.priors = self._default_priors(spec)
+
+    def _widget_order(self, spec: ModelSpec, message: str) -> str:
+        """A message about spec.seasonal[j] renumbered as the widget row that holds that seasonal
+        (the spec puts dummy seasonals first)."""
+        m = re.search(r"seasonal\[(\d+)\]", message)
+        if m is None:
+            return message
+        s = spec.seasonal[int(m.group(1))]
+        rows = [i for i, row in enumerate(self.seasonals) if row["form"] == s.form and row["period"] == s.period]
+        return message.replace(m.group(0), f"seasonal[{rows[0]}]") if rows else message
 
     def _data_sd(self) -> float:
         if self.data.frame is None or self.data.target is None:

@@ -23,15 +23,27 @@ class LearnView(pn.viewable.Viewer):
         back.on_click(lambda _: m.back())
         fwd.on_click(lambda _: m.forward())
         self._t = pn.widgets.IntInput(name="Time index t", value=m.t, start=0, width=120)
-        self._t.param.watch(lambda e: setattr(m, "t", max(0, min(int(e.new), m.n_obs - 1))), "value")
+        self._t.param.watch(self._on_t, "value")
         m.param.watch(lambda e: setattr(self._t, "value", e.new), "t")
+        self._run = pn.widgets.Button(name="Run the filter for this model", button_type="primary",
+                                      visible=m.pending)
+        self._run.on_click(lambda _: m.run())
+        m.param.watch(lambda e: setattr(self._run, "visible", e.new), "pending")
         self._layout = pn.Column(
-            pn.Row(back, fwd, self._t),
+            pn.Row(back, fwd, self._t, self._run),
             pn.Row(pn.Column("### Variances", pn.panel(self._sliders), width=340),
                    pn.Column(pn.panel(self._step), sizing_mode="stretch_width"),
                    sizing_mode="stretch_width"),
             sizing_mode="stretch_width",
         )
+
+    def _on_t(self, event):
+        """A typed time index, kept inside the steps shown; an emptied box shows the current one again."""
+        m = self.model
+        if event.new is None:
+            self._t.value = m.t
+            return
+        m.t = max(0, min(int(event.new), m.n_obs - 1))
 
     @param.depends("model.generation")
     def _sliders(self):
@@ -47,16 +59,24 @@ class LearnView(pn.viewable.Viewer):
             sliders.append(s)
         return pn.Column(*sliders) if sliders else pn.pane.Markdown("*This model has no variances.*")
 
-    @param.depends("model.step", "model.error", "model.busy")
+    @param.depends("model.step", "model.error", "model.busy", "model.pending", "model.notice")
     def _step(self):
         m = self.model
         if m.error:
             return pn.pane.Alert(m.error, alert_type="warning")
+        notice = [pn.pane.Alert(m.notice, alert_type="info")] if m.notice else []
         s = m.step
+        if m.pending:
+            spec = m.spec_model.spec
+            return pn.Column(*notice, pn.pane.Markdown(
+                f"This model has {spec.n_states if spec else '?'} states: its filter takes a while to compile and "
+                "run, so it waits for you. Press **Run the filter for this model** to step through it."))
         if s is None:
-            return pn.pane.Markdown("*Computing the filter…*" if m.busy else "")
+            return pn.Column(*notice, pn.pane.Markdown("*Computing the filter…*" if m.busy else ""))
         d = m.data
-        level = s.components.set_index("component")["posterior mean"].get("level")
+        comps = s.components
+        level = comps.loc[comps["component"] == "level", "posterior mean"]
+        level = float(level.iloc[0]) if len(level) else None   # a model may have no level (or no state)
         summary = (f"**t = {s.t}** ({s.time}) — step kind: **{s.kind}**\n\n"
                    f"| quantity | value |\n|---|---|\n"
                    f"| observation y_t | {s.y:.6g} |\n"
@@ -65,14 +85,18 @@ class LearnView(pn.viewable.Viewer):
                    f"| innovation v_t | {s.innovation:.6g} |\n"
                    f"| measurement variance H | {s.obs_var:.6g} |\n"
                    f"| log-likelihood term | {s.loglik:.6g} |\n")
+        table = (pn.pane.DataFrame(comps, index=False, float_format="{:.5g}".format) if len(comps) else
+                 pn.pane.Markdown("*This model has no state components: the prediction is the regression "
+                                  "(or zero) and the whole innovation is measurement noise.*",
+                                  sizing_mode="stretch_width"))
         return pn.Column(
+            *notice,
             # on diffuse steps the prediction carries no information (infinite variance): not drawn
             pn.pane.HoloViews(learn_plot(d.index, d.y, d.target_label, s.t,
                                          s.predicted if s.kind == "standard" else np.nan,
                                          np.sqrt(s.innov_var) if s.kind == "standard" else np.inf, level),
                               sizing_mode="stretch_width", linked_axes=False),   # its own window, not the Fit tab's
-            pn.Row(pn.pane.Markdown(summary, width=360),
-                   pn.pane.DataFrame(s.components, index=False, float_format="{:.5g}".format)),
+            pn.Row(pn.pane.Markdown(summary, width=360), table),
             pn.pane.Markdown(m.explanation(), sizing_mode="stretch_width"),
             sizing_mode="stretch_width",
         )

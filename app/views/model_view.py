@@ -3,6 +3,8 @@ JSON and as statsmodels / pymc-extras code."""
 
 from __future__ import annotations
 
+import math
+
 import panel as pn
 import param
 
@@ -31,6 +33,7 @@ class ModelView(pn.viewable.Viewer):
                 "### Seasonals",
                 pn.panel(self._seasonals),
                 add,
+                self._problem("seasonal"),
                 "### Cycle",
                 w.Checkbox.from_param(m.param.cycle, name="Include a cycle"),
                 pn.Row(w.FloatInput.from_param(m.param.cycle_period_low, name="Shortest period", width=130),
@@ -85,9 +88,12 @@ class ModelView(pn.viewable.Viewer):
         m = self.model
         rows = []
         for i, s in enumerate(m.seasonals):
-            period = pn.widgets.FloatInput(name="Period", value=float(s["period"]), width=90)
+            value = s["period"]   # as typed: it may be empty (None) or invalid, and the message says so
+            value = float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+            period = pn.widgets.FloatInput(name="Period", value=value, width=90)
             form = pn.widgets.Select(name="Form", options=list(SEASONAL_FORMS), value=s["form"], width=90)
-            harm = pn.widgets.IntInput(name="Harmonics", value=s.get("harmonics") or max(1, int(s["period"] // 2)), width=90,
+            default_harmonics = max(1, int(value // 2)) if value is not None and 2 <= value < 1e12 else None
+            harm = pn.widgets.IntInput(name="Harmonics", value=s.get("harmonics") or default_harmonics, width=90,
                                        disabled=s["form"] != "trig")
             stoch = pn.widgets.Checkbox(name="Stochastic", value=s["stochastic"])
             remove = pn.widgets.Button(name="Remove", width=80)

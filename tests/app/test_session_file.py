@@ -169,6 +169,7 @@ def test_bad_files_are_refused_with_a_message_and_change_nothing():
             _with_manifest(good, data={**bundle.data, "target": "rainfall"}): "does not fit the data",
             _with_manifest(good, quick_fit={**bundle.quick_fit, "params": {"sigma2.x": 1.0}}): "has parameters",
             _with_manifest(good, files=["posterior.nc"]): "lists posterior.nc but does not hold it",
+            _with_manifest(good, spec={**manifest["spec"], "regression": {"columns": ["flow"]}}): "regresses on",
 _zip({"session.json": json.dumps({**manifest, "files": ["posterior.nc"]}).encode(),
                   "posterior.nc": b"CDF garbage"}): "posterior.nc is not a readable posterior",
             pack(dataclasses.replace(bundle, belief=b"garbage")): "belief.npz",

@@ -54,6 +54,20 @@ def test_forecast_with_future_exog_equals_statsmodels(mode):
     np.testing.assert_allclose(again.mean, ours.mean, rtol=1e-13)
 
 
+def test_forecast_of_an_ar_model_with_regressors_fewer_steps_than_its_order():
+    """The horizon is not a series length: an AR(2) with regression forecasts one step."""
+    y, exog = seatbelts()
+    n = 150
+    spec = {"level": {"kind": "local_level"}, "autoregressive": {"order": 2},
+            "regression": {"columns": ["petrol_price"]}}
+    p = default_params(engine.param_names(spec), variance=1e-3, beta={"beta.petrol_price": -2.0})
+    cols = exog[["petrol_price"]]
+    ours = engine.forecast(spec, p, y[:n], 1, exog=cols.iloc[:n], exog_future=cols.iloc[n:n + 1])
+    ref = sm_model(spec, y[:n], cols.iloc[:n]).smooth(p).get_forecast(1, exog=cols.iloc[n:n + 1])
+    assert_rel_close(ours.mean, ref.predicted_mean, 1e-8, "mean")
+    assert_rel_close(ours.var, ref.var_pred_mean, 1e-8, "var")
+
+
 def test_forecast_regression_needs_future_exog():
     y, exog = seatbelts()
     spec = {"level": {"kind": "local_level"}, "regression": {"columns": ["petrol_price", "law"]}}

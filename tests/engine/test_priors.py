@@ -8,7 +8,7 @@ import pytest
 import scipy.stats as st
 
 import engine
-from engine.priors import Prior, resolve_priors, sample_sites
+from engine.priors import Prior, check_priors, resolve_priors, sample_sites
 
 from .helpers import nile
 
@@ -118,3 +118,37 @@ def test_bounded_parameters_refuse_priors_leaving_their_range():
     # a narrower range inside the bounds is fine
     resolve_priors(RICH, nile(), priors={"damping.cycle": {"dist": "beta", "concentration1": 5,
                                                            "concentration0": 1}})
+
+
+@pytest.mark.parametrize("bad", [
+    {"sigma2.level": {"dist": "normal", "loc": 0, "scale": 1}},
+    {"sigma2.nope": {"dist": "half_normal"}},
+    {"sigma2.level": {"dist": "half_normal", "scale": -5}},
+    {"sigma2.level": {"dist": "wishart"}},
+    {"sigma2.level": {"dist": ["half_normal"]}},
+    {"sigma2.level": {"dist": "half_normal", "sd": 2}},
+    {"sigma2.level": {"dist": "half_normal", "scale": "big"}},
+    {"sigma2.level": {"dist": "half_normal", "scale": None}},
+    {"sigma2.level": {"dist": "uniform", "low": 3, "high": 1}},
+    {"sigma2.level": 5},
+    {"ar.L2": {"dist": "normal"}},
+], ids=lambda v: str(v)[:40])
+def test_check_priors_refuses_without_data_what_resolve_priors_refuses(bad):
+    """A saved spec's priors are checked when it is read, before there is data: check_priors gives the
+    same message as resolve_priors (which the fit runs) for everything the data does not decide."""
+    spec = dict(LOCAL_LEVEL, autoregressive={"order": 2})
+    with pytest.raises(ValueError) as with_data:
+        resolve_priors(spec, nile(), priors=bad)
+    with pytest.raises(ValueError) as without:
+        check_priors(spec, bad)
+    assert str(without.value) == str(with_data.value)
+
+
+def test_check_priors_accepts_what_resolve_priors_accepts():
+    spec = dict(RICH, priors={"sigma2.level": {"dist": "inverse_gamma", "concentration": 3, "rate": "auto"},
+                              "damping.cycle": {"dist": "beta", "concentration1": 5, "concentration0": 1},
+                              "pacf.L2": {"dist": "uniform", "low": -0.5, "high": 0.5}})
+    check_priors(spec)
+    resolve_priors(spec, nile())
+    check_priors({"irregular": True, "autoregressive": {"order": 1}},
+                 {"ar.L1": {"dist": "uniform", "low": 0, "high": 1}})

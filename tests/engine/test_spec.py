@@ -11,6 +11,8 @@ import pytest
 
 import engine
 
+from engine.spec import MAX_HISTORY_BYTES, MAX_STATES
+
 from .helpers import KINDS, RTOL_LL, air, default_params, seatbelts, sm_model
 
 # -- round trips --------------------------------------------------------------------------
@@ -30,7 +32,7 @@ CANONICAL = [
      "regression": {"columns": ["petrol_price", "law"], "coefficients": "time_varying"}},
     {"irregular": True, "autoregressive": {"order": 3},
      "regression": {"columns": ["x"], "coefficients": "state"},
-     "priors": {"sigma2.irregular": {"dist": "halfnormal", "scale": 2.0}}},
+     "priors": {"sigma2.irregular": {"dist": "half_normal", "scale": 2.0}}},
 ]
 
 
@@ -263,6 +265,115 @@ def test_empty_model_is_refused(d):
 def test_not_a_dict_is_refused():
     with pytest.raises(ValueError, match="dict"):
         engine.ModelSpec.from_dict(["local_level"])
+
+
+# Malformed values of every field: each is a ValueError naming the field (never a TypeError or
+# KeyError from deep inside), so that the page can show it as it is.
+MALFORMED = [
+    ({"level": "local_level", "seasonal": [{"period": None}]}, "seasonal[0].period"),
+    ({"level": "local_level", "seasonal": [{"period": "12"}]}, "seasonal[0].period"),
+    ({"level": "local_level", "seasonal": [{"period": 10 ** 400}]}, "seasonal[0].period"),
+    ({"level": "local_level", "seasonal": 12}, "seasonal"),
+    ({"level": "local_level", "seasonal": [{"period": 12, "form": ["trig"]}]}, "seasonal[0].form"),
+    ({"level": "local_level", "seasonal": [{"period": 12, "form": "trig", "harmonics": "3"}]}, "seasonal[0].harmonics"),
+    ({"level": "local_level", "seasonal": [{"period": 12, "form": "trig", "harmonics": [3]}]}, "seasonal[0].harmonics"),
+    ({"level": "local_level", "seasonal": [{"period": 12, "stochastic": "false"}]}, "seasonal[0].stochastic"),
+    ({"level": {"kind": ["local_level"]}}, "level.kind"),
+    ({"level": {"kind": {"a": 1}}}, "level.kind"),
+    ({"level": "local_level", "irregular": "no"}, "irregular"),
+    ({"level": "local_level", "cycle": {"period_bounds": 6}}, "cycle.period_bounds"),
+    ({"level": "local_level", "cycle": {"period_bounds": [6, None]}}, "cycle.period_bounds"),
+    ({"level": "local_level", "cycle": {"period_bounds": ["a", 7]}}, "cycle.period_bounds"),
+    ({"level": "local_level", "cycle": {"period_bounds": [6, 20], "damped": "yes"}}, "cycle.damped"),
+    ({"level": "local_level", "autoregressive": {"order": None}}, "autoregressive.order"),
+    ({"level": "local_level", "autoregressive": {"order": "2"}}, "autoregressive.order"),
+    ({"level": "local_level", "regression": 5}, "regression.columns"),
+    ({"level": "local_level", "regression": {"columns": [["x"]]}}, "regression.columns"),
+    ({"level": "local_level", "regression": {"columns": ["x"], "coefficients": ["state"]}}, "regression.coefficients"),
+    ({"level": "local_level", "priors": {"x": 5}}, "priors.x"),
+    ({"level": "local_level", "priors": {"sigma2.level": {"dist": "half_normal", "scale": [1]}}},
+     "priors.sigma2.level"),
+    ({"level": "local_level", "priors": {"sigma2.level": {"dist": "half_normal", "scale": -5}}}, "priors.sigma2.level"),
+    ({"level": "local_level", "priors": {"sigma2.nope": {"dist": "half_normal"}}}, "priors.sigma2.nope"),
+    ({"level": "local_level", "priors": {"sigma2.level": {"dist": ["half_normal"]}}}, "priors.sigma2.level"),
+    ({"level": "local_level", "priors": {"sigma2.level": {"dist": "gaussian"}}}, "priors.sigma2.level"),
+    ({"level": "local_level", 1: 2}, "1"),
+]
+
+
+@pytest.mark.parametrize("d,field", MALFORMED, ids=[f"{f}-{i}" for i, (_, f) in enumerate(MALFORMED)])
+def test_malformed_values_are_value_errors_naming_the_field(d, field):
+    with pytest.raises(ValueError) as info:
+        engine.ModelSpec.from_dict(d)
+    assert f"spec field '{field}'" in str(info.value)
+
+
+def test_a_loaded_prior_is_validated_with_the_spec():
+    """A prior that cannot be used (a negative scale) is refused when the spec is read, naming the
+    parameter; priors that need the data ('auto') wait for it, and an AR(1) prior may name ar.L1."""
+    with pytest.raises(ValueError, match=r"'priors\.sigma2\.level'.*scale.*positive"):
+        engine.ModelSpec.from_json(json.dumps({"level": "local_level", "priors": {
+            "sigma2.level": {"dist": "half_normal", "scale": -5}}}))
+    spec = engine.ModelSpec.from_dict({"level": "local_level", "autoregressive": 1, "priors": {
+        "sigma2.level": {"dist": "inverse_gamma", "concentration": 3, "rate": "auto"},
+        "ar.L1": {"dist": "uniform", "low": 0, "high": 1}}})
+    assert dict(spec.priors)["ar.L1"] == (("dist", "uniform"), ("high", 1), ("low", 0))
+
+
+@pytest.mark.parametrize("d,field", [
+    ({"level": "local_level", "seasonal": [{"period": 2500}]}, "seasonal[0].period"),
+    ({"level": "local_level", "seasonal": [{"period": 1_000_000_000}]}, "seasonal[0].period"),
+    ({"level": "local_level", "seasonal": [{"period": 1e9, "form": "trig"}]}, "seasonal[0].harmonics"),
+    ({"level": "local_level", "seasonal": [{"period": 5000, "form": "trig", "harmonics": 600}, {"period": 7}]},
+     "seasonal[0].harmonics"),   # numbered as given, although dummy seasonals come first in the state
+    ({"irregular": True, "autoregressive": {"order": 200_000}}, "autoregressive.order"),
+    ({"level": "local_level", "regression": {"columns": [f"x{i}" for i in range(1001)], "coefficients": "state"}},
+     "regression.columns"),
+])
+def test_more_states_than_the_engine_holds_are_refused(d, field):
+    """A period of 1e9 asked for a 7 EiB covariance: the state count is capped, before anything is
+    built, with a message pointing at the part that makes the model big."""
+    with pytest.raises(ValueError) as info:
+        engine.ModelSpec.from_dict(d)
+    assert f"spec field '{field}'" in str(info.value) and f"at most {MAX_STATES}" in str(info.value)
+
+
+def test_the_state_cap_admits_yearly_seasonals_of_daily_data():
+    """Daily data with a 365-day seasonal in either form (364 states each), plus a weekly one, a
+    trend, a cycle and an AR(30), fits under the cap; one state more than the cap does not."""
+    daily = {"level": "local_linear_trend", "cycle": True, "autoregressive": 30,
+             "seasonal": [{"period": 7}, {"period": 365}, {"period": 365.25, "form": "trig"}]}
+    assert engine.ModelSpec.from_dict(daily).n_states == 2 + 6 + 364 + 364 + 2 + 30 <= MAX_STATES
+    at_cap = {"irregular": True, "autoregressive": MAX_STATES}
+    assert engine.ModelSpec.from_dict(at_cap).n_states == MAX_STATES
+    with pytest.raises(ValueError, match="autoregressive.order"):
+        engine.ModelSpec.from_dict(dict(at_cap, level="local_level"))
+
+
+def test_diffuse_states_and_history_checked_against_series_length():
+    """check_length: the states with unknown starting values (all but AR's) must be fewer than the
+    observations, and the covariance history kept by filtering and smoothing (n_obs × states²
+    float64s) must fit MAX_HISTORY_BYTES."""
+    spec = engine.ModelSpec.from_dict({"level": "local_level", "autoregressive": 3,
+                                       "seasonal": [{"period": 9.5, "form": "trig"}, {"period": 12}]})
+    assert spec.n_states - spec.ar_order == 1 + 8 + 11
+    spec.check_length(21)
+    with pytest.raises(ValueError, match=r"seasonal\[0\]\.period.*20 states.*\(11 in seasonal\[0\]\).*20 obs"):
+        spec.check_length(20)   # numbered in the spec's order: dummy seasonals first
+    spec.check_data(6)   # check_data also sees forecast horizons: no such check there
+    # a period longer than the series is fine with a few harmonics (4 states), not as a dummy
+    engine.ModelSpec.from_dict({"level": "local_level", "seasonal": [
+        {"period": 365.25, "form": "trig", "harmonics": 2}]}).check_length(192)
+    with pytest.raises(ValueError, match=r"seasonal\[0\]\.period"):
+        engine.ModelSpec.from_dict({"level": "local_level", "seasonal": [{"period": 365}]}).check_length(192)
+    births = engine.ModelSpec.from_dict({"level": "local_level", "seasonal": [
+        {"period": 7}, {"period": 365.25, "form": "trig", "harmonics": 3}]})   # the catalogue's suggestion
+    births.check_length(3652)
+    yearly = engine.ModelSpec.from_dict({"level": "local_level", "seasonal": [{"period": 7}, {"period": 365}]})
+    assert 8 * 3652 * yearly.n_states ** 2 > MAX_HISTORY_BYTES >= 8 * 3652 * births.n_states ** 2
+    with pytest.raises(ValueError, match=r"seasonal\[1\]\.period.*371 states.*GiB"):
+        yearly.check_length(3652)
+    yearly.check_length(MAX_HISTORY_BYTES // (8 * yearly.n_states ** 2))   # a shorter series fits
 
 
 def test_ar_order_checked_against_series_length():
