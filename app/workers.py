@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any, Callable
@@ -20,12 +21,23 @@ from engine import trim_compiled
 log = logging.getLogger("streamssm.app")
 
 THREAD_PREFIX = "streamssm-worker"
+_WORKERS: "weakref.WeakSet[SessionWorker]" = weakref.WeakSet()   # every live session's worker
 
 
 def worker_threads(session_id: str | None = None) -> list[threading.Thread]:
     """Live worker threads, of one session or of all sessions."""
     prefix = f"{THREAD_PREFIX}-{session_id}_" if session_id else f"{THREAD_PREFIX}-"
     return [t for t in threading.enumerate() if t.name.startswith(prefix) and t.is_alive()]
+
+
+def unfinished_jobs() -> list[Future]:
+    """The jobs of every session's worker that have not finished (queued or running; a closed
+    session's running job too: it runs to its end)."""
+    jobs = []
+    for worker in list(_WORKERS):
+        with worker._lock:
+            jobs += list(worker._pending)
+    return jobs
 
 
 def run_now(callback: Callable[[], Any]) -> None:
@@ -50,6 +62,7 @@ class SessionWorker:
         self._closed = False
         self._lock = threading.Lock()
         self._pending: set[Future] = set()
+        _WORKERS.add(self)
 
     @property
     def closed(self) -> bool:

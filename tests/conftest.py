@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import sys
 
 # Before jax is imported anywhere: the engine tests run on the CPU (an explicit
 # JAX_PLATFORMS in the environment still wins).
@@ -42,11 +44,21 @@ def _fixed_numpy_seed():
     yield
 
 
+HANG_GUARD_S = 600   # only so that a job that never ends fails the suite instead of hanging it
+
+
 @pytest.fixture(autouse=True)
 def _bounded_compiled_programs():
     """The suite compiles tens of thousands of programs in one process: drop JAX's caches
-    before the process nears the kernel's limit on memory mappings (see engine.compiled)."""
+    before the process nears the kernel's limit on memory mappings (see engine.compiled).
+
+    First let the app's session jobs that a test left running end (a closed session's job runs
+    to its end and then trims too): none of them may drop caches in the middle of a later test.
+    """
     yield
+    workers = sys.modules.get("app.workers")   # no app imported: no session jobs
+    if workers is not None:
+        concurrent.futures.wait(workers.unfinished_jobs(), timeout=HANG_GUARD_S)
     engine.trim_compiled()
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import engine
 from app.codegen import pymc_extras_code, statsmodels_code
 from app.viewmodels import DataModel, FitModel, LearnModel, SpecModel
 from app.viewmodels.learn_model import filter_step
-from app.workers import SessionWorker, worker_threads
+from app.workers import SessionWorker, unfinished_jobs, worker_threads
 from engine.spec import TREND_KINDS, ModelSpec
 
 
@@ -196,6 +198,20 @@ def test_worker_stops_its_thread_and_refuses_new_jobs():
     assert w.shutdown() == 0 and worker_threads("stoptest") == []
     with pytest.raises(RuntimeError, match="closed"):
         w.submit(lambda: 1, on_done=got.append, on_error=got.append)
+
+
+def test_a_closed_sessions_running_job_is_unfinished_until_it_ends():
+    """`unfinished_jobs` lists a job that outlives its session's close (the suite waits on it)."""
+    w = SessionWorker("outlives")
+    release = threading.Event()
+    job = w.submit(release.wait, 60, on_done=lambda _: None, on_error=lambda _: None)
+    while not job.running():
+        time.sleep(0.01)
+    assert w.shutdown() == 1                        # running: the close does not wait for it
+    assert job in unfinished_jobs()
+    release.set()
+    job.result()
+    assert job not in unfinished_jobs()
 
 
 def test_quick_fit_passes_an_ill_conditioned_start_to_the_page(models):
