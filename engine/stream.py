@@ -191,14 +191,15 @@ class StreamRunner:
         live source does not give them again."""
         if self.running:
             raise RuntimeError("the runner is still running: stop it first")
+        queued = []
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
             if item is not _END:
-                self._leftover.append((item[1], item[2]))
-        items, self._leftover = self._leftover, []
+                queued.append((item[1], item[2]))
+        items, self._leftover = queued + self._leftover, []   # the producer's item in hand came after the queue's
         return items
 
     def join(self, timeout: float | None = None):

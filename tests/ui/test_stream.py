@@ -54,4 +54,5 @@ def test_stream_grows_throughput_shows_and_closing_stops_the_runner(app_url, bro
     _assert_clean(page, panel_server)
     sid = _session_id(page)
     context.close()
-    _wait_log(panel_server, rf"session {re.escape(sid)} stream stopped \(runner still running: False\)")
+    _wait_log(panel_server, rf"session {re.escape(sid)} stream stopped \(runner still running: False, "
+              r"refit still running: False\)")
