@@ -155,8 +155,8 @@ def step_flops(P) -> dict:
     batch = P.shape[0]
     y, d = jnp.zeros(batch), jnp.zeros(batch)
     z = system.design
-    std = jax.jit(lambda st: kalman._full_step(lay, system, st, y, d, z, False, False, False))
-    mean = jax.jit(lambda st: kalman._steady_step(lay, system, st, y, d, z, False, False))
+    std = jax.jit(lambda st: kalman.full_step(lay, system, st, y, d, z, kalman.Phase.STANDARD, False, False))
+    mean = jax.jit(lambda st: kalman.steady_step(lay, system, st, y, d, z, False, False))
     one = jax.tree_util.tree_map(lambda a: a[0], _systems(SPEC, P[:1], None))
     Z = jnp.broadcast_to(one.design, (1024, lay.n_states))
     elems = parallel.filter_elements(one.transition, one.state_var, one.obs_var, Z, jnp.zeros(1024), jnp.zeros(1024))

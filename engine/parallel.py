@@ -155,8 +155,8 @@ def _one_step_terms(lay: Layout, system: System, a, P, y, Z, d):
     """The sequential filter's own observation update, vectorised over time (time as its batch)."""
     n, m = a.shape
     lay = lay._replace(time_varying_design=True)   # z given per step, no layout shortcut
-    out = kalman._observe(lay, a.T, jnp.moveaxis(P, 0, -1), None, y, Z.T, d, system.obs_var,
-                          ~jnp.isnan(y), False, False)
+    out = kalman.observe(lay, a.T, jnp.moveaxis(P, 0, -1), None, y, Z.T, d, system.obs_var,
+                         ~jnp.isnan(y), kalman.Phase.STANDARD, False)
     a_f, P_f, _, llf, v, Fs, _, kind, K = out
     return a_f.T, jnp.moveaxis(P_f, -1, 0), llf, v, Fs, kind, K.T
 
@@ -217,9 +217,8 @@ def _final_state(lay: Layout, prev_observed, tail: _Tail, observed):
     if lay.time_varying_design:
         steady = jnp.zeros_like(last_obs)
     else:
-        change = jnp.sum((P_next - P_last) ** 2, axis=(0, 1))
-        steady = ((info.kind[-1] == 1) & prev_obs & last_obs
-                  & (change <= kalman.TOL_STEADY * jnp.sum(P_next ** 2, axis=(0, 1))))
+        steady = ((info.kind[-1] == kalman.StepKind.STANDARD) & prev_obs & last_obs
+                  & kalman.converged(P_next, P_last))
     return tail.next_mean, P_next, steady, info.gain[-1], info.innov_var[-1], last_obs
 
 

@@ -635,7 +635,7 @@ def test_chunked_gradient_equals_stepwise_autodiff(case):
         assert _ends_steady(spec, p, y)
     if case == "long_diffuse":
         kind = np.asarray(engine.filter_series(spec, p, y).kind)
-        assert np.flatnonzero(kind == 2).max() > 2 * engine.kalman.CHUNK_STEPS
+        assert np.flatnonzero(kind == engine.kalman.StepKind.DIFFUSE).max() > 2 * engine.kalman.CHUNK_STEPS
     p = jnp.asarray(p)
     v, g = jax.value_and_grad(lambda q: engine.loglik(spec, q, y, exog, filter="standard"))(p)
     v_ref, g_ref = jax.value_and_grad(lambda q: _stepwise_loglik(spec, q, y, exog))(p)
@@ -679,7 +679,7 @@ def test_chunked_forward_mode_and_hessian_equal_stepwise(case):
     np.testing.assert_allclose(h, h_ref, rtol=1e-6, atol=1e-8 * np.max(np.abs(h_ref)))
 
 
-# The exact-diffuse steps' rule (`kalman._general_scan`) against plain autodiff of the same steps,
+# The exact-diffuse steps' rule (`kalman.diffuse_scan_custom_jvp`) against plain autodiff of the same steps,
 # with tangents on every input it differentiates: the start (mean, P, and the gain and F it
 # passes on when no step runs), H, q and the intercepts d; steps 0–2 of the local linear trend +
 # quarterly seasonal are diffuse.
@@ -715,7 +715,7 @@ def test_the_diffuse_steps_tangent_equals_autodiff_of_the_same_steps(pattern):
             return (st.mean, st.cov, st.gain, st.innov_var), ll
         return f
 
-    rule, plain = with_rule(kalman._general_scan), with_rule(kalman._general_steps)
+    rule, plain = with_rule(kalman.diffuse_scan_custom_jvp), with_rule(kalman.diffuse_scan)
     (out, t_out), (ref, t_ref) = jax.jvp(rule, primals, tangents), jax.jvp(plain, primals, tangents)
     for a, b in zip(jax.tree.leaves((out, t_out)), jax.tree.leaves((ref, t_ref))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
@@ -729,14 +729,14 @@ def test_the_diffuse_steps_tangent_equals_autodiff_of_the_same_steps(pattern):
 def test_forward_mode_keeps_the_diffuse_rule_in_chunks_after_the_head(monkeypatch):
     """A diffuse phase longer than the head (gaps early on) runs diffuse chunks after it; under
     `jax.jvp` (NUTS's path for few parameters) they must still take the rule, not plain autodiff."""
-    from engine import kalman
+    from engine.kalman import tangents
     from engine.model import _run
 
     spec, p, _, gaps = CHUNKED_GRAD_CASES["long_diffuse"]
     y = jnp.asarray(with_gaps(air(), gaps))[:, None]
     plain = []
-    autodiff = kalman._general_steps_autodiff
-    monkeypatch.setattr(kalman, "_general_steps_autodiff", lambda *a: plain.append(1) or autodiff(*a))
+    autodiff = tangents._diffuse_scan_autodiff
+    monkeypatch.setattr(tangents, "_diffuse_scan_autodiff", lambda *a: plain.append(1) or autodiff(*a))
     f = lambda q: jnp.sum(_run(engine.ModelSpec.from_dict(spec), q[None], y, None, False, False)[1])  # noqa: E731
     jax.jvp(f, (jnp.asarray(p),), (jnp.asarray(p),))
     assert not plain

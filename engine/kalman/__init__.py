@@ -1,0 +1,94 @@
+"""Exact-diffuse univariate Kalman filter and smoother over a batch of systems.
+
+Everything here works on a batch-last layout (`batch_last`): the series of a fleet or the
+posterior draws of the online bank are the last axis of every array, and a single series is a
+batch of one. A filter's life has three phases (`Phase`), and one decision (`phase_of`) picks
+the phase of the whole batch's next step, or next chunk of steps, from its state:
+
+* DIFFUSE  — some member's P∞ ≠ 0: Koopman's exact-diffuse update (as statsmodels does it),
+  which is exact in every case (it is the standard update where P∞ = 0);
+* STANDARD — no member diffuse: the covariance update of P;
+* STEADY   — every member's P has converged and y is observed: P stays at its fixed point
+  and only the mean moves, a ← T(a + K v), which is O(m) per step.
+
+The step and scan variants are one family: each runs one phase (or decides it) on one
+representation of P — dense, its Cholesky factor (`sqrt=True`: P carries L with P = L Lᵀ,
+updated by `ops.tria`), the packed upper triangle (`pack`), or dense in fused rows around the
+scalar observation (F, v and 1/F as (batch,) rows, `scalar_observe`):
+
+| variant                    | module   | phase               | P                               | form | tangent              |
+|----------------------------|----------|---------------------|---------------------------------|------|----------------------|
+| `step`                     | steps    | `phase_of` decides  | dense or Cholesky               | step | autodiff             |
+| `full_step`                | steps    | DIFFUSE or STANDARD | dense or Cholesky               | step | autodiff             |
+| `steady_step`              | steps    | STEADY              | fixed (K, F carried)            | step | autodiff             |
+| `standard_step_fused`      | steps    | STANDARD            | dense, fused scalar observation | step | autodiff             |
+| `standard_step_packed`     | packed   | STANDARD            | packed upper triangle           | step | autodiff             |
+| `diffuse_scan`             | steps    | DIFFUSE             | dense or Cholesky               | scan | autodiff             |
+| `diffuse_scan_custom_jvp`  | tangents | DIFFUSE             | dense                           | scan | hand-written         |
+| `standard_scan`            | steps    | STANDARD            | dense or Cholesky               | scan | autodiff             |
+| `standard_scan_custom_jvp` | tangents | STANDARD            | dense                           | scan | hand-written         |
+| `steady_scan`              | steps    | STEADY              | fixed (K, F given)              | scan | autodiff             |
+| `run`                      | scan     | per step or chunk   | dense or Cholesky               | scan | autodiff             |
+| `run_chunked`              | scan     | per chunk           | dense or Cholesky               | scan | hand-written (dense) |
+| `mean_pass`                | scan     | gains given         | none: shared K_t, F_t           | scan | autodiff             |
+| `smooth_one`               | smoother | backward pass       | dense                           | scan | autodiff             |
+
+`observe` and `predict` are the halves of `full_step`; `diffuse_scan_custom_jvp` falls back to
+plain autodiff where P∞ has a tangent (cycle and AR models); `ops.tria` has a rule of its own.
+
+When each is chosen:
+
+* `run` filters one series (no kept steps, a fixed design) with `run_chunked`: a diffuse head,
+  then one `phase_of` decision per CHUNK_STEPS steps, each chunk one phase's scan (the custom
+  JVP ones in dense mode, the plain ones in sqrt mode). Batches, kept steps (`keep=True`, for
+  the smoother and the app) and time-varying designs scan `step`, one decision per step.
+* The online bank (`engine.online`) takes `step` in the diffuse phase, `standard_step_fused`
+  (small banks) or `standard_step_packed` (large ones) in the standard phase and `steady_step`
+  in the steady one. The fleet (`engine.fleet`) runs `full_step` in the diffuse phase over a
+  prefix and `standard_step_fused` after it. The parallel filter (`engine.parallel`) runs `run`
+  over the diffuse prefix and vectorises `observe` over time after it.
+* `mean_pass` serves many series that share one system and one missing-data pattern (the
+  gains of one member's kept `run`); `smooth_one` smooths one member's kept `run`.
+
+Modules: `state` (FilterState, StepInfo, Phase, StepKind, init, phase_of, tolerances), `ops`
+(batch-last algebra), `steps`, `packed`, `tangents`, `scan`, `smoother`.
+"""
+
+from .ops import (dense_cov, design_states, factor_psd, mat_vec, mat_z, outer, rows_apply, rows_z_dot, safe_sqrt,
+                  symmetrize, tria, tria_batch_last, z_dot)
+from .packed import pack, packed_entry, packed_mat_z, packed_pairs, standard_step_packed, unpack
+from .scan import CHUNK_STEPS, mean_pass, run, run_chunked
+from .smoother import SmoothResult, smooth_one
+from .state import (LOG_2PI, TOL_DIFFUSE, TOL_STEADY, FilterState, Phase, StepInfo, StepKind, batch_last, converged,
+                    init, phase_of)
+from .steps import (diffuse_scan, full_step, observe, predict, scalar_observe, standard_scan, standard_step_fused,
+                    steady_scan, steady_step, step)
+from .tangents import diffuse_scan_custom_jvp, standard_scan_custom_jvp
+
+__all__ = [
+    "FilterState", "StepInfo", "Phase", "StepKind", "SmoothResult", "TOL_DIFFUSE", "TOL_STEADY", "LOG_2PI",
+    "CHUNK_STEPS", "batch_last", "init", "phase_of", "converged",
+    "step", "full_step", "observe", "predict", "steady_step", "scalar_observe", "standard_step_fused",
+    "standard_step_packed", "diffuse_scan", "diffuse_scan_custom_jvp", "standard_scan", "standard_scan_custom_jvp",
+    "steady_scan", "run", "run_chunked", "mean_pass", "smooth_one",
+    "pack", "unpack", "packed_pairs", "packed_entry", "packed_mat_z",
+    "tria", "tria_batch_last", "safe_sqrt", "factor_psd", "mat_vec", "outer", "symmetrize", "dense_cov", "z_dot",
+    "mat_z", "rows_apply", "design_states", "rows_z_dot",
+]
+
+
+# -- old private names still imported by online and fleet; removed when their imports switch --
+_fused_standard_step = standard_step_fused
+_packed_standard_step = standard_step_packed
+_steady_step = steady_step
+_mat_z = mat_z
+_mv = mat_vec
+_packed_entry = packed_entry
+_packed_mat_z = packed_mat_z
+_rows_apply = rows_apply
+_z_dot = z_dot
+
+
+def _full_step(lay, system, state, y, d, z, use_diffuse: bool, sqrt: bool, keep: bool):
+    """`full_step` with its phase given by the old flag (True: Phase.DIFFUSE, False: Phase.STANDARD)."""
+    return full_step(lay, system, state, y, d, z, Phase.DIFFUSE if use_diffuse else Phase.STANDARD, sqrt, keep)
