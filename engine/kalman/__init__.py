@@ -13,25 +13,26 @@ the phase of the whole batch's next step, or next chunk of steps, from its state
 
 The step and scan variants are one family: each runs one phase (or decides it) on one
 representation of P — dense, its Cholesky factor (`sqrt=True`: P carries L with P = L Lᵀ,
-updated by `ops.tria`), the packed upper triangle (`pack`), or dense in fused rows around the
-scalar observation (F, v and 1/F as (batch,) rows, `scalar_observe`):
+updated by `ops.tria`), the packed upper triangle (`pack`), or dense in fused rows: one
+(batch,) row per entry around the scalar observation (F, v, 1/F: `scalar_observe`), so that XLA
+fuses the whole update into a few elementwise loops over the batch:
 
-| variant                    | module   | phase               | P                               | form | tangent              |
-|----------------------------|----------|---------------------|---------------------------------|------|----------------------|
-| `step`                     | steps    | `phase_of` decides  | dense or Cholesky               | step | autodiff             |
-| `full_step`                | steps    | DIFFUSE or STANDARD | dense or Cholesky               | step | autodiff             |
-| `steady_step`              | steps    | STEADY              | fixed (K, F carried)            | step | autodiff             |
-| `standard_step_fused`      | steps    | STANDARD            | dense, fused scalar observation | step | autodiff             |
-| `standard_step_packed`     | packed   | STANDARD            | packed upper triangle           | step | autodiff             |
-| `diffuse_scan`             | steps    | DIFFUSE             | dense or Cholesky               | scan | autodiff             |
-| `diffuse_scan_custom_jvp`  | tangents | DIFFUSE             | dense                           | scan | hand-written         |
-| `standard_scan`            | steps    | STANDARD            | dense or Cholesky               | scan | autodiff             |
-| `standard_scan_custom_jvp` | tangents | STANDARD            | dense                           | scan | hand-written         |
-| `steady_scan`              | steps    | STEADY              | fixed (K, F given)              | scan | autodiff             |
-| `run`                      | scan     | per step or chunk   | dense or Cholesky               | scan | autodiff             |
-| `run_chunked`              | scan     | per chunk           | dense or Cholesky               | scan | hand-written (dense) |
-| `mean_pass`                | scan     | gains given         | none: shared K_t, F_t           | scan | autodiff             |
-| `smooth_one`               | smoother | backward pass       | dense                           | scan | autodiff             |
+| variant                    | module   | phase               | P                     | form | tangent              |
+|----------------------------|----------|---------------------|-----------------------|------|----------------------|
+| `step`                     | steps    | `phase_of` decides  | dense or Cholesky     | step | autodiff             |
+| `full_step`                | steps    | DIFFUSE or STANDARD | dense or Cholesky     | step | autodiff             |
+| `steady_step`              | steps    | STEADY              | fixed (K, F carried)  | step | autodiff             |
+| `standard_step_fused`      | steps    | STANDARD            | dense, fused rows     | step | autodiff             |
+| `standard_step_packed`     | packed   | STANDARD            | packed upper triangle | step | autodiff             |
+| `diffuse_scan`             | steps    | DIFFUSE             | dense or Cholesky     | scan | autodiff             |
+| `diffuse_scan_custom_jvp`  | tangents | DIFFUSE             | dense                 | scan | hand-written         |
+| `standard_scan`            | steps    | STANDARD            | dense or Cholesky     | scan | autodiff             |
+| `standard_scan_custom_jvp` | tangents | STANDARD            | dense                 | scan | hand-written         |
+| `steady_scan`              | steps    | STEADY              | fixed (K, F given)    | scan | autodiff             |
+| `run`                      | scan     | per step or chunk   | dense or Cholesky     | scan | its path's           |
+| `run_chunked`              | scan     | per chunk           | dense or Cholesky     | scan | hand-written (dense) |
+| `mean_pass`                | scan     | gains given         | none: shared K_t, F_t | scan | autodiff             |
+| `smooth_one`               | smoother | backward pass       | dense                 | scan | autodiff             |
 
 `observe` and `predict` are the halves of `full_step`; `diffuse_scan_custom_jvp` falls back to
 plain autodiff where P∞ has a tangent (cycle and AR models); `ops.tria` has a rule of its own.
