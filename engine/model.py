@@ -18,8 +18,9 @@ import numpy as np
 from . import augmented as _augmented
 from . import kalman
 from . import parallel as _parallel
+from .components import ComponentSelector, component_selectors
 from .spec import ModelSpec, as_spec, param_names
-from .system import (Layout, System, build_system, check_exog, diffuse_states, layout, params_from_vector,
+from .system import (System, build_system, check_exog, diffuse_states, layout, params_from_vector,
                      params_to_vector)
 
 FILTERS = ("standard", "sqrt", "parallel", "auto")
@@ -284,18 +285,13 @@ class SmoothedComponents(NamedTuple):
     components: dict               # name → (mean (time,), var (time,))
 
 
-def _component_designs(spec: ModelSpec, lay: Layout, Z_t: jnp.ndarray) -> dict:
-    """For each component a (time, state) design that picks its contribution to y_t."""
+def _component_rows(selector: ComponentSelector, Z_t: jnp.ndarray) -> jnp.ndarray:
+    """(time, state) rows w_t such that w_t · α_t is the component at t (see `ComponentSelector`)."""
     n_time, m = Z_t.shape
-    out = {}
-    for name, start, k, _, _ in lay.blocks:
-        if name == "unused":
-            continue
-        sel = jnp.zeros(m).at[start:start + k].set(1.0)
-        out[name] = Z_t * sel
-        if name == "level" and k == 2:  # the slope state, reported as 'trend'
-            out["trend"] = jnp.zeros((n_time, m)).at[:, start + 1].set(1.0)
-    return out
+    states = jnp.asarray(selector.states)
+    if selector.weighted:
+        return Z_t * jnp.zeros(m).at[states].set(1.0)
+    return jnp.zeros((n_time, m)).at[:, states].set(1.0)
 
 
 def smooth(spec, params, y, exog=None, filter: str = "auto") -> SmoothedComponents:
@@ -321,12 +317,14 @@ def smooth_prepared(spec: ModelSpec, pvec: jnp.ndarray, y: jnp.ndarray, x: jnp.n
         _, info = kalman.run(lay, batch_systems(spec, pvec[None], x), y[:, None], keep=True)
         res = kalman.smooth_one(lay, system, jax.tree_util.tree_map(lambda a: a[..., 0], info), Z_t)
     comps = {}
-    for name, Zc in _component_designs(spec, lay, Z_t).items():
+    for selector in component_selectors(spec):
+        if not selector.states:   # regression on fixed coefficients: x_t β, known given the parameters
+            comps[selector.name] = (jnp.broadcast_to(system.obs_intercept, y.shape), jnp.zeros_like(y))
+            continue
+        Zc = _component_rows(selector, Z_t)
         mean = jnp.einsum("ti,ti->t", Zc, res.mean)
         var = jnp.einsum("ti,tij,tj->t", Zc, res.cov, Zc)
-        comps[name] = (mean, var)
-    if spec.regression is not None and spec.regression.coefficients == "parameters":
-        comps["regression"] = (jnp.broadcast_to(system.obs_intercept, y.shape), jnp.zeros_like(y))
+        comps[selector.name] = (mean, var)
     return SmoothedComponents(res.mean, res.cov, comps)
 
 

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 import engine
+from engine.components import ComponentSelector, component_selectors
 from engine.system import block_structure, build_system, layout
 
 EVERY_BLOCK = {"level": {"kind": "local_linear_trend"},
@@ -41,3 +42,27 @@ def test_layout_of_a_new_spec_compiles_nothing(caplog):
         lay = layout(spec)
     assert lay.n_states == 2 + 22 + 2 + 2
     assert "Compiling" not in caplog.text
+
+
+def test_component_selectors_split_the_design_row():
+    """Every observed state belongs to exactly one weighted component, so the weighted components
+    sum to the signal Z_t α_t; the trend is the slope state alone, with unit weight."""
+    spec = engine.ModelSpec.from_dict(dict(EVERY_BLOCK, regression={"columns": ["x", "z"], "coefficients": "time_varying"}))
+    system = build_system(spec, {**_params(spec), "sigma2.x": 0.1, "sigma2.z": 0.1}, np.ones((10, 2)))
+    selectors = component_selectors(spec)
+    assert [s.name for s in selectors] == ["level", "trend", "seasonal_5", "freq_seasonal_9(3)", "cycle",
+                                           "autoregressive", "regression"]
+    weighted = np.zeros(layout(spec).n_states)
+    for s in selectors:
+        if s.weighted:
+            weighted[list(s.states)] += 1
+    np.testing.assert_array_equal(weighted, np.any(np.asarray(system.design) != 0, axis=0))
+    level_start = {name: start for name, start, *_ in layout(spec).blocks}["level"]
+    assert selectors[1] == ComponentSelector("trend", (level_start + 1,), False)
+
+
+def test_component_selectors_of_a_fixed_coefficient_regression_and_of_no_component():
+    spec = {"level": {"kind": "local_level"}, "regression": {"columns": ["x"]}}
+    assert [tuple(s) for s in component_selectors(spec)] == [("level", (0,), True), ("regression", (), True)]
+    assert component_selectors({"irregular": True}) == ()
+
