@@ -20,7 +20,7 @@ from . import kalman
 from . import parallel as _parallel
 from .components import ComponentSelector, component_selectors
 from .spec import ModelSpec, as_spec, param_names
-from .system import (System, build_system, check_exog, diffuse_states, layout, params_from_vector,
+from .system import (System, build_system, check_exog, check_finite, diffuse_states, layout, params_from_vector,
                      params_to_vector)
 
 FILTERS = ("standard", "sqrt", "parallel", "auto")
@@ -60,9 +60,7 @@ def as_series(y, name: str = "y") -> jnp.ndarray:
     arr = np.asarray(getattr(y, "values", y), dtype=float)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be one series of shape (time,), got shape {arr.shape}")
-    if np.isinf(arr).any():
-        raise ValueError(f"{name} has an infinite value at index {int(np.flatnonzero(np.isinf(arr))[0])}; "
-                         "use NaN for missing values")
+    check_finite(arr, name)
     return jnp.asarray(arr)
 
 

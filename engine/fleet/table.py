@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..spec import ModelSpec
-from ..system import layout
+from ..system import check_finite, layout
 
 BATCH_COV_ENTRIES = 4096  # default batch: about this many covariance entries (series × states²), see `default_batch_size`
 
@@ -59,9 +59,7 @@ def as_series_table(Y, exog=None, spec: ModelSpec | None = None) -> SeriesTable:
         ids = [str(i) for i in range(values.shape[0])]
     if values.shape[0] == 0 or values.shape[1] < 2:
         raise ValueError(f"the fleet needs at least one series of at least 2 time steps, got shape {values.shape}")
-    if np.isinf(values).any():
-        s, t = np.argwhere(np.isinf(values))[0]
-        raise ValueError(f"series {ids[s]!r} has an infinite value at time step {t}; use NaN for missing values")
+    check_finite(values, "Y", dims=("series", "time step"), labels={"series": ids})
     if len(set(ids)) != len(ids):
         raise ValueError("series names must be unique")
     x = None
@@ -76,11 +74,12 @@ def as_series_table(Y, exog=None, spec: ModelSpec | None = None) -> SeriesTable:
         x = np.asarray(exog, dtype=float)
         if x.ndim == 1:
             x = x[:, None]
-        if x.ndim == 2 and x.shape[0] < values.shape[1] or x.ndim == 3 and x.shape[:2] != values.shape:
+        if x.ndim not in (2, 3) or x.ndim == 2 and x.shape[0] < values.shape[1] \
+                or x.ndim == 3 and x.shape[:2] != values.shape:
             raise ValueError(f"exog must be (time, k) shared or (series, time, k) with time ≥ {values.shape[1]}, "
                              f"got shape {x.shape}")
-        if not np.isfinite(x).all():
-            raise ValueError("exog must be finite everywhere (regressors cannot be missing)")
+        labels = {"series": ids, "column": spec.exog_columns if spec is not None and spec.regression is not None else None}
+        check_finite(x, "exog", regressors=True, dims=("series", "time step", "column")[3 - x.ndim:], labels=labels)
         x = x[: values.shape[1]] if x.ndim == 2 else x
     if spec is not None and spec.regression is not None:
         if x is None:

@@ -7,10 +7,11 @@ import logging
 
 import jax
 import numpy as np
+import pytest
 
 import engine
 from engine.components import ComponentSelector, component_selectors
-from engine.system import block_structure, build_system, layout
+from engine.system import block_structure, build_system, check_finite, layout
 
 EVERY_BLOCK = {"level": {"kind": "local_linear_trend"},
                "seasonal": [{"period": 5}, {"period": 9, "form": "trig", "harmonics": 3}],
@@ -66,3 +67,13 @@ def test_component_selectors_of_a_fixed_coefficient_regression_and_of_no_compone
     assert [tuple(s) for s in component_selectors(spec)] == [("level", (0,), True), ("regression", (), True)]
     assert component_selectors({"irregular": True}) == ()
 
+
+def test_check_finite_names_the_first_bad_value_and_the_fix():
+    check_finite(np.array([1.0, np.nan, 2.0]), "y")                       # missing values are allowed
+    with pytest.raises(ValueError, match=r"y has an infinite value at index 2; use NaN"):
+        check_finite(np.array([1.0, np.nan, -np.inf]), "y")
+    with pytest.raises(ValueError, match=r"exog has a NaN/inf at row 1, column 'law'; regressors must be finite"):
+        check_finite(np.array([[1.0, 2.0], [3.0, np.nan]]), "exog", regressors=True, dims=("row", "column"),
+                     labels={"column": ("petrol_price", "law")})
+    with pytest.raises(ValueError, match=r"Y has an infinite value at series 'b', time step 0"):
+        check_finite(np.array([[1.0, 2.0], [np.inf, 3.0]]), "Y", dims=("series", "time step"), labels={"series": ["a", "b"]})
