@@ -137,8 +137,14 @@ def test_inputs_long_and_wide_tables():
         table = as_series_table(data)
         assert table.ids == ["a", "b", "c"]
         np.testing.assert_array_equal(table.Y, Y)
-    with pytest.raises(ValueError, match="infinite"):
+    with pytest.raises(ValueError, match="infinite value at series '0', time step 1"):
         as_series_table(np.array([[1.0, np.inf, 2.0]]))
+    exog = np.ones((10, 1))
+    exog[4, 0] = np.nan
+    with pytest.raises(ValueError, match="exog has a NaN/inf at time step 4, column 0"):
+        as_series_table(Y, exog)
+    with pytest.raises(ValueError, match=r"exog must be \(time, k\) shared or \(series, time, k\)"):
+        as_series_table(Y, np.ones((3, 10, 1, 1)))
 
 
 def test_progress_cancel_and_a_failing_batch(fleet):
