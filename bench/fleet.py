@@ -83,14 +83,14 @@ def main():
 
     import engine
     from engine import cluster
-    from engine.bayes import _usable_cores
+    from engine.cores import usable_cores
     from engine.fleet import default_batch_size
 
     fleet = engine.make_fleet(args.series, args.time, seed=0)
     Y, spec = fleet.Y, fleet.spec
     chosen = args.batch_size is None
     if chosen:
-        args.batch_size = default_batch_size(engine.spec.as_spec(spec), args.series, _usable_cores())
+        args.batch_size = default_batch_size(engine.spec.as_spec(spec), args.series, usable_cores())
     print(f"fleet: {args.series} series × T={args.time}, spec {spec}, batch {args.batch_size}{' (default)' if chosen else ''}, "
           f"CPUs {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} (timings on a loaded machine are inflated)")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -32,11 +31,12 @@ from numpyro.infer.util import ParamInfo, potential_energy
 
 from . import kalman
 from .compiled import on_trim
-from .model import _systems, as_param_vector, prepare_fit
-from .priors import POSITIVE_FAMILIES, Prior, make_distribution, resolve_priors, sample_sites
+from .cores import usable_cores
+from .model import as_param_vector, batch_systems, prepare_fit
+from .priors import (POSITIVE_FAMILIES, Prior, make_distribution, params_to_site_values, resolve_priors, sample_sites,
+                     site_values_to_params)
 from .spec import ModelSpec, as_spec, param_names
 from .system import layout
-from .transforms import pacf_to_ar
 
 CHUNK_DRAWS = 64   # draws per batched-filter chunk when evaluating pointwise log-likelihoods
 
@@ -50,7 +50,7 @@ class FitCancelled(RuntimeError):
 def _loglik_terms_batch(spec: ModelSpec, pvec, y, x):
     """Pointwise log-likelihoods (time, batch) of y (time,) under parameters pvec (batch, k)."""
     n = pvec.shape[0]
-    _, ll = kalman.run(layout(spec), _systems(spec, pvec, x), jnp.broadcast_to(y[:, None], (y.shape[0], n)))
+    _, ll = kalman.run(layout(spec), batch_systems(spec, pvec, x), jnp.broadcast_to(y[:, None], (y.shape[0], n)))
     return ll
 
 
@@ -121,47 +121,13 @@ def _model(spec: ModelSpec, families: tuple[str, ...], y, x, prior_args, *, for_
     sites = sample_sites(spec)
     values = {name: numpyro.sample(name, make_distribution(fam, args))
               for name, fam, args in zip(sites, families, prior_args)}
-    pvec = _site_values_to_params(spec, values)
+    pvec = site_values_to_params(spec, values)
     if spec.ar_order:
         for i in range(spec.ar_order):
             numpyro.deterministic(f"ar.L{i + 1}", pvec[param_names(spec).index(f"ar.L{i + 1}")])
     if likelihood:
         ll = _sampler_loglik(spec)(pvec, (y, x)) if for_sampler else loglik_value(spec, pvec, y, x)
         numpyro.factor("loglik", ll)
-
-
-def _site_values_to_params(spec: ModelSpec, values: Mapping) -> jnp.ndarray:
-    """Sample-site values → parameter vector in `param_names` order (PACFs → AR coefficients)."""
-    names = param_names(spec)
-    out = [values[n] for n in names if not n.startswith("ar.L")]
-    if not spec.ar_order:
-        return jnp.stack(out) if out else jnp.zeros(0)
-    phi = pacf_to_ar(jnp.stack([values[f"pacf.L{i + 1}"] for i in range(spec.ar_order)]))
-    j = names.index("ar.L1")
-    out = out[:j] + list(phi) + out[j:]
-    return jnp.stack(out)
-
-
-def _ar_to_pacf(phi: jnp.ndarray) -> jnp.ndarray:
-    """Step-down recursion (inverse of `pacf_to_ar`), traceable."""
-    p = phi.shape[-1]
-    pacf = [None] * p
-    for k in range(p - 1, -1, -1):
-        r = phi[k]
-        pacf[k] = r
-        if k:
-            phi = (phi[:k] + r * phi[:k][::-1]) / (1 - r * r)
-    return jnp.stack(pacf)
-
-
-def _params_to_site_values(spec: ModelSpec, pvec: jnp.ndarray) -> dict:
-    names = param_names(spec)
-    values = {n: pvec[i] for i, n in enumerate(names) if not n.startswith("ar.L")}
-    if spec.ar_order:
-        j = names.index("ar.L1")
-        pacf = _ar_to_pacf(pvec[j:j + spec.ar_order])
-        values.update({f"pacf.L{i + 1}": pacf[i] for i in range(spec.ar_order)})
-    return values
 
 
 class Problem(NamedTuple):
@@ -261,11 +227,11 @@ def _traced_maps(spec: ModelSpec, families: tuple[str, ...], prior_args):
     tr = {n: biject_to(make_distribution(f, a).support) for n, f, a in zip(sites, families, prior_args)}
 
     def to_unconstrained(pvec):
-        values = _params_to_site_values(spec, pvec)
+        values = params_to_site_values(spec, pvec)
         return jnp.stack([tr[n].inv(values[n]) for n in sorted(sites)])
 
     def to_constrained(z):
-        return _site_values_to_params(spec, {n: tr[n](z[i]) for i, n in enumerate(sorted(sites))})
+        return site_values_to_params(spec, {n: tr[n](z[i]) for i, n in enumerate(sorted(sites))})
     return to_unconstrained, to_constrained
 
 
@@ -521,7 +487,7 @@ def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: 
     keys = _chain_keys(seed, chains)
     chain_starts = [{n: jnp.asarray(starts[i, c]) for i, n in enumerate(sites)} for c in range(chains)]
 
-    with ThreadPoolExecutor(max(2, min(chains, _usable_cores())), thread_name_prefix="nuts") as pool:
+    with ThreadPoolExecutor(max(2, min(chains, usable_cores())), thread_name_prefix="nuts") as pool:
         # Two programs compile at once, on two threads (XLA releases the interpreter lock): the
         # sampling chunk, which needs only the shape of a chain's state, and the pointwise
         # log-likelihood, which the fit needs at the end and which first gives the likelihood
@@ -631,14 +597,6 @@ def _start_likelihood(prob: Problem, starts: np.ndarray):
 def _pointwise_chunk(spec, theta, y, x):
     """(CHUNK_DRAWS, time) log-likelihood terms for a chunk of draws (CHUNK_DRAWS, param)."""
     return _loglik_terms_batch(spec, theta, y, x).T
-
-
-def _usable_cores() -> int:
-    """The cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:   # not on Linux
-        return os.cpu_count() or 1
 
 
 def pointwise_loglik(spec, theta, y, exog=None) -> np.ndarray:

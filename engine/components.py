@@ -6,6 +6,11 @@ how its initial state is set (exact diffuse, or AR's stationary covariance).
 The state ordering follows statsmodels UnobservedComponents: level, trend,
 dummy seasonals, trigonometric seasonals, cycle, AR, regression.
 
+`component_selectors` is the one place that says which states make up each reported
+component, in one vocabulary (statsmodels' names): `level`, `trend` (the slope of a local
+linear trend), `seasonal_{period}`, `freq_seasonal_{period}({harmonics})`, `cycle`,
+`autoregressive` and `regression`.
+
 What does not depend on the parameters (designs, and the transitions of the trend,
 seasonal and regression blocks) is a NumPy constant: the layout reads it from a trace
 without running anything (see `system.block_structure`).
@@ -13,13 +18,13 @@ without running anything (see `system.block_structure`).
 
 from __future__ import annotations
 
-import math
-from typing import NamedTuple
+from functools import lru_cache
+from typing import Mapping, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 
-from .spec import ModelSpec, seasonal_param_name
+from .spec import ModelSpec, as_spec, seasonal_param_name
 
 
 class Block(NamedTuple):
@@ -128,3 +133,44 @@ def blocks(spec: ModelSpec, params: dict) -> list[Block]:
     if spec.regression_in_state:
         out.append(regression_block(spec, params))
     return out
+
+
+class ComponentSelector(NamedTuple):
+    """Which states make up one reported component, and how they combine.
+
+    A component's value at time t is Σ_i w_i α_t[i] over `states`, with w_i the design row
+    Z_t[i] when `weighted` (its contribution to y_t) and 1 otherwise (the trend: the slope
+    state itself, which enters y_t only through the level). A regression on fixed
+    coefficients has no states: its contribution is the observation intercept x_t β.
+    """
+
+    name: str                  # 'level', 'trend', 'seasonal_12', 'freq_seasonal_365.25(3)', 'cycle', ...
+    states: tuple[int, ...]    # indices into the state vector
+    weighted: bool             # weights from the design row Z_t (else unit weights)
+
+
+def component_selectors(spec: ModelSpec | Mapping) -> tuple[ComponentSelector, ...]:
+    """The reported components of a spec, in state order (a fixed-coefficient regression last).
+
+    Each block gives one component over the states its design can weight (a regression's
+    coefficient states all, their design being x_t); a local linear trend also gives `trend`,
+    its slope state with unit weight. Static: safe to call under jit."""
+    return _component_selectors(as_spec(spec))
+
+
+@lru_cache(maxsize=512)
+def _component_selectors(spec: ModelSpec) -> tuple[ComponentSelector, ...]:
+    from .system import block_structure   # system builds on this module
+
+    out, start = [], 0
+    for name, k, _, _, design in block_structure(spec):
+        states = tuple(range(start, start + k)) if name == "regression" else \
+            tuple(start + int(i) for i in np.flatnonzero(design))
+        if states:
+            out.append(ComponentSelector(name, states, True))
+        if name == "level" and k == 2:
+            out.append(ComponentSelector("trend", (start + 1,), False))
+        start += k
+    if spec.regression is not None and spec.regression.coefficients == "parameters":
+        out.append(ComponentSelector("regression", (), True))
+    return tuple(out)

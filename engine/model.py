@@ -18,8 +18,9 @@ import numpy as np
 from . import augmented as _augmented
 from . import kalman
 from . import parallel as _parallel
+from .components import ComponentSelector, component_selectors
 from .spec import ModelSpec, as_spec, param_names
-from .system import (Layout, System, build_system, check_exog, diffuse_states, layout, params_from_vector,
+from .system import (System, build_system, check_exog, check_finite, diffuse_states, layout, params_from_vector,
                      params_to_vector)
 
 FILTERS = ("standard", "sqrt", "parallel", "auto")
@@ -59,14 +60,13 @@ def as_series(y, name: str = "y") -> jnp.ndarray:
     arr = np.asarray(getattr(y, "values", y), dtype=float)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be one series of shape (time,), got shape {arr.shape}")
-    if np.isinf(arr).any():
-        raise ValueError(f"{name} has an infinite value at index {int(np.flatnonzero(np.isinf(arr))[0])}; "
-                         "use NaN for missing values")
+    check_finite(arr, name)
     return jnp.asarray(arr)
 
 
-def _systems(spec: ModelSpec, pvec: jnp.ndarray, exog) -> System:
-    """Systems with a leading batch axis from parameter vectors (batch, k) and exog (batch, time, k)."""
+def batch_systems(spec: ModelSpec, pvec: jnp.ndarray, exog) -> System:
+    """Systems with a leading batch axis from parameter vectors (batch, k) and exog (time, k) shared
+    or (batch, time, k) per member: `build_system` vmapped, the input of every batched filter."""
     def one(pv, x):
         return build_system(spec, params_from_vector(spec, pv), x)
     return jax.vmap(one, in_axes=(0, None if exog is None or exog.ndim == 2 else 0))(pvec, exog)
@@ -77,11 +77,15 @@ def _run(spec: ModelSpec, pvec, Y, exog, sqrt: bool, keep: bool, parallel: bool 
     """Filter Y (time, batch) with parameters pvec (batch, k); `parallel`: by associative scan."""
     lay = layout(spec)
     if parallel:
-        return _parallel.run(lay, _systems(spec, pvec, exog), Y, keep=keep)
-    return kalman.run(lay, _systems(spec, pvec, exog), Y, sqrt=sqrt, keep=keep)
+        return _parallel.run(lay, batch_systems(spec, pvec, exog), Y, keep=keep)
+    return kalman.run(lay, batch_systems(spec, pvec, exog), Y, sqrt=sqrt, keep=keep)
 
 
-def _prepare(spec, params, y, exog):
+def prepare_inputs(spec, params, y, exog) -> tuple[ModelSpec, jnp.ndarray, jnp.ndarray, jnp.ndarray | None]:
+    """Checked inputs of a spec-level call: (spec, parameter vector (k,), y (time,), exog (time, k) or None).
+
+    The spec is parsed, y refused if infinite or too long for the spec, exog checked against the
+    spec and cut to y's length, and the parameters put in `param_names` order."""
     spec = as_spec(spec)
     y = as_series(y)
     spec.check_data(y.shape[0])
@@ -91,10 +95,10 @@ def _prepare(spec, params, y, exog):
 
 
 def prepare_fit(spec, y, exog=None) -> tuple[ModelSpec, jnp.ndarray, jnp.ndarray | None]:
-    """`_prepare` for a fit: (spec, y, x), refusing a series that leaves nothing to fit. The exact
+    """`prepare_inputs` for a fit: (spec, y, x), refusing a series that leaves nothing to fit. The exact
     diffuse likelihood spends the first observations on the d diffuse initial states, so with
     d or fewer observed values (all NaN, say) it does not depend on the parameters."""
-    spec, _, y, x = _prepare(spec, np.zeros(len(param_names(spec))), y, exog)
+    spec, _, y, x = prepare_inputs(spec, np.zeros(len(param_names(spec))), y, exog)
     n_observed = int(np.sum(np.isfinite(np.asarray(y))))
     n_diffuse = len(diffuse_states(layout(spec)))
     if n_observed <= n_diffuse:
@@ -114,7 +118,7 @@ def loglik_terms(spec, params, y, exog=None, filter: str = "auto") -> jnp.ndarra
 
     filter: "standard", "sqrt" (Cholesky), "parallel" (associative scan, `engine.parallel`) or
     "auto" (parallel on a GPU/TPU for long series, else standard)."""
-    spec, pvec, y, x = _prepare(spec, params, y, exog)
+    spec, pvec, y, x = prepare_inputs(spec, params, y, exog)
     sqrt, par = _filter_for(filter, spec, y.shape[0])
     _, ll = _run(spec, pvec[None], y[:, None], x, sqrt, False, par)
     return ll[:, 0]
@@ -128,14 +132,14 @@ def loglik(spec, params, y, exog=None, filter: str = "auto") -> jnp.ndarray:
     ill-conditioned (`diffuse_conditioning`) and Koopman's recursion (statsmodels' too) is not.
     """
     if filter == "augmented":
-        spec, pvec, y, x = _prepare(spec, params, y, exog)
+        spec, pvec, y, x = prepare_inputs(spec, params, y, exog)
         return _augmented_loglik(spec, pvec, y, x)
     return jnp.sum(loglik_terms(spec, params, y, exog, filter))
 
 
 @partial(jax.jit, static_argnames=("spec",))
 def _augmented_loglik(spec: ModelSpec, pvec, y, exog):
-    system = jax.tree_util.tree_map(lambda a: a[0], _systems(spec, pvec[None], exog))
+    system = jax.tree_util.tree_map(lambda a: a[0], batch_systems(spec, pvec[None], exog))
     return _augmented.loglik(layout(spec), system, y)
 
 
@@ -191,7 +195,7 @@ def _loglik_many(spec, pvec, Y, x, sqrt, shared, par=False):
     lay = layout(spec)
 
     def one_pass():
-        _, info = kalman.run(lay, _systems(spec, pvec[None], x), Y[:, :1], keep=True)
+        _, info = kalman.run(lay, batch_systems(spec, pvec[None], x), Y[:, :1], keep=True)
         gains = jax.tree_util.tree_map(lambda a: a[..., 0], info)
         system = build_system(spec, params_from_vector(spec, pvec), x)
         if lay.time_varying_design:
@@ -223,7 +227,7 @@ class FilterResult(NamedTuple):
 
 def filter_series(spec, params, y, exog=None, filter: str = "auto") -> FilterResult:
     """Run the exact-diffuse Kalman filter and keep every step's moments (filter: as `loglik_terms`)."""
-    spec, pvec, y, x = _prepare(spec, params, y, exog)
+    spec, pvec, y, x = prepare_inputs(spec, params, y, exog)
     sqrt, par = _filter_for(filter, spec, y.shape[0])
     final, info = _run(spec, pvec[None], y[:, None], x, sqrt, True, par)
     first = lambda a: a[..., 0]
@@ -279,18 +283,13 @@ class SmoothedComponents(NamedTuple):
     components: dict               # name → (mean (time,), var (time,))
 
 
-def _component_designs(spec: ModelSpec, lay: Layout, Z_t: jnp.ndarray) -> dict:
-    """For each component a (time, state) design that picks its contribution to y_t."""
+def _component_rows(selector: ComponentSelector, Z_t: jnp.ndarray) -> jnp.ndarray:
+    """(time, state) rows w_t such that w_t · α_t is the component at t (see `ComponentSelector`)."""
     n_time, m = Z_t.shape
-    out = {}
-    for name, start, k, _, _ in lay.blocks:
-        if name == "unused":
-            continue
-        sel = jnp.zeros(m).at[start:start + k].set(1.0)
-        out[name] = Z_t * sel
-        if name == "level" and k == 2:  # the slope state, reported as 'trend'
-            out["trend"] = jnp.zeros((n_time, m)).at[:, start + 1].set(1.0)
-    return out
+    states = jnp.asarray(selector.states)
+    if selector.weighted:
+        return Z_t * jnp.zeros(m).at[states].set(1.0)
+    return jnp.zeros((n_time, m)).at[:, states].set(1.0)
 
 
 def smooth(spec, params, y, exog=None, filter: str = "auto") -> SmoothedComponents:
@@ -298,27 +297,32 @@ def smooth(spec, params, y, exog=None, filter: str = "auto") -> SmoothedComponen
 
     filter: "parallel" smooths by associative scans (`engine.parallel.smooth`), "auto" does so on
     a GPU/TPU for long series; otherwise the sequential smoother."""
-    spec, pvec, y, x = _prepare(spec, params, y, exog)
-    return _smooth(spec, pvec, y, x, _filter_for(filter, spec, y.shape[0])[1])
+    spec, pvec, y, x = prepare_inputs(spec, params, y, exog)
+    return smooth_prepared(spec, pvec, y, x, _filter_for(filter, spec, y.shape[0])[1])
 
 
 @partial(jax.jit, static_argnames=("spec", "parallel"))
-def _smooth(spec, pvec, y, x, parallel: bool = False):
+def smooth_prepared(spec: ModelSpec, pvec: jnp.ndarray, y: jnp.ndarray, x: jnp.ndarray | None,
+                    parallel: bool = False) -> SmoothedComponents:
+    """`smooth` on inputs already checked by `prepare_inputs`: a parameter vector (k,), y (time,),
+    exog (time, k) or None. Jitted and traceable in pvec, so it maps over posterior draws."""
     lay = layout(spec)
     system = build_system(spec, params_from_vector(spec, pvec), x)
     Z_t = jnp.broadcast_to(system.design, (y.shape[0], lay.n_states))
     if parallel:
         res = _parallel.smooth(lay, system, y)
     else:
-        _, info = kalman.run(lay, _systems(spec, pvec[None], x), y[:, None], keep=True)
+        _, info = kalman.run(lay, batch_systems(spec, pvec[None], x), y[:, None], keep=True)
         res = kalman.smooth_one(lay, system, jax.tree_util.tree_map(lambda a: a[..., 0], info), Z_t)
     comps = {}
-    for name, Zc in _component_designs(spec, lay, Z_t).items():
+    for selector in component_selectors(spec):
+        if not selector.states:   # regression on fixed coefficients: x_t β, known given the parameters
+            comps[selector.name] = (jnp.broadcast_to(system.obs_intercept, y.shape), jnp.zeros_like(y))
+            continue
+        Zc = _component_rows(selector, Z_t)
         mean = jnp.einsum("ti,ti->t", Zc, res.mean)
         var = jnp.einsum("ti,tij,tj->t", Zc, res.cov, Zc)
-        comps[name] = (mean, var)
-    if spec.regression is not None and spec.regression.coefficients == "parameters":
-        comps["regression"] = (jnp.broadcast_to(system.obs_intercept, y.shape), jnp.zeros_like(y))
+        comps[selector.name] = (mean, var)
     return SmoothedComponents(res.mean, res.cov, comps)
 
 
@@ -346,7 +350,7 @@ def extend_for_forecast(spec: ModelSpec, y, x, steps: int, exog_future):
 
 def forecast(spec, params, y, steps: int, exog=None, exog_future=None, level: float = 0.95) -> Forecast:
     """Plug-in h-step forecasts with Gaussian intervals (parameters taken as known)."""
-    spec, pvec, y, x = _prepare(spec, params, y, exog)
+    spec, pvec, y, x = prepare_inputs(spec, params, y, exog)
     y_ext, x_ext = extend_for_forecast(spec, y, x, steps, exog_future)
     res = filter_series(spec, pvec, y_ext, x_ext)
     system = build_system(spec, params_from_vector(spec, pvec), x_ext)
@@ -399,3 +403,7 @@ def _simulate_one(spec, pvec, x, n_time, key, init_scale):
 
     _, signal = jax.lax.scan(body, alpha0, (eta, Z))
     return signal + d + eps
+
+
+# Old names still imported by online; removed when its imports switch.
+_systems = batch_systems

@@ -17,7 +17,7 @@ import numpy as np
 from jax import lax
 
 from . import kalman
-from .model import _prepare, _smooth, _systems, extend_for_forecast
+from .model import batch_systems, extend_for_forecast, prepare_inputs, smooth_prepared
 from .spec import as_spec, param_names
 from .system import layout
 
@@ -64,7 +64,7 @@ class Band(NamedTuple):
 @partial(jax.jit, static_argnames=("spec",))
 def _components_over_draws(spec, theta, y, x):
     def one(pv):
-        comps = _smooth(spec, pv, y, x).components
+        comps = smooth_prepared(spec, pv, y, x).components
         return {k: v for k, v in comps.items()}
     return lax.map(one, theta)
 
@@ -72,7 +72,7 @@ def _components_over_draws(spec, theta, y, x):
 def posterior_components(spec, posterior, y, exog=None, *, hdi_prob: float = 0.94,
                          max_draws: int = 500, seed: int = 0) -> dict[str, Band]:
     """Smoothed components (level, trend, seasonal_…, cycle, …) with posterior means and HDIs."""
-    spec, _, y, x = _prepare(spec, np.zeros(len(param_names(as_spec(spec)))), y, exog)
+    spec, _, y, x = prepare_inputs(spec, np.zeros(len(param_names(as_spec(spec)))), y, exog)
     theta = jnp.asarray(posterior_matrix(spec, posterior, max_draws, seed))
     comps = jax.device_get(_components_over_draws(spec, theta, y, x))
     out = {}
@@ -133,7 +133,7 @@ def _one_step_moments(spec, theta, y, x):
     th = jnp.pad(theta, ((0, pad), (0, 0)), mode="edge").reshape(n_chunks, CHUNK, -1)
 
     def chunk(t):
-        systems = _systems(spec, t, x)
+        systems = batch_systems(spec, t, x)
         _, info = kalman.run(lay, systems, jnp.broadcast_to(y[:, None], (y.shape[0], CHUNK)), keep=True)
         Z = jnp.broadcast_to(systems.design if systems.design.ndim == 3 else systems.design[:, None],
                              (CHUNK, y.shape[0], lay.n_states))          # (draw, time, state)
@@ -153,7 +153,7 @@ _one_step_moments_jit = jax.jit(_one_step_moments, static_argnames=("spec",))
 def posterior_forecast(spec, posterior, y, steps: int, exog=None, exog_future=None, *,
                        levels=(0.5, 0.8, 0.95), max_draws: int = 1000, seed: int = 0) -> PosteriorForecast:
     """h-step forecasts over the posterior: for each draw the plug-in Gaussian, then the mixture."""
-    spec, _, y, x = _prepare(spec, np.zeros(len(param_names(as_spec(spec)))), y, exog)
+    spec, _, y, x = prepare_inputs(spec, np.zeros(len(param_names(as_spec(spec)))), y, exog)
     y_ext, x_ext = extend_for_forecast(spec, y, x, steps, exog_future)
     theta = jnp.asarray(posterior_matrix(spec, posterior, max_draws, seed))
     mean, var = _one_step_moments_jit(spec, theta, y_ext, x_ext)
@@ -200,7 +200,7 @@ class PredictiveCheck(NamedTuple):
 
 def predictive_residuals(spec, posterior, y, exog=None, *, max_draws: int = 1000, seed: int = 0) -> PredictiveCheck:
     """One-step predictive mean, sd, standardised residual and PIT, averaged over the posterior."""
-    spec, _, y, x = _prepare(spec, np.zeros(len(param_names(as_spec(spec)))), y, exog)
+    spec, _, y, x = prepare_inputs(spec, np.zeros(len(param_names(as_spec(spec)))), y, exog)
     theta = jnp.asarray(posterior_matrix(spec, posterior, max_draws, seed))
     mean_d, var_d = (np.asarray(a) for a in _one_step_moments_jit(spec, theta, y, x))
     y_np = np.asarray(y)

@@ -22,11 +22,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Mapping, NamedTuple
 
+import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 
 from .spec import ModelSpec, as_spec, param_names
-from .transforms import scales
+from .transforms import pacf_to_ar, scales
 
 #: family → (NumPyro class, argument names in constructor order)
 FAMILIES: dict[str, tuple[type, tuple[str, ...]]] = {
@@ -73,6 +74,44 @@ def sample_sites(spec: ModelSpec | Mapping) -> list[str]:
     """Names of the sampled quantities: `param_names` with AR coefficients replaced by PACFs."""
     spec = as_spec(spec)
     return [n.replace("ar.", "pacf.") if n.startswith("ar.L") else n for n in param_names(spec)]
+
+
+def site_values_to_params(spec: ModelSpec, values: Mapping) -> jnp.ndarray:
+    """Sample-site values → parameter vector in `param_names` order (PACFs → AR coefficients).
+
+    Traceable: the samplers and the fleet's MAP coordinates map their unconstrained draws through it."""
+    names = param_names(spec)
+    out = [values[n] for n in names if not n.startswith("ar.L")]
+    if not spec.ar_order:
+        return jnp.stack(out) if out else jnp.zeros(0)
+    phi = pacf_to_ar(jnp.stack([values[f"pacf.L{i + 1}"] for i in range(spec.ar_order)]))
+    j = names.index("ar.L1")
+    out = out[:j] + list(phi) + out[j:]
+    return jnp.stack(out)
+
+
+def params_to_site_values(spec: ModelSpec, pvec: jnp.ndarray) -> dict:
+    """Parameter vector in `param_names` order → sample-site values, the inverse of
+    `site_values_to_params` (AR coefficients → PACFs by the step-down recursion); traceable."""
+    names = param_names(spec)
+    values = {n: pvec[i] for i, n in enumerate(names) if not n.startswith("ar.L")}
+    if spec.ar_order:
+        j = names.index("ar.L1")
+        pacf = _ar_to_pacf(pvec[j:j + spec.ar_order])
+        values.update({f"pacf.L{i + 1}": pacf[i] for i in range(spec.ar_order)})
+    return values
+
+
+def _ar_to_pacf(phi: jnp.ndarray) -> jnp.ndarray:
+    """Step-down recursion (inverse of `pacf_to_ar`), traceable."""
+    p = phi.shape[-1]
+    pacf = [None] * p
+    for k in range(p - 1, -1, -1):
+        r = phi[k]
+        pacf[k] = r
+        if k:
+            phi = (phi[:k] + r * phi[:k][::-1]) / (1 - r * r)
+    return jnp.stack(pacf)
 
 
 def _default(spec: ModelSpec, name: str, scale: Mapping[str, float]) -> Prior:

@@ -12,7 +12,7 @@ structure, so T P Tᵀ costs O(m²) for the shift/companion blocks instead of O(
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import NamedTuple, Mapping
+from typing import Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -193,9 +193,29 @@ def check_exog(spec: ModelSpec, exog, n_time: int):
         x = x[:, None]
     if x.shape[0] < n_time:
         raise ValueError(f"exog has {x.shape[0]} rows but the series has {n_time}; give exog for every time step")
-    bad = ~np.isfinite(x)
-    if bad.any():
-        col, row = np.argwhere(bad.T)[0]
-        raise ValueError(f"exog column '{spec.exog_columns[col]}' has a NaN/inf at row {row}; "
-                         "regressors must be finite (fill or drop those rows)")
+    check_finite(x, "exog", regressors=True, dims=("row", "column"), labels={"column": spec.exog_columns})
     return x
+
+
+def check_finite(values, name: str, *, regressors: bool = False, dims: tuple[str, ...] = ("index",),
+                 labels: Mapping[str, Sequence] | None = None) -> None:
+    """Refuse the values a filter cannot take, naming the first bad one and the fix.
+
+    A series may have missing values (NaN) but no infinite ones; regressors
+    (`regressors=True`) may have neither, since Z_t or d_t would be undefined. The place is
+    told along `dims`, one name per axis of `values`, using `labels` (dim → names, e.g.
+    series ids or column names) where positions have names."""
+    values = np.asarray(values, dtype=float)
+    bad = ~np.isfinite(values) if regressors else np.isinf(values)
+    if not bad.any():
+        return
+    labels = labels or {}
+
+    def place(dim: str, i: int) -> str:
+        names = labels.get(dim)
+        return f"{dim} {names[i]!r}" if names is not None and i < len(names) else f"{dim} {i}"
+
+    where = ", ".join(place(dim, int(i)) for dim, i in zip(dims, np.argwhere(bad)[0]))
+    if regressors:
+        raise ValueError(f"{name} has a NaN/inf at {where}; regressors must be finite (fill or drop those rows)")
+    raise ValueError(f"{name} has an infinite value at {where}; use NaN for missing values")

@@ -12,9 +12,10 @@ import pytest
 import engine
 from engine.bayes import log_posterior
 from engine.model import as_param_vector
-from engine.fleet import (BATCH_COV_ENTRIES, Batch, Coordinates, FleetJob, _coordinates, _innovations, _late_starts_to_end,
-                          _log_prior, _member_args, _start_moves_to_end, _to_params, as_panel,
-                          default_batch_size, run_batch)
+from engine.fleet import Batch, FleetJob, as_series_table, default_batch_size, run_batch
+from engine.fleet.coordinates import Coordinates, log_prior, make_coordinates, member_args, to_params
+from engine.fleet.filtering import batch_innovations, late_starts_to_end, start_moves_to_end
+from engine.fleet.table import BATCH_COV_ENTRIES
 from engine.system import layout
 
 SPEC = {"irregular": True, "level": {"kind": "local_level"},
@@ -95,15 +96,15 @@ def test_map_agrees_with_fit_map(fleet):
 def test_map_objective_is_fit_maps_potential(fleet):
     """Our log prior + the filter's log-likelihood = engine.bayes.log_posterior, at random points."""
     spec = engine.ModelSpec.from_dict(SPEC)
-    co = _coordinates(spec, "map", None)
-    a = _member_args(spec, co, fleet[0], None, None)
+    co = make_coordinates(spec, "map", None)
+    a = member_args(spec, co, fleet[0], None, None)
     logp, _, to_c = log_posterior(SPEC, fleet[0])
     for z in np.random.default_rng(1).normal(size=(3, len(NAMES))):
-        theta = np.asarray(_to_params(spec, co, z, a))
+        theta = np.asarray(to_params(spec, co, z, a))
         np.testing.assert_allclose(theta, np.asarray(to_c(z)), rtol=1e-12)
-        ours = float(engine.loglik(SPEC, theta, fleet[0])) + float(_log_prior(spec, co, z, a))
+        ours = float(engine.loglik(SPEC, theta, fleet[0])) + float(log_prior(spec, co, z, a))
         assert ours == pytest.approx(float(logp(z)), rel=1e-10)
-    assert float(_log_prior(spec, Coordinates("mle"), z, a)) == 0.0
+    assert float(log_prior(spec, Coordinates("mle"), z, a)) == 0.0
 
 
 def test_filter_equals_loglik_and_counts_anomalies(fleet):
@@ -133,11 +134,17 @@ def test_inputs_long_and_wide_tables():
     long = wide.reset_index().melt(id_vars="index", var_name="series", value_name="value").rename(
         columns={"index": "time"}).dropna()
     for data in (wide, long):
-        panel = as_panel(data)
-        assert panel.ids == ["a", "b", "c"]
-        np.testing.assert_array_equal(panel.Y, Y)
-    with pytest.raises(ValueError, match="infinite"):
-        as_panel(np.array([[1.0, np.inf, 2.0]]))
+        table = as_series_table(data)
+        assert table.ids == ["a", "b", "c"]
+        np.testing.assert_array_equal(table.Y, Y)
+    with pytest.raises(ValueError, match="infinite value at series '0', time step 1"):
+        as_series_table(np.array([[1.0, np.inf, 2.0]]))
+    exog = np.ones((10, 1))
+    exog[4, 0] = np.nan
+    with pytest.raises(ValueError, match="exog has a NaN/inf at time step 4, column 0"):
+        as_series_table(Y, exog)
+    with pytest.raises(ValueError, match=r"exog must be \(time, k\) shared or \(series, time, k\)"):
+        as_series_table(Y, np.ones((3, 10, 1, 1)))
 
 
 def test_progress_cancel_and_a_failing_batch(fleet):
@@ -161,7 +168,7 @@ def test_progress_cancel_and_a_failing_batch(fleet):
 
 
 # One spec per block kind: the late start moved to the end must leave the exact-diffuse
-# likelihood of the series as given unchanged (where `_start_moves_to_end` allows it).
+# likelihood of the series as given unchanged (where `start_moves_to_end` allows it).
 BLOCK_SPECS = {
     "local_level": {"irregular": True, "level": {"kind": "local_level"}},
     "local_linear_trend": {"irregular": True, "level": {"kind": "local_linear_trend"}},
@@ -188,16 +195,16 @@ def _late_start_series(n_time=70, lead=9, seed=0):
 def _batched_loglik(spec, params, y):
     spec = engine.ModelSpec.from_dict(spec)
     P = jnp.asarray(as_param_vector(spec, params))[None]
-    return float(jnp.sum(_innovations(spec, P, jnp.asarray(y)[None], None)[0]))
+    return float(jnp.sum(batch_innovations(spec, P, jnp.asarray(y)[None], None)[0]))
 
 
 @pytest.mark.parametrize("kind", sorted(BLOCK_SPECS))
 def test_late_start_moved_to_the_end_keeps_the_likelihood(kind):
     spec = BLOCK_SPECS[kind]
-    assert _start_moves_to_end(engine.ModelSpec.from_dict(spec))
+    assert start_moves_to_end(engine.ModelSpec.from_dict(spec))
     params = {n: PARAM_VALUES.get(n, 0.7) for n in engine.param_names(spec)}
     y = _late_start_series()
-    moved = _late_starts_to_end(y[None])[0]
+    moved = late_starts_to_end(y[None])[0]
     np.testing.assert_array_equal(moved[:-9], y[9:])
     assert np.isnan(moved[-9:]).all()
     ref = float(engine.loglik(spec, params, y))
@@ -211,10 +218,10 @@ def test_late_start_stays_with_a_damped_cycle_or_regression():
     params = {n: PARAM_VALUES.get(n, 0.7) for n in engine.param_names(spec)}
     y = _late_start_series()
     ref = float(engine.loglik(spec, params, y))
-    assert abs(_batched_loglik(spec, params, _late_starts_to_end(y[None])[0]) - ref) > 1e-3 * abs(ref)
-    assert not _start_moves_to_end(engine.ModelSpec.from_dict(spec))
+    assert abs(_batched_loglik(spec, params, late_starts_to_end(y[None])[0]) - ref) > 1e-3 * abs(ref)
+    assert not start_moves_to_end(engine.ModelSpec.from_dict(spec))
     regression = {"irregular": True, "level": {"kind": "local_level"}, "regression": {"columns": ["x"]}}
-    assert not _start_moves_to_end(engine.ModelSpec.from_dict(regression))
+    assert not start_moves_to_end(engine.ModelSpec.from_dict(regression))
 
 
 def test_late_starters_fit_as_given_and_keep_their_belief():
