@@ -6,9 +6,10 @@
 Serves the app on a free loopback port and drives headless Chromium through it as someone new to it
 would: Data (Nile, AirPassengers, Seatbelts, then a small CSV uploaded from a file), Model (back to
 Nile, a local linear trend instead of a local level), Fit (a quick fit and its forecast, then a short
-NUTS run of 2 chains × (100 warm-up + 100 draws), its diagnostics and posterior plots), Stream (play,
-pause, play to the end), Throughput, Learn (a few steps forward) and Fleet (a local run on the first
-series of the shipped US employment table, and one series' drill-down).
+NUTS run of 2 chains × (100 warm-up + 100 draws), its diagnostics and posterior plots), Stream (play at
+1 observation/s, pause, check that it stays paused, then play to the end as fast as possible),
+Throughput, Learn (a few steps forward) and Fleet (a local run on the first series of the shipped US
+employment table, and one series' drill-down).
 
 Each step prints its time, its screenshot, the browser console's errors and any traceback the server
 logged meanwhile. The exit status is 1 when a step failed, the console showed an error or the server
@@ -37,6 +38,7 @@ SETTLE_MS = 2500            # Bokeh draws after the data arrives
 NUTS = {"Chains": "2", "Warmup": "100", "Draws": "100"}
 FLEET_DATASET, FLEET_SERIES = "us_employment", 12
 LEARN_STEPS = 3
+PAUSE_CHECK_MS = 3000       # a paused stream stays where it was paused
 STREAMED = re.compile(r"(\d+) / (\d+) observations streamed")
 UPLOAD_NAME = "walkthrough.csv"
 
@@ -152,16 +154,31 @@ def fit_posterior(page: Page, url: str, tmp: Path) -> str | None:
     return "Posterior"
 
 
+def slider_to_start(page: Page, title: str) -> None:
+    """Move a slider to its lowest value with the keyboard, as a user may."""
+    group = page.locator(".bk-input-group", has=page.locator(".bk-slider-title", has_text=title))
+    group.locator(".noUi-handle").first.press("Home")
+
+
 def stream_paused(page: Page, url: str, tmp: Path) -> str | None:
     tab(page, "Stream")
+    slider_to_start(page, "Speed (obs/s)")   # 1 observation per second: time to pause
+    page.get_by_text(re.compile(r"Speed \(obs/s\): 1(\.0+)?$")).first.wait_for(state="visible")
     page.get_by_role("button", name="Play", exact=True).click()
     wait_until(lambda: streamed(page)[0] >= 3, 300, "the first observations to stream")
     page.get_by_role("button", name="Pause", exact=True).click()
     page.locator(".stream-status", has_text="paused").first.wait_for(state="visible")
+    at_pause = streamed(page)[0]
+    page.wait_for_timeout(PAUSE_CHECK_MS)
+    status = page.get_by_text(STREAMED).first.inner_text()
+    if not status.startswith("paused") or streamed(page)[0] != at_pause:
+        raise AssertionError(f"paused at {at_pause} observations, {PAUSE_CHECK_MS / 1000:g} s later the "
+                             f"status reads {status!r}")
     return None
 
 
 def stream_finished(page: Page, url: str, tmp: Path) -> str | None:
+    page.get_by_text("as fast as possible", exact=True).click()   # the checkbox's label
     page.get_by_role("button", name="Play", exact=True).click()
     page.locator(".stream-status", has_text="finished").first.wait_for(state="visible", timeout=300_000)
     done, total = streamed(page)
@@ -217,8 +234,8 @@ STEPS: list[tuple[str, str, StepFn]] = [
     ("fit-quick", "Fit: quick fit (maximum likelihood) and its forecast", fit_quick),
     ("fit-nuts", "Fit: NUTS, 2 chains × (100 warm-up + 100 draws), diagnostics", fit_nuts),
     ("fit-posterior", "Fit: posterior plots", fit_posterior),
-    ("stream-paused", "Stream: play, then pause", stream_paused),
-    ("stream", "Stream: play to the end", stream_finished),
+    ("stream-paused", "Stream: play at 1 observation/s, then pause", stream_paused),
+    ("stream", "Stream: play to the end as fast as possible", stream_finished),
     ("throughput", "Throughput", throughput),
     ("learn", f"Learn: {LEARN_STEPS} steps forward", learn),
     ("fleet", f"Fleet: {FLEET_SERIES} {FLEET_DATASET} series, MLE, locally; one series' drill-down", fleet),
