@@ -35,6 +35,7 @@ from tests.ui.conftest import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, PanelServer, s
 
 VIEWPORT = {"width": 1280, "height": 1000}
 SETTLE_MS = 2500            # Bokeh draws after the data arrives
+SCROLL_SETTLE_MS = 500
 NUTS = {"Chains": "2", "Warmup": "100", "Draws": "100"}
 FLEET_DATASET, FLEET_SERIES = "us_employment", 12
 LEARN_STEPS = 3
@@ -178,7 +179,7 @@ def stream_paused(page: Page, url: str, tmp: Path) -> str | None:
 
 
 def stream_finished(page: Page, url: str, tmp: Path) -> str | None:
-    page.get_by_text("as fast as possible", exact=True).click()   # the checkbox's label
+    page.locator(".bk-Checkbox", has_text="as fast as possible").locator("input[type=checkbox]").check()
     page.get_by_role("button", name="Play", exact=True).click()
     page.locator(".stream-status", has_text="finished").first.wait_for(state="visible", timeout=300_000)
     done, total = streamed(page)
@@ -260,7 +261,10 @@ class StepReport:
 
 
 def screenshot(page: Page, path: Path, anchor: str | None) -> Path:
-    """A viewport-sized PNG, scrolled so that the text `anchor` (exactly) is at the top (default: the page top)."""
+    """A viewport-sized PNG, scrolled so that the text `anchor` (exactly) is at the top (default: the page top).
+
+    The page settles first: plots drawn late would move the anchor after the scroll."""
+    page.wait_for_timeout(SETTLE_MS)
     try:
         if anchor is None:
             page.evaluate("window.scrollTo(0, 0)")
@@ -269,7 +273,7 @@ def screenshot(page: Page, path: Path, anchor: str | None) -> Path:
                                                                 timeout=10_000)
     except Exception:   # a failed step may not show its anchor: take the page as it is
         pass
-    page.wait_for_timeout(SETTLE_MS)
+    page.wait_for_timeout(SCROLL_SETTLE_MS)
     page.screenshot(path=str(path))
     return path
 
