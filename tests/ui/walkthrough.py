@@ -147,7 +147,7 @@ def fit_nuts(page: Page, url: str, tmp: Path) -> str | None:
     page.get_by_role("button", name="Run NUTS").click()
     page.get_by_text("NUTS finished").first.wait_for(state="visible", timeout=600_000)
     page.get_by_text("Decomposition with posterior bands").first.wait_for(state="visible")
-    return "Bayesian fit"
+    return "Diagnostics"
 
 
 def fit_posterior(page: Page, url: str, tmp: Path) -> str | None:
