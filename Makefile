@@ -1,8 +1,10 @@
 # StreamSSM developer tasks.
 #
-#   make serve   - run the Panel app on http://$(ADDRESS):$(PORT)/app
-#   make test    - install test extras + Debian Chromium, run pytest
-#   make bench   - install bench extras, run every bench/*.py in order
+#   make serve        - run the Panel app on http://$(ADDRESS):$(PORT)/app
+#   make test         - install test extras + Debian Chromium, run pytest (25 slowest tests listed)
+#   make test-fast    - engine and app unit tests only (no browser, notebooks or Ray)
+#   make walkthrough  - drive every tab of the served app as a new user, one PNG per step
+#   make bench        - install bench extras, run every bench/*.py in order
 #
 # Each install level has its own stamp file inside .venv, rebuilt whenever
 # pyproject.toml changes.
@@ -21,6 +23,9 @@ ADDRESS     ?= 127.0.0.1
 PORT        ?= 5006
 PYTEST_ARGS ?=
 RAY_TESTS   := tests/engine/test_cluster.py
+DURATIONS   := --durations=25
+WALKTHROUGH_ARGS ?=
+SCREENSHOTS := app/assets/screenshots
 CHROMIUM    := /usr/bin/chromium
 
 BENCH_SCRIPTS := $(sort $(wildcard bench/*.py))
@@ -28,17 +33,22 @@ BENCH_SCRIPTS := $(sort $(wildcard bench/*.py))
 # Use sudo for apt only when not root and sudo exists.
 SUDO := $(shell if [ "$$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then echo sudo; fi)
 
-.PHONY: help venv venv-serve venv-test venv-bench serve chromium test bench screenshots clean distclean
+.PHONY: help venv venv-serve venv-test venv-bench serve chromium test test-fast walkthrough bench screenshots clean \
+	distclean
 
 help:
 	@echo "Targets:"
-	@echo "  make venv      create .venv and install the package with test extras"
-	@echo "  make serve     serve the app on http://$(ADDRESS):$(PORT)/app  (PORT=, ADDRESS= to override)"
-	@echo "  make test      run the test suite (installs Debian chromium if missing; PYTEST_ARGS=...)"
-	@echo "  make bench     run every bench/*.py script"
-	@echo "  make chromium  install Debian's chromium for the browser tests"
-	@echo "  make screenshots  drive the served app in headless chromium, write app/assets/screenshots/*.png"
-	@echo "  make clean     remove caches and build artifacts (distclean also removes .venv)"
+	@echo "  make venv         create .venv and install the package with test extras"
+	@echo "  make serve        serve the app on http://$(ADDRESS):$(PORT)/app  (PORT=, ADDRESS= to override)"
+	@echo "  make test         run the whole test suite and list the 25 slowest tests"
+	@echo "                    (installs Debian chromium if missing; PYTEST_ARGS=...)"
+	@echo "  make test-fast    engine and app unit tests: no browser, notebook or Ray tests (PYTEST_ARGS=...)"
+	@echo "  make walkthrough  serve the app, drive every tab in headless chromium as a new user would,"
+	@echo "                    one PNG per step in a temporary folder (WALKTHROUGH_ARGS=\"--out DIR\")"
+	@echo "  make screenshots  the walkthrough, writing the README's screenshots to $(SCREENSHOTS)/"
+	@echo "  make bench        run every bench/*.py script"
+	@echo "  make chromium     install Debian's chromium for the browser tests"
+	@echo "  make clean        remove caches and build artifacts (distclean also removes .venv)"
 
 # --- virtual environment -----------------------------------------------------
 
@@ -90,8 +100,13 @@ chromium:
 # driver keeps native threads after ray.shutdown() that must not share a process with
 # the rest of the suite. Exit status 5 ("no tests selected") is not a failure.
 test: $(VENV)/.installed-test chromium
-	$(VPY) -m pytest --ignore=$(RAY_TESTS) $(PYTEST_ARGS)
-	$(VPY) -m pytest $(RAY_TESTS) $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(VPY) -m pytest --ignore=$(RAY_TESTS) $(DURATIONS) $(PYTEST_ARGS)
+	$(VPY) -m pytest $(RAY_TESTS) $(DURATIONS) $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# The inner loop: the engine's and the app's own tests, without the headless browser, the
+# notebooks or a Ray cluster.
+test-fast: $(VENV)/.installed-test
+	$(VPY) -m pytest tests/engine tests/app --ignore=$(RAY_TESTS) -m "not browser and not ray" $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-bench
 	@if [ -z "$(BENCH_SCRIPTS)" ]; then echo "bench: no bench/*.py scripts yet"; fi
@@ -100,9 +115,14 @@ bench: $(VENV)/.installed-bench
 		$(VPY) "$$f"; \
 	done
 
-# README screenshots: serve the app, drive it in headless chromium, one PNG per view
+# Serve the app on a free loopback port and drive every tab in headless chromium, one PNG per
+# step; fails when a step fails or the browser's console shows errors.
+walkthrough: $(VENV)/.installed-test chromium
+	$(VPY) -m tests.ui.walkthrough $(WALKTHROUGH_ARGS)
+
+# The README's screenshots are the walkthrough's PNGs.
 screenshots: $(VENV)/.installed-test chromium
-	$(VPY) -m tests.ui.screenshots
+	$(VPY) -m tests.ui.walkthrough --out $(SCREENSHOTS)
 
 # --- housekeeping ------------------------------------------------------------
 
