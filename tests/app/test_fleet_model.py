@@ -108,3 +108,23 @@ def test_cancel_and_closed_session_stop_the_job(fleet):
     started.wait()
     fleet.worker.shutdown(wait=False)
     assert future.result().cancelled
+
+
+@pytest.mark.timeout(300)
+def test_the_status_says_what_the_job_waits_for_on_ray(fleet):
+    """Before the first series is fitted, a Ray job says it is connecting (or starting Ray), not "Fitted 0"."""
+    fleet.param.update(n_series=2, backend="ray", address="127.0.0.1:1")   # nothing listens there
+    messages = []
+    fleet.param.watch(lambda e: messages.append(e.new), "message")
+    with pytest.raises(ConnectionError):
+        fleet.run().result()
+    assert messages[1] == "Connecting to the Ray cluster at 127.0.0.1:1…"
+    assert not any(m.startswith("Fitted") for m in messages) and fleet.status == "error"
+
+
+def test_job_statuses_are_one_vocabulary(fleet):
+    from app.viewmodels.job import STATUSES, Job
+
+    assert isinstance(fleet, Job) and tuple(fleet.param.status.objects) == STATUSES
+    with pytest.raises(ValueError, match="running"):
+        fleet.finish("running", "not an end")
