@@ -34,6 +34,7 @@ from .bayes import FitCancelled
 from .compiled import enable_compilation_cache, using_compiled
 
 CONNECT_TIMEOUT_S = 10.0   # probing a given address, and ray.init's own wait for the cluster
+LOCAL_START_ATTEMPTS = 3   # a local Ray whose raylet did not register in time is started again
 WORKER_ENV = {
     "XLA_PYTHON_CLIENT_PREALLOCATE": "false",   # JAX in a worker takes GPU memory as it needs it
     "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.25",
@@ -169,9 +170,16 @@ def _init(ray, address: str | None, timeout: float, num_cpus: int | None):
         _loopback_only()
         saved = os.environ.pop("RAY_ADDRESS", None)   # a stray RAY_ADDRESS must not redirect a local run
         try:
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                     _node_ip_address="127.0.0.1", runtime_env=runtime_env, log_to_driver=False,
-                     configure_logging=False)
+            for attempt in range(LOCAL_START_ATTEMPTS):
+                try:
+                    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                             _node_ip_address="127.0.0.1", runtime_env=runtime_env, log_to_driver=False,
+                             configure_logging=False)
+                    break
+                except Exception as err:   # Ray gives its raylet a fixed 30 s to register, too short on a busy machine
+                    ray.shutdown()
+                    if "timed out during startup" not in str(err) or attempt == LOCAL_START_ATTEMPTS - 1:
+                        raise
         finally:
             if saved is not None:
                 os.environ["RAY_ADDRESS"] = saved
