@@ -36,6 +36,36 @@ RAY_STARTING = {False: "Starting Ray (a local Ray on this server; the first job 
                 True: "Connecting to the Ray cluster at {address}…"}
 
 
+# What "the same table" means across backends and batch sizes. The optimiser stops a series once
+# its objective is within about 1e-10 (relative) of the optimum, so its parameters are known to
+# about the square root of that where the likelihood is flat, and a batch of another size rounds
+# differently: a variance at the boundary may end at 2e-12 in one run and 3e-13 in another, both
+# zero at this precision. (Ray and local runs differ only by their default batch size.)
+SAME_LOGLIK_RTOL = 1e-8   # log-likelihoods agree to this, relative
+SAME_PARAM_RTOL = 1e-5    # variances agree to this × the series' variance; other parameters to this
+SAME_TABLES = (f"Tables agree whatever the backend and the batch size to {SAME_LOGLIK_RTOL:g} (relative) in the "
+               f"log-likelihood and to {SAME_PARAM_RTOL:g} × the series' variance in each variance: a variance "
+               "below that is zero at the fit's precision.")
+
+
+def table_differences(a: pd.DataFrame, b: pd.DataFrame, spec: ModelSpec, Y: np.ndarray) -> list[str]:
+    """Where two result tables of the same series (rows in the order of Y, (series, time)) are
+    not the same in the sense of SAME_TABLES; empty when they are."""
+    problems = []
+    if list(a["series"]) != list(b["series"]) or list(a["status"]) != list(b["status"]):
+        return ["the series or their statuses differ"]
+    scale = np.array([np.nanvar(y) if np.isfinite(y).sum() > 1 else 1.0 for y in np.asarray(Y, float)])
+    ok = (a["status"] != "failed").to_numpy()
+    la, lb = a["loglik"].to_numpy(float)[ok], b["loglik"].to_numpy(float)[ok]
+    if not np.allclose(la, lb, rtol=SAME_LOGLIK_RTOL, atol=0):
+        problems.append("loglik")
+    for name in engine.param_names(spec):
+        atol = SAME_PARAM_RTOL * (scale[ok] if name.startswith("sigma2.") else 1.0)
+        if np.any(np.abs(a[name].to_numpy(float)[ok] - b[name].to_numpy(float)[ok]) > atol):
+            problems.append(name)
+    return problems
+
+
 def wide_datasets() -> list[str]:
     """Shipped datasets laid out wide (one column per series): the catalogue says so."""
     cat = engine.list_datasets()
