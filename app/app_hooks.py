@@ -1,8 +1,11 @@
 """Bokeh/Panel server lifecycle hooks for the directory-format app in ``app/``.
 
-``panel serve app`` calls these once when the server starts and stops. The app's
-modules (the engine with JAX, HoloViews' Bokeh backend) are imported at start-up so
-that the first visitor does not wait for them. Each session's worker logs
+``panel serve app`` calls these once when the server starts and stops, and everything that
+is process-wide is decided here, once, never by a session: the app's modules (the engine
+with JAX, HoloViews' Bokeh backend) are imported at start-up so that the first visitor does
+not wait for them; JAX keeps compiled programs on disk; Panel's stylesheet fallback points
+at this server. What the process starts for all sessions (a local Ray, started by the first
+fleet job that needs it) is stopped on unload. Each session's worker logs
 "session <id> closed: N worker thread(s) still alive" when the session ends
 (see ``app/workers.py``).
 """
@@ -19,6 +22,10 @@ def on_server_loaded(server_context):
     import app.dashboard  # noqa: F401  (see the module docstring)
     from tornado.ioloop import IOLoop
 
+    import engine
+
+    engine.enable_compilation_cache()
+    link_detached_stylesheets_here()
     ignore_closed_websockets(IOLoop.current().asyncio_loop)
     log.info("StreamSSM server loaded")
 
@@ -49,8 +56,25 @@ def ignore_closed_websockets(loop) -> None:
 
 
 def on_server_unloaded(server_context):
+    from engine import cluster
+
+    cluster.shutdown()   # a local Ray the fleet jobs started belongs to the server, and ends with it
     log.info("StreamSSM server unloaded")
 
+
+def link_detached_stylesheets_here() -> None:
+    """Point Panel's process-wide stylesheet fallback at this server's copy, not the CDN.
+
+    A hidden tab's models are detached from their document, and Panel re-links the stylesheets
+    of a detached model it updates to `panel.reactive.CDN_DIST`, which fails offline. One value
+    for the whole process, so it is set once when the server loads (a relative path, valid for
+    every session's page).
+    """
+    from panel.io.resources import get_dist_path, use_cdn
+    import panel.reactive
+
+    if not use_cdn():
+        panel.reactive.CDN_DIST = get_dist_path(cdn=False)
 
 
 def serve_stylesheets_locally(doc) -> None:
@@ -66,7 +90,3 @@ def serve_stylesheets_locally(doc) -> None:
 
     if doc is not None and not use_cdn():
         doc.template_variables.setdefault("dist_url", get_dist_path(cdn=False))
-        # A hidden tab's models are detached from their document, and Panel re-links the stylesheets
-        # of a detached model it updates to the CDN; this server's copy is the fallback instead.
-        import panel.reactive
-        panel.reactive.CDN_DIST = get_dist_path(cdn=False)

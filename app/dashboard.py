@@ -1,4 +1,5 @@
-"""One browser session's app: view-models, their views, the page, and the session's worker."""
+"""One browser session's app, and the composition root of the session: every view-model is built
+here, their views are drawn over them, and one session-destroyed hook shuts them all down."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from .viewmodels.priors_model import PriorsModel
 from .viewmodels.session_file import SessionFileModel
 from .views.fit_bayes_view import BayesFitView, ForecastView
 from .views.session_view import SessionView
-from .views.fleet_view import FleetModel, FleetView
+from .viewmodels.fleet_model import FleetModel
+from .viewmodels.stream import StreamModel
+from .views.fleet_view import FleetView
 from .views.stream import stream_tabs
 from .workers import SessionWorker, document_dispatch, run_now
 
@@ -29,8 +32,9 @@ INTRO = "Bayesian structural time series on live data: pick data, build a model,
 class App(pn.viewable.Viewer):
     """The view-models of one session and the tabs that draw them.
 
-    Tabs are (title, view) pairs in `tabs`; further areas (Bayesian fit, streaming,
-    throughput) are added the same way.
+    Every view-model is built here, over the session's worker (whose dispatch is how results
+    reach the page); views only draw the models they are given. Tabs are (title, view) pairs
+    in `tabs`. `shutdown` ends the session's jobs and then its worker.
     """
 
     worker = param.ClassSelector(class_=SessionWorker)
@@ -44,16 +48,32 @@ class App(pn.viewable.Viewer):
         self.bayes = BayesFitModel(self.data, self.priors, self.worker)
         self.forecast = ForecastModel(self.data, self.worker, bayes=self.bayes, fit=self.fit)
         self.learn = LearnModel(self.data, self.spec, self.fit, self.worker)
-        streams = stream_tabs(self.data, self.fit, self.worker, self.bayes)
+        self.stream = StreamModel(self.data, self.fit, self.worker, dispatch=self.worker.dispatch, bayes=self.bayes)
+        self.fleet = FleetModel(self.data, self.spec, self.worker)
         self.session = SessionFileModel(self.data, self.spec, self.priors, self.fit, self.bayes, self.worker,
-                                        stream=streams[0][1].model)
+                                        stream=self.stream)
         self.tabs = [("Data", DataView(model=self.data)),
                      ("Model", ModelView(model=self.spec, priors=self.priors)),
                      ("Fit", FitView(model=self.fit, bayes=BayesFitView(model=self.bayes),
                                      forecast=ForecastView(model=self.forecast))),
                      ("Learn", LearnView(model=self.learn)),
-                     *streams,
-                     ("Fleet", FleetView(model=FleetModel(self.data, self.spec, self.worker)))]
+                     *stream_tabs(self.stream),
+                     ("Fleet", FleetView(model=self.fleet))]
+
+    def jobs(self) -> list:
+        """The view-models that run jobs in the background (each has `shutdown()`)."""
+        return [self.stream, self.fleet]
+
+    def shutdown(self) -> None:
+        """The session ended: each view-model stops its own jobs (a fleet job cancels only its own
+        Ray tasks; the process's Ray stays up for other sessions), then the worker stops."""
+        for model in self.jobs():
+            try:
+                model.shutdown()
+            except Exception:   # one model failing to stop must not keep the others running
+                log.exception("session %s: %s did not shut down cleanly", self.worker.session_id,
+                              type(model).__name__)
+        self.worker.shutdown()
 
     def __panel__(self):
         return pn.Tabs(*self.tabs, dynamic=True, sizing_mode="stretch_width")
@@ -70,14 +90,14 @@ class App(pn.viewable.Viewer):
 def session_app() -> App:
     """Build the App for the current server session (or a standalone one outside a server).
 
-    The worker's results reach the page through this session's document; when the
-    session is destroyed its worker is shut down.
+    The worker's results reach the page through this session's document; the one hook run
+    when the session is destroyed shuts the whole App down.
     """
     doc = pn.state.curdoc
     context = getattr(doc, "session_context", None) if doc is not None else None
     if context is None:
         return App(worker=SessionWorker("local", run_now))
-    worker = SessionWorker(context.id, document_dispatch(doc))
-    pn.state.on_session_destroyed(lambda _ctx: worker.shutdown())
+    app = App(worker=SessionWorker(context.id, document_dispatch(doc)))
+    pn.state.on_session_destroyed(lambda _ctx: app.shutdown())
     log.info("session %s opened", context.id)
-    return App(worker=worker)
+    return app

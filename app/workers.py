@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any, Callable
 
-from engine import trim_compiled
+from engine.compiled import using_compiled
 
 log = logging.getLogger("streamssm.app")
 
@@ -68,6 +68,11 @@ class SessionWorker:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def dispatch(self) -> Callable[[Callable[[], Any]], None]:
+        """How callbacks reach the session's event loop (for view-models that post results themselves)."""
+        return self._dispatch
+
     def submit(self, job: Callable[..., Any], *args, on_done: Callable[[Any], None],
                on_error: Callable[[BaseException], None]) -> Future:
         """Run `job(*args)` in the worker; then `on_done(result)` or `on_error(exc)` via dispatch.
@@ -87,17 +92,14 @@ class SessionWorker:
             self._pending.discard(future)
 
     def _run(self, job, args, on_done, on_error):
-        try:
-            result = job(*args)
+        try:   # the process trims compiled programs between jobs, never under this one (engine.compiled)
+            with using_compiled():
+                result = job(*args)
         except Exception as exc:  # the job failed: report it in the page, never as a traceback
             log.info("session %s: job failed: %s", self.session_id, exc)
             if not self._closed:
                 self._dispatch(partial(on_error, exc))
             raise
-        finally:   # a long-lived server must not run out of memory mappings for compiled programs
-            if trim_compiled():
-                log.info("session %s: dropped compiled programs (process near its memory-mapping limit)",
-                         self.session_id)
         if not self._closed:
             self._dispatch(partial(on_done, result))
         return result

@@ -3,30 +3,10 @@
 The public API is listed here and only here.
 """
 
-import os
-
 import jax
 
 jax.config.update("jax_enable_x64", True)
 
-
-def _enable_compilation_cache() -> None:
-    """Keep compiled programs on disk so a new process does not recompile the same model.
-
-    STREAMSSM_JAX_CACHE sets the folder ("0" turns it off); a cache the user configured wins.
-    """
-    where = os.environ.get("STREAMSSM_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "streamssm", "jax"))
-    if where == "0" or jax.config.jax_compilation_cache_dir:
-        return
-    try:
-        os.makedirs(where, exist_ok=True)
-    except OSError:
-        return
-    jax.config.update("jax_compilation_cache_dir", where)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
-_enable_compilation_cache()
 
 from .spec import ModelSpec, SpecificationWarning, TREND_KINDS, param_names  # noqa: E402
 from .system import System, build_system, layout  # noqa: E402
@@ -47,7 +27,7 @@ from .stream import StreamBatch, StreamError, StreamRunner  # noqa: E402
 from .data import DataError, catalogue_entry, list_datasets, load_dataset, read_table  # noqa: E402
 from .demo import DEMO_STREAMS, DemoEvent, DemoStream, Fleet, demo_stream, list_demo_streams, make_fleet  # noqa: E402
 from .fleet import FleetCancelled, FleetResult, fit_many  # noqa: E402
-from .compiled import trim_compiled  # noqa: E402
+from .compiled import enable_compilation_cache, trim_compiled  # noqa: E402
 
 __all__ = [
     "ModelSpec", "SpecificationWarning", "TREND_KINDS", "param_names", "System", "build_system", "layout",
@@ -63,5 +43,5 @@ __all__ = [
     "posterior_components", "posterior_forecast", "posterior_matrix", "predictive_residuals",
     "DataError", "catalogue_entry", "list_datasets", "load_dataset", "read_table",
     "DEMO_STREAMS", "DemoEvent", "DemoStream", "Fleet", "demo_stream", "list_demo_streams", "make_fleet",
-    "FleetCancelled", "FleetResult", "fit_many", "trim_compiled",
+    "FleetCancelled", "FleetResult", "fit_many", "enable_compilation_cache", "trim_compiled",
 ]

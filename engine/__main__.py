@@ -116,6 +116,7 @@ def batch(args) -> int:
 
     import engine
 
+    engine.enable_compilation_cache()   # this command owns its process: a rerun reuses the compiled programs
     spec = _read_json(args.spec, "--spec")
     engine.ModelSpec.from_dict(spec)
     data = _read_table(args.data, args.time_column)

@@ -6,20 +6,35 @@ results taken in completion order with `ray.wait`, worker deaths retried (tasks 
 deterministic, so a retry gives the same result), progress reported as batches finish and
 cancellation by `ray.cancel`. Exceptions raised by a task are not retried: they are returned
 in the batch's place, so only that batch's series fail.
+
+A Ray connection is process-wide: it belongs to the process, not to a job or to the thread
+that happened to need it first. A local Ray is started once, by the first job that needs it,
+and stopped only by `shutdown` (a server's unload hook) or at exit; a job only cancels its own
+tasks. Ray starts a local cluster's GCS server and raylet with a parent-death signal, and on
+Linux the "parent" is the thread that started them, not the process: started from a job's
+thread (a browser session's worker, ended with its session), the cluster was killed with that
+thread, and a minute later the process's own Ray client gave up and ended the whole process.
+So Ray is started and stopped on `_OWNER`, one thread that lives as long as the process.
+While a job runs on one cluster, a job asking for another is refused (one process joins one
+Ray at a time), never allowed to disconnect the first.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import queue
 import socket
 import threading
-from typing import Any, Callable, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 from .bayes import FitCancelled
-from .compiled import trim_compiled
+from .compiled import enable_compilation_cache, using_compiled
 
 CONNECT_TIMEOUT_S = 10.0   # probing a given address, and ray.init's own wait for the cluster
+LOCAL_START_ATTEMPTS = 3   # a local Ray whose raylet did not register in time is started again
 WORKER_ENV = {
     "XLA_PYTHON_CLIENT_PREALLOCATE": "false",   # JAX in a worker takes GPU memory as it needs it
     "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.25",
@@ -27,7 +42,42 @@ WORKER_ENV = {
 }
 
 _lock = threading.Lock()
-_state: dict[str, Any] = {"started_here": False, "address": None}
+_state: dict[str, Any] = {"started_here": False, "address": None, "jobs": 0}
+
+
+class _Owner:
+    """The thread that starts and stops Ray for this process, alive until the process ends.
+
+    A daemon, so it outlives every job and session and is still there when the exit handler
+    stops Ray (non-daemon threads are joined before exit handlers run)."""
+
+    def __init__(self):
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start = threading.Lock()
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """fn() on the owner thread (started on first use); its result or its exception here."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        with self._start:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="ray-owner", daemon=True)
+                self._thread.start()
+        done: Future = Future()
+        self._calls.put((fn, done))
+        return done.result()
+
+    def _serve(self) -> None:
+        while True:
+            fn, done = self._calls.get()
+            try:
+                done.set_result(fn())
+            except BaseException as err:   # handed to the caller, whatever it is
+                done.set_exception(err)
+
+
+_OWNER = _Owner()
 
 
 class Cancelled(FitCancelled):
@@ -82,41 +132,71 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, timeout:
     address=None starts a local Ray bound to 127.0.0.1 with the dashboard off, ignoring any
     RAY_ADDRESS in the environment; "auto" joins the cluster RAY_ADDRESS (or the local
     `ray start`) names; "host:port" joins that cluster, after checking within `timeout`
-    seconds that something answers there. Reuses a connection to the same place.
+    seconds that something answers there. Reuses a connection to the same place; another
+    place replaces it only while no job runs on it (else a RuntimeError says so).
     """
+    return _connect(address, num_cpus, timeout, hold=False)
+
+
+def _connect(address: str | None, num_cpus: int | None, timeout: float, hold: bool):
+    """`connect`; with hold=True, also count one more job on the connection (under the same lock,
+    so no other job can replace the connection in between)."""
     import ray
 
     with _lock:
         wanted = address or "local"
-        if ray.is_initialized():
-            if _state["address"] == wanted:
-                return ray
-            shutdown()
-        runtime_env = {"env_vars": dict(WORKER_ENV)}
-        if address is None:
-            _loopback_only()
-            saved = os.environ.pop("RAY_ADDRESS", None)   # a stray RAY_ADDRESS must not redirect a local run
-            try:
-                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                         _node_ip_address="127.0.0.1", runtime_env=runtime_env, log_to_driver=False,
-                         configure_logging=False)
-            finally:
-                if saved is not None:
-                    os.environ["RAY_ADDRESS"] = saved
-            _state["started_here"] = True
-        else:
-            if address == "auto" and os.environ.get("RAY_ADDRESS"):
-                _probe(os.environ["RAY_ADDRESS"], timeout)
-            elif address != "auto":
-                _probe(address, timeout)
-            try:
-                ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, configure_logging=False,
-                         _node_ip_address="127.0.0.1" if _is_local(address) else None)
-            except (ConnectionError, RuntimeError, TimeoutError) as err:
-                raise ConnectionError(f"cannot connect to the Ray cluster at {address}: {err}") from None
-            _state["started_here"] = False
-        _state["address"] = wanted
+        if ray.is_initialized() and _state["address"] != wanted:
+            if _state["jobs"]:
+                raise RuntimeError(f"this process is running a job on {_describe(_state['address'])}; one "
+                                   f"process joins one Ray at a time, so {_describe(wanted)} can be used once "
+                                   "that job has finished (or use the same cluster)")
+            _OWNER.call(_disconnect)
+        if not ray.is_initialized():
+            _OWNER.call(lambda: _init(ray, address, timeout, num_cpus))
+        if hold:
+            _state["jobs"] += 1
         return ray
+
+
+def _describe(where: str) -> str:
+    return "the local Ray" if where == "local" else f"the Ray cluster at {where}"
+
+
+def _init(ray, address: str | None, timeout: float, num_cpus: int | None):
+    """ray.init on the owner thread (see the module docstring)."""
+    wanted = address or "local"
+    runtime_env = {"env_vars": dict(WORKER_ENV)}
+    if address is None:
+        _loopback_only()
+        saved = os.environ.pop("RAY_ADDRESS", None)   # a stray RAY_ADDRESS must not redirect a local run
+        try:
+            for attempt in range(LOCAL_START_ATTEMPTS):
+                try:
+                    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                             _node_ip_address="127.0.0.1", runtime_env=runtime_env, log_to_driver=False,
+                             configure_logging=False)
+                    break
+                except Exception as err:   # Ray gives its raylet a fixed 30 s to register, too short on a busy machine
+                    ray.shutdown()
+                    if "timed out during startup" not in str(err) or attempt == LOCAL_START_ATTEMPTS - 1:
+                        raise
+        finally:
+            if saved is not None:
+                os.environ["RAY_ADDRESS"] = saved
+        _state["started_here"] = True
+    else:
+        if address == "auto" and os.environ.get("RAY_ADDRESS"):
+            _probe(os.environ["RAY_ADDRESS"], timeout)
+        elif address != "auto":
+            _probe(address, timeout)
+        try:
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, configure_logging=False,
+                     _node_ip_address="127.0.0.1" if _is_local(address) else None)
+        except (ConnectionError, RuntimeError, TimeoutError) as err:
+            raise ConnectionError(f"cannot connect to the Ray cluster at {address}: {err}") from None
+        _state["started_here"] = False
+    _state["address"] = wanted
+    return ray
 
 
 def _is_local(address: str) -> bool:
@@ -125,7 +205,15 @@ def _is_local(address: str) -> bool:
 
 
 def shutdown() -> None:
-    """Disconnect; a local Ray that `connect` started is stopped, a cluster we joined keeps running."""
+    """Disconnect the process; a local Ray that `connect` started is stopped, a cluster we
+    joined keeps running. For the process's end (a server's unload hook, the exit handler):
+    a job that still runs on it fails."""
+    with _lock:
+        if _state["address"] is not None:
+            _OWNER.call(_disconnect)
+
+
+def _disconnect() -> None:
     import ray
 
     if ray.is_initialized():
@@ -133,16 +221,28 @@ def shutdown() -> None:
     _state.update(started_here=False, address=None)
 
 
-atexit.register(lambda: _state["address"] is not None and shutdown())
+atexit.register(shutdown)
+
+
+@contextmanager
+def connected(address: str | None = None) -> Iterator[Any]:
+    """`connect` for one job, and keep that connection while the block runs: a job asking for
+    another cluster meanwhile is refused, it cannot disconnect this one. Yields the ray module."""
+    ray = _connect(address, None, CONNECT_TIMEOUT_S, hold=True)
+    try:
+        yield ray
+    finally:
+        with _lock:
+            _state["jobs"] -= 1
 
 
 def _call(fn: Callable, shared, batch):
     """The task body: `fn(shared, batch)` (the object store hands `shared` in). A worker
-    process lives across jobs, so it too drops compiled programs near its mapping limit."""
-    try:
+    process lives across jobs: it keeps compiled programs on disk as our other processes do,
+    and drops them between tasks near its mapping limit."""
+    enable_compilation_cache()
+    with using_compiled():
         return fn(shared, batch)
-    finally:
-        trim_compiled()
 
 
 def run_batches(fn: Callable, batches: Sequence, shared, *, address: str | None = None, max_retries: int = 3,
@@ -153,7 +253,11 @@ def run_batches(fn: Callable, batches: Sequence, shared, *, address: str | None 
     (or whose task raised) gets the exception in its place. progress(index) is called as each
     batch finishes; cancel.is_set() cancels what is left and raises `Cancelled`.
     """
-    ray = connect(address)
+    with connected(address) as ray:
+        return _run_batches(ray, fn, batches, shared, max_retries, progress, cancel, poll_s)
+
+
+def _run_batches(ray, fn, batches, shared, max_retries, progress, cancel, poll_s) -> list:
     from ray.exceptions import RayError
 
     remote = ray.remote(_call).options(max_retries=int(max_retries), retry_exceptions=False, num_cpus=1)

@@ -19,6 +19,8 @@ import pytest  # noqa: E402
 
 import engine  # noqa: E402  (importing the engine enables float64 in JAX)
 
+engine.enable_compilation_cache()   # as the app and the CLI do; STREAMSSM_JAX_CACHE=0 (above) keeps it off
+
 SEED = 20240611
 
 

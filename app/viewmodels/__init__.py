@@ -4,5 +4,6 @@ from .data_model import DataModel
 from .spec_model import SpecModel
 from .fit_model import FitModel
 from .learn_model import LearnModel
+from .job import CancelFlag, Job
 
-__all__ = ["DataModel", "SpecModel", "FitModel", "LearnModel"]
+__all__ = ["DataModel", "SpecModel", "FitModel", "LearnModel", "CancelFlag", "Job"]

@@ -3,9 +3,9 @@ with progress, cancel, a per-series result table and a drill-down into one serie
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -15,12 +15,14 @@ import pandas as pd
 import param
 
 import engine
+from engine import cluster
 from engine.data import DATASETS_DIR
 from engine.fleet import ANOMALY_Z
 from engine.spec import ModelSpec
 
 from ..workers import SessionWorker
 from .data_model import UPLOAD, DataModel
+from .job import CancelFlag, Job
 from .spec_model import SpecModel
 
 SYNTHETIC = "synthetic fleet"
@@ -30,6 +32,38 @@ SPEC_MODEL_TAB = "the Model tab's spec"
 METHODS = ("mle", "map", "filter", "nuts")
 BACKENDS = ("local", "ray")
 _ADDRESS = re.compile(r"^(auto|(ray://)?[A-Za-z0-9.\-]+:\d{1,5})$")
+RAY_STARTING = {False: "Starting Ray (a local Ray on this server; the first job waits for it to start)…",
+                True: "Connecting to the Ray cluster at {address}…"}
+
+
+# What "the same table" means across backends and batch sizes. The optimiser stops a series once
+# its objective is within about 1e-10 (relative) of the optimum, so its parameters are known to
+# about the square root of that where the likelihood is flat, and a batch of another size rounds
+# differently: a variance at the boundary may end at 2e-12 in one run and 3e-13 in another, both
+# zero at this precision. (Ray and local runs differ only by their default batch size.)
+SAME_LOGLIK_RTOL = 1e-8   # log-likelihoods agree to this, relative
+SAME_PARAM_RTOL = 1e-5    # variances agree to this × the series' variance; other parameters to this
+SAME_TABLES = (f"Tables agree whatever the backend and the batch size to {SAME_LOGLIK_RTOL:g} (relative) in the "
+               f"log-likelihood and to {SAME_PARAM_RTOL:g} × the series' variance in each variance: a variance "
+               "below that is zero at the fit's precision.")
+
+
+def table_differences(a: pd.DataFrame, b: pd.DataFrame, spec: ModelSpec, Y: np.ndarray) -> list[str]:
+    """Where two result tables of the same series (rows in the order of Y, (series, time)) are
+    not the same in the sense of SAME_TABLES; empty when they are."""
+    problems = []
+    if list(a["series"]) != list(b["series"]) or list(a["status"]) != list(b["status"]):
+        return ["the series or their statuses differ"]
+    scale = np.array([np.nanvar(y) if np.isfinite(y).sum() > 1 else 1.0 for y in np.asarray(Y, float)])
+    ok = (a["status"] != "failed").to_numpy()
+    la, lb = a["loglik"].to_numpy(float)[ok], b["loglik"].to_numpy(float)[ok]
+    if not np.allclose(la, lb, rtol=SAME_LOGLIK_RTOL, atol=0):
+        problems.append("loglik")
+    for name in engine.param_names(spec):
+        atol = SAME_PARAM_RTOL * (scale[ok] if name.startswith("sigma2.") else 1.0)
+        if np.any(np.abs(a[name].to_numpy(float)[ok] - b[name].to_numpy(float)[ok]) > atol):
+            problems.append(name)
+    return problems
 
 
 def wide_datasets() -> list[str]:
@@ -134,20 +168,7 @@ def table_fleet(table: DataModel, n_series: int, log: bool, titles: dict[str, st
     return FleetData(table.source, names, Y, frame.index, frame[keep + names], log, table.suggested_spec, titles)
 
 
-class _Cancel:
-    """A cancel flag for `fit_many`: set by the user, or by the session closing."""
-
-    def __init__(self, worker: SessionWorker):
-        self._event, self._worker = threading.Event(), worker
-
-    def set(self) -> None:
-        self._event.set()
-
-    def is_set(self) -> bool:
-        return self._event.is_set() or self._worker.closed
-
-
-class FleetModel(param.Parameterized):
+class FleetModel(Job):
     """A fleet job: which series, which spec and method, where to run; the result table and drill-down.
 
     The data is a synthetic fleet (`engine.make_fleet`), a shipped wide dataset, or an uploaded
@@ -169,9 +190,6 @@ class FleetModel(param.Parameterized):
     address = param.String(default="", doc="Ray cluster address host:port (empty: a local Ray on 127.0.0.1)")
     batch_size = param.Integer(default=0, bounds=(0, None), doc="Series per batch (0: the engine chooses)")
 
-    status = param.Selector(default="idle", objects=["idle", "running", "done", "cancelled", "error"],
-                            constant=True)
-    message = param.String(default="", constant=True)
     data_error = param.String(default="", constant=True, doc="Why the chosen data cannot be used")
     progress = param.Integer(default=0, bounds=(0, 100), constant=True, doc="Series done, percent")
     done_series = param.Integer(default=0, constant=True)
@@ -182,22 +200,13 @@ class FleetModel(param.Parameterized):
     detail_message = param.String(default="", constant=True)
 
     def __init__(self, data: DataModel, spec: SpecModel, worker: SessionWorker, **params):
-        super().__init__(**params)
-        self.data, self.spec_model, self.worker = data, spec, worker
+        super().__init__(worker, **params)
+        self.data, self.spec_model = data, spec
         self.source_table = DataModel()  # the fleet's own table, shipped or uploaded, parsed as in the Data tab
         self.param.source.objects = [SYNTHETIC, *wide_datasets(), UPLOAD]
-        self._cancel: _Cancel | None = None
         self._started = 0.0
         self._where = "here"
         self._on_source()
-
-    def _set(self, **values):
-        with param.edit_constant(self):
-            self.param.update(**values)
-
-    @property
-    def busy(self) -> bool:
-        return self.status == "running"
 
     # -- data ----------------------------------------------------------------------------
     @param.depends("source", watch=True)
@@ -310,41 +319,35 @@ class FleetModel(param.Parameterized):
         except ValueError as exc:
             self._set(status="error", message=str(exc))
             return None
-        self._cancel = cancel = _Cancel(self.worker)
         self._where = where = "here" if self.backend == "local" else (
             f"on the Ray cluster at {address}" if address else "on a local Ray")
-        self._set(status="running", progress=0, done_series=0, total_series=0, detail=None, detail_message="",
-                  message=f"Preparing the series; they will be fitted ({self.method}) {where}…")
         self._started = time.perf_counter()
 
         def progress(done, total):
-            self.worker.post(lambda: self._progress(done, total))
+            self.post(lambda: self._progress(done, total))
 
-        def job():
+        def job(cancel: CancelFlag):
             data = self.fleet_data()
             spec = tab_spec if tab_spec is not None else self._spec(data.suggested)
-            self.worker.post(lambda: self._progress(0, len(data.names)))
-            start = time.perf_counter()
             wide = pd.DataFrame(data.Y.T, index=data.index, columns=data.names)
-            try:
-                res, cancelled = engine.fit_many(spec, wide, progress=progress, cancel=cancel, **options), False
-            except engine.FleetCancelled as exc:
-                res, cancelled = exc.partial, True
+            with contextlib.ExitStack() as ray:
+                if self.backend == "ray":   # the first job on a local Ray waits for it to start
+                    self.post(lambda: self._set(message=RAY_STARTING[bool(address)].format(address=address)))
+                    ray.enter_context(cluster.connected(address))
+                self.post(lambda: self._progress(0, len(data.names)))
+                start = time.perf_counter()
+                try:
+                    res, cancelled = engine.fit_many(spec, wide, progress=progress, cancel=cancel, **options), False
+                except engine.FleetCancelled as exc:
+                    res, cancelled = exc.partial, True
             table = res.table.copy() if res is not None else pd.DataFrame(columns=["series", "status"])
             if data.titles:
                 table.insert(1, "title", [data.titles.get(s, "") for s in table["series"]])
             return FleetRun(data, spec, options["method"], table, time.perf_counter() - start, cancelled)
 
-        return self.worker.submit(job, on_done=self._done, on_error=self._failed)
-
-    def cancel(self) -> None:
-        """Ask a running job to stop (at the end of its current batch)."""
-        if self._cancel is not None:
-            self._cancel.set()
-
-    def shutdown(self) -> None:
-        """The session ends: stop a running job."""
-        self.cancel()
+        return self.submit(job, on_done=self._done, progress=0, done_series=0, total_series=0, detail=None,
+                           detail_message="",
+                           message=f"Preparing the series; they will be fitted ({self.method}) {where}…")
 
     def _progress(self, done: int, total: int) -> None:
         if self.busy and total:
@@ -354,19 +357,18 @@ class FleetModel(param.Parameterized):
     def _done(self, run: FleetRun) -> None:
         t = run.table
         if run.cancelled and t.empty:
-            self._set(status="cancelled", message="Cancelled before any batch finished. The previous result "
-                                                  "(if any) is kept.")
+            self.finish("cancelled", "Cancelled before any batch finished. The previous result (if any) is kept.")
             return
         failed = int((t["status"] == "failed").sum())
         loose = int((t["status"] == "not_converged").sum())
         text = (f"Fitted {len(t)} series in {run.seconds:.1f} s ({run.series_per_s:.1f} series/s): "
                 f"{failed} failed, {loose} not converged.")
-        self._set(result=run, status="cancelled" if run.cancelled else "done", progress=100,
-                  message=("Cancelled: " if run.cancelled else "") + text)
+        self.finish("cancelled" if run.cancelled else "done", ("Cancelled: " if run.cancelled else "") + text,
+                    result=run, progress=100)
 
-    def _failed(self, exc: BaseException) -> None:
+    def failure_message(self, exc: BaseException) -> str:
         where = "" if self._where == "here" else f" {self._where}"
-        self._set(status="error", message=f"The fleet job failed{where}: {exc}")
+        return f"The fleet job failed{where}: {exc}"
 
     # -- drill-down ----------------------------------------------------------------------
     def summary(self) -> dict[str, float]:

@@ -14,7 +14,7 @@ import engine
 from engine.data import MAX_TABLE_BYTES, format_size
 
 from ..plots import _OPTS, BAND_Z
-from ..viewmodels.fleet_model import DrillDown, FleetModel
+from ..viewmodels.fleet_model import SAME_TABLES, DrillDown, FleetModel
 from .data_view import UploadBox, error_alert
 
 BADGE = HTMLTemplateFormatter(template=(
@@ -69,6 +69,8 @@ class FleetView(pn.viewable.Viewer):
         self._bar = pn.indicators.Progress(value=0, max=100, width=400, css_classes=["fleet-progress"])
         self._status = pn.pane.Alert("", visible=False, sizing_mode="stretch_width", css_classes=["fleet-status"])
         self._summary = pn.pane.Markdown("", css_classes=["fleet-summary"])
+        self._precision = pn.pane.Markdown(SAME_TABLES, visible=False, styles={"color": "#666"},
+                                           css_classes=["fleet-precision"])
         self._table = w.Tabulator(pd.DataFrame(), show_index=False, disabled=True, selectable=1,
                                   pagination="remote", page_size=12, header_filters=True,
                                   formatters={"status": BADGE, "n_anomalies": ANOMALY_STYLE,
@@ -97,7 +99,7 @@ class FleetView(pn.viewable.Viewer):
                    w.Select.from_param(m.param.backend, name="Backend", width=110), self._address,
                    w.IntInput.from_param(m.param.batch_size, name="Batch size (0: auto)", width=140)),
             self._nuts,
-            pn.Row(self._run, self._cancel), self._bar, self._status, self._summary, self._table,
+            pn.Row(self._run, self._cancel), self._bar, self._status, self._summary, self._table, self._precision,
             pn.Row(self._open, self._detail_note), self._plot,
             sizing_mode="stretch_width")
         self._on_choices()
@@ -130,6 +132,7 @@ class FleetView(pn.viewable.Viewer):
         scientific = {p: ScientificFormatter(precision=4) for p in engine.param_names(r.spec)}  # variances span decades
         self._table.param.update(value=display_table(r.table), selection=[], visible=True,
                                  formatters={**self._table.formatters, **scientific})
+        self._precision.visible = True
 
     def _on_selection(self, event):
         if event.new:

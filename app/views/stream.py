@@ -16,7 +16,6 @@ from bokeh.models import BasicTicker, BasicTickFormatter, ColumnDataSource, Date
 from bokeh.plotting import figure
 
 from ..viewmodels.stream import COLUMNS, StreamModel
-from ..workers import SessionWorker, document_dispatch, run_now
 
 ROLLOVER = 2_000         # points kept in the browser's plot (the view-model keeps every row)
 FORECAST_WINDOW = 120    # observations shown before the forecast
@@ -176,15 +175,9 @@ class StreamView(pn.viewable.Viewer):
         return self._layout
 
 
-def stream_tabs(data, fit, worker: SessionWorker, bayes=None) -> list[tuple[str, pn.viewable.Viewer]]:
-    """The Stream and Throughput tabs over one StreamModel, wired to the current session: its
-    results reach the page through the session document, and its runner stops when the session
-    is destroyed."""
+def stream_tabs(model: StreamModel) -> list[tuple[str, pn.viewable.Viewer]]:
+    """The Stream and Throughput tabs over one StreamModel (built and wired to the session by the
+    dashboard)."""
     from .throughput import ThroughputView
 
-    doc = pn.state.curdoc
-    served = doc is not None and getattr(doc, "session_context", None) is not None
-    model = StreamModel(data, fit, worker, dispatch=document_dispatch(doc) if served else run_now, bayes=bayes)
-    if served:
-        pn.state.on_session_destroyed(lambda _ctx: model.shutdown())
     return [("Stream", StreamView(model=model)), ("Throughput", ThroughputView(model=model))]

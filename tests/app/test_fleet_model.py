@@ -108,3 +108,39 @@ def test_cancel_and_closed_session_stop_the_job(fleet):
     started.wait()
     fleet.worker.shutdown(wait=False)
     assert future.result().cancelled
+
+
+@pytest.mark.timeout(300)
+def test_the_status_says_what_the_job_waits_for_on_ray(fleet):
+    """Before the first series is fitted, a Ray job says it is connecting (or starting Ray), not "Fitted 0"."""
+    fleet.param.update(n_series=2, backend="ray", address="127.0.0.1:1")   # nothing listens there
+    messages = []
+    fleet.param.watch(lambda e: messages.append(e.new), "message")
+    with pytest.raises(ConnectionError):
+        fleet.run().result()
+    assert messages[1] == "Connecting to the Ray cluster at 127.0.0.1:1…"
+    assert not any(m.startswith("Fitted") for m in messages) and fleet.status == "error"
+
+
+def test_job_statuses_are_one_vocabulary(fleet):
+    from app.viewmodels.job import STATUSES, Job
+
+    assert isinstance(fleet, Job) and tuple(fleet.param.status.objects) == STATUSES
+    with pytest.raises(ValueError, match="running"):
+        fleet.finish("running", "not an end")
+
+
+def test_tables_are_the_same_across_batch_sizes_in_the_stated_sense():
+    """Ray and local runs differ only in their default batch size (one batch per local core, one
+    per Ray task); a batch of another size rounds differently, and a variance at the boundary
+    then ends at another tiny value. SAME_TABLES states the precision; this checks exactly it."""
+    from app.viewmodels.fleet_model import SAME_PARAM_RTOL, table_differences
+
+    fl = engine.make_fleet(12, 120, 0)   # the Fleet tab's synthetic fleet, 12 series
+    halves = engine.fit_many(fl.spec, fl.Y, method="mle", batch_size=6).table
+    whole = engine.fit_many(fl.spec, fl.Y, method="mle", batch_size=12).table
+    assert table_differences(halves, whole, fl.spec, fl.Y) == []
+    names = engine.param_names(fl.spec)
+    moved = whole.copy()
+    moved.loc[0, names[1]] += 10 * SAME_PARAM_RTOL * np.nanvar(fl.Y[0])
+    assert table_differences(halves, moved, fl.spec, fl.Y) == [names[1]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -15,9 +16,9 @@ import engine
 SPEC = {"irregular": True, "level": {"kind": "local_level"}}
 
 
-def _run(*args, cwd):
+def _run(*args, cwd, env=None):
     return subprocess.run([sys.executable, "-m", "engine", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +39,11 @@ def test_batch_round_trip_equals_fit_many(wide_csv, tmp_path):
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps(SPEC))
     out = tmp_path / "results.parquet"
+    cache = tmp_path / "jax-cache"   # a cache of this run's own, so no other process reads it meanwhile
     proc = _run("batch", "--data", str(path), "--spec", str(spec_file), "--method", "mle", "--out", str(out),
-                cwd=tmp_path)
+                cwd=tmp_path, env=dict(os.environ, STREAMSSM_JAX_CACHE=str(cache)))
     assert proc.returncode == 0, proc.stderr
+    assert cache.is_dir()   # the command switched the on-disk compile cache on for its process
     assert "4/4" in proc.stderr or "4 ok" in proc.stderr
     table = pd.read_parquet(out)
     ref = engine.fit_many(SPEC, Y, method="mle").table

@@ -46,3 +46,49 @@ def test_trimming_empties_the_engines_own_caches_of_executables():
     assert bayes._sampler.cache_info().currsize >= 1
     assert compiled.trim_compiled(fraction=0.0)
     assert bayes._sampler.cache_info().currsize == 0
+
+
+def _cache_dir_after(code: str, cache) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, STREAMSSM_JAX_CACHE=str(cache))
+    out = subprocess.run([sys.executable, "-c", f"import engine, jax\n{code}\nprint(jax.config.jax_compilation_cache_dir)"],
+                         env=env, capture_output=True, text=True, timeout=300, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_importing_the_engine_leaves_the_compile_cache_off_until_asked(tmp_path):
+    """The on-disk cache is a process-wide setting: its owner switches it on, an import does not."""
+    cache = tmp_path / "jax-cache"
+    assert _cache_dir_after("", cache) == "None" and not cache.exists()
+    assert _cache_dir_after("engine.enable_compilation_cache()", cache) == str(cache) and cache.is_dir()
+
+
+def test_a_running_job_keeps_its_programs_and_the_last_job_to_leave_trims():
+    """Trimming is decided for the process: never under a job that runs, then between jobs."""
+    import threading
+
+    compiled.trim_compiled(fraction=0.0)
+    before = compiled.mapping_count()
+    other_in, other_out = threading.Event(), threading.Event()
+
+    def other_job():
+        with compiled.using_compiled(fraction=1.0):
+            other_in.set()
+            other_out.wait(60)
+
+    thread = threading.Thread(target=other_job)
+    thread.start()
+    assert other_in.wait(60)
+    with compiled.using_compiled(fraction=1.0):
+        _compile_programs(40)
+        grown = compiled.mapping_count()
+        assert not compiled.trim_compiled(fraction=0.0)   # asked for while jobs run: left to the last one
+        assert compiled.mapping_count() >= grown - 5
+    assert compiled.jobs_using_compiled() == 1 and compiled.mapping_count() >= grown - 5   # the other still runs
+    other_out.set()
+    thread.join(60)
+    assert compiled.jobs_using_compiled() == 0
+    assert compiled.mapping_count() - before < (grown - before) / 4   # the last job out trimmed

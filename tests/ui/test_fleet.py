@@ -1,8 +1,10 @@
 """The Fleet tab in a real browser: a small local job on the synthetic fleet, progress, the table
-sorted, a row's drill-down, and that series opened in the Fit tab."""
+sorted, a row's drill-down, and that series opened in the Fit tab; a job on the local Ray whose
+page is closed leaves the server (and its Ray) up for everyone else."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -48,3 +50,52 @@ def test_fleet_run_table_drill_down_and_open_in_fit(app_url, page, panel_server)
     page.get_by_text("Fitted 120 observations").first.wait_for(state="visible", timeout=300_000)
     page.get_by_text("sigma2.trend").first.wait_for(state="visible")
     _assert_clean(page, panel_server)
+
+
+RAY_LOST_WAIT_S = 90   # a Ray client that lost its cluster ends its process after 60 s
+
+
+def _choose(page, label: str, option: str) -> None:
+    page.locator(".bk-input-group", has_text=label).locator("select").select_option(option)
+
+
+def _type(page, label: str, value: str) -> None:
+    box = page.locator(".bk-input-group", has_text=label).locator("input")
+    box.fill(value)
+    box.press("Enter")
+
+
+@pytest.mark.ray
+def test_closing_a_page_that_ran_a_local_ray_job_leaves_the_server_up(app_url, browser, page, panel_server):
+    """The local Ray belongs to the server, not to the session that first needed it: after that
+    session's page is closed and Ray's own grace period for a lost cluster has passed, a new
+    session loads and runs a job."""
+    _open(page, app_url)
+    _tab(page, "Fleet")
+    _choose(page, "Backend", "ray")
+    _type(page, "Series (first N)", "4")
+    page.get_by_role("button", name="Run fleet").click()
+    page.get_by_text("Starting Ray").first.wait_for(state="visible", timeout=120_000)  # not "Fitted 0 of 4"
+    ended = page.get_by_text(re.compile("series/s|The fleet job failed")).first
+    ended.wait_for(state="visible", timeout=600_000)
+    assert "The fleet job failed" not in ended.inner_text(), ended.inner_text()
+    assert page.locator(".fleet-progress progress").first.get_attribute("value") == "100"
+    errors = list(page.console_errors)
+    page.context.close()
+
+    time.sleep(RAY_LOST_WAIT_S)
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        fresh = context.new_page()
+        fresh.set_default_timeout(30_000)
+        _open(fresh, app_url)
+        _tab(fresh, "Fleet")
+        _type(fresh, "Series (first N)", "2")
+        fresh.get_by_role("button", name="Run fleet").click()   # locally, in the new session
+        fresh.get_by_text("series/s").first.wait_for(state="visible", timeout=600_000)
+        assert "Traceback" not in fresh.inner_text("body")
+    finally:
+        context.close()
+    log = panel_server.log()
+    assert "Failed to connect to GCS" not in log and "Traceback" not in log, log[-4000:]
+    assert errors == [], "\n".join(errors)
