@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import engine
-from engine.model import _run, _systems
+from engine.model import batch_systems, filter_batch
 
 SPEC = engine.ModelSpec.from_dict({"level": {"kind": "local_linear_trend"},
                                    "seasonal": [{"period": 12, "form": "dummy"}]})
@@ -56,7 +56,7 @@ def median_time(fn, repeat: int) -> float:
 def naive_bank(S: int):
     """One step of a dense vmapped Kalman bank (no structure, no report): a function of y_t that
     advances its own state and blocks on the result."""
-    system = _systems(SPEC, jnp.asarray(draws(S)), None)   # batch-leading
+    system = batch_systems(SPEC, jnp.asarray(draws(S)), None)   # batch-leading
     z = system.design[0]
 
     def one(a, P, T, Q, H, y_t):
@@ -146,7 +146,7 @@ def refilter_ours(S: int, T: int, y: np.ndarray) -> float:
     """One batched exact filter pass over the history for all S draws (the per-point cost)."""
     Y = jnp.broadcast_to(jnp.asarray(y[:T])[:, None], (T, S))
     p = jnp.asarray(draws(S))
-    fn = lambda: _run(SPEC, p, Y, None, False, False)[1]
+    fn = lambda: filter_batch(SPEC, p, Y, None, False, False)[1]
     jax.block_until_ready(fn())
     return median_time(fn, repeat=3 if T * S <= 1e7 else 1)
 

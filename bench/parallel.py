@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 
 import engine  # noqa: E402
 from engine import kalman, parallel  # noqa: E402
-from engine.model import _run, _systems  # noqa: E402
+from engine.model import batch_systems, filter_batch  # noqa: E402
 from engine.system import layout  # noqa: E402
 
 SPEC = engine.ModelSpec.from_dict({"level": {"kind": "local_linear_trend"},
@@ -71,7 +71,7 @@ def timed(fn, *args, repeat: int = 3):
 
 def loglik_fn(method: str):
     par = method == "parallel"
-    return lambda p, y: jnp.sum(_run(SPEC, p[None], y[:, None], None, False, False, par)[1])
+    return lambda p, y: jnp.sum(filter_batch(SPEC, p[None], y[:, None], None, False, False, par)[1])
 
 
 def single_series(lengths, repeat: int):
@@ -150,14 +150,14 @@ def step_flops(P) -> dict:
     XLA, so the cores are costed without them): one batched standard step, one mean-only step,
     and one associative-scan element (the scan of 1024 elements / 1024)."""
     lay = layout(SPEC)
-    system = kalman.batch_last(_systems(SPEC, P, None))
+    system = kalman.batch_last(batch_systems(SPEC, P, None))
     state = kalman.init(lay, system)
     batch = P.shape[0]
     y, d = jnp.zeros(batch), jnp.zeros(batch)
     z = system.design
     std = jax.jit(lambda st: kalman.full_step(lay, system, st, y, d, z, kalman.Phase.STANDARD, False, False))
     mean = jax.jit(lambda st: kalman.steady_step(lay, system, st, y, d, z, False, False))
-    one = jax.tree_util.tree_map(lambda a: a[0], _systems(SPEC, P[:1], None))
+    one = jax.tree_util.tree_map(lambda a: a[0], batch_systems(SPEC, P[:1], None))
     Z = jnp.broadcast_to(one.design, (1024, lay.n_states))
     elems = parallel.filter_elements(one.transition, one.state_var, one.obs_var, Z, jnp.zeros(1024), jnp.zeros(1024))
     scan = jax.jit(lambda e: jax.lax.associative_scan(parallel.combine_filter, e))

@@ -1,6 +1,10 @@
 """StreamSSM engine: exact Bayesian structural state space models in JAX.
 
-The public API is listed here and only here.
+The public API: the names in `__all__` below, and the sub-namespaces it lists (`engine.kalman`,
+`engine.online`, `engine.fleet`, ...), each of which lists its own public names in `__all__`.
+Nothing else is public; importing the engine changes no process-wide setting but float64
+(the on-disk compile cache is switched on by whoever owns the process:
+`enable_compilation_cache`).
 """
 
 import jax
@@ -9,7 +13,8 @@ jax.config.update("jax_enable_x64", True)
 
 
 from .spec import ModelSpec, SpecificationWarning, TREND_KINDS, param_names  # noqa: E402
-from .system import System, build_system, layout  # noqa: E402
+from .system import System, build_system, check_finite, layout  # noqa: E402
+from .components import ComponentSelector, component_selectors  # noqa: E402
 from .model import (DiffuseConditioningWarning, FilterResult, Forecast, SmoothedComponents,  # noqa: E402
                     diffuse_conditioning, filter_series, forecast,
                     loglik, loglik_many, loglik_terms, simulate, smooth)
@@ -26,11 +31,18 @@ from .persist import DurableFilter  # noqa: E402
 from .stream import StreamBatch, StreamError, StreamRunner  # noqa: E402
 from .data import DataError, catalogue_entry, list_datasets, load_dataset, read_table  # noqa: E402
 from .demo import DEMO_STREAMS, DemoEvent, DemoStream, Fleet, demo_stream, list_demo_streams, make_fleet  # noqa: E402
-from .fleet import FleetCancelled, FleetResult, fit_many  # noqa: E402
+from .fleet import FleetCancelled, FleetResult, SeriesTable, fit_many  # noqa: E402
 from .compiled import enable_compilation_cache, trim_compiled  # noqa: E402
+from . import (cluster, compiled, cores, data, demo, fleet, kalman, mle, model, online, parallel,  # noqa: E402
+               persist, rejuvenation, spec, stream, system, transforms)
+
+NAMESPACES = ("cluster", "compiled", "cores", "data", "demo", "fleet", "kalman", "mle", "model", "online",
+              "parallel", "persist", "rejuvenation", "spec", "stream", "system", "transforms")
 
 __all__ = [
+    *NAMESPACES,
     "ModelSpec", "SpecificationWarning", "TREND_KINDS", "param_names", "System", "build_system", "layout",
+    "check_finite", "ComponentSelector", "component_selectors", "SeriesTable",
     "DiffuseConditioningWarning", "diffuse_conditioning", "FilterResult", "Forecast", "SmoothedComponents",
     "filter_series", "forecast", "loglik",
     "loglik_many", "loglik_terms", "simulate", "smooth",

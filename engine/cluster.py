@@ -33,6 +33,11 @@ from typing import Any, Callable, Iterator, Sequence
 from .bayes import FitCancelled
 from .compiled import enable_compilation_cache, using_compiled
 
+__all__ = [
+    "CONNECT_TIMEOUT_S", "Cancelled", "connect", "connected", "shutdown", "run_batches",
+]
+
+
 CONNECT_TIMEOUT_S = 10.0   # probing a given address, and ray.init's own wait for the cluster
 LOCAL_START_ATTEMPTS = 3   # a local Ray whose raylet did not register in time is started again
 WORKER_ENV = {

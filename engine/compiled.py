@@ -27,6 +27,12 @@ from typing import Callable, Iterator
 
 import jax
 
+__all__ = [
+    "mapping_count", "mapping_limit", "on_trim", "TRIM_FRACTION", "URGENT_FRACTION", "trim_compiled",
+    "using_compiled", "jobs_using_compiled", "enable_compilation_cache",
+]
+
+
 _MAPS = "/proc/self/maps"
 _LIMIT = "/proc/sys/vm/max_map_count"
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 
+__all__ = [
+    "usable_cores",
+]
+
 
 def usable_cores() -> int:
     """The cores this process may run on (its affinity mask where the OS has one)."""

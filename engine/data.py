@@ -20,6 +20,12 @@ from typing import Any, BinaryIO
 import numpy as np
 import pandas as pd
 
+__all__ = [
+    "DATASETS_DIR", "CATALOGUE_FILE", "MAX_TABLE_BYTES", "MISSING_TOKENS", "DataError", "format_size",
+    "detect_time_column", "read_table", "list_datasets", "catalogue_entry", "load_dataset",
+]
+
+
 DATASETS_DIR = Path(__file__).resolve().parent.parent / "datasets"
 CATALOGUE_FILE = DATASETS_DIR / "catalogue.json"
 

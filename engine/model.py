@@ -23,6 +23,14 @@ from .spec import ModelSpec, as_spec, param_names
 from .system import (System, build_system, check_exog, check_finite, diffuse_states, layout, params_from_vector,
                      params_to_vector)
 
+__all__ = [
+    "FILTERS", "as_param_vector", "as_series", "batch_systems", "filter_batch", "prepare_inputs",
+    "prepare_fit", "loglik_terms", "loglik", "loglik_many", "FilterResult", "filter_series",
+    "DiffuseConditioningWarning", "diffuse_conditioning", "SmoothedComponents", "smooth", "smooth_prepared",
+    "Forecast", "extend_for_forecast", "forecast", "simulate",
+]
+
+
 FILTERS = ("standard", "sqrt", "parallel", "auto")
 CHUNK = 64  # series per batched-filter chunk (fits the covariances in cache on CPU)
 
@@ -73,7 +81,7 @@ def batch_systems(spec: ModelSpec, pvec: jnp.ndarray, exog) -> System:
 
 
 @partial(jax.jit, static_argnames=("spec", "sqrt", "keep", "parallel"))
-def _run(spec: ModelSpec, pvec, Y, exog, sqrt: bool, keep: bool, parallel: bool = False):
+def filter_batch(spec: ModelSpec, pvec, Y, exog, sqrt: bool, keep: bool, parallel: bool = False):
     """Filter Y (time, batch) with parameters pvec (batch, k); `parallel`: by associative scan."""
     lay = layout(spec)
     if parallel:
@@ -120,7 +128,7 @@ def loglik_terms(spec, params, y, exog=None, filter: str = "auto") -> jnp.ndarra
     "auto" (parallel on a GPU/TPU for long series, else standard)."""
     spec, pvec, y, x = prepare_inputs(spec, params, y, exog)
     sqrt, par = _filter_for(filter, spec, y.shape[0])
-    _, ll = _run(spec, pvec[None], y[:, None], x, sqrt, False, par)
+    _, ll = filter_batch(spec, pvec[None], y[:, None], x, sqrt, False, par)
     return ll[:, 0]
 
 
@@ -176,17 +184,17 @@ def _loglik_many(spec, pvec, Y, x, sqrt, shared, par=False):
         # chunks of CHUNK series keep each member's covariances in cache
         p = jnp.broadcast_to(pvec, (n_series, pvec.shape[-1]))
         if n_series <= CHUNK:
-            return jnp.sum(_run(spec, p, Y, x, sqrt, False, par)[1], axis=0)
+            return jnp.sum(filter_batch(spec, p, Y, x, sqrt, False, par)[1], axis=0)
         n_chunks = -(-n_series // CHUNK)
         pad = n_chunks * CHUNK - n_series
         p_c = jnp.pad(p, ((0, pad), (0, 0)), mode="edge").reshape(n_chunks, CHUNK, -1)
         Y_c = jnp.pad(Y, ((0, 0), (0, pad)), mode="edge").T.reshape(n_chunks, CHUNK, -1)
         if x is not None and x.ndim == 3:
             x_c = jnp.pad(x, ((0, pad), (0, 0), (0, 0)), mode="edge").reshape((n_chunks, CHUNK) + x.shape[1:])
-            chunk = lambda args: jnp.sum(_run(spec, args[0], args[1].T, args[2], sqrt, False, par)[1], axis=0)
+            chunk = lambda args: jnp.sum(filter_batch(spec, args[0], args[1].T, args[2], sqrt, False, par)[1], axis=0)
             out = jax.lax.map(chunk, (p_c, Y_c, x_c))
         else:
-            chunk = lambda args: jnp.sum(_run(spec, args[0], args[1].T, x, sqrt, False, par)[1], axis=0)
+            chunk = lambda args: jnp.sum(filter_batch(spec, args[0], args[1].T, x, sqrt, False, par)[1], axis=0)
             out = jax.lax.map(chunk, (p_c, Y_c))
         return out.reshape(-1)[:n_series]
 
@@ -229,7 +237,7 @@ def filter_series(spec, params, y, exog=None, filter: str = "auto") -> FilterRes
     """Run the exact-diffuse Kalman filter and keep every step's moments (filter: as `loglik_terms`)."""
     spec, pvec, y, x = prepare_inputs(spec, params, y, exog)
     sqrt, par = _filter_for(filter, spec, y.shape[0])
-    final, info = _run(spec, pvec[None], y[:, None], x, sqrt, True, par)
+    final, info = filter_batch(spec, pvec[None], y[:, None], x, sqrt, True, par)
     first = lambda a: a[..., 0]
     cov = first(final.cov) @ first(final.cov).T if sqrt else first(final.cov)
     return FilterResult(first(info.pred_mean), first(info.pred_cov), first(info.pred_diffuse),

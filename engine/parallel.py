@@ -36,6 +36,12 @@ from jax import lax
 from . import kalman
 from .system import Layout, System, diffuse_states
 
+__all__ = [
+    "CROSSOVER_STEPS", "AUTO_MAX_BYTES", "ACCELERATORS", "FilterElement", "SmoothElement", "prefix_length",
+    "use_parallel", "filter_elements", "combine_filter", "run", "smooth_elements", "combine_smooth", "smooth",
+]
+
+
 PREFIX_SLACK = 8          # extra sequential steps beyond 2·(diffuse states) before the scan
 CROSSOVER_STEPS = 2048    # "auto" uses the scan from this length on, on an accelerator
 AUTO_MAX_BYTES = 2 ** 31  # ... and only while the scan's elements fit this budget

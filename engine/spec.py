@@ -16,6 +16,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
+__all__ = [
+    "TREND_KINDS", "REGRESSION_MODES", "SEASONAL_FORMS", "SpecificationWarning", "MAX_STATES",
+    "MAX_HISTORY_BYTES", "format_period", "Seasonal", "Cycle", "Regression", "ModelSpec", "as_spec",
+    "param_names", "seasonal_param_name", "variance_names",
+]
+
+
 # statsmodels UnobservedComponents trend specifications, named with underscores:
 # kind -> (irregular, level, stochastic_level, trend, stochastic_trend)
 TREND_KINDS: dict[str, tuple[bool, bool, bool, bool, bool]] = {

@@ -21,6 +21,12 @@ import numpy as np
 from .components import blocks
 from .spec import ModelSpec, as_spec, param_names
 
+__all__ = [
+    "Layout", "System", "layout", "block_structure", "diffuse_states", "build_system", "transition_apply",
+    "transition_sandwich", "design_at", "params_from_vector", "params_to_vector", "check_exog",
+    "check_finite",
+]
+
 
 class Layout(NamedTuple):
     """Static description of the state vector: per block (name, start, size, kind, diffuse)."""

@@ -15,6 +15,10 @@ import numpy as np
 
 from .spec import ModelSpec, param_names
 
+__all__ = [
+    "pacf_to_ar", "ar_to_pacf", "scales", "constrain", "unconstrain",
+]
+
 
 def pacf_to_ar(pacf: jnp.ndarray) -> jnp.ndarray:
     """Durbin–Levinson: partial autocorrelations in (−1, 1) → coefficients of a stationary AR(p)."""

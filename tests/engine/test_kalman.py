@@ -596,8 +596,8 @@ def _stepwise_loglik(spec, p, y, exog=None):
 
 def _ends_steady(spec, p, y) -> bool:
     """Whether the chunked single-series filter has reached its steady (mean-only) regime."""
-    from engine.model import _run
-    final, _ = _run(engine.ModelSpec.from_dict(spec), jnp.asarray(p)[None], jnp.asarray(y)[:, None], None,
+    from engine.model import filter_batch
+    final, _ = filter_batch(engine.ModelSpec.from_dict(spec), jnp.asarray(p)[None], jnp.asarray(y)[:, None], None,
                     False, False)
     return bool(final.steady.all())
 
@@ -730,14 +730,14 @@ def test_forward_mode_keeps_the_diffuse_rule_in_chunks_after_the_head(monkeypatc
     """A diffuse phase longer than the head (gaps early on) runs diffuse chunks after it; under
     `jax.jvp` (NUTS's path for few parameters) they must still take the rule, not plain autodiff."""
     from engine.kalman import tangents
-    from engine.model import _run
+    from engine.model import filter_batch
 
     spec, p, _, gaps = CHUNKED_GRAD_CASES["long_diffuse"]
     y = jnp.asarray(with_gaps(air(), gaps))[:, None]
     plain = []
     autodiff = tangents._diffuse_scan_autodiff
     monkeypatch.setattr(tangents, "_diffuse_scan_autodiff", lambda *a: plain.append(1) or autodiff(*a))
-    f = lambda q: jnp.sum(_run(engine.ModelSpec.from_dict(spec), q[None], y, None, False, False)[1])  # noqa: E731
+    f = lambda q: jnp.sum(filter_batch(engine.ModelSpec.from_dict(spec), q[None], y, None, False, False)[1])  # noqa: E731
     jax.jvp(f, (jnp.asarray(p),), (jnp.asarray(p),))
     assert not plain
     spec, p, _, gaps = CHUNKED_GRAD_CASES["gaps_cycle_ar1"]   # and a model whose T has a tangent does fall back
