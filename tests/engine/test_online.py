@@ -14,6 +14,8 @@ import scipy.stats
 
 import engine
 from engine import online
+from engine.online import bank as online_bank, covariance, history
+from engine.online.filter import OnlineFilter
 
 from .helpers import IID, air, assert_rel_close, conjugate_log_posterior, exact_posterior, seatbelts, sm_loglik
 
@@ -168,21 +170,21 @@ def test_one_trace_per_step():
     # the wrapper's own compiled step: one entry for this spec, whatever the data
     filt = engine.OnlineFilter(SPEC, _draws(3), rejuvenate=False)
     filt.update(1.0)
-    size = online._step_jit._cache_size()
+    size = online_bank._step_jit._cache_size()
     for v in _series(n=40):
         filt.update(v)
-    assert online._step_jit._cache_size() == size
+    assert online_bank._step_jit._cache_size() == size
     assert filt._settled and not filt._steady   # the rest went through the fused standard step
-    size = online._standard_step_jit._cache_size()
+    size = online_bank._standard_step_jit._cache_size()
     for v in _series(n=40, seed=2):
         filt.update(v)
-    assert online._standard_step_jit._cache_size() == size
+    assert online_bank._standard_step_jit._cache_size() == size
     # micro-batches are padded to powers of two (at least 8): sizes 1..8 share one trace
     filt.update_many(np.ones(5))
-    size = online._step_many_jit._cache_size()
+    size = online_bank._step_many_jit._cache_size()
     for n in (6, 1, 8, 3):
         filt.update_many(np.ones(n))
-    assert online._step_many_jit._cache_size() == size
+    assert online_bank._step_many_jit._cache_size() == size
 
 
 def test_mixture_quantiles_solve_the_mixture_cdf():
@@ -376,10 +378,10 @@ def test_steady_bank_takes_the_mean_only_path_and_still_equals_batch():
     y[[0, 430]] = np.nan
     filt = engine.OnlineFilter(SPEC, draws, y_history=y[:400], rejuvenate=False)
     assert np.all(np.asarray(filt.state.filter.steady)), "the test needs a converged bank"
-    before = online._steady_step_jit._cache_size() + online._steady_step_many_jit._cache_size()
+    before = online_bank._steady_step_jit._cache_size() + online_bank._steady_step_many_jit._cache_size()
     infos, beliefs = _stream(filt, y[400:440])
     many = jax.device_get(filt.update_many(y[440:]))
-    assert online._steady_step_jit._cache_size() + online._steady_step_many_jit._cache_size() > before
+    assert online_bank._steady_step_jit._cache_size() + online_bank._steady_step_many_jit._cache_size() > before
     assert all(bool(i.steady) for i in infos[:30]) and not bool(infos[30].steady)
     for s in range(3):
         ref = engine.filter_series(SPEC, draws[s], y)
@@ -471,7 +473,7 @@ def test_a_large_bank_keeps_its_covariance_packed_and_still_equals_the_batch_fil
     forecast equal those of one batch pass over the same data."""
     y = _series(n=70, seed=8, gaps=())
     y[55] = np.nan
-    S = online.PACKED_MIN_DRAWS
+    S = covariance.PACKED_MIN_DRAWS
     a = engine.OnlineFilter(SPEC, _draws(S), y_history=y[:40], rejuvenate=False)
     b = engine.OnlineFilter(SPEC, _draws(S), y_history=y[:40], rejuvenate=False)
     batch = engine.OnlineFilter(SPEC, _draws(S), y_history=y[:70], rejuvenate=False)
@@ -479,7 +481,7 @@ def test_a_large_bank_keeps_its_covariance_packed_and_still_equals_the_batch_fil
     for v in y[40:70]:
         b.update(v)
     for filt in (a, b):
-        assert online._is_packed(filt._belief.filter)
+        assert covariance._is_packed(filt._belief.filter)
         assert filt.state.filter.cov.shape == (5, 5, S)
         np.testing.assert_allclose(filt.state.filter.cov, batch.state.filter.cov, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(filt.state.filter.mean, batch.state.filter.mean, rtol=1e-10, atol=1e-10)
@@ -541,13 +543,12 @@ def test_rejuvenation_move_pads_the_history_and_equals_the_unpadded_move():
 
 def test_catch_up_in_power_of_two_pieces_equals_one_pass():
     """Rejuvenation catches a new bank up in pieces of power-of-two lengths: same belief as one pass."""
-    from engine import online
 
     y = _series(77)
     y[[3, 50]] = np.nan
     filt = engine.OnlineFilter(SPEC, _draws(3), rejuvenate=False)
-    one = online._catch_up_jit(filt.config, filt.bank, filt.state, jnp.asarray(y), None)
-    pieces = online._catch_up_pieces(filt.config, filt.bank, filt.state, y, None)   # len(y) = 2^k + ... pieces
+    one = online_bank._catch_up_jit(filt.config, filt.bank, filt.state, jnp.asarray(y), None)
+    pieces = history._catch_up_pieces(filt.config, filt.bank, filt.state, y, None)   # len(y) = 2^k + ... pieces
     assert len(y) & (len(y) - 1), "the test needs a length that is not a power of two"
     for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(pieces)):
         np.testing.assert_allclose(np.asarray(b, float), np.asarray(a, float), rtol=1e-10, atol=1e-12)
@@ -633,7 +634,7 @@ def test_failed_moves_back_off_instead_of_restarting_at_every_update():
     assert len(failed) == len(starts) and "no posterior today" in failed[0]["error"]
     assert 3 <= len(starts) <= 5, starts          # 16, 32, 64, 128 observations apart, not 200 tries
     gaps = np.diff(starts)
-    assert np.all(gaps >= [online.RETRY_AFTER * 2 ** k for k in range(len(gaps))])
+    assert np.all(gaps >= [online.filter.RETRY_AFTER * 2 ** k for k in range(len(gaps))])
     assert [e["failures"] for e in failed] == list(range(1, len(failed) + 1))
     assert all(e["retry_at"] <= s for e, s in zip(failed, starts[1:]))
     assert filt.t == len(y)                        # the stream itself never stopped
@@ -684,15 +685,15 @@ def test_a_failed_step_leaves_history_and_belief_in_step(monkeypatch):
     agree, and the next updates equal a run that never saw the failure."""
     y = _series(gaps=())
     filt = engine.OnlineFilter(SPEC, _draws(3), y_history=y[:20], rejuvenate=False)
-    real = online.OnlineFilter._step_for
+    real = OnlineFilter._step_for
 
     def failing(self, *args):
-        monkeypatch.setattr(online.OnlineFilter, "_step_for", real)   # fails once
+        monkeypatch.setattr(OnlineFilter, "_step_for", real)   # fails once
         def step(*_):
             raise RuntimeError("out of memory while compiling")
         return step
 
-    monkeypatch.setattr(online.OnlineFilter, "_step_for", failing)
+    monkeypatch.setattr(OnlineFilter, "_step_for", failing)
     with pytest.raises(RuntimeError, match="out of memory"):
         filt.update(y[20])
     assert filt.t == int(filt.state.t) == 20
