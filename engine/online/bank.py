@@ -9,17 +9,19 @@ importance sampling of the static parameters, as in IBIS):
 
 `step` handles every case (diffuse start, missing values, converged covariances) with one
 trace; `standard_step` and `steady_step` are the same arithmetic without the branches, for a
-bank with no diffuse draw left or with every covariance converged. The caller jits, with
+bank with no diffuse draw left or with every covariance converged. `select_step` is the one
+place that picks among them (the `OnlineFilter` uses it too). The caller jits, with
 `OnlineConfig` static.
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from .. import kalman
@@ -168,6 +170,35 @@ def steady_step(config: OnlineConfig, bank: Bank, belief: Belief, y, exog=None) 
     return _report(config, belief, fs, y, ds)
 
 
+class StepFlags(NamedTuple):
+    """What decides the cheapest exact step for an update (host booleans)."""
+
+    steady: bool     # every draw's covariance has converged (all `filter.steady`; `OnlineInfo.steady`)
+    settled: bool    # no draw has a diffuse part left (no `filter.diffuse`; `OnlineInfo.settled`)
+    observed: bool   # no observation of the update is missing
+
+
+def step_flags(belief: Belief, ys) -> StepFlags:
+    """The flags of an update of `belief` by ys (one or a micro-batch), read from the belief (which
+    waits for it). A stream can keep them from its earlier infos instead, as `OnlineFilter` does:
+    steadiness only grows while every y is observed and a diffuse part only shrinks, so flags
+    that lag by an update are still safe."""
+    steady = bool(np.all(np.asarray(belief.filter.steady)))
+    settled = not bool(np.any(np.asarray(belief.filter.diffuse)))
+    return StepFlags(steady, settled, not bool(np.any(np.isnan(np.asarray(ys, dtype=float)))))
+
+
+def select_step(flags: StepFlags) -> Callable:
+    """The cheapest step that is exact for an update with these flags: `steady_step` once every
+    draw has converged and nothing is missing, `standard_step` once no draw is diffuse, else
+    `step` (exact always). For a micro-batch, pass it to `step_many` as `one_step`."""
+    if flags.steady and flags.observed:
+        return steady_step
+    if not flags.settled:
+        return step
+    return standard_step
+
+
 def step_many(config: OnlineConfig, bank: Bank, belief: Belief, ys, exog=None, n=None, one_step=None):
     """`step` over the first n observations of a micro-batch ys (time,) in one compiled loop.
 
@@ -266,3 +297,7 @@ _catch_up_jit = jax.jit(catch_up, static_argnums=0)
 _forecast_jit = jax.jit(forecast, static_argnums=(0, 3))
 _make_bank_jit = jax.jit(make_bank, static_argnums=0)
 _init_jit = jax.jit(init, static_argnums=0)
+# the compiled form of each step `select_step` picks, single and micro-batch (the stream's)
+_compiled_step = {step: _step_jit, standard_step: _standard_step_jit, steady_step: _steady_step_jit}
+_compiled_step_many = {step: _step_many_jit, standard_step: _standard_step_many_jit,
+                       steady_step: _steady_step_many_jit}

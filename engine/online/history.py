@@ -12,6 +12,7 @@ import threading
 import jax.numpy as jnp
 import numpy as np
 
+from ..rejuvenation import Closed
 from .bank import _catch_up_jit, _step_many_jit
 from .state import Belief
 
@@ -59,23 +60,19 @@ def _padded(ys: np.ndarray, xs: np.ndarray | None):
 CATCH_UP_PIECE = 4096
 
 
-class _Closed(Exception):
-    """The filter was closed while a move was catching up: the move ends without a result."""
-
-
 def _catch_up_pieces(config, bank, belief, ys: np.ndarray, xs: np.ndarray | None,
                      closing: threading.Event | None = None) -> Belief:
     """`catch_up` over pieces of power-of-two lengths (whole pieces of CATCH_UP_PIECE, then the
     binary digits of the rest), so that catching up on histories of ever new lengths, as each
     rejuvenation does, reuses at most log2(CATCH_UP_PIECE) + 1 compiled programs. Raises
-    `_Closed` between pieces once `closing` is set."""
+    `Closed` between pieces once `closing` is set."""
     n, start = len(ys), 0
     sizes = [CATCH_UP_PIECE] * (n // CATCH_UP_PIECE)
     rest = n % CATCH_UP_PIECE
     sizes += [1 << b for b in reversed(range(rest.bit_length())) if rest >> b & 1]
     for size in sizes:
         if closing is not None and closing.is_set():
-            raise _Closed
+            raise Closed
         stop = start + size
         belief = _catch_up_jit(config, bank, belief, jnp.asarray(ys[start:stop]),
                                None if xs is None else jnp.asarray(xs[start:stop]))

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 
 from .. import kalman
-from ..spec import ModelSpec
+from ..spec import ModelSpec, as_spec
 from ..system import System
 
 
@@ -39,3 +39,12 @@ class Belief(NamedTuple):
     cusum: jnp.ndarray          # (2,) upper and lower CUSUM of the standardised innovations
     t: jnp.ndarray              # () observations consumed
 
+
+def as_config(config) -> OnlineConfig:
+    """`config` with each field in its type (the spec a `ModelSpec`), so that equal settings make
+    one static argument; a model spec (anything `as_spec` takes) gets the default settings."""
+    if not isinstance(config, OnlineConfig):
+        return OnlineConfig(as_spec(config))
+    return OnlineConfig(as_spec(config.spec), bool(config.sqrt), int(config.quantile_iters), float(config.anomaly_z),
+                        float(config.cusum_k), float(config.cusum_h), int(config.component_quantile_iters),
+                        str(config.catch_up_filter))
