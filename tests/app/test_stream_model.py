@@ -105,7 +105,8 @@ def test_a_failed_refit_is_reported_and_the_stream_goes_on(session):
     model.rate = 40.0
     model.play().result()
     _wait_for(lambda: model.n_received >= 2)
-    model.filter._log_posterior = broken       # the next move fails
+    rejuvenator = model.filter.rejuvenator
+    rejuvenator.config = rejuvenator.config._replace(log_posterior=broken)   # the next move fails
     model.refit()
     _wait_for(lambda: any(e["kind"] == "rejuvenation_failed" for e in model.events))
     assert model.status == "playing" and "refit failed" in model.message, (model.status, model.message)
