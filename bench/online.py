@@ -33,6 +33,7 @@ import numpy as np
 
 import engine
 from engine.model import batch_systems, filter_batch
+from engine.rejuvenation import RejuvenationConfig
 
 SPEC = engine.ModelSpec.from_dict({"level": {"kind": "local_linear_trend"},
                                    "seasonal": [{"period": 12, "form": "dummy"}]})
@@ -105,7 +106,7 @@ def online_latency(S: int, T: int, y: np.ndarray, n_updates: int, block: int = 2
     runtime's floor for a call of the update's shape (`call_floor`) in s).
     """
     t0 = time.perf_counter()
-    filt = engine.OnlineFilter(SPEC, draws(S), y_history=y[:T], rejuvenate=False)
+    filt = engine.OnlineFilter(SPEC, draws(S), y_history=y[:T], rejuvenation=RejuvenationConfig(automatic=False))
     jax.block_until_ready(filt.state)
     catch_up = time.perf_counter() - t0
     naive = naive_bank(S)

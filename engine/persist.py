@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .online import OnlineConfig, OnlineFilter, OnlineInfo, fit_priors, init, make_bank, posterior_draws
+from .online import OnlineConfig, OnlineFilter, OnlineInfo, as_config, fit_priors, init, make_bank, posterior_draws
+from .rejuvenation import RejuvenationConfig
 from .spec import as_spec
 
 SNAPSHOT = "snapshot.npz"
@@ -58,19 +59,47 @@ def _storable(value) -> bool:
     return True
 
 
-def write_snapshot(directory, filt: OnlineFilter, settings: dict | None = None):
-    """Snapshot `filt` (spec, draws, belief, history, priors, random stream) into directory/snapshot.npz
-    atomically."""
+# settings a snapshot of an earlier version kept under another name, and ones it could keep that
+# only mattered when the filter was first built (a resumed filter starts from its belief)
+_RENAMED_SETTINGS = {"rejuvenate": "automatic"}
+_CONSTRUCTION_ONLY = {"weigh_history", "log_weight"}
+
+
+def filter_settings(filt: OnlineFilter) -> dict:
+    """The settings a snapshot keeps, so that the filter resumes as it ran: every field of its
+    `OnlineConfig` but the spec, and of its `RejuvenationConfig` those that are plain JSON (not the
+    `log_posterior`, a callable to pass again)."""
+    config = {k: v for k, v in filt.config._asdict().items() if k != "spec"}
+    rejuvenation = {k: v for k, v in filt.rejuvenator.config._asdict().items()
+                    if k != "log_posterior" and _storable(v)}
+    return {**config, **rejuvenation}
+
+
+def filter_configs(spec, settings: dict, **overrides) -> tuple[OnlineConfig, RejuvenationConfig]:
+    """The (OnlineConfig, RejuvenationConfig) of snapshot settings (`filter_settings`), with
+    `overrides` (fields of either, e.g. `automatic=False` or a `log_posterior`) replacing them."""
+    stored = {_RENAMED_SETTINGS.get(k, k): v for k, v in settings.items() if k not in _CONSTRUCTION_ONLY}
+    merged = {**stored, **overrides}
+    config_fields = set(OnlineConfig._fields) - {"spec"}
+    unknown = sorted(set(merged) - config_fields - set(RejuvenationConfig._fields))
+    if unknown:
+        raise ValueError(f"unknown filter settings {unknown}: use fields of OnlineConfig {sorted(config_fields)} "
+                         f"or of RejuvenationConfig {list(RejuvenationConfig._fields)}")
+    config = as_config(OnlineConfig(as_spec(spec), **{k: v for k, v in merged.items() if k in config_fields}))
+    rejuvenation = RejuvenationConfig(**{k: v for k, v in merged.items() if k in RejuvenationConfig._fields})
+    return config, rejuvenation
+
+
+def write_snapshot(directory, filt: OnlineFilter):
+    """Snapshot `filt` (spec, draws, belief, history, settings with the priors, random stream) into
+    directory/snapshot.npz atomically."""
     directory = Path(directory)
     leaves = jax.tree_util.tree_leaves(filt.state)
     y, x = filt.history()
-    settings = {**filt.settings(), **(settings or {})}   # the filter's own, so that it resumes as it ran
-    if filt.priors is not None and _storable(filt.priors):   # the prior a resumed move targets
-        settings.setdefault("priors", filt.priors)
     meta = {"format": FORMAT, "spec": filt.spec.to_dict(), "t": filt.t, "n_leaves": len(leaves),
-            "settings": settings}
+            "settings": filter_settings(filt)}
     arrays = {f"belief_{i}": np.asarray(a) for i, a in enumerate(leaves)}
-    arrays.update(params=np.asarray(filt.params), history_y=y, rng_key=np.asarray(filt._key),
+    arrays.update(params=np.asarray(filt.params), history_y=y, rng_key=np.asarray(filt.rejuvenator.key),
                   history_x=np.zeros((len(y), 0)) if x is None else x,
                   meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
     buf = io.BytesIO()
@@ -78,8 +107,11 @@ def write_snapshot(directory, filt: OnlineFilter, settings: dict | None = None):
     atomic_write(directory / SNAPSHOT, buf.getvalue())
 
 
-def read_snapshot(directory, **filter_kwargs) -> tuple[OnlineFilter, dict]:
-    """Rebuild the OnlineFilter saved by `write_snapshot`; returns (filter, settings)."""
+def read_snapshot(directory, **overrides) -> tuple[OnlineFilter, dict]:
+    """Rebuild the OnlineFilter saved by `write_snapshot`; returns (filter, its stored settings).
+
+    overrides: fields of `OnlineConfig` or `RejuvenationConfig` that replace the stored ones
+    (a `log_posterior` callable is not stored: pass it again)."""
     path = Path(directory) / SNAPSHOT
     if not path.exists():
         raise FileNotFoundError(f"no snapshot at {path}")
@@ -93,15 +125,14 @@ def read_snapshot(directory, **filter_kwargs) -> tuple[OnlineFilter, dict]:
         y, x = z["history_y"], z["history_x"]
         key = z["rng_key"] if "rng_key" in z.files else None
     settings = dict(meta["settings"])
-    kwargs = {**settings, **filter_kwargs}
-    sqrt = kwargs.get("sqrt", False)
-    template = init(OnlineConfig(spec, bool(sqrt)), make_bank(spec, jnp.asarray(params)))
+    config, rejuvenation = filter_configs(spec, settings, **overrides)
+    template = init(config, make_bank(spec, jnp.asarray(params)))
     treedef = jax.tree_util.tree_structure(template)
     belief = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in leaves])
-    filt = OnlineFilter(spec, params, y_history=y, exog_history=x if spec.regression is not None else None,
-                        belief=belief, **kwargs)
+    filt = OnlineFilter(config, params, rejuvenation=rejuvenation, y_history=y,
+                        exog_history=x if spec.regression is not None else None, belief=belief)
     if key is not None:   # the next move draws what it would have drawn without the restart
-        filt._key = jnp.asarray(key)
+        filt.rejuvenator.key = jnp.asarray(key)
     return filt, settings
 
 
@@ -174,43 +205,46 @@ class DurableFilter:
     """An OnlineFilter that survives `kill -9`: every observation is logged before it is applied,
     and a snapshot is written every `snapshot_every` observations and after each bank swap."""
 
-    def __init__(self, directory, filt: OnlineFilter, *, snapshot_every: int = 1000, fsync: bool = True,
-                 settings: dict | None = None):
+    def __init__(self, directory, filt: OnlineFilter, *, snapshot_every: int = 1000, fsync: bool = True):
         self.directory = Path(directory)
         self.filter = filt
         self.snapshot_every = int(snapshot_every)
-        self.settings = settings or {}
         self._log = ObservationLog(self.directory / LOG, fsync=fsync)
         self._since_snapshot = 0
         self._bank_version = filt.bank_version
 
     @classmethod
-    def create(cls, directory, spec, posterior, y_history=None, exog_history=None, *, snapshot_every: int = 1000,
-               fsync: bool = True, **filter_kwargs) -> "DurableFilter":
-        """Start a new durable filter in `directory` (which must not hold a snapshot yet)."""
+    def create(cls, directory, config, posterior, y_history=None, exog_history=None, *,
+               rejuvenation: RejuvenationConfig | None = None, snapshot_every: int = 1000,
+               fsync: bool = True) -> "DurableFilter":
+        """Start a new durable filter in `directory` (which must not hold a snapshot yet).
+
+        config: an `OnlineConfig` or a model spec; posterior: draws as `posterior_draws` takes
+        them, weighted by their likelihood of the history as the `OnlineFilter` constructor does."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if (directory / SNAPSHOT).exists():
             raise FileExistsError(f"{directory} already holds a snapshot; use DurableFilter.open to resume it")
-        spec = as_spec(spec)
-        if filter_kwargs.get("priors") is None:   # a fit's priors, so that a resumed move targets them too
-            filter_kwargs["priors"] = fit_priors(posterior)
-        settings = {k: v for k, v in filter_kwargs.items() if _storable(v)}
-        filt = OnlineFilter(spec, posterior_draws(spec, posterior), y_history=y_history,
-                            exog_history=exog_history, **filter_kwargs)
-        out = cls(directory, filt, snapshot_every=snapshot_every, fsync=fsync, settings=settings)
+        config = as_config(config)
+        rejuvenation = RejuvenationConfig() if rejuvenation is None else rejuvenation
+        if rejuvenation.priors is None:   # a fit's priors, so that a resumed move targets them too
+            rejuvenation = rejuvenation._replace(priors=fit_priors(posterior))
+        filt = OnlineFilter(config, posterior_draws(config.spec, posterior), rejuvenation=rejuvenation,
+                            y_history=y_history, exog_history=exog_history)
+        out = cls(directory, filt, snapshot_every=snapshot_every, fsync=fsync)
         out.snapshot()
         return out
 
     @classmethod
-    def open(cls, directory, *, snapshot_every: int = 1000, fsync: bool = True, **filter_kwargs) -> "DurableFilter":
-        """Resume from directory: load the snapshot, replay the log in one batched pass."""
+    def open(cls, directory, *, snapshot_every: int = 1000, fsync: bool = True, **overrides) -> "DurableFilter":
+        """Resume from directory: load the snapshot (overrides as `read_snapshot` takes them),
+        replay the log in one batched pass."""
         directory = Path(directory)
-        filt, settings = read_snapshot(directory, **filter_kwargs)
+        filt, _ = read_snapshot(directory, **overrides)
         ys, xs = ObservationLog.read(directory / LOG, since=filt.t)
         if len(ys):
             filt.update_many(ys, xs)
-        out = cls(directory, filt, snapshot_every=snapshot_every, fsync=fsync, settings=settings)
+        out = cls(directory, filt, snapshot_every=snapshot_every, fsync=fsync)
         out.snapshot()
         return out
 
@@ -235,7 +269,7 @@ class DurableFilter:
 
     def snapshot(self):
         """Write a snapshot now and start an empty log."""
-        write_snapshot(self.directory, self.filter, self.settings)
+        write_snapshot(self.directory, self.filter)
         self._log.truncate()
         self._since_snapshot = 0
         self._bank_version = self.filter.bank_version

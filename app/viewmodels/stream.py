@@ -35,6 +35,7 @@ import param
 import engine
 from engine.online import BAND_LEVELS
 from engine.persist import SNAPSHOT, read_snapshot, write_snapshot
+from engine.rejuvenation import RejuvenationConfig
 from engine.spec import ModelSpec
 
 from ..workers import SessionWorker, run_now
@@ -155,7 +156,7 @@ def warm_up(plan: StreamPlan, source: tuple, sizes: list[int]) -> None:
     def twin():
         belief = jax.tree_util.tree_map(lambda a: a.copy(), belief0)
         return engine.OnlineFilter(plan.spec, params, y_history=y_history, exog_history=exog_history,
-                                   belief=belief, rejuvenate=False)
+                                   belief=belief, rejuvenation=RejuvenationConfig(automatic=False))
 
     finite = y_history[np.isfinite(y_history)]
     y_fill = float(finite[-1]) if len(finite) else 0.0

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 import engine
+from engine.rejuvenation import RejuvenationConfig
 
 hv.extension("bokeh", inline=True)
 FAST = os.environ.get("STREAMSSM_FAST") == "1"   # small settings for the test suite
@@ -116,9 +117,10 @@ belief = jax.device_get(belief._replace(log_weight=np.full(S, -np.log(S))))   # 
 priors = json.loads(idata.attrs["priors"])                   # rejuvenation targets the fit's own posterior
 
 
-def new_filter(**kwargs):
-    """The bank after the fit, caught up on y[:n_fit], equal weights."""
-    return engine.OnlineFilter.from_posterior(spec, idata, y[:n_fit], belief=belief, priors=priors, **kwargs)
+def new_filter(**rejuvenation):
+    """The bank after the fit, caught up on y[:n_fit], equal weights; rejuvenation: `RejuvenationConfig` fields."""
+    return engine.OnlineFilter.from_posterior(spec, idata, y[:n_fit], belief=belief,
+                                              rejuvenation=RejuvenationConfig(priors=priors, **rejuvenation))
 
 
 def stream_through(filt, ys, batch=24, wait=False):
@@ -134,7 +136,7 @@ def stream_through(filt, ys, batch=24, wait=False):
     return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *rows)
 
 
-sis = new_filter(rejuvenate=False)      # pure sequential importance sampling: no rejuvenation
+sis = new_filter(automatic=False)      # pure sequential importance sampling: no rejuvenation
 print(f"t = {sis.t}, S = {sis.n_draws}, ESS = {sis.ess:.1f}")
 info = stream_through(sis, y[n_fit:])
 print(f"after the stream: t = {sis.t}, ESS = {sis.ess:.2f}")
@@ -256,7 +258,7 @@ post_level = w_t @ theta[:, level_ix]
 
 # %%
 n_end = shifts[1] + 72 if FAST else n_time
-ibis = new_filter(rejuvenate=True, ess_threshold=0.5, move_steps=5 if FAST else 10, seed=1)
+ibis = new_filter(automatic=True, ess_threshold=0.5, move_steps=5 if FAST else 10, seed=1)
 t0 = time.perf_counter()
 info_r = stream_through(ibis, y[n_fit:n_end], wait=True)
 ibis.apply_pending()
@@ -318,7 +320,7 @@ def best_of(fn, repeat=5):
     return min(times)
 
 
-bench = new_filter(rejuvenate=False)
+bench = new_filter(automatic=False)
 feed = iter(np.tile(y[n_fit:], 20))
 n_single, n_batch = 20, 64
 one = best_of(lambda: [bench.update(next(feed)) for _ in range(n_single)][-1].mean) / n_single

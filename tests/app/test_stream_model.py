@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import engine
+from engine.rejuvenation import RejuvenationConfig
 from app.viewmodels import DataModel, FitModel, SpecModel
 from app.viewmodels.stream import StreamModel
 from app.workers import SessionWorker
@@ -104,7 +105,8 @@ def test_a_failed_refit_is_reported_and_the_stream_goes_on(session):
     model.rate = 40.0
     model.play().result()
     _wait_for(lambda: model.n_received >= 2)
-    model.filter._log_posterior = broken       # the next move fails
+    rejuvenator = model.filter.rejuvenator
+    rejuvenator.config = rejuvenator.config._replace(log_posterior=broken)   # the next move fails
     model.refit()
     _wait_for(lambda: any(e["kind"] == "rejuvenation_failed" for e in model.events))
     assert model.status == "playing" and "refit failed" in model.message, (model.status, model.message)
@@ -211,11 +213,12 @@ def test_warm_up_twins_a_snapshot_while_the_filter_streams():
 
     spec = engine.ModelSpec.from_dict({"level": {"kind": "local_level"}})
     y = np.asarray(engine.simulate(jax.random.PRNGKey(0), spec, [1.0, 0.1], 80))
-    filt = engine.OnlineFilter(spec, np.array([[1.0, 0.1], [1.2, 0.2]]), y_history=y[:40], rejuvenate=False)
+    manual = RejuvenationConfig(automatic=False)
+    filt = engine.OnlineFilter(spec, np.array([[1.0, 0.1], [1.2, 0.2]]), y_history=y[:40], rejuvenation=manual)
     plan = StreamPlan(spec, filt.params, "test", y[:40], None, y[40:], 40)
     source = twin_source(filt)
     filt.update_many(y[40:60])                 # the stream moves on (and donates its belief)
-    reference = engine.OnlineFilter(spec, filt.params, y_history=y[:60], rejuvenate=False)
+    reference = engine.OnlineFilter(spec, filt.params, y_history=y[:60], rejuvenation=manual)
     warm_up(plan, source, [8, 16])
     assert filt.t == 60
     np.testing.assert_allclose(filt.update(y[60]).loglik, reference.update(y[60]).loglik, rtol=1e-9)

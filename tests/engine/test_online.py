@@ -14,12 +14,16 @@ import scipy.stats
 
 import engine
 from engine import online
+from engine.online import bank as online_bank, covariance, history
+from engine.online.filter import OnlineFilter
+from engine.rejuvenation import RETRY_AFTER, RejuvenationConfig
 
 from .helpers import IID, air, assert_rel_close, conjugate_log_posterior, exact_posterior, seatbelts, sm_loglik
 
 SPEC = {"level": {"kind": "local_linear_trend"}, "seasonal": [{"period": 4}]}
 BASE = np.array([1.0, 0.1, 0.01, 0.05])
 GAPS = (0, 1, 9, 20, 21, 33)
+MANUAL = RejuvenationConfig(automatic=False)   # moves only when asked
 
 
 def _draws(n, base=BASE, spread=0.3, seed=0):
@@ -46,7 +50,7 @@ def test_streaming_equals_batch_filter_per_draw():
     """Filtered/predicted means and covariances and summed loglik per draw, diffuse start and NaN gaps."""
     y = _series()
     draws = _draws(3)
-    filt = engine.OnlineFilter(SPEC, draws, rejuvenate=False)
+    filt = engine.OnlineFilter(SPEC, draws, rejuvenation=MANUAL)
     infos, beliefs = _stream(filt, y)
     for s in range(len(draws)):
         ref = engine.filter_series(SPEC, draws[s], y)
@@ -68,7 +72,7 @@ def test_streaming_equals_batch_filter_per_draw():
 
 def test_filtered_covariance_of_one_draw_equals_batch():
     y = _series(gaps=(0, 9, 20))
-    filt = engine.OnlineFilter(SPEC, BASE, rejuvenate=False)
+    filt = engine.OnlineFilter(SPEC, BASE, rejuvenation=MANUAL)
     infos, _ = _stream(filt, y)
     ref = engine.filter_series(SPEC, BASE, y)
     names = engine.component_names(SPEC)
@@ -105,7 +109,7 @@ def test_summed_loglik_equals_statsmodels_on_airpassengers():
     y[[3, 50, 51]] = np.nan
     params = np.array([3e-4, 7e-4, 1e-6, 5e-3])
     spec = {"level": {"kind": "local_linear_trend"}, "seasonal": [{"period": 12}]}
-    filt = engine.OnlineFilter(spec, params, rejuvenate=False)
+    filt = engine.OnlineFilter(spec, params, rejuvenation=MANUAL)
     info = filt.update_many(y)
     assert float(np.sum(info.loglik)) == pytest.approx(sm_loglik(spec, params, y), rel=1e-6)
     assert float(np.sum(info.log_pred)) == pytest.approx(sm_loglik(spec, params, y), rel=1e-6)
@@ -114,11 +118,11 @@ def test_summed_loglik_equals_statsmodels_on_airpassengers():
 def test_update_many_and_catch_up_equal_single_updates():
     y = _series()
     draws = _draws(3)
-    one = engine.OnlineFilter(SPEC, draws, rejuvenate=False)
+    one = engine.OnlineFilter(SPEC, draws, rejuvenation=MANUAL)
     infos, _ = _stream(one, y)
-    many = engine.OnlineFilter(SPEC, draws, rejuvenate=False)
+    many = engine.OnlineFilter(SPEC, draws, rejuvenation=MANUAL)
     batched = [many.update_many(y[:5]), many.update_many(y[5:6]), many.update_many(y[6:])]
-    hist = engine.OnlineFilter(SPEC, draws, y_history=y[:30], rejuvenate=False)
+    hist = engine.OnlineFilter(SPEC, draws, y_history=y[:30], rejuvenation=MANUAL)
     hist.update_many(y[30:])
     for other in (many, hist):
         for a, b in zip(jax.tree_util.tree_leaves(other.state), jax.tree_util.tree_leaves(one.state)):
@@ -131,7 +135,7 @@ def test_update_many_and_catch_up_equal_single_updates():
 def test_weights_are_exact_importance_weights():
     y = _series(seed=3)
     draws = _draws(3, spread=0.8)
-    filt = engine.OnlineFilter(SPEC, draws, y_history=y[:10], rejuvenate=False)
+    filt = engine.OnlineFilter(SPEC, draws, y_history=y[:10], rejuvenation=MANUAL)
     for v in y[10:]:
         info = filt.update(v)
     ll = np.array([float(engine.loglik(SPEC, d, y)) for d in draws])
@@ -143,7 +147,7 @@ def test_weights_are_exact_importance_weights():
 def test_log_predictive_increments_sum_to_log_evidence():
     y = _series(seed=4, gaps=(0, 7))
     draws = _draws(3, spread=0.6)
-    filt = engine.OnlineFilter(SPEC, draws, rejuvenate=False)
+    filt = engine.OnlineFilter(SPEC, draws, rejuvenation=MANUAL)
     info = filt.update_many(y)
     ll = np.array([float(engine.loglik(SPEC, d, y)) for d in draws])
     evidence = scipy.special.logsumexp(ll) - np.log(len(draws))
@@ -166,23 +170,23 @@ def test_one_trace_per_step():
         belief, _ = step(bank, belief, v)
     assert len(traces) == 1
     # the wrapper's own compiled step: one entry for this spec, whatever the data
-    filt = engine.OnlineFilter(SPEC, _draws(3), rejuvenate=False)
+    filt = engine.OnlineFilter(SPEC, _draws(3), rejuvenation=MANUAL)
     filt.update(1.0)
-    size = online._step_jit._cache_size()
+    size = online_bank._step_jit._cache_size()
     for v in _series(n=40):
         filt.update(v)
-    assert online._step_jit._cache_size() == size
+    assert online_bank._step_jit._cache_size() == size
     assert filt._settled and not filt._steady   # the rest went through the fused standard step
-    size = online._standard_step_jit._cache_size()
+    size = online_bank._standard_step_jit._cache_size()
     for v in _series(n=40, seed=2):
         filt.update(v)
-    assert online._standard_step_jit._cache_size() == size
+    assert online_bank._standard_step_jit._cache_size() == size
     # micro-batches are padded to powers of two (at least 8): sizes 1..8 share one trace
     filt.update_many(np.ones(5))
-    size = online._step_many_jit._cache_size()
+    size = online_bank._step_many_jit._cache_size()
     for n in (6, 1, 8, 3):
         filt.update_many(np.ones(n))
-    assert online._step_many_jit._cache_size() == size
+    assert online_bank._step_many_jit._cache_size() == size
 
 
 def test_mixture_quantiles_solve_the_mixture_cdf():
@@ -209,7 +213,7 @@ def test_forecast_of_one_draw_equals_engine_forecast():
     spec = {"level": {"kind": "local_linear_trend"}, "seasonal": [{"period": 12}]}
     params = np.array([3e-4, 7e-4, 1e-6, 5e-3])
     filt = engine.OnlineFilter.from_posterior(spec, dict(zip(engine.param_names(spec), params)), y[:120],
-                                              rejuvenate=False)
+                                              rejuvenation=MANUAL)
     filt.update_many(y[120:])
     ours = filt.forecast(24)
     ref = engine.forecast(spec, params, y, 24)
@@ -221,7 +225,7 @@ def test_forecast_of_one_draw_equals_engine_forecast():
 def test_forecast_of_a_bank_is_the_weighted_mixture():
     y = _series()
     draws = _draws(3)
-    filt = engine.OnlineFilter(SPEC, draws, y_history=y, rejuvenate=False)
+    filt = engine.OnlineFilter(SPEC, draws, y_history=y, rejuvenation=MANUAL)
     fc = filt.forecast(6)
     w = filt.weights
     for s in range(3):
@@ -248,7 +252,7 @@ def test_regression_exog_online_equals_batch(coefficients):
             "regression": {"columns": ["petrol_price", "law"], "coefficients": coefficients}}
     params = np.array(REGRESSION_DRAWS[coefficients])
     x = X.to_numpy(float)
-    filt = engine.OnlineFilter(spec, params, y_history=y[:150], exog_history=x[:150], rejuvenate=False)
+    filt = engine.OnlineFilter(spec, params, y_history=y[:150], exog_history=x[:150], rejuvenation=MANUAL)
     info = filt.update_many(y[150:], x[150:])
     for s in range(2):
         ref = engine.filter_series(spec, params[s], y, X)
@@ -274,7 +278,7 @@ def test_posterior_inputs_and_bad_input_messages():
         engine.posterior_draws(SPEC, {k: v for k, v in d.items() if k != "sigma2.trend"})
     with pytest.raises(ValueError, match="NaN or inf"):
         engine.posterior_draws(SPEC, {**d, "sigma2.level": np.full(3, np.nan)})
-    filt = engine.OnlineFilter.from_posterior(SPEC, idata, rejuvenate=False)
+    filt = engine.OnlineFilter.from_posterior(SPEC, idata, rejuvenation=MANUAL)
     with pytest.raises(ValueError, match="infinite"):
         filt.update(np.inf)
     with pytest.raises(ValueError, match="steps"):
@@ -294,8 +298,8 @@ def test_rejuvenation_leaves_a_valid_sample_of_the_known_posterior():
     y[[5, 100]] = np.nan
     n0, S = 20, 1000
     start = exact_posterior(y[:n0]).rvs(S, random_state=rng)[:, None]
-    filt = engine.OnlineFilter(IID, start, y_history=y[:n0], rejuvenate=False,
-                               log_posterior=conjugate_log_posterior, move_steps=20, seed=3)
+    filt = engine.OnlineFilter(IID, start, y_history=y[:n0], rejuvenation=RejuvenationConfig(
+        automatic=False, log_posterior=conjugate_log_posterior, move_steps=20, seed=3))
     filt.update_many(y[n0:])
     ess_before = filt.ess
     target = exact_posterior(y)
@@ -312,7 +316,7 @@ def test_rejuvenation_leaves_a_valid_sample_of_the_known_posterior():
     for p in (0.1, 0.5, 0.9):
         assert np.mean(draws <= target.ppf(p)) == pytest.approx(p, abs=0.05)
     # the swapped-in bank is exactly the filter of those draws over the whole history
-    ref = engine.OnlineFilter(IID, filt.params, y_history=y, rejuvenate=False)
+    ref = engine.OnlineFilter(IID, filt.params, y_history=y, rejuvenation=MANUAL)
     np.testing.assert_allclose(np.asarray(filt.state.filter.mean), np.asarray(ref.state.filter.mean), atol=1e-12)
     assert filt.t == len(y)
 
@@ -324,8 +328,8 @@ def test_background_rejuvenation_swaps_in_a_caught_up_bank():
     y = rng.normal(0.0, 3.0, 400)
     S = 200
     start = exact_posterior(y[:1] * 0.1).rvs(S, random_state=rng)[:, None]  # a poor bank: ESS collapses
-    filt = engine.OnlineFilter(IID, start, rejuvenate=True, ess_threshold=0.5,
-                               log_posterior=conjugate_log_posterior, move_steps=5, seed=1)
+    filt = engine.OnlineFilter(IID, start, rejuvenation=RejuvenationConfig(
+        automatic=True, ess_threshold=0.5, log_posterior=conjugate_log_posterior, move_steps=5, seed=1))
     i = 0
     while not filt.rejuvenating:
         filt.update(y[i])
@@ -345,7 +349,7 @@ def test_background_rejuvenation_swaps_in_a_caught_up_bank():
     bank = engine.make_bank(IID, filt.params)
     belief = engine.online_catch_up(config, bank, engine.online_init(config, bank), y[:t0])
     belief = engine.online_catch_up(config, bank, belief._replace(log_weight=jnp.full(S, -np.log(S))), y[t0:t1])
-    ref = engine.OnlineFilter(IID, filt.params, y_history=y[:t1], belief=belief, rejuvenate=False)
+    ref = engine.OnlineFilter(IID, filt.params, y_history=y[:t1], belief=belief, rejuvenation=MANUAL)
     np.testing.assert_allclose(filt.weights, ref.weights, rtol=1e-9)
     np.testing.assert_allclose(np.asarray(filt.state.filter.cov), np.asarray(ref.state.filter.cov), rtol=1e-9)
 
@@ -357,8 +361,8 @@ def test_default_rejuvenation_uses_the_fitted_models_log_posterior():
     names = engine.param_names({"level": "local_level"})
     rng = np.random.default_rng(0)
     draws = {n: np.exp(rng.normal(np.log(v), 0.3, 40)) for n, v in zip(names, (1.0, 0.2))}
-    filt = engine.OnlineFilter.from_posterior({"level": "local_level"}, draws, y[:40], rejuvenate=False,
-                                              move_steps=2)
+    filt = engine.OnlineFilter.from_posterior({"level": "local_level"}, draws, y[:40],
+                                              rejuvenation=RejuvenationConfig(automatic=False, move_steps=2))
     filt.update_many(y[40:])
     assert filt.rejuvenate(background=False)
     filt.apply_pending()
@@ -374,12 +378,12 @@ def test_steady_bank_takes_the_mean_only_path_and_still_equals_batch():
     draws = base * np.exp(0.3 * np.random.default_rng(0).standard_normal((3, 4)))
     y = np.array(engine.simulate(jax.random.PRNGKey(2), SPEC, base, 460))
     y[[0, 430]] = np.nan
-    filt = engine.OnlineFilter(SPEC, draws, y_history=y[:400], rejuvenate=False)
+    filt = engine.OnlineFilter(SPEC, draws, y_history=y[:400], rejuvenation=MANUAL)
     assert np.all(np.asarray(filt.state.filter.steady)), "the test needs a converged bank"
-    before = online._steady_step_jit._cache_size() + online._steady_step_many_jit._cache_size()
+    before = online_bank._steady_step_jit._cache_size() + online_bank._steady_step_many_jit._cache_size()
     infos, beliefs = _stream(filt, y[400:440])
     many = jax.device_get(filt.update_many(y[440:]))
-    assert online._steady_step_jit._cache_size() + online._steady_step_many_jit._cache_size() > before
+    assert online_bank._steady_step_jit._cache_size() + online_bank._steady_step_many_jit._cache_size() > before
     assert all(bool(i.steady) for i in infos[:30]) and not bool(infos[30].steady)
     for s in range(3):
         ref = engine.filter_series(SPEC, draws[s], y)
@@ -390,11 +394,44 @@ def test_steady_bank_takes_the_mean_only_path_and_still_equals_batch():
         cov = np.array([b.filter.cov[:, :, s] for b in beliefs])
         assert_rel_close(cov[:-1], ref.predicted_cov[401:440], 1e-9, "predicted cov")
         assert_rel_close(np.asarray(filt.state.filter.cov)[:, :, s], ref.final_cov, 1e-9, "final cov")
-    one = engine.OnlineFilter(SPEC, draws[:1], y_history=y[:400], rejuvenate=False)
+    one = engine.OnlineFilter(SPEC, draws[:1], y_history=y[:400], rejuvenation=MANUAL)
     infos1, _ = _stream(one, y[400:420])
     ref = engine.filter_series(SPEC, draws[0], y)
     assert_rel_close(np.array([i.component_var for i in infos1]),
                      np.stack([ref.filtered_cov[400:420, k, k] for k in range(3)], 1), 1e-9, "component var")
+
+
+def test_select_step_gives_the_pure_api_the_wrappers_fast_paths():
+    """A pure loop that picks each step with `select_step` (flags read from the belief) goes
+    through the general, standard and steady steps as the wrapper does, and equals both the
+    wrapper and the batch filter."""
+    base = np.array([1.0, 0.5, 0.1, 0.3])
+    draws = base * np.exp(0.3 * np.random.default_rng(0).standard_normal((3, 4)))
+    y = np.array(engine.simulate(jax.random.PRNGKey(2), SPEC, base, 440))
+    y[[0, 9, 420]] = np.nan
+    config = engine.OnlineConfig(engine.ModelSpec.from_dict(SPEC))
+    bank = engine.make_bank(SPEC, draws)
+    compiled = {fn: jax.jit(fn, static_argnums=0) for fn in (online.step, online.standard_step, online.steady_step)}
+    belief, chosen, infos = engine.online_init(config, bank), [], []
+    for v in y:
+        one_step = online.select_step(online.step_flags(belief, v))
+        belief, info = compiled[one_step](config, bank, belief, v)
+        chosen.append(one_step)
+        infos.append(jax.device_get(info))
+    assert chosen[0] is online.step and online.standard_step in chosen[:400] and online.steady_step in chosen[:420]
+    assert chosen[420] is online.standard_step   # a missing value leaves the steady path
+    filt = engine.OnlineFilter(config, draws, rejuvenation=MANUAL)
+    wrapped, _ = _stream(filt, y)
+    for s in range(3):
+        ref = engine.filter_series(SPEC, draws[s], y)
+        fm = np.array([i.filtered_mean[:, s] for i in infos])
+        assert_rel_close(fm, ref.filtered_mean, 1e-9, "filtered mean")
+        assert_rel_close(np.array([i.loglik[s] for i in infos]), ref.loglik_terms, 1e-9, "loglik terms")
+        assert_rel_close(fm, np.array([i.filtered_mean[:, s] for i in wrapped]), 1e-12, "wrapper")
+    # a micro-batch's flags: every observation counts
+    flags = online.step_flags(belief, y[400:408])
+    assert flags.settled and flags.observed
+    assert not online.step_flags(belief, y[415:423]).observed
 
 
 # -- the fused bank step ---------------------------------------------------------------------
@@ -471,15 +508,15 @@ def test_a_large_bank_keeps_its_covariance_packed_and_still_equals_the_batch_fil
     forecast equal those of one batch pass over the same data."""
     y = _series(n=70, seed=8, gaps=())
     y[55] = np.nan
-    S = online.PACKED_MIN_DRAWS
-    a = engine.OnlineFilter(SPEC, _draws(S), y_history=y[:40], rejuvenate=False)
-    b = engine.OnlineFilter(SPEC, _draws(S), y_history=y[:40], rejuvenate=False)
-    batch = engine.OnlineFilter(SPEC, _draws(S), y_history=y[:70], rejuvenate=False)
+    S = covariance.PACKED_MIN_DRAWS
+    a = engine.OnlineFilter(SPEC, _draws(S), y_history=y[:40], rejuvenation=MANUAL)
+    b = engine.OnlineFilter(SPEC, _draws(S), y_history=y[:40], rejuvenation=MANUAL)
+    batch = engine.OnlineFilter(SPEC, _draws(S), y_history=y[:70], rejuvenation=MANUAL)
     a.update_many(y[40:70])
     for v in y[40:70]:
         b.update(v)
     for filt in (a, b):
-        assert online._is_packed(filt._belief.filter)
+        assert covariance._is_packed(filt._belief.filter)
         assert filt.state.filter.cov.shape == (5, 5, S)
         np.testing.assert_allclose(filt.state.filter.cov, batch.state.filter.cov, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(filt.state.filter.mean, batch.state.filter.mean, rtol=1e-10, atol=1e-10)
@@ -492,7 +529,7 @@ def test_bank_bands_match_the_mixture_quantiles():
     (exact CDF, same Newton step) for a spread-out bank."""
     y = _series(seed=6, gaps=())
     draws = _draws(50, spread=0.8)
-    filt = engine.OnlineFilter(SPEC, draws, y_history=y[:30], rejuvenate=False)
+    filt = engine.OnlineFilter(SPEC, draws, y_history=y[:30], rejuvenation=MANUAL)
     w = filt.weights
     info = jax.device_get(filt.update(y[30]))
     ref = np.asarray(online.mixture_quantiles(jnp.asarray(w), jnp.asarray(info.draw_mean),
@@ -507,11 +544,11 @@ def test_posterior_draws_are_not_weighted_by_the_history_they_condition_on():
     constructor (prior draws) weights them by the history's likelihood, the exact IS weights."""
     y = np.asarray(engine.simulate(jax.random.PRNGKey(3), {"irregular": True}, [1.0], 200))
     draws = {"sigma2.irregular": np.random.default_rng(1).uniform(0.8, 1.2, 50)}
-    post = engine.OnlineFilter.from_posterior({"irregular": True}, draws, y, rejuvenate=False)
+    post = engine.OnlineFilter.from_posterior({"irregular": True}, draws, y, rejuvenation=MANUAL)
     assert_rel_close(post.weights, np.full(50, 1 / 50), 1e-12, "posterior weights")
     assert post.ess == pytest.approx(50.0)
     prior = engine.OnlineFilter({"irregular": True}, draws["sigma2.irregular"][:, None], y_history=y,
-                                rejuvenate=False)
+                                rejuvenation=MANUAL)
     ll = np.array([float(engine.loglik({"irregular": True}, [v], y)) for v in draws["sigma2.irregular"]])
     w = np.exp(ll - ll.max())
     assert_rel_close(prior.weights, w / w.sum(), 1e-9, "importance weights")
@@ -541,13 +578,12 @@ def test_rejuvenation_move_pads_the_history_and_equals_the_unpadded_move():
 
 def test_catch_up_in_power_of_two_pieces_equals_one_pass():
     """Rejuvenation catches a new bank up in pieces of power-of-two lengths: same belief as one pass."""
-    from engine import online
 
     y = _series(77)
     y[[3, 50]] = np.nan
-    filt = engine.OnlineFilter(SPEC, _draws(3), rejuvenate=False)
-    one = online._catch_up_jit(filt.config, filt.bank, filt.state, jnp.asarray(y), None)
-    pieces = online._catch_up_pieces(filt.config, filt.bank, filt.state, y, None)   # len(y) = 2^k + ... pieces
+    filt = engine.OnlineFilter(SPEC, _draws(3), rejuvenation=MANUAL)
+    one = online_bank._catch_up_jit(filt.config, filt.bank, filt.state, jnp.asarray(y), None)
+    pieces = history._catch_up_pieces(filt.config, filt.bank, filt.state, y, None)   # len(y) = 2^k + ... pieces
     assert len(y) & (len(y) - 1), "the test needs a length that is not a power of two"
     for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(pieces)):
         np.testing.assert_allclose(np.asarray(b, float), np.asarray(a, float), rtol=1e-10, atol=1e-12)
@@ -569,7 +605,7 @@ def test_mixture_pit_innovation_anomaly_and_cusum_match_the_batch_filter_and_sci
     y = _series(n=70, seed=3, gaps=(0, 20))
     y[50:] += 12.0   # a level shift the model does not expect
     draws = _draws(6, spread=0.5)
-    filt = engine.OnlineFilter(SPEC, draws, rejuvenate=False)
+    filt = engine.OnlineFilter(SPEC, draws, rejuvenation=MANUAL)
     infos, _ = _stream(filt, y)
     mu, F, ll, _ = _batch_predictives(draws, y)
     log_w = np.full(len(draws), -np.log(len(draws)))
@@ -607,8 +643,8 @@ def test_drift_triggers_a_background_refit_when_asked():
     start = exact_posterior(y[:40]).rvs(200, random_state=rng)[:, None]
     events = {}
     for refit in (False, True):
-        filt = engine.OnlineFilter(IID, start, y_history=y[:40], weigh_history=False, ess_threshold=0.0,
-                                   refit_on_drift=refit, log_posterior=conjugate_log_posterior, move_steps=2)
+        filt = engine.OnlineFilter(IID, start, y_history=y[:40], weigh_history=False, rejuvenation=RejuvenationConfig(
+            ess_threshold=0.0, refit_on_drift=refit, log_posterior=conjugate_log_posterior, move_steps=2))
         for v in y[40:90]:
             info = filt.update(v)
             filt.wait_for_rejuvenation()
@@ -624,7 +660,7 @@ def test_failed_moves_back_off_instead_of_restarting_at_every_update():
     rng = np.random.default_rng(2)
     y = rng.normal(0.0, 3.0, 200)
     start = exact_posterior(y[:1] * 0.1).rvs(100, random_state=rng)[:, None]   # ESS collapses at once
-    filt = engine.OnlineFilter(IID, start, ess_threshold=0.99, log_posterior=broken)
+    filt = engine.OnlineFilter(IID, start, rejuvenation=RejuvenationConfig(ess_threshold=0.99, log_posterior=broken))
     for v in y:
         filt.update(v)
         filt.wait_for_rejuvenation()
@@ -633,7 +669,7 @@ def test_failed_moves_back_off_instead_of_restarting_at_every_update():
     assert len(failed) == len(starts) and "no posterior today" in failed[0]["error"]
     assert 3 <= len(starts) <= 5, starts          # 16, 32, 64, 128 observations apart, not 200 tries
     gaps = np.diff(starts)
-    assert np.all(gaps >= [online.RETRY_AFTER * 2 ** k for k in range(len(gaps))])
+    assert np.all(gaps >= [RETRY_AFTER * 2 ** k for k in range(len(gaps))])
     assert [e["failures"] for e in failed] == list(range(1, len(failed) + 1))
     assert all(e["retry_at"] <= s for e, s in zip(failed, starts[1:]))
     assert filt.t == len(y)                        # the stream itself never stopped
@@ -652,8 +688,8 @@ def test_close_ends_a_move_in_flight_and_keeps_the_bank():
     rng = np.random.default_rng(4)
     y = rng.normal(0.0, 2.0, 300)
     start = exact_posterior(y[:200]).rvs(50, random_state=rng)[:, None]
-    filt = engine.OnlineFilter(IID, start, y_history=y[:200], weigh_history=False, log_posterior=slow,
-                               move_steps=2, ess_threshold=0.0)
+    filt = engine.OnlineFilter(IID, start, y_history=y[:200], weigh_history=False,
+                               rejuvenation=RejuvenationConfig(log_posterior=slow, move_steps=2, ess_threshold=0.0))
     params = filt.params.copy()
     assert filt.rejuvenate("test")
     started.wait()
@@ -670,7 +706,7 @@ def test_an_observation_no_draw_can_weigh_keeps_the_weights():
     """y so large that v² overflows gives every draw a log-likelihood of −inf: the step says so
     (log_pred = −inf, an anomaly) and keeps the weights instead of turning them into NaN."""
     y = _series(gaps=())
-    filt = engine.OnlineFilter(SPEC, _draws(3), y_history=y[:40], rejuvenate=False)
+    filt = engine.OnlineFilter(SPEC, _draws(3), y_history=y[:40], rejuvenation=MANUAL)
     before = filt.weights.copy()
     info = filt.update(1e200)
     assert float(info.log_pred) == -np.inf and bool(info.anomaly)
@@ -683,21 +719,21 @@ def test_a_failed_step_leaves_history_and_belief_in_step(monkeypatch):
     """An update whose compiled step raises consumes nothing: the history and the belief still
     agree, and the next updates equal a run that never saw the failure."""
     y = _series(gaps=())
-    filt = engine.OnlineFilter(SPEC, _draws(3), y_history=y[:20], rejuvenate=False)
-    real = online.OnlineFilter._step_for
+    filt = engine.OnlineFilter(SPEC, _draws(3), y_history=y[:20], rejuvenation=MANUAL)
+    real = OnlineFilter._step_for
 
-    def failing(self, *args):
-        monkeypatch.setattr(online.OnlineFilter, "_step_for", real)   # fails once
+    def failing(self, *args, **kwargs):
+        monkeypatch.setattr(OnlineFilter, "_step_for", real)   # fails once
         def step(*_):
             raise RuntimeError("out of memory while compiling")
         return step
 
-    monkeypatch.setattr(online.OnlineFilter, "_step_for", failing)
+    monkeypatch.setattr(OnlineFilter, "_step_for", failing)
     with pytest.raises(RuntimeError, match="out of memory"):
         filt.update(y[20])
     assert filt.t == int(filt.state.t) == 20
     filt.update_many(y[20:30])
-    ref = engine.OnlineFilter(SPEC, _draws(3), y_history=y[:30], rejuvenate=False)
+    ref = engine.OnlineFilter(SPEC, _draws(3), y_history=y[:30], rejuvenation=MANUAL)
     assert filt.t == int(filt.state.t) == 30
     np.testing.assert_array_equal(filt.history()[0], y[:30])
     assert_rel_close(np.asarray(filt.state.filter.mean), np.asarray(ref.state.filter.mean), 1e-9, "mean")
@@ -706,7 +742,7 @@ def test_a_failed_step_leaves_history_and_belief_in_step(monkeypatch):
 def test_square_root_bank_equals_the_batch_filter_per_draw():
     y = _series()
     draws = _draws(3)
-    filt = engine.OnlineFilter(SPEC, draws, sqrt=True, rejuvenate=False)
+    filt = engine.OnlineFilter(engine.OnlineConfig(SPEC, sqrt=True), draws, rejuvenation=MANUAL)
     infos, beliefs = _stream(filt, y)
     for s in range(len(draws)):
         ref = engine.filter_series(SPEC, draws[s], y)
@@ -726,7 +762,8 @@ def test_component_and_state_bands_are_the_quantiles_of_the_mixed_filtered_belie
     are every state's bands."""
     y = _series(seed=6, gaps=())
     draws = _draws(40, spread=0.8)
-    filt = engine.OnlineFilter(SPEC, draws, y_history=y[:30], rejuvenate=False, component_quantile_iters=iters)
+    filt = engine.OnlineFilter(engine.OnlineConfig(SPEC, component_quantile_iters=iters), draws, y_history=y[:30],
+                               rejuvenation=MANUAL)
     info = jax.device_get(filt.update(y[30]))
     _, _, ll, refs = _batch_predictives(draws, y[:31])
     lw = ll.sum(axis=0)
@@ -764,10 +801,11 @@ def test_from_posterior_keeps_the_fits_priors_for_the_rejuvenation_move():
     priors = {"sigma2.irregular": {"dist": "inverse_gamma", "concentration": 3.0, "rate": 2.0},
               "sigma2.level": {"dist": "half_normal", "scale": 0.7}}
     idata = engine.fit_nuts(spec, y[:40], chains=1, warmup=60, draws=40, seed=0, priors=priors)
-    filt = engine.OnlineFilter.from_posterior(spec, idata, y[:40], rejuvenate=False, move_steps=2)
-    assert filt.priors == online.fit_priors(idata)
+    filt = engine.OnlineFilter.from_posterior(spec, idata, y[:40],
+                                              rejuvenation=RejuvenationConfig(automatic=False, move_steps=2))
+    assert filt.rejuvenator.config.priors == online.fit_priors(idata)
     for history in (y[:40], 1e3 * y):   # data-scaled defaults would differ between these
-        resolved = bayes.make_problem(spec, history, priors=filt.priors).priors
+        resolved = bayes.make_problem(spec, history, priors=filt.rejuvenator.config.priors).priors
         assert {n: p.as_dict() for n, p in resolved.items()} == priors
     assert online.fit_priors({"sigma2.irregular": [1.0], "sigma2.level": [0.2]}) is None
     filt.update_many(y[40:])

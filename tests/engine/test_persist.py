@@ -16,10 +16,13 @@ import pytest
 import engine
 from engine import persist
 
+from engine.rejuvenation import RejuvenationConfig
+
 from .helpers import IID, conjugate_log_posterior, exact_posterior
 
 SPEC = {"level": {"kind": "local_linear_trend"}, "seasonal": [{"period": 4}]}
 BASE = np.array([1.0, 0.1, 0.01, 0.05])
+MANUAL = RejuvenationConfig(automatic=False)   # moves only when asked
 
 
 def _draws(n=3, seed=0):
@@ -42,12 +45,13 @@ CHILD = textwrap.dedent("""
     import sys, time
     import numpy as np
     import engine
+    from engine.rejuvenation import RejuvenationConfig
     folder = sys.argv[1]
     y = np.load(folder + "/y.npy")
     draws = np.load(folder + "/draws.npy")
     spec = {"level": {"kind": "local_linear_trend"}, "seasonal": [{"period": 4}]}
     filt = engine.DurableFilter.create(folder + "/state", spec, draws, y_history=y[:10], snapshot_every=7,
-                                       rejuvenate=False)
+                                       rejuvenation=RejuvenationConfig(automatic=False))
     for i in range(10, len(y)):
         filt.update(y[i])
         print(i, flush=True)
@@ -76,7 +80,7 @@ def test_resume_after_sigkill_is_exact(tmp_path):
             child.kill()
     assert child.returncode == -signal.SIGKILL, child.stderr.read()
 
-    resumed = engine.DurableFilter.open(tmp_path / "state", rejuvenate=False)
+    resumed = engine.DurableFilter.open(tmp_path / "state", automatic=False)
     t = resumed.filter.t
     assert 26 <= t <= len(y)
     np.testing.assert_array_equal(resumed.filter.history()[0], y[:t])
@@ -84,7 +88,7 @@ def test_resume_after_sigkill_is_exact(tmp_path):
         resumed.update_many(y[t:])
     resumed.close()
 
-    uninterrupted = engine.OnlineFilter(SPEC, draws, y_history=y[:10], rejuvenate=False)
+    uninterrupted = engine.OnlineFilter(SPEC, draws, y_history=y[:10], rejuvenation=MANUAL)
     uninterrupted.update_many(y[10:])
     assert resumed.filter.t == uninterrupted.t == len(y)
     _assert_same_belief(resumed.filter.state, uninterrupted.state)
@@ -94,8 +98,8 @@ def test_resume_after_sigkill_is_exact(tmp_path):
 @pytest.mark.parametrize("n_draws", [3, 64])   # 64: a bank that holds its covariance packed
 def test_snapshot_roundtrip_and_log_replay(tmp_path, n_draws):
     y, draws = _series(), _draws(n_draws)
-    durable = engine.DurableFilter.create(tmp_path, SPEC, draws, y_history=y[:20], snapshot_every=10,
-                                          fsync=False, rejuvenate=False, quantile_iters=1)
+    durable = engine.DurableFilter.create(tmp_path, engine.OnlineConfig(SPEC, quantile_iters=1), draws,
+                                          y_history=y[:20], snapshot_every=10, fsync=False, rejuvenation=MANUAL)
     for v in y[20:33]:
         durable.update(v)
     state = jax.device_get(durable.filter.state)
@@ -103,7 +107,7 @@ def test_snapshot_roundtrip_and_log_replay(tmp_path, n_draws):
     lines = (tmp_path / persist.LOG).read_text().splitlines()
     assert [json.loads(line)["t"] for line in lines] == [30, 31, 32]
     durable.close()
-    again = engine.DurableFilter.open(tmp_path, rejuvenate=False)
+    again = engine.DurableFilter.open(tmp_path, automatic=False)
     assert again.filter.config.quantile_iters == 1     # settings travel with the snapshot
     assert again.filter.t == 33
     _assert_same_belief(again.filter.state, state)
@@ -120,11 +124,12 @@ def test_a_snapshot_keeps_the_filters_own_settings(tmp_path):
     """Settings given to the filter itself (not through DurableFilter.create) travel too: a
     square-root bank comes back square-root and forecasts the same."""
     y = _series()
-    filt = engine.OnlineFilter(SPEC, _draws(), y_history=y[:30], sqrt=True, anomaly_z=2.5, ess_threshold=0.3,
-                               rejuvenate=False)
+    filt = engine.OnlineFilter(engine.OnlineConfig(SPEC, sqrt=True, anomaly_z=2.5), _draws(), y_history=y[:30],
+                               rejuvenation=RejuvenationConfig(automatic=False, ess_threshold=0.3))
     persist.write_snapshot(tmp_path, filt)
     again, _ = persist.read_snapshot(tmp_path)
-    assert again.settings() == filt.settings() and again.config.sqrt
+    assert persist.filter_settings(again) == persist.filter_settings(filt) and again.config.sqrt
+    assert again.config == filt.config and again.rejuvenator.config == filt.rejuvenator.config
     np.testing.assert_allclose(np.asarray(again.forecast(3).var), np.asarray(filt.forecast(3).var), rtol=1e-12)
     for f in (filt, again):
         f.update_many(y[30:40])
@@ -136,7 +141,7 @@ def test_an_update_that_fails_is_not_replayed(tmp_path, monkeypatch):
     so a resume sees the stream as the caller did."""
     y = _series()
     durable = engine.DurableFilter.create(tmp_path, SPEC, _draws(), y_history=y[:20], fsync=False,
-                                          rejuvenate=False)
+                                          rejuvenation=MANUAL)
     real = engine.OnlineFilter.update_many
 
     def failing(self, *args, **kwargs):
@@ -152,7 +157,7 @@ def test_an_update_that_fails_is_not_replayed(tmp_path, monkeypatch):
     durable.close()
     lines = (tmp_path / persist.LOG).read_text().splitlines()
     assert [json.loads(line)["t"] for line in lines] == [20, 21, 22, 23, 24]
-    again = engine.DurableFilter.open(tmp_path, rejuvenate=False)
+    again = engine.DurableFilter.open(tmp_path, automatic=False)
     assert again.filter.t == 25
     np.testing.assert_array_equal(again.filter.history()[0], y[:25])
     _assert_same_belief(again.filter.state, state)
@@ -198,13 +203,14 @@ def test_a_resumed_filter_keeps_the_fits_priors_and_its_random_stream(tmp_path):
     rng = np.random.default_rng(8)
     y = rng.normal(0.0, 1.5, 60)
     start = exact_posterior(y[:20]).rvs(50, random_state=rng)[:, None]
-    kwargs = dict(rejuvenate=False, log_posterior=conjugate_log_posterior, move_steps=3, seed=4)
-    live = engine.DurableFilter.create(tmp_path / "s", IID, start, y_history=y[:20], priors=priors, **kwargs)
+    rejuvenation = RejuvenationConfig(automatic=False, log_posterior=conjugate_log_posterior, move_steps=3, seed=4,
+                                      priors=priors)
+    live = engine.DurableFilter.create(tmp_path / "s", IID, start, y_history=y[:20], rejuvenation=rejuvenation)
     live.update_many(y[20:35])
     assert live.filter.rejuvenate(background=False)     # uses up part of the random stream
     live.update_many(y[35:50])                           # swaps the new bank in and snapshots it
     resumed = engine.DurableFilter.open(tmp_path / "s", log_posterior=conjugate_log_posterior)
-    assert resumed.filter.priors == priors and resumed.filter.t == live.filter.t == 50
+    assert resumed.filter.rejuvenator.config.priors == priors and resumed.filter.t == live.filter.t == 50
     np.testing.assert_array_equal(resumed.filter.params, live.filter.params)
     for f in (live, resumed):
         assert f.filter.rejuvenate(background=False)
@@ -213,7 +219,19 @@ def test_a_resumed_filter_keeps_the_fits_priors_and_its_random_stream(tmp_path):
     _assert_same_belief(resumed.filter.state, live.filter.state)
     (tmp_path / "plain").mkdir()
     persist.write_snapshot(tmp_path / "plain", live.filter)    # a bare snapshot (the app's) keeps them too
-    again, _ = persist.read_snapshot(tmp_path / "plain", rejuvenate=False)
-    assert again.priors == priors
+    again, _ = persist.read_snapshot(tmp_path / "plain", automatic=False)
+    assert again.rejuvenator.config.priors == priors
     live.close()
     resumed.close()
+
+
+def test_stored_settings_become_the_filters_configs():
+    """Settings as snapshots keep them (earlier ones named the automatic switch 'rejuvenate' and
+    could keep constructor-only settings) give the two configs; overrides win; unknown names are
+    refused by name."""
+    config, rejuvenation = persist.filter_configs(SPEC, {"sqrt": True, "anomaly_z": 2.5, "rejuvenate": False,
+                                                         "weigh_history": False, "move_steps": 4}, seed=7)
+    assert config == engine.OnlineConfig(engine.ModelSpec.from_dict(SPEC), sqrt=True, anomaly_z=2.5)
+    assert rejuvenation == RejuvenationConfig(automatic=False, move_steps=4, seed=7)
+    with pytest.raises(ValueError, match="'sqrt_form'"):
+        persist.filter_configs(SPEC, {}, sqrt_form=True)

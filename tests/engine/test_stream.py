@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 
 import engine
+from engine.rejuvenation import RejuvenationConfig
 
 SPEC = {"level": {"kind": "local_linear_trend"}, "seasonal": [{"period": 4}]}
 BASE = np.array([1.0, 0.1, 0.01, 0.05])
 DRAWS = BASE * np.exp(0.3 * np.random.default_rng(0).standard_normal((3, 4)))
+MANUAL = RejuvenationConfig(automatic=False)   # moves only when asked
 HANG_GUARD = 120  # seconds: only so that a broken runner fails instead of hanging the suite
 
 
@@ -26,7 +28,7 @@ def _series(n=48):
 
 
 def _filter():
-    return engine.OnlineFilter(SPEC, DRAWS, rejuvenate=False)
+    return engine.OnlineFilter(SPEC, DRAWS, rejuvenation=MANUAL)
 
 
 class Collector:
@@ -202,7 +204,7 @@ def test_a_malformed_source_item_fails_the_run_loudly():
     """Regressors with some observations and not with others: the run stops with an engine error
     (the engine thread does not die silently)."""
     spec = {"level": {"kind": "local_level"}, "regression": {"columns": ["x"]}}
-    filt = engine.OnlineFilter(spec, np.array([[1.0, 0.5, 2.0]]), rejuvenate=False)
+    filt = engine.OnlineFilter(spec, np.array([[1.0, 0.5, 2.0]]), rejuvenation=MANUAL)
     items = [(1.0, [0.5]), (2.0, [0.1]), 3.0, (4.0, [0.2])]
     runner = engine.StreamRunner(filt, iter(items), batch_size=8)
     got = Collector()
@@ -262,7 +264,7 @@ def test_a_demo_stream_through_the_runner_flags_exactly_its_outliers():
     the steps where the demo injected an outlier, and nowhere else."""
     demo = engine.demo_stream(0, "outliers", n_time=600)
     n_hist = 100
-    filt = engine.OnlineFilter.from_posterior(demo.spec, demo.params, demo.y[:n_hist], rejuvenate=False)
+    filt = engine.OnlineFilter.from_posterior(demo.spec, demo.params, demo.y[:n_hist], rejuvenation=MANUAL)
     runner = engine.StreamRunner(filt, demo.y[n_hist:], batch_size=32)
     got = Collector()
     runner.subscribe(got)
