@@ -24,7 +24,7 @@ from .bayes import FitCancelled, MAPResult, fit_map, fit_nuts, log_posterior, ma
 from .diagnostics import Diagnosis, diagnose, from_netcdf, spec_of, to_netcdf  # noqa: E402
 from .posterior import (Band, PosteriorForecast, PredictiveCheck, posterior_components,  # noqa: E402
                         posterior_forecast, posterior_matrix, predictive_residuals)
-from .online import (Bank, Belief, OnlineConfig, OnlineFilter, OnlineForecast, OnlineInfo,  # noqa: E402
+from .online import (Bank, Belief, OnlineConfig, OnlineFilter, OnlineForecast, OnlineInfo, RejuvenationConfig,  # noqa: E402
                      component_names, make_bank, posterior_draws, init as online_init, step as online_step,
                      step_many as online_step_many, catch_up as online_catch_up, forecast as online_forecast)
 from .persist import DurableFilter  # noqa: E402
@@ -46,7 +46,7 @@ __all__ = [
     "DiffuseConditioningWarning", "diffuse_conditioning", "FilterResult", "Forecast", "SmoothedComponents",
     "filter_series", "forecast", "loglik",
     "loglik_many", "loglik_terms", "simulate", "smooth",
-    "Bank", "Belief", "OnlineConfig", "OnlineFilter", "OnlineForecast", "OnlineInfo", "component_names",
+    "Bank", "Belief", "OnlineConfig", "RejuvenationConfig", "OnlineFilter", "OnlineForecast", "OnlineInfo", "component_names",
     "make_bank", "posterior_draws", "online_init", "online_step", "online_step_many", "online_catch_up",
     "online_forecast", "DurableFilter", "StreamBatch", "StreamError", "StreamRunner",
     "MLEResult", "fit_mle", "PRIOR_FAMILIES", "default_priors", "resolve_priors", "FitCancelled", "MAPResult",

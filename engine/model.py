@@ -412,6 +412,3 @@ def _simulate_one(spec, pvec, x, n_time, key, init_scale):
     _, signal = jax.lax.scan(body, alpha0, (eta, Z))
     return signal + d + eps
 
-
-# Old names still imported by online; removed when its imports switch.
-_systems = batch_systems

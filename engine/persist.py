@@ -24,6 +24,11 @@ from .online import OnlineConfig, OnlineFilter, OnlineInfo, as_config, fit_prior
 from .rejuvenation import RejuvenationConfig
 from .spec import as_spec
 
+__all__ = [
+    "SNAPSHOT", "LOG", "FORMAT", "atomic_write", "filter_settings", "filter_configs", "write_snapshot", "read_snapshot", "ObservationLog", "DurableFilter",
+]
+
+
 SNAPSHOT = "snapshot.npz"
 LOG = "observations.jsonl"
 FORMAT = 1

@@ -22,6 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = [
+    "MoveInfo", "systematic_resample", "rwm_init", "rwm_step", "resample_move", "RETRY_AFTER", "RejuvenationConfig", "MoveInput", "Closed", "Rejuvenator",
+]
+
 
 class MoveInfo(NamedTuple):
     acceptance: jnp.ndarray     # () mean Metropolis acceptance rate over draws and steps

@@ -21,6 +21,11 @@ from typing import Any, Callable, Iterable, NamedTuple
 import jax
 import numpy as np
 
+__all__ = [
+    "StreamBatch", "StreamError", "StreamStats", "StreamRunner",
+]
+
+
 _END = object()
 
 

@@ -77,19 +77,3 @@ __all__ = [
     "mat_z", "rows_apply", "design_states", "rows_z_dot",
 ]
 
-
-# -- old private names still imported by online and fleet; removed when their imports switch --
-_fused_standard_step = standard_step_fused
-_packed_standard_step = standard_step_packed
-_steady_step = steady_step
-_mat_z = mat_z
-_mv = mat_vec
-_packed_entry = packed_entry
-_packed_mat_z = packed_mat_z
-_rows_apply = rows_apply
-_z_dot = z_dot
-
-
-def _full_step(lay, system, state, y, d, z, use_diffuse: bool, sqrt: bool, keep: bool):
-    """`full_step` with its phase given by the old flag (True: Phase.DIFFUSE, False: Phase.STANDARD)."""
-    return full_step(lay, system, state, y, d, z, Phase.DIFFUSE if use_diffuse else Phase.STANDARD, sqrt, keep)

@@ -25,12 +25,13 @@ import numpy as np
 from jax import lax
 
 from .. import kalman
-from ..model import _systems
+from ..components import component_selectors
+from ..model import batch_systems
 from ..spec import ModelSpec, as_spec
 from ..system import System, layout
 from .covariance import _dense, _is_packed, _standard_update, _use_packed
 from .mixture import PROBS, mixture_moments, mixture_quantiles
-from .report import OnlineInfo, _component_index, _per_draw, _report
+from .report import OnlineInfo, _per_draw, _report
 from .state import Bank, Belief, OnlineConfig
 
 
@@ -51,7 +52,7 @@ def make_bank(spec, params) -> Bank:
     spec = as_spec(spec)
     params = jnp.asarray(params, dtype=jnp.float64)
     exog = jnp.zeros((1, spec.k_exog)) if spec.regression is not None else None
-    return Bank(params, kalman.batch_last(_systems(spec, params, exog)))
+    return Bank(params, kalman.batch_last(batch_systems(spec, params, exog)))
 
 
 def _design(spec: ModelSpec, bank: Bank, exog_t):
@@ -60,7 +61,7 @@ def _design(spec: ModelSpec, bank: Bank, exog_t):
     if spec.regression is None:
         return bank.system.design, jnp.zeros(n_draws)
     x = jnp.reshape(jnp.asarray(exog_t, dtype=jnp.float64), (1, spec.k_exog))
-    sys_t = _systems(spec, bank.params, x)   # only Z_t and d_t are used (the rest is dead code)
+    sys_t = batch_systems(spec, bank.params, x)   # only Z_t and d_t are used (the rest is dead code)
     z = sys_t.design[:, 0] if sys_t.design.ndim == 3 else sys_t.design
     intercept = sys_t.obs_intercept   # (draw,) when the coefficients are states, (draw, 1) when parameters
     d = (jnp.broadcast_to(jnp.reshape(intercept, (intercept.shape[0], -1))[:, 0], (n_draws,)) if intercept.ndim
@@ -89,14 +90,14 @@ def _kalman_step(config: OnlineConfig, lay, system: System, st: kalman.FilterSta
     component and per state, whether its block of the next P∞ is still non-zero.
     """
     n_draws = y.shape[0]
-    no_diffuse = (jnp.zeros(n_draws), jnp.zeros((len(_component_index(config.spec)) + lay.n_states, n_draws), bool))
+    no_diffuse = (jnp.zeros(n_draws), jnp.zeros((len(component_selectors(config.spec)) + lay.n_states, n_draws), bool))
 
     def diffuse():
         fs, loglik = kalman.step(lay, system, st, y, d, z, sqrt=config.sqrt)
         Pinf = jnp.where(st.diffuse, st.diffuse_cov, 0.0)
-        Fi = jnp.sum(z * kalman._mv(Pinf, z), axis=0)
-        still = [jnp.sum(_block(fs.diffuse_cov, jnp.asarray(ix)) ** 2, axis=(0, 1)) > kalman.TOL_DIFFUSE if ix
-                 else jnp.zeros(n_draws, bool) for _, ix, _ in _component_index(config.spec)]
+        Fi = jnp.sum(z * kalman.mat_vec(Pinf, z), axis=0)
+        still = [jnp.sum(_block(fs.diffuse_cov, jnp.asarray(sel.states)) ** 2, axis=(0, 1)) > kalman.TOL_DIFFUSE
+                 if sel.states else jnp.zeros(n_draws, bool) for sel in component_selectors(config.spec)]
         states = [fs.diffuse_cov[i, i] ** 2 > kalman.TOL_DIFFUSE for i in range(lay.n_states)]
         return fs, loglik, Fi, jnp.stack(still + states) if still + states else no_diffuse[1]
 
@@ -107,10 +108,10 @@ def _kalman_step(config: OnlineConfig, lay, system: System, st: kalman.FilterSta
         return (_dense(lay, fs), loglik) + no_diffuse
 
     def steady():
-        return kalman._steady_step(lay, system, st, y, d, z, config.sqrt, False) + no_diffuse
+        return kalman.steady_step(lay, system, st, y, d, z, config.sqrt, False) + no_diffuse
 
-    index = jnp.where(jnp.all(st.steady & ~jnp.isnan(y)), 0, jnp.where(jnp.any(st.diffuse), 2, 1))
-    return lax.switch(index, [steady, standard, diffuse])
+    branch = {kalman.Phase.DIFFUSE: diffuse, kalman.Phase.STANDARD: standard, kalman.Phase.STEADY: steady}
+    return lax.switch(kalman.phase_of(st, y), [branch[p] for p in kalman.Phase])
 
 
 def _block(P, ix):
@@ -162,10 +163,10 @@ def steady_step(config: OnlineConfig, bank: Bank, belief: Belief, y, exog=None) 
     z, d = _design(spec, bank, exog)
     st = belief.filter
     K, F = st.gain, st.innov_var
-    v = y - kalman._z_dot(lay, st.mean, z) - d
+    v = y - kalman.z_dot(lay, st.mean, z) - d
     loglik = -0.5 * (kalman.LOG_2PI + jnp.log(F) + v * v / F)
     ds = _per_draw(config, lay, z, d, st, K, F, jnp.zeros_like(F), y, loglik)
-    fs = st._replace(mean=jnp.stack(kalman._rows_apply(lay, bank.system.transition, list(ds.filt_mean))),
+    fs = st._replace(mean=jnp.stack(kalman.rows_apply(lay, bank.system.transition, list(ds.filt_mean))),
                      prev_observed=jnp.ones_like(st.steady))
     return _report(config, belief, fs, y, ds)
 
@@ -188,15 +189,20 @@ def step_flags(belief: Belief, ys) -> StepFlags:
     return StepFlags(steady, settled, not bool(np.any(np.isnan(np.asarray(ys, dtype=float)))))
 
 
-def select_step(flags: StepFlags) -> Callable:
-    """The cheapest step that is exact for an update with these flags: `steady_step` once every
-    draw has converged and nothing is missing, `standard_step` once no draw is diffuse, else
-    `step` (exact always). For a micro-batch, pass it to `step_many` as `one_step`."""
-    if flags.steady and flags.observed:
-        return steady_step
+def phase_of_flags(flags: StepFlags) -> kalman.Phase:
+    """The `kalman.Phase` of an update with these flags: the host-side reading of `kalman.phase_of`
+    (DIFFUSE while a draw is diffuse; STEADY once every draw has converged and nothing is missing)."""
     if not flags.settled:
-        return step
-    return standard_step
+        return kalman.Phase.DIFFUSE
+    return kalman.Phase.STEADY if flags.steady and flags.observed else kalman.Phase.STANDARD
+
+
+def select_step(flags: StepFlags) -> Callable:
+    """The cheapest step that is exact for an update with these flags, by its phase: `steady_step`
+    (mean only), `standard_step` (no draw diffuse) or `step` (exact always). For a micro-batch,
+    pass it to `step_many` as `one_step`."""
+    return {kalman.Phase.DIFFUSE: step, kalman.Phase.STANDARD: standard_step,
+            kalman.Phase.STEADY: steady_step}[phase_of_flags(flags)]
 
 
 def step_many(config: OnlineConfig, bank: Bank, belief: Belief, ys, exog=None, n=None, one_step=None):
@@ -255,7 +261,7 @@ def catch_up(config: OnlineConfig, bank: Bank, belief: Belief, ys, exog=None) ->
     scan = method == "parallel" or (method == "auto" and not config.sqrt
                                      and parallel.use_parallel(ys.shape[0], lay.n_states, n_draws))
     run = parallel.run if scan else partial(kalman.run, sqrt=config.sqrt)
-    fs, ll = run(lay, _systems(spec, bank.params, x), Y, state=belief.filter)
+    fs, ll = run(lay, batch_systems(spec, bank.params, x), Y, state=belief.filter)
     lw = belief.log_weight + jnp.sum(ll, axis=0)
     return belief._replace(filter=fs, log_weight=lw - jax.scipy.special.logsumexp(lw), t=belief.t + ys.shape[0])
 

@@ -32,9 +32,9 @@ def _standard_update(config: OnlineConfig, lay, system: System, st: kalman.Filte
     when it came so, else stacked), so a stream keeps it packed from one step to the next;
     small ones take the fused dense step."""
     if not (_is_packed(st) or _use_packed(config, y.shape[0])):
-        return kalman._fused_standard_step(lay, system, st, y, d, z)
+        return kalman.standard_step_fused(lay, system, st, y, d, z)
     rows = tuple(st.cov) if _is_packed(st) else kalman.pack(st.cov)
-    fs, loglik, v = kalman._packed_standard_step(lay, system, st._replace(cov=rows), y, d, z)
+    fs, loglik, v = kalman.standard_step_packed(lay, system, st._replace(cov=rows), y, d, z)
     return fs._replace(cov=fs.cov if isinstance(st.cov, tuple) else jnp.stack(fs.cov)), loglik, v
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..model import as_param_vector
 from ..rejuvenation import Closed, MoveInput, RejuvenationConfig, Rejuvenator
-from ..system import check_exog, layout
+from ..system import check_exog, check_finite, layout
 from .bank import (OnlineForecast, StepFlags, _catch_up_jit, _compiled_step, _compiled_step_many, _forecast_jit,
                    _init_jit, _make_bank_jit, select_step, standard_step)
 from .covariance import _dense_jit, _is_packed, _packed_jit, _use_packed
@@ -61,9 +61,7 @@ class OnlineFilter:
         y_hist = np.zeros(0) if y_history is None else np.asarray(getattr(y_history, "values", y_history), float)
         if y_hist.ndim != 1:
             raise ValueError(f"y_history must be one series of shape (time,), got shape {y_hist.shape}")
-        if np.isinf(y_hist).any():
-            raise ValueError(f"y_history has an infinite value at index {int(np.flatnonzero(np.isinf(y_hist))[0])}; "
-                             "use NaN for missing values")
+        check_finite(y_hist, "y_history")
         x_hist = None
         if spec.regression is not None and len(y_hist):
             x_hist = np.asarray(check_exog(spec, exog_history, len(y_hist)), dtype=float)[: len(y_hist)]
@@ -156,8 +154,8 @@ class OnlineFilter:
         if exog is None:
             raise ValueError(f"the model regresses on {list(self.spec.exog_columns)}: pass exog for each observation")
         x = np.asarray(exog, dtype=float).reshape(n, self.spec.k_exog)
-        if not np.all(np.isfinite(x)):
-            raise ValueError("exog must be finite (NaN/inf found)")
+        check_finite(x, "exog", regressors=True, dims=("observation", "column"),
+                     labels={"column": list(self.spec.exog_columns)})
         return x
 
     def check_input(self, ys, exog=None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -172,9 +170,7 @@ class OnlineFilter:
         ys = arr.reshape(-1)
         if len(ys) == 0:
             raise ValueError("an update needs at least one observation")
-        if np.isinf(ys).any():
-            raise ValueError(f"observation {int(np.flatnonzero(np.isinf(ys))[0])} of the batch is infinite; "
-                             "use NaN for a missing value")
+        check_finite(ys, "the batch", dims=("observation",))
         return ys, self._exog_rows(exog, len(ys))
 
     def update(self, y, exog=None) -> OnlineInfo:

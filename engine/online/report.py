@@ -9,7 +9,6 @@ components (see `component_names`) with their variances and bands.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -18,8 +17,8 @@ from jax import lax
 from jax.scipy.special import ndtri
 
 from .. import kalman
-from ..spec import ModelSpec, as_spec
-from ..system import block_structure, layout
+from ..components import component_selectors
+from ..system import layout
 from .covariance import _is_packed
 from .mixture import PROBS, _central_terms, _cornish_fisher, _maxima, _newton_terms, _newton_update, _sums
 from .state import Belief, OnlineConfig
@@ -59,32 +58,9 @@ class OnlineInfo(NamedTuple):
 
 
 # -- components -----------------------------------------------------------------------------
-@lru_cache(maxsize=64)
-def _component_index(spec: ModelSpec) -> tuple[tuple[str, tuple[int, ...], bool], ...]:
-    """Static (name, state indices whose design entry can be non-zero, use the design?) per component.
-
-    The slope of a local linear trend is reported as 'trend' (its own state, unit weight).
-    """
-    spec = as_spec(spec)
-    lay = layout(spec)
-    out = []
-    designs = [design for *_, design in block_structure(spec)]
-    for design, (name, start, k, _, _) in zip(designs, lay.blocks):
-        nz = tuple(start + int(i) for i in np.flatnonzero(design))
-        if name == "regression":
-            nz = tuple(range(start, start + k))
-        if nz:
-            out.append((name, nz, True))
-        if name == "level" and k == 2:
-            out.append(("trend", (start + 1,), False))
-    if spec.regression is not None and spec.regression.coefficients == "parameters":
-        out.append(("regression", (), True))
-    return tuple(out)
-
-
 def component_names(spec) -> list[str]:
     """Names of the components reported in `OnlineInfo.component_*`, in order."""
-    return [name for name, _, _ in _component_index(as_spec(spec))]
+    return [sel.name for sel in component_selectors(spec)]
 
 
 def _components(spec, z, d, a_f, entry, M, K, F):
@@ -96,7 +72,7 @@ def _components(spec, z, d, a_f, entry, M, K, F):
     fuses into the step's elementwise loops.
     """
     means, variances = [], []
-    for name, idx, use_design in _component_index(spec):
+    for _, idx, use_design in component_selectors(spec):
         if not idx:   # regression on parameters: x_t β, known given the draw
             means.append(d)
             variances.append(jnp.zeros_like(d))
@@ -138,21 +114,21 @@ def _per_draw(config: OnlineConfig, lay, z, d, st: kalman.FilterState, K, F, Fi,
     """
     observed = ~jnp.isnan(y)
     draw_diffuse = Fi > kalman.TOL_DIFFUSE
-    mu = kalman._z_dot(lay, st.mean, z) + d
+    mu = kalman.z_dot(lay, st.mean, z) + d
     updated = observed & (draw_diffuse | (F > 0))
     v = jnp.where(updated, jnp.where(observed, y, 0.0) - mu, 0.0)
     a_f = st.mean + K * v
     if config.sqrt:   # P = L Lᵀ
         L = st.cov
         entry = lambda i, j: jnp.sum(L[i] * L[j], axis=0)
-        M = kalman._mv(L, jnp.sum(L * z[:, None], axis=0))
+        M = kalman.mat_vec(L, jnp.sum(L * z[:, None], axis=0))
     elif _is_packed(st):
         rows = tuple(st.cov)
-        entry = kalman._packed_entry(rows, lay.n_states)
-        M = kalman._packed_mat_z(lay, rows, z)
+        entry = kalman.packed_entry(rows, lay.n_states)
+        M = kalman.packed_mat_z(lay, rows, z)
     else:
         entry = lambda i, j: st.cov[i, j]
-        M = kalman._mat_z(lay, st.cov, z)
+        M = kalman.mat_z(lay, st.cov, z)
     comp_mu, comp_var = _components(config.spec, z, d, a_f, entry, M, K, F)
     state_var = jnp.stack([entry(i, i) - 2 * K[i] * M[i] + F * K[i] * K[i] for i in range(lay.n_states)])
     if still is not None:

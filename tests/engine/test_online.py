@@ -456,9 +456,9 @@ def test_rows_apply_is_the_block_transition():
     lay = layout(RICH)
     X = jnp.asarray(np.random.default_rng(1).standard_normal((lay.n_states, lay.n_states, 3)))
     T = bank.system.transition
-    np.testing.assert_allclose(np.stack(kalman._rows_apply(lay, T, list(X))), transition_apply(lay, T, X),
+    np.testing.assert_allclose(np.stack(kalman.rows_apply(lay, T, list(X))), transition_apply(lay, T, X),
                                rtol=1e-13, atol=1e-13)
-    np.testing.assert_allclose(np.stack(kalman._rows_apply(lay, T, list(X[:, 0]))), transition_apply(lay, T, X[:, 0]),
+    np.testing.assert_allclose(np.stack(kalman.rows_apply(lay, T, list(X[:, 0]))), transition_apply(lay, T, X[:, 0]),
                                rtol=1e-13, atol=1e-13)
 
 
@@ -479,9 +479,9 @@ def test_fused_standard_step_equals_the_filters_step(form):
     for v in (y[40], np.nan, y[41]):
         yb = jnp.full(3, v)
         if form == "dense":
-            ours, ll, v = kalman._fused_standard_step(lay, bank.system, st, yb, d, z)
+            ours, ll, v = kalman.standard_step_fused(lay, bank.system, st, yb, d, z)
         else:
-            ours, ll, v = kalman._packed_standard_step(lay, bank.system, st._replace(cov=kalman.pack(st.cov)),
+            ours, ll, v = kalman.standard_step_packed(lay, bank.system, st._replace(cov=kalman.pack(st.cov)),
                                                        yb, d, z)
             ours = ours._replace(cov=kalman.unpack(ours.cov, lay.n_states))
         ref, info = kalman.step(lay, bank.system, st, yb, d, z, keep=True)
