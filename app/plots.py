@@ -7,7 +7,12 @@ import holoviews.plotting.bokeh  # noqa: F401  (registers the Bokeh backend so .
 import numpy as np
 import pandas as pd
 
-BAND_Z = 1.959963984540054
+# One band convention for the whole app: central (equal-tailed) intervals of probability BAND_PROB,
+# from the 2.5% to the 97.5% quantile. For a Gaussian (the quick fit's smoothed states, one-step
+# predictions) that is mean ± BAND_Z sd; for posterior mixtures and forecasts, the mixture's quantiles.
+BAND_PROB = 0.95
+BAND_Z = 1.959963984540054   # the standard normal's 97.5% quantile
+BAND_LABEL = "95% interval"  # how every band is named on the page
 _OPTS = dict(responsive=True, height=260, show_grid=True, tools=["hover"])
 
 
@@ -16,30 +21,62 @@ def series_plot(index: pd.Index, y: np.ndarray, label: str) -> hv.Curve:
     return hv.Curve((np.asarray(index), y), "time", label, label=label).opts(**_OPTS, color="#1f4e79")
 
 
-def _band(index, mean, sd, color) -> hv.Area:
-    x = np.asarray(index)
-    return hv.Area((x, mean - BAND_Z * sd, mean + BAND_Z * sd), "time", vdims=["lower", "upper"]).opts(
-        color=color, alpha=0.25, line_alpha=0)
+def band_area(x, lower, upper, name: str, **opts) -> hv.Area:
+    """A band from `lower` to `upper` on the axis of `name` (its value dimensions are `name` and
+    `name` (upper), so the axis it shares with the curve of `name` is labelled `name`)."""
+    return hv.Area((np.asarray(x), lower, upper), "time",
+                   vdims=[hv.Dimension(name), hv.Dimension(f"{name} (upper)")]).opts(line_alpha=0, **opts)
+
+
+def component_panel(x, mean, lower, upper, name: str, color: str, title: str) -> hv.Overlay:
+    """One component over time: its mean and its band, the y axis labelled with the component's name."""
+    return (band_area(x, lower, upper, name, color=color, alpha=0.25)
+            * hv.Curve((np.asarray(x), mean), "time", name, label=name).opts(color=color)).opts(
+        title=title, ylabel=name, **_OPTS)
 
 
 def decomposition_plot(index: pd.Index, y: np.ndarray, label: str,
                        components: dict[str, tuple[np.ndarray, np.ndarray]]) -> hv.Layout:
-    """Observed series with the smoothed level, then one panel per component, each with a 95% band."""
+    """Observed series with the smoothed level, then one panel per component (the engine's names:
+    `trend` is the slope of a local linear trend), each with its 95% equal-tailed band."""
     x = np.asarray(index)
     panels = []
     level = components.get("level")
     top = hv.Scatter((x, y), "time", label, label="observed").opts(color="black", size=3)
     if level is not None:
-        top = top * _band(index, *level, "#e07b39") * hv.Curve((x, level[0]), "time", label,
-                                                               label="level (smoothed)").opts(color="#e07b39")
-    panels.append(top.opts(title=f"{label}: observed and smoothed level", **_OPTS, legend_position="top_left"))
+        mean, sd = level
+        top = (top * band_area(x, mean - BAND_Z * sd, mean + BAND_Z * sd, label, color="#e07b39", alpha=0.25)
+               * hv.Curve((x, mean), "time", label, label="level (smoothed)").opts(color="#e07b39"))
+    panels.append(top.opts(title=f"{label}: observed and smoothed level ({BAND_LABEL})", ylabel=label, **_OPTS,
+                           legend_position="top_left"))
     for name, (mean, sd) in components.items():
         if name == "level":
             continue
-        title = "slope" if name == "trend" else name
-        panels.append((_band(index, mean, sd, "#2a7ab0") * hv.Curve((x, mean), "time", title).opts(
-            color="#2a7ab0")).opts(title=f"{title} (smoothed, 95% band)", **_OPTS))
+        panels.append(component_panel(x, mean, mean - BAND_Z * sd, mean + BAND_Z * sd, name, "#2a7ab0",
+                                      f"{name}: smoothed, {BAND_LABEL}"))
     return hv.Layout(panels).cols(1).opts(shared_axes=False)
+
+
+def forest_plot(draws: dict[str, np.ndarray]):
+    """Each parameter's posterior median with its 50% and 95% equal-tailed intervals, one row per
+    parameter (named on the y axis), over all chains' draws. A Bokeh figure, as ArviZ's plots are."""
+    from bokeh.models import HoverTool
+    from bokeh.plotting import ColumnDataSource, figure
+
+    names = list(draws)
+    q = np.array([np.quantile(np.asarray(draws[n], dtype=float).ravel(),
+                              [(1 - BAND_PROB) / 2, 0.25, 0.5, 0.75, (1 + BAND_PROB) / 2]) for n in names])
+    source = ColumnDataSource({"parameter": names, "lo95": q[:, 0], "lo50": q[:, 1], "median": q[:, 2],
+                               "hi50": q[:, 3], "hi95": q[:, 4]})
+    fig = figure(y_range=names[::-1], height=60 + 36 * len(names), sizing_mode="stretch_width",
+                 title=f"posterior median, 50% and {BAND_LABEL}s", tools="pan,wheel_zoom,box_zoom,reset,save",
+                 x_axis_label="value", y_axis_label="parameter")
+    fig.segment("lo95", "parameter", "hi95", "parameter", source=source, line_width=2, color="#1f77b4")
+    fig.segment("lo50", "parameter", "hi50", "parameter", source=source, line_width=7, color="#1f77b4")
+    fig.scatter("median", "parameter", source=source, size=9, color="white", line_color="#1f77b4", line_width=2)
+    fig.add_tools(HoverTool(tooltips=[("parameter", "@parameter"), ("median", "@median"),
+                                      ("50%", "@lo50 to @hi50"), ("95%", "@lo95 to @hi95")]))
+    return fig
 
 
 def learn_plot(index: pd.Index, y: np.ndarray, label: str, t: int, predicted: float, innov_sd: float,

@@ -259,8 +259,7 @@ def data_choice(data: DataModel) -> tuple[dict, bytes | None]:
               "sort_rows": bool(data.sort_rows)}
     if not upload:
         return choice, None
-    raw = data._raw   # the uploaded bytes DataModel parsed; a table loaded already parsed is written out
-    return choice, raw if raw is not None else data.frame.to_csv(index=False).encode()
+    return choice, data.table_bytes()
 
 
 def apply_data(data: DataModel, choice: dict, raw: bytes | None) -> None:

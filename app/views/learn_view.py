@@ -12,6 +12,11 @@ from ..viewmodels import LearnModel
 SLIDER_DECADES = 3  # each variance slider spans 10^±3 around its starting value
 
 
+def markdown_text(text: str) -> str:
+    """Plain text for a Markdown pane: a * (as in F*_t) is a literal star, not emphasis."""
+    return text.replace("*", "\\*")
+
+
 class LearnView(pn.viewable.Viewer):
     model = param.ClassSelector(class_=LearnModel)
 
@@ -78,13 +83,8 @@ class LearnView(pn.viewable.Viewer):
         level = comps.loc[comps["component"] == "level", "posterior mean"]
         level = float(level.iloc[0]) if len(level) else None   # a model may have no level (or no state)
         summary = (f"**t = {s.t}** ({s.time}) — step kind: **{s.kind}**\n\n"
-                   f"| quantity | value |\n|---|---|\n"
-                   f"| observation y_t | {s.y:.6g} |\n"
-                   f"| predicted observation ŷ_t | {s.predicted:.6g} |\n"
-                   f"| predictive variance F_t | {s.innov_var:.6g} |\n"
-                   f"| innovation v_t | {s.innovation:.6g} |\n"
-                   f"| measurement variance H | {s.obs_var:.6g} |\n"
-                   f"| log-likelihood term | {s.loglik:.6g} |\n")
+                   "| quantity | value |\n|---|---|\n"
+                   + "".join(f"| {markdown_text(name)} | {value:.6g} |\n" for name, value in m.summary_rows()))
         table = (pn.pane.DataFrame(comps, index=False, float_format="{:.5g}".format) if len(comps) else
                  pn.pane.Markdown("*This model has no state components: the prediction is the regression "
                                   "(or zero) and the whole innovation is measurement noise.*",
@@ -96,7 +96,7 @@ class LearnView(pn.viewable.Viewer):
                                          s.predicted if s.kind == "standard" else np.nan,
                                          np.sqrt(s.innov_var) if s.kind == "standard" else np.inf, level),
                               sizing_mode="stretch_width", linked_axes=False),   # its own window, not the Fit tab's
-            pn.Row(pn.pane.Markdown(summary, width=360), table),
+            pn.Row(pn.pane.Markdown(summary, width=420, css_classes=["learn-summary"]), table),
             pn.pane.Markdown(m.explanation(), sizing_mode="stretch_width"),
             sizing_mode="stretch_width",
         )

@@ -12,6 +12,7 @@ from engine.spec import SEASONAL_FORMS
 
 from ..viewmodels import SpecModel
 from ..viewmodels.priors_model import PriorsModel
+from .data_view import choice_widget
 
 
 class ModelView(pn.viewable.Viewer):
@@ -45,8 +46,8 @@ class ModelView(pn.viewable.Viewer):
                 w.IntInput.from_param(m.param.ar_order, name="AR order", width=130),
                 self._problem("ar"),
                 "### Regression",
-                w.MultiChoice.from_param(m.param.regression_columns, name="Columns (choose regressors on "
-                                                                            "the Data tab)"),
+                choice_widget(w.MultiChoice, m, "regression_columns", m.data.column_label,
+                              name="Columns (choose regressors on the Data tab)"),
                 w.Select.from_param(m.param.regression_mode, name="Coefficients"),
                 self._problem("regression"),
                 self._problem("spec"),
