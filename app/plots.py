@@ -21,11 +21,12 @@ def series_plot(index: pd.Index, y: np.ndarray, label: str) -> hv.Curve:
     return hv.Curve((np.asarray(index), y), "time", label, label=label).opts(**_OPTS, color="#1f4e79")
 
 
-def band_area(x, lower, upper, name: str, **opts) -> hv.Area:
+def band_area(x, lower, upper, name: str, label: str = "", **opts) -> hv.Area:
     """A band from `lower` to `upper` on the axis of `name` (its value dimensions are `name` and
-    `name` (upper), so the axis it shares with the curve of `name` is labelled `name`)."""
-    return hv.Area((np.asarray(x), lower, upper), "time",
-                   vdims=[hv.Dimension(name), hv.Dimension(f"{name} (upper)")]).opts(line_alpha=0, **opts)
+    `name` (upper), so the axis it shares with the curve of `name` is labelled `name`); `label`
+    names it in a legend."""
+    return hv.Area((np.asarray(x), lower, upper), "time", vdims=[hv.Dimension(name), hv.Dimension(f"{name} (upper)")],
+                   label=label).opts(line_alpha=0, **opts)
 
 
 def component_panel(x, mean, lower, upper, name: str, color: str, title: str) -> hv.Overlay:
@@ -79,19 +80,24 @@ def forest_plot(draws: dict[str, np.ndarray]):
     return fig
 
 
-def learn_plot(index: pd.Index, y: np.ndarray, label: str, t: int, predicted: float, innov_sd: float,
+def learn_plot(index: pd.Index, y: np.ndarray, label: str, t: int, predicted: float | None, innov_sd: float | None,
                filtered_level: float | None) -> hv.Overlay:
-    """The series up to t+window with the step's predicted observation ± 2 sd and the observation."""
+    """The series around t with the step's predicted observation ± BAND_Z sd and the observation.
+
+    Only what exists is drawn: no prediction on a diffuse step (its variance is infinite: pass
+    None), no point for a missing y_t. An element of NaNs alone would leave HoloViews computing its
+    range over an all-NaN slice (a RuntimeWarning in the server's log for every step shown)."""
     x = np.asarray(index)
     lo, hi = max(0, t - 30), min(len(y), t + 10)
-    base = hv.Curve((x[lo:hi], y[lo:hi]), "time", label, label="observed").opts(color="#888888")
-    pred = hv.ErrorBars([(x[t], predicted, BAND_Z * innov_sd if np.isfinite(innov_sd) else 0.0)],
-                        "time", [label, "err"]).opts(color="#e07b39", line_width=3)
-    point_pred = hv.Scatter([(x[t], predicted)], "time", label, label="predicted ŷ_t").opts(
-        color="#e07b39", size=10, marker="diamond")
-    obs = hv.Scatter([(x[t], y[t])], "time", label, label="y_t").opts(color="black", size=9)
-    out = base * pred * point_pred * obs
-    if filtered_level is not None:
+    out = hv.Curve((x[lo:hi], y[lo:hi]), "time", label, label="observed").opts(color="#888888")
+    if predicted is not None:
+        out = out * hv.ErrorBars([(x[t], predicted, BAND_Z * innov_sd)], "time", [label, "err"]).opts(
+            color="#e07b39", line_width=3) * hv.Scatter([(x[t], predicted)], "time", label,
+                                                        label="predicted ŷ_t").opts(color="#e07b39", size=10,
+                                                                                    marker="diamond")
+    if np.isfinite(y[t]):
+        out = out * hv.Scatter([(x[t], y[t])], "time", label, label="y_t").opts(color="black", size=9)
+    if filtered_level is not None and np.isfinite(filtered_level):
         out = out * hv.Scatter([(x[t], filtered_level)], "time", label, label="posterior level").opts(
             color="#2a7ab0", size=9, marker="square")
     return out.opts(**_OPTS, legend_position="top_left", title=f"step t = {t}")

@@ -46,9 +46,9 @@ class BayesFitView(pn.viewable.Viewer):
     def __init__(self, **params):
         super().__init__(**params)
         m, w = self.model, pn.widgets
-        self._map = w.Button(name="MAP fit", button_type="primary")
-        self._nuts = w.Button(name="Run NUTS", button_type="primary")
-        self._cancel = w.Button(name="Cancel", button_type="warning", disabled=True)
+        self._map = w.Button(label="MAP fit", color="primary")
+        self._nuts = w.Button(label="Run NUTS", color="primary")
+        self._cancel = w.Button(label="Cancel", color="warning", disabled=True)
         self._map.on_click(lambda _: m.run_map())
         self._nuts.on_click(lambda _: m.run_nuts())
         self._cancel.on_click(lambda _: m.cancel())
@@ -174,7 +174,7 @@ class ForecastView(pn.viewable.Viewer):
         self._status = pn.pane.Alert("", visible=False, sizing_mode="stretch_width")
         m.param.watch(self._on_status, ["status", "message"])
         self._on_status()
-        steps = pn.widgets.IntSlider.from_param(m.param.steps, name="Steps ahead", start=1, end=120, width=300)
+        steps = pn.widgets.IntSlider.from_param(m.param.steps, label="Steps ahead", start=1, end=120, width=300)
         self._layout = pn.Column("## Forecast", steps, self._status, pn.panel(self._plot),
                                  sizing_mode="stretch_width", css_classes=["fit-forecast"])
 

@@ -22,33 +22,33 @@ class ModelView(pn.viewable.Viewer):
     def __init__(self, **params):
         super().__init__(**params)
         m = self.model
-        add = pn.widgets.Button(name="Add seasonal", button_type="default")
+        add = pn.widgets.Button(label="Add seasonal", color="default")
         add.on_click(lambda _: m.add_seasonal())
         w = pn.widgets
         self._layout = pn.Row(
             pn.Column(
                 "### Level and noise",
-                w.Select.from_param(m.param.level, name="Level / trend"),
-                w.Checkbox.from_param(m.param.irregular, name="Irregular (measurement) noise"),
+                w.Select.from_param(m.param.level, label="Level / trend"),
+                w.Checkbox.from_param(m.param.irregular, label="Irregular (measurement) noise"),
                 self._problem("level"),
                 "### Seasonals",
                 pn.panel(self._seasonals),
                 add,
                 self._problem("seasonal"),
                 "### Cycle",
-                w.Checkbox.from_param(m.param.cycle, name="Include a cycle"),
-                pn.Row(w.FloatInput.from_param(m.param.cycle_period_low, name="Shortest period", width=130),
-                       w.FloatInput.from_param(m.param.cycle_period_high, name="Longest period", width=130)),
-                pn.Row(w.Checkbox.from_param(m.param.cycle_damped, name="Damped"),
-                       w.Checkbox.from_param(m.param.cycle_stochastic, name="Stochastic")),
+                w.Checkbox.from_param(m.param.cycle, label="Include a cycle"),
+                pn.Row(w.FloatInput.from_param(m.param.cycle_period_low, label="Shortest period", width=130),
+                       w.FloatInput.from_param(m.param.cycle_period_high, label="Longest period", width=130)),
+                pn.Row(w.Checkbox.from_param(m.param.cycle_damped, label="Damped"),
+                       w.Checkbox.from_param(m.param.cycle_stochastic, label="Stochastic")),
                 self._problem("cycle"),
                 "### Autoregressive",
-                w.IntInput.from_param(m.param.ar_order, name="AR order", width=130),
+                w.IntInput.from_param(m.param.ar_order, label="AR order", width=130),
                 self._problem("ar"),
                 "### Regression",
                 choice_widget(w.MultiChoice, m, "regression_columns", m.data.column_label,
-                              name="Columns (choose regressors on the Data tab)"),
-                w.Select.from_param(m.param.regression_mode, name="Coefficients"),
+                              label="Columns (choose regressors on the Data tab)"),
+                w.Select.from_param(m.param.regression_mode, label="Coefficients"),
                 self._problem("regression"),
                 self._problem("spec"),
                 "### Priors",
@@ -91,13 +91,13 @@ class ModelView(pn.viewable.Viewer):
         for i, s in enumerate(m.seasonals):
             value = s["period"]   # as typed: it may be empty (None) or invalid, and the message says so
             value = float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-            period = pn.widgets.FloatInput(name="Period", value=value, width=90)
-            form = pn.widgets.Select(name="Form", options=list(SEASONAL_FORMS), value=s["form"], width=90)
+            period = pn.widgets.FloatInput(label="Period", value=value, width=90)
+            form = pn.widgets.Select(label="Form", options=list(SEASONAL_FORMS), value=s["form"], width=90)
             default_harmonics = max(1, int(value // 2)) if value is not None and 2 <= value < 1e12 else None
-            harm = pn.widgets.IntInput(name="Harmonics", value=s.get("harmonics") or default_harmonics, width=90,
+            harm = pn.widgets.IntInput(label="Harmonics", value=s.get("harmonics") or default_harmonics, width=90,
                                        disabled=s["form"] != "trig")
-            stoch = pn.widgets.Checkbox(name="Stochastic", value=s["stochastic"])
-            remove = pn.widgets.Button(name="Remove", width=80)
+            stoch = pn.widgets.Checkbox(label="Stochastic", value=s["stochastic"])
+            remove = pn.widgets.Button(label="Remove", width=80)
             period.param.watch(lambda e, i=i: m.update_seasonal(i, period=e.new), "value")
             form.param.watch(lambda e, i=i: m.update_seasonal(
                 i, form=e.new, harmonics=None), "value")
@@ -120,11 +120,11 @@ class ModelView(pn.viewable.Viewer):
         """One parameter: its default (data-scaled), family and arguments to edit, the message if refused."""
         p = self.priors
         current, default = p.prior(name), p.defaults[name]
-        family = pn.widgets.Select(name=name, options=p.families, value=current["dist"], width=150)
-        args = {a: pn.widgets.TextInput(name=a, value=str(current.get(a, "auto")), width=110)
+        family = pn.widgets.Select(label=name, options=p.families, value=current["dist"], width=150)
+        args = {a: pn.widgets.TextInput(label=a, value=str(current.get(a, "auto")), width=110)
                 for a in p.arguments(current["dist"])}
-        apply = pn.widgets.Button(name="Apply", width=70)
-        reset = pn.widgets.Button(name="Default", width=70, disabled=name not in p.edits)
+        apply = pn.widgets.Button(label="Apply", width=70)
+        reset = pn.widgets.Button(label="Default", width=70, disabled=name not in p.edits)
 
         def number(text):
             try:
