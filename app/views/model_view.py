@@ -15,6 +15,20 @@ from ..viewmodels.priors_model import PriorsModel
 from .data_view import choice_widget
 
 
+# The code panes state their colours themselves. Panel's Markdown pane colours code with its own
+# stylesheet, but when its text changes it sends the page design's stylesheets again after that one,
+# and Bootstrap's `pre code { color: inherit }` then gives the code the page's near-black text colour on
+# the dark code background. Rules of the pane's own (applied last, and more specific) keep the text
+# colour, and lift the theme's three token colours that fall short of a 4.5:1 contrast on #263238
+# (comments 2.4, JSON keys 4.2, keywords 4.3) to lighter shades of the same hues (5.1, 5.3, 5.5).
+CODE_PANE_CSS = """
+.codehilite pre, .codehilite code { color: var(--code-text-color, #82aaff); }
+.codehilite :is(.c, .ch, .cm, .cp, .cpf, .c1, .cs, .go, .sd) { color: #90a4ae; }
+.codehilite :is(.gd, .gr, .gs, .gt, .nt) { color: #ff7a93; }
+.codehilite :is(.k, .kd, .kr, .kt, .na, .sa) { color: #c792ea; }
+"""
+
+
 class ModelView(pn.viewable.Viewer):
     model = param.ClassSelector(class_=SpecModel)
     priors = param.ClassSelector(class_=PriorsModel, default=None, allow_None=True)
@@ -75,7 +89,8 @@ class ModelView(pn.viewable.Viewer):
 
     def _code(self, name: str, lang: str, source=None) -> pn.pane.Markdown:
         source = source or self.model
-        pane = pn.pane.Markdown("", sizing_mode="stretch_width")
+        pane = pn.pane.Markdown("", sizing_mode="stretch_width", stylesheets=[CODE_PANE_CSS],
+                                css_classes=["model-code"])
 
         def update(*_):
             text = getattr(source, name)
