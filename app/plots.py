@@ -29,11 +29,15 @@ def band_area(x, lower, upper, name: str, label: str = "", **opts) -> hv.Area:
                    label=label).opts(line_alpha=0, **opts)
 
 
-def component_panel(x, mean, lower, upper, name: str, color: str, title: str) -> hv.Overlay:
-    """One component over time: its mean and its band, the y axis labelled with the component's name."""
-    return (band_area(x, lower, upper, name, color=color, alpha=0.25)
-            * hv.Curve((np.asarray(x), mean), "time", name, label=name).opts(color=color)).opts(
-        title=title, ylabel=name, **_OPTS)
+def component_panel(x, mean, lower, upper, name: str, color: str, title: str, y=None) -> hv.Overlay:
+    """One component over time: its mean and its band (and the observations `y`, when given), the
+    y axis labelled with the component's name."""
+    x = np.asarray(x)
+    out = band_area(x, lower, upper, name, color=color, alpha=0.25) * hv.Curve((x, mean), "time", name,
+                                                                                label=name).opts(color=color)
+    if y is not None:
+        out = hv.Scatter((x, y), "time", name, label="observed").opts(color="black", size=3) * out
+    return out.opts(title=title, ylabel=name, legend_position="top_left", **_OPTS)
 
 
 def decomposition_plot(index: pd.Index, y: np.ndarray, label: str,

@@ -20,12 +20,8 @@ def band_plot(index, y, label, components) -> hv.Layout:
     x = np.asarray(index)
     panels = []
     for name, band in components.items():
-        p = component_panel(x, band.mean, band.lower, band.upper, name, "#e07b39",
-                            f"{name}: posterior mean and {BAND_LABEL}")
-        if name == "level":
-            p = (hv.Scatter((x, y), "time", name, label="observed").opts(color="black", size=3) * p).opts(
-                legend_position="top_left")
-        panels.append(p)
+        panels.append(component_panel(x, band.mean, band.lower, band.upper, name, "#e07b39",
+                                      f"{name}: posterior mean and {BAND_LABEL}", y if name == "level" else None))
     return hv.Layout(panels).cols(1).opts(shared_axes=False)
 
 
