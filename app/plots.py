@@ -7,7 +7,12 @@ import holoviews.plotting.bokeh  # noqa: F401  (registers the Bokeh backend so .
 import numpy as np
 import pandas as pd
 
-BAND_Z = 1.959963984540054
+# One band convention for the whole app: central (equal-tailed) intervals of probability BAND_PROB,
+# from the 2.5% to the 97.5% quantile. For a Gaussian (the quick fit's smoothed states, one-step
+# predictions) that is mean ± BAND_Z sd; for posterior mixtures and forecasts, the mixture's quantiles.
+BAND_PROB = 0.95
+BAND_Z = 1.959963984540054   # the standard normal's 97.5% quantile
+BAND_LABEL = "95% interval"  # how every band is named on the page
 _OPTS = dict(responsive=True, height=260, show_grid=True, tools=["hover"])
 
 
@@ -16,45 +21,87 @@ def series_plot(index: pd.Index, y: np.ndarray, label: str) -> hv.Curve:
     return hv.Curve((np.asarray(index), y), "time", label, label=label).opts(**_OPTS, color="#1f4e79")
 
 
-def _band(index, mean, sd, color) -> hv.Area:
-    x = np.asarray(index)
-    return hv.Area((x, mean - BAND_Z * sd, mean + BAND_Z * sd), "time", vdims=["lower", "upper"]).opts(
-        color=color, alpha=0.25, line_alpha=0)
+def band_area(x, lower, upper, name: str, label: str = "", **opts) -> hv.Area:
+    """A band from `lower` to `upper` on the axis of `name` (its value dimensions are `name` and
+    `name` (upper), so the axis it shares with the curve of `name` is labelled `name`); `label`
+    names it in a legend."""
+    return hv.Area((np.asarray(x), lower, upper), "time", vdims=[hv.Dimension(name), hv.Dimension(f"{name} (upper)")],
+                   label=label).opts(line_alpha=0, **opts)
+
+
+def component_panel(x, mean, lower, upper, name: str, color: str, title: str, y=None) -> hv.Overlay:
+    """One component over time: its mean and its band (and the observations `y`, when given), the
+    y axis labelled with the component's name."""
+    x = np.asarray(x)
+    out = band_area(x, lower, upper, name, color=color, alpha=0.25) * hv.Curve((x, mean), "time", name,
+                                                                                label=name).opts(color=color)
+    if y is not None:
+        out = hv.Scatter((x, y), "time", name, label="observed").opts(color="black", size=3) * out
+    return out.opts(title=title, ylabel=name, legend_position="top_left", **_OPTS)
 
 
 def decomposition_plot(index: pd.Index, y: np.ndarray, label: str,
                        components: dict[str, tuple[np.ndarray, np.ndarray]]) -> hv.Layout:
-    """Observed series with the smoothed level, then one panel per component, each with a 95% band."""
+    """Observed series with the smoothed level, then one panel per component (the engine's names:
+    `trend` is the slope of a local linear trend), each with its 95% equal-tailed band."""
     x = np.asarray(index)
     panels = []
     level = components.get("level")
     top = hv.Scatter((x, y), "time", label, label="observed").opts(color="black", size=3)
     if level is not None:
-        top = top * _band(index, *level, "#e07b39") * hv.Curve((x, level[0]), "time", label,
-                                                               label="level (smoothed)").opts(color="#e07b39")
-    panels.append(top.opts(title=f"{label}: observed and smoothed level", **_OPTS, legend_position="top_left"))
+        mean, sd = level
+        top = (top * band_area(x, mean - BAND_Z * sd, mean + BAND_Z * sd, label, color="#e07b39", alpha=0.25)
+               * hv.Curve((x, mean), "time", label, label="level (smoothed)").opts(color="#e07b39"))
+    panels.append(top.opts(title=f"{label}: observed and smoothed level ({BAND_LABEL})", ylabel=label, **_OPTS,
+                           legend_position="top_left"))
     for name, (mean, sd) in components.items():
         if name == "level":
             continue
-        title = "slope" if name == "trend" else name
-        panels.append((_band(index, mean, sd, "#2a7ab0") * hv.Curve((x, mean), "time", title).opts(
-            color="#2a7ab0")).opts(title=f"{title} (smoothed, 95% band)", **_OPTS))
+        panels.append(component_panel(x, mean, mean - BAND_Z * sd, mean + BAND_Z * sd, name, "#2a7ab0",
+                                      f"{name}: smoothed, {BAND_LABEL}"))
     return hv.Layout(panels).cols(1).opts(shared_axes=False)
 
 
-def learn_plot(index: pd.Index, y: np.ndarray, label: str, t: int, predicted: float, innov_sd: float,
+def forest_plot(draws: dict[str, np.ndarray]):
+    """Each parameter's posterior median with its 50% and 95% equal-tailed intervals, one row per
+    parameter (named on the y axis), over all chains' draws. A Bokeh figure, as ArviZ's plots are."""
+    from bokeh.models import HoverTool
+    from bokeh.plotting import ColumnDataSource, figure
+
+    names = list(draws)
+    q = np.array([np.quantile(np.asarray(draws[n], dtype=float).ravel(),
+                              [(1 - BAND_PROB) / 2, 0.25, 0.5, 0.75, (1 + BAND_PROB) / 2]) for n in names])
+    source = ColumnDataSource({"parameter": names, "lo95": q[:, 0], "lo50": q[:, 1], "median": q[:, 2],
+                               "hi50": q[:, 3], "hi95": q[:, 4]})
+    fig = figure(y_range=names[::-1], height=60 + 36 * len(names), sizing_mode="stretch_width",
+                 title=f"posterior median, 50% and {BAND_LABEL}s", tools="pan,wheel_zoom,box_zoom,reset,save",
+                 x_axis_label="value", y_axis_label="parameter")
+    fig.segment("lo95", "parameter", "hi95", "parameter", source=source, line_width=2, color="#1f77b4")
+    fig.segment("lo50", "parameter", "hi50", "parameter", source=source, line_width=7, color="#1f77b4")
+    fig.scatter("median", "parameter", source=source, size=9, color="white", line_color="#1f77b4", line_width=2)
+    fig.add_tools(HoverTool(tooltips=[("parameter", "@parameter"), ("median", "@median"),
+                                      ("50%", "@lo50 to @hi50"), ("95%", "@lo95 to @hi95")]))
+    return fig
+
+
+def learn_plot(index: pd.Index, y: np.ndarray, label: str, t: int, predicted: float | None, innov_sd: float | None,
                filtered_level: float | None) -> hv.Overlay:
-    """The series up to t+window with the step's predicted observation ± 2 sd and the observation."""
+    """The series around t with the step's predicted observation ± BAND_Z sd and the observation.
+
+    Only what exists is drawn: no prediction on a diffuse step (its variance is infinite: pass
+    None), no point for a missing y_t. An element of NaNs alone would leave HoloViews computing its
+    range over an all-NaN slice (a RuntimeWarning in the server's log for every step shown)."""
     x = np.asarray(index)
     lo, hi = max(0, t - 30), min(len(y), t + 10)
-    base = hv.Curve((x[lo:hi], y[lo:hi]), "time", label, label="observed").opts(color="#888888")
-    pred = hv.ErrorBars([(x[t], predicted, BAND_Z * innov_sd if np.isfinite(innov_sd) else 0.0)],
-                        "time", [label, "err"]).opts(color="#e07b39", line_width=3)
-    point_pred = hv.Scatter([(x[t], predicted)], "time", label, label="predicted ŷ_t").opts(
-        color="#e07b39", size=10, marker="diamond")
-    obs = hv.Scatter([(x[t], y[t])], "time", label, label="y_t").opts(color="black", size=9)
-    out = base * pred * point_pred * obs
-    if filtered_level is not None:
+    out = hv.Curve((x[lo:hi], y[lo:hi]), "time", label, label="observed").opts(color="#888888")
+    if predicted is not None:
+        out = out * hv.ErrorBars([(x[t], predicted, BAND_Z * innov_sd)], "time", [label, "err"]).opts(
+            color="#e07b39", line_width=3) * hv.Scatter([(x[t], predicted)], "time", label,
+                                                        label="predicted ŷ_t").opts(color="#e07b39", size=10,
+                                                                                    marker="diamond")
+    if np.isfinite(y[t]):
+        out = out * hv.Scatter([(x[t], y[t])], "time", label, label="y_t").opts(color="black", size=9)
+    if filtered_level is not None and np.isfinite(filtered_level):
         out = out * hv.Scatter([(x[t], filtered_level)], "time", label, label="posterior level").opts(
             color="#2a7ab0", size=9, marker="square")
     return out.opts(**_OPTS, legend_position="top_left", title=f"step t = {t}")

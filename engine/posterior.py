@@ -70,14 +70,19 @@ def _components_over_draws(spec, theta, y, x):
 
 
 def posterior_components(spec, posterior, y, exog=None, *, hdi_prob: float = 0.94,
-                         max_draws: int = 500, seed: int = 0) -> dict[str, Band]:
-    """Smoothed components (level, trend, seasonal_…, cycle, …) with posterior means and HDIs."""
+                         max_draws: int = 500, seed: int = 0, equal_tailed: bool = False) -> dict[str, Band]:
+    """Smoothed components (level, trend, seasonal_…, cycle, …) with posterior means and HDIs
+    (with `equal_tailed`, the central interval of probability `hdi_prob` instead: the mixture's
+    (1 ∓ hdi_prob)/2 quantiles, as `posterior_forecast` bands are)."""
     spec, _, y, x = prepare_inputs(spec, np.zeros(len(param_names(as_spec(spec)))), y, exog)
     theta = jnp.asarray(posterior_matrix(spec, posterior, max_draws, seed))
     comps = jax.device_get(_components_over_draws(spec, theta, y, x))
     out = {}
     for name, (mean, var) in comps.items():
-        lo, hi = mixture_hdi(np.asarray(mean), np.asarray(var), hdi_prob)
+        if equal_tailed:
+            lo, hi = mixture_quantiles(np.asarray(mean), np.asarray(var), [(1 - hdi_prob) / 2, (1 + hdi_prob) / 2])
+        else:
+            lo, hi = mixture_hdi(np.asarray(mean), np.asarray(var), hdi_prob)
         out[name] = Band(np.asarray(mean).mean(axis=0), lo, hi)
     return out
 

@@ -16,6 +16,16 @@ NO_TIME = "(row number)"
 UPLOAD = "(uploaded file)"
 
 
+def series_titles(dataset: str) -> dict[str, str]:
+    """Column id → title from a shipped dataset's titles file (the catalogue's `series_titles`; empty
+    when it has none), e.g. the BLS series ids of us_employment → their industries."""
+    name = catalogue_entry(dataset).get("series_titles")
+    if not name:
+        return {}
+    titles = pd.read_csv(DATASETS_DIR / name, dtype=str)
+    return dict(zip(titles["series"], titles["title"]))
+
+
 def _read(raw: bytes, source: str, **options) -> pd.DataFrame:
     """`read_table` within the upload limit, any failure a DataError: a bug in the parser is logged,
     and the page says so instead of losing the session's data."""
@@ -51,6 +61,8 @@ class DataModel(param.Parameterized):
                                 doc="Why the current column choice cannot be used; nothing is fitted until it is fixed")
     notice = param.String(default="")
     suggested_spec = param.Dict(default=None, allow_None=True)
+    column_titles = param.Dict(default={}, constant=True,
+                               doc="Column → title, for columns whose name is a code (a shipped dataset's ids)")
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -87,7 +99,7 @@ class DataModel(param.Parameterized):
         if not self._load(raw, source=self.dataset, time_column=entry["time_column"], freq=entry["frequency"],
                           target=entry["target"], exog=list(entry["exog"]),
                           log=entry.get("transform") == "log", description=entry.get("description", ""),
-                          suggested=entry.get("suggested_spec")):
+                          suggested=entry.get("suggested_spec"), titles=series_titles(self.dataset)):
             self.dataset = self._loaded
             return
         self._loaded = self.dataset
@@ -97,7 +109,7 @@ class DataModel(param.Parameterized):
         if raw is None:
             return False
         ok = self._load(raw, source=filename, time_column=None, freq=None, target=None, exog=[],
-                        log=False, description=f"Uploaded file {filename}", suggested=None)
+                        log=False, description=f"Uploaded file {filename}", suggested=None, titles={})
         if ok:
             self._uploaded(lambda: self.load_upload(raw, filename))
         return ok
@@ -106,7 +118,7 @@ class DataModel(param.Parameterized):
                    description: str = "", suggested: dict | None = None) -> None:
         """Load an already parsed table (e.g. one series of a fleet); there are no bytes to re-read."""
         self._raw, self._freq, self._parsed_with = None, frame.attrs.get("freq"), None
-        self._set_frame(frame, source, target, [], log)
+        self._set_frame(frame, source, target, [], log, {})
         self.description = description
         self.suggested_spec = None  # so that the same suggested spec is loaded into the Model tab again
         self.suggested_spec = suggested
@@ -119,7 +131,7 @@ class DataModel(param.Parameterized):
         self._loaded = UPLOAD
         self.dataset = UPLOAD
 
-    def _load(self, raw, *, source, time_column, freq, target, exog, log, description, suggested) -> bool:
+    def _load(self, raw, *, source, time_column, freq, target, exog, log, description, suggested, titles) -> bool:
         """Parse and show a table; a failure is shown and leaves the loaded data as it was."""
         try:
             frame = _read(raw, source, time_column=time_column, freq=freq, sort=self.sort_rows)
@@ -129,12 +141,12 @@ class DataModel(param.Parameterized):
             return False
         self._raw, self._freq = raw, freq
         self._parsed_with = (frame.attrs.get("time_column") or NO_TIME, bool(self.sort_rows))
-        self._set_frame(frame, source, target, exog, log)
+        self._set_frame(frame, source, target, exog, log, titles)
         self.description = description
         self.suggested_spec = suggested
         return True
 
-    def _set_frame(self, frame: pd.DataFrame, source: str, target=None, exog=(), log=None):
+    def _set_frame(self, frame: pd.DataFrame, source: str, target=None, exog=(), log=None, titles=None):
         time_col = frame.attrs.get("time_column")
         values = [c for c in frame.columns if c != time_col]
         self._reparse_error = ""
@@ -145,6 +157,8 @@ class DataModel(param.Parameterized):
             with param.edit_constant(self):
                 self.frame = frame
                 self.source = source
+                if titles is not None:
+                    self.column_titles = {c: t for c, t in titles.items() if c in values}
             self.time_column = time_col or NO_TIME
             self.target = target if target in values else values[0]
             self.exog = [c for c in exog if c in values and c != self.target]
@@ -212,6 +226,19 @@ class DataModel(param.Parameterized):
             with np.errstate(invalid="ignore", divide="ignore"):
                 y = np.log(y)
         return y
+
+    def column_label(self, column: str) -> str:
+        """How a column is offered in the page: 'title (id)' when the column's name is a code with a
+        title, else the name itself."""
+        title = self.column_titles.get(column)
+        return f"{title} ({column})" if title else str(column)
+
+    def table_bytes(self) -> bytes | None:
+        """The loaded table as CSV bytes that `load_upload` reads back to the same table: the bytes
+        that were parsed, or an already parsed table written out (None when nothing is loaded)."""
+        if self._raw is not None:
+            return self._raw
+        return None if self.frame is None else self.frame.to_csv(index=False).encode()
 
     @property
     def target_label(self) -> str:

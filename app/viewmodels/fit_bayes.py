@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tempfile
 import threading
 from concurrent.futures import Future
@@ -20,6 +21,7 @@ import param
 import engine
 from engine.spec import ModelSpec
 
+from ..plots import BAND_PROB
 from ..workers import SessionWorker
 from .data_model import DataModel
 from .priors_model import PriorsModel
@@ -59,8 +61,18 @@ class BayesResult:
         return f"NUTS posterior (S = {n} draws)" if self.method == "nuts" else f"MAP, Laplace draws (S = {n})"
 
 
+def code_names(text: str, names) -> str:
+    """`text` for a Markdown pane with each parameter name in `names` set as code: a name such as
+    `sigma2.ar` otherwise reads as a web address and becomes a link."""
+    names = sorted({str(n) for n in names}, key=len, reverse=True)
+    if not names:
+        return text
+    pattern = re.compile(r"(?<![\w.`])(" + "|".join(map(re.escape, names)) + r")(?![\w`])")
+    return pattern.sub(lambda m: f"`{m.group(1)}`", text)
+
+
 def _products(spec, draws, y, exog):
-    return (engine.posterior_components(spec, draws, y, exog),
+    return (engine.posterior_components(spec, draws, y, exog, hdi_prob=BAND_PROB, equal_tailed=True),
             engine.predictive_residuals(spec, draws, y, exog, max_draws=500))
 
 
@@ -208,7 +220,7 @@ class BayesFitModel(param.Parameterized):
         extra = {"posterior": result.idata} if result.method == "nuts" else {}
         if result.method == "nuts":
             d = result.diagnosis
-            msg = f"NUTS finished: {d.verdict}."
+            msg = f"NUTS finished: {code_names(d.verdict, result.summary['parameter'])}."
         else:
             msg = "MAP fit finished (bands from its Laplace approximation)."
         self._set(result=result, status="done", progress=100 if result.method == "nuts" else self.progress,

@@ -28,38 +28,51 @@ KINDS = {0: "missing", 1: "standard", 2: "diffuse"}
 COMPONENT_COLUMNS = ["component", "prior mean", "prior sd", "share of innovation", "posterior mean", "posterior sd"]
 log = logging.getLogger("streamssm.app")
 
+# What each quantity is, per step kind ("standard", "diffuse", "missing"); a kind's own text replaces
+# the standard one where the exact diffuse filter computes something else.
 EXPLANATIONS = {
     "prior": "**Prior state** a_t, P_t: what the model believes about each component before seeing y_t "
              "(the previous posterior pushed one step through the transition, plus the state noise).",
     "predicted": "**Predicted observation** ŷ_t = Z a_t + d_t, with variance F_t = Z P_t Zᵀ + H: "
-                 "the sum of the components' predictions plus the measurement noise H.",
-    "innovation": "**Innovation** v_t = y_t − ŷ_t: the surprise. Its log-density under N(0, F_t) is this "
-                  "step's contribution to the log-likelihood.",
+                 "the sum of the components' predictions plus the measurement noise H, so F_t ≥ H.",
+    "innovation": "**Innovation** v_t = y_t − ŷ_t: the surprise. Its log-density under N(0, F_t), "
+                  "−½(log 2π + log F_t + v_t² / F_t), is this step's contribution to the log-likelihood.",
     "gain": "**Kalman gain** K_t = P_t Zᵀ / F_t: how much of the surprise each state absorbs. Components "
             "that are more uncertain (or whose noise variance is larger) take a larger share; "
             "Z K_t = 1 − H / F_t of it in all.",
     "posterior": "**Posterior** a_{t|t} = a_t + K_t v_t, P_{t|t} = P_t − K_t F_t K_tᵀ: the belief after "
                  "y_t, with less uncertainty than the prior.",
-    "diffuse": "**Diffuse step**: some state still has an infinite (flat) prior, so this observation pins "
-               "it down exactly; the gain is K = P∞ Zᵀ / (Z P∞ Zᵀ) and the step adds no likelihood term.",
-    "missing": "**Missing observation**: nothing to learn, so the posterior equals the prior and the "
-               "uncertainty keeps growing.",
+    "diffuse": "**Diffuse step**: some state the observation sees still has an infinite (flat) prior. Its "
+               "prior covariance is P_t = κ P∞_t + P\\*_t with κ → ∞, so the predictive variance "
+               "F_t = κ F∞_t + F\\*_t has a diffuse part F∞_t = Z P∞_t Zᵀ > 0 and a finite part "
+               "F\\*_t = Z P\\*_t Zᵀ + H. The exact diffuse filter takes the limit κ → ∞.",
+    "diffuse predicted": "**Predicted observation** ŷ_t = Z a_t + d_t: only the finite part of the prior "
+                         "predicts; its variance is infinite (F∞_t > 0), so it is not drawn.",
+    "diffuse innovation": "**Innovation** v_t = y_t − ŷ_t. Under an infinite variance every value of y_t is "
+                          "equally likely, so v_t does not enter the likelihood: this step contributes "
+                          "−½(log 2π + log F∞_t), from the diffuse part F∞_t alone (the exact diffuse "
+                          "likelihood of Durbin & Koopman 2012).",
+    "diffuse gain": "**Kalman gain** K_t = P∞_t Zᵀ / F∞_t: the observation pins down the flat direction of "
+                    "the state, so Z K_t = 1: all of the surprise goes to the states, none to the noise.",
+    "diffuse posterior": "**Posterior** a_{t|t} = a_t + K_t v_t, with P∞ reduced by P∞_t Zᵀ Z P∞_t / F∞_t: "
+                         "one flat direction fewer. Once P∞ is zero, every later step is a standard one.",
+    "missing": "**Missing observation**: nothing to learn, so the posterior equals the prior, the step "
+               "contributes 0 to the log-likelihood and the uncertainty keeps growing.",
 }
-
-
 @dataclass(frozen=True)
 class FilterStep:
     """Every quantity of one filter step, for one time index t."""
 
     t: int
     time: object
-    kind: str
+    kind: str               # "standard", "diffuse" (F∞_t > 0) or "missing", as the engine's filter took it
     y: float
     predicted: float        # ŷ_t
-    innov_var: float        # F_t (F∞_t on diffuse steps)
+    innov_var: float        # F*_t = Z P*_t Zᵀ + H: the whole F_t on a standard step, its finite part on a diffuse one
+    diffuse_var: float      # F∞_t = Z P∞_t Zᵀ: > 0 on a diffuse step, 0 once no state is diffuse
     innovation: float       # v_t
     obs_var: float          # H
-    loglik: float
+    loglik: float           # the engine's log-likelihood term of this step (`FilterResult.loglik_terms`)
     prior_mean: np.ndarray      # (state,)
     prior_cov: np.ndarray       # (state, state)
     gain: np.ndarray            # (state,)
@@ -69,7 +82,8 @@ class FilterStep:
 
 
 def _component_selectors(lay, design_t: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    """(label, vector s) such that s·α is the component's contribution (or the slope state)."""
+    """(label, vector s) such that s·α is the component's contribution, or for `trend` (the engine's
+    and statsmodels' name for the slope of a local linear trend) the slope state."""
     out = []
     for name, start, k, _, _ in lay.blocks:
         if name == "unused":
@@ -78,9 +92,9 @@ def _component_selectors(lay, design_t: np.ndarray) -> list[tuple[str, np.ndarra
         sel[start:start + k] = design_t[start:start + k]
         out.append((name, sel))
         if name == "level" and k == 2:
-            slope = np.zeros(lay.n_states)
-            slope[start + 1] = 1.0
-            out.append(("slope", slope))
+            trend = np.zeros(lay.n_states)
+            trend[start + 1] = 1.0
+            out.append(("trend", trend))
     return out
 
 
@@ -99,12 +113,11 @@ def filter_step(spec: ModelSpec, params: dict, y: np.ndarray, exog, result: engi
     a_post, P_post = np.asarray(result.filtered_mean[t]), np.asarray(result.filtered_cov[t])
     kind = KINDS[int(result.kind[t])]
     v = float(result.innovation[t])
-    F = float(result.innov_var[t])
+    F, F_diffuse = float(result.innov_var[t]), float(result.diffuse_var[t])
     if kind == "standard":
         gain = P @ Z / F
     elif kind == "diffuse":
-        F = float(Z @ Pinf @ Z)
-        gain = Pinf @ Z / F
+        gain = Pinf @ Z / F_diffuse
     else:
         gain = np.zeros_like(a)
     rows = []
@@ -118,7 +131,7 @@ def filter_step(spec: ModelSpec, params: dict, y: np.ndarray, exog, result: engi
     if spec.regression is not None and spec.regression.coefficients == "parameters":
         rows.append({"component": "regression", "prior mean": d, "prior sd": 0.0, "share of innovation": 0.0,
                      "posterior mean": d, "posterior sd": 0.0})
-    return FilterStep(t, None if index is None else index[t], kind, float(y[t]), float(Z @ a + d), F, v, H,
+    return FilterStep(t, None if index is None else index[t], kind, float(y[t]), float(Z @ a + d), F, F_diffuse, v, H,
                       float(result.loglik_terms[t]), a, P, gain, a_post, P_post,
                       pd.DataFrame(rows, columns=COMPONENT_COLUMNS))   # the columns even with no component
 
@@ -294,7 +307,31 @@ class LearnModel(param.Parameterized):
     def explanation(self) -> str:
         """The texts for this step's kind, in the order the quantities are computed."""
         kind = self.step.kind if self.step else "standard"
-        keys = ["prior", "predicted", "innovation", "gain", "posterior"]
-        if kind != "standard":
-            keys.insert(0, kind)
+        if kind == "diffuse":
+            keys = ["diffuse", "prior", "diffuse predicted", "diffuse innovation", "diffuse gain",
+                    "diffuse posterior"]
+        elif kind == "missing":
+            keys = ["missing", "prior", "predicted"]
+        else:
+            keys = ["prior", "predicted", "innovation", "gain", "posterior"]
         return "\n\n".join(EXPLANATIONS[k] for k in keys)
+
+    def summary_rows(self) -> list[tuple[str, float]]:
+        """(quantity, value) rows of this step's table, as the engine computed them: on a diffuse step
+        both parts of the predictive variance, on a standard one F_t itself (F∞_t is 0 there)."""
+        s = self.step
+        if s is None:
+            return []
+        rows = [("observation y_t", s.y), ("predicted observation ŷ_t", s.predicted)]
+        if s.kind == "diffuse":
+            rows += [("diffuse predictive variance F∞_t = Z P∞_t Zᵀ", s.diffuse_var),
+                     ("finite predictive variance F*_t = Z P*_t Zᵀ + H", s.innov_var)]
+        else:
+            rows += [("predictive variance F_t = Z P_t Zᵀ + H", s.innov_var)]
+        if s.kind != "missing":
+            rows += [("innovation v_t", s.innovation)]
+        rows += [("measurement variance H", s.obs_var)]
+        term = {"diffuse": "log-likelihood term −½(log 2π + log F∞_t)",
+                "standard": "log-likelihood term −½(log 2π + log F_t + v_t²/F_t)",
+                "missing": "log-likelihood term (none: y_t is missing)"}[s.kind]
+        return rows + [(term, s.loglik)]

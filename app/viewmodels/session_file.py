@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -98,6 +99,35 @@ def _npz(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
+NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}   # as JavaScript spells them
+
+
+def _strict_json(value):
+    """`value` with every non-finite float written as its name in NON_FINITE: JSON has no NaN or
+    infinity (Python's json writes bare NaN, which other readers refuse); `_number` reads them back."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
+
+
+def _number(value, what: str) -> float:
+    """A number of session.json: a JSON number, or a non-finite one written by `_strict_json`."""
+    if isinstance(value, str) and value in NON_FINITE:
+        return NON_FINITE[value]
+    _need(isinstance(value, (int, float)) and not isinstance(value, bool), f"{MANIFEST}: {what} must be a number, "
+                                                                             f"not {value!r}")
+    return float(value)
+
+
+def _numbers(values, what: str) -> dict[str, float]:
+    _need(isinstance(values, dict), f"{MANIFEST}: {what} must map parameter names to numbers")
+    return {k: _number(v, f"{what}[{k!r}]") for k, v in values.items()}
+
+
 def pack(bundle: SessionBundle) -> bytes:
     """The bundle as a .zip archive (see the module docstring for its files)."""
     files: dict[str, bytes] = {}
@@ -126,7 +156,7 @@ def pack(bundle: SessionBundle) -> bytes:
                 "files": sorted(files)}
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as z:
-        z.writestr(MANIFEST, json.dumps(manifest, indent=2))
+        z.writestr(MANIFEST, json.dumps(_strict_json(manifest), indent=2, allow_nan=False))
         for name, content in files.items():
             z.writestr(name, content)
     return out.getvalue()
@@ -170,9 +200,12 @@ def unpack(content: bytes) -> SessionBundle:
             except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:   # e.g. a CRC mismatch
                 raise SessionFileError(f"{name} in the archive is damaged ({exc})") from None
 
+        def bare(name):
+            raise ValueError(f"bare {name} is not JSON")
+
         try:
-            manifest = json.loads(read(MANIFEST).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            manifest = json.loads(read(MANIFEST).decode("utf-8"), parse_constant=bare)
+        except (UnicodeDecodeError, ValueError) as exc:   # JSONDecodeError is a ValueError
             raise SessionFileError(f"{MANIFEST} is not valid JSON ({exc})") from None
         _need(isinstance(manifest, dict) and manifest.get("format") == FORMAT,
               f"{MANIFEST} does not describe a StreamSSM session")
@@ -202,6 +235,9 @@ def unpack(content: bytes) -> SessionBundle:
             _need(isinstance(quick, dict) and all(k in quick for k in QUICK_FIT_KEYS),
                   f"{MANIFEST}: the quick fit needs {list(QUICK_FIT_KEYS)}")
             _check_names(_spec(quick["spec"], "the quick fit's model"), quick["params"], "the quick fit")
+            quick = dict(quick, params=_numbers(quick["params"], "the quick fit's params"),
+                         se=_numbers(quick["se"], "the quick fit's se"),
+                         **{k: _number(quick[k], f"the quick fit's {k}") for k in ("loglik", "aic", "bic")})
 
         posterior = None
         if "posterior.nc" in listed:
@@ -223,7 +259,8 @@ def unpack(content: bytes) -> SessionBundle:
             except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
                 raise SessionFileError(f"map.npz could not be read ({exc})") from None
             _check_names(map_spec, draws, "the MAP fit's draws")
-            map_fit = {"spec": meta["spec"], "mode": meta["mode"], "draws": draws, "y": y, "exog": exog}
+            map_fit = {"spec": meta["spec"], "mode": _numbers(meta["mode"], "the MAP fit's mode"), "draws": draws,
+                       "y": y, "exog": exog}
 
         stream = manifest.get("stream") or {}
         _need(isinstance(stream, dict), f"{MANIFEST}: the stream settings must be a dict")
@@ -259,8 +296,7 @@ def data_choice(data: DataModel) -> tuple[dict, bytes | None]:
               "sort_rows": bool(data.sort_rows)}
     if not upload:
         return choice, None
-    raw = data._raw   # the uploaded bytes DataModel parsed; a table loaded already parsed is written out
-    return choice, raw if raw is not None else data.frame.to_csv(index=False).encode()
+    return choice, data.table_bytes()
 
 
 def apply_data(data: DataModel, choice: dict, raw: bytes | None) -> None:

@@ -28,6 +28,36 @@ def error_group(field: str) -> str:
     return {"autoregressive": "ar", "irregular": "level"}.get(head, head)
 
 
+def check_identifiable(spec: ModelSpec, n_observed: int) -> None:
+    """Refuse a model with more parameters than the observations can identify (ValueError naming the
+    field).
+
+    Every state whose starting value is unknown uses up one observation to pin that value down: the
+    states that start diffuse, and the p lags of an AR(p), whose first p values are what its
+    coefficients are regressed on (the conditional likelihood has n − p terms). The k parameters
+    must be estimated from the n_observed − u observations left; more than that leaves some of
+    them to the priors alone and the maximum likelihood undefined. The AR order, one parameter and
+    one unknown start per lag, is named (with the largest order that fits) when it is in the model.
+    """
+    k = len(param_names(spec))
+    unknown = sum(size for name, _, size, _, diffuse in engine.layout(spec).blocks
+                  if diffuse or name == "autoregressive")
+    left = n_observed - unknown
+    if k <= left:
+        return
+    why = (f"{n_observed} observed values, after one for each of the {unknown} states with an unknown start, "
+           f"leave {max(left, 0)} to estimate them from: the data cannot identify them")
+    if spec.ar_order:
+        other_k = k - spec.ar_order - 1                # without the AR's lags and sigma2.ar
+        other_unknown = unknown - spec.ar_order
+        largest = (n_observed - other_unknown - other_k - 1) // 2   # other_k + 1 + p <= n - other_u - p
+        fix = f"use an AR order of at most {largest}" if largest >= 1 else "remove the autoregressive part"
+        raise ValueError(f"spec field 'autoregressive.order': AR order {spec.ar_order} makes {k} parameters, "
+                         f"but {why}; {fix}, or a longer series")
+    raise ValueError(f"spec field 'spec': the model has {k} parameters, but {why}; use fewer components or a "
+                     "longer series")
+
+
 class SpecModel(param.Parameterized):
     """Widget-level choices for every part of the spec; `spec` is the parsed result or None."""
 
@@ -164,6 +194,7 @@ class SpecModel(param.Parameterized):
                     spec.check_length(len(self.data.frame))
                 except ValueError as exc:   # it numbers seasonals in the spec's order, not the widgets'
                     raise ValueError(self._widget_order(spec, str(exc))) from None
+                check_identifiable(spec, int(np.isfinite(self.data.y).sum()))
         except ValueError as exc:
             m = _FIELD.search(str(exc))
             errors[error_group(m.group(1)) if m else "spec"] = str(exc)

@@ -134,6 +134,35 @@ def error_alert(model: param.Parameterized, name: str = "error") -> pn.pane.Aler
     return alert
 
 
+def choice_widget(widget_type, model: param.Parameterized, parameter: str, option_label=None, **params):
+    """A Select-like widget bound two ways to the selector parameter `model.<parameter>`, whose options and
+    value always change together.
+
+    `widget_type.from_param` follows the parameter's objects and its value in two separate watchers:
+    when a model replaces both at once (a new table's columns and the column chosen in it), the widget
+    first sees options without its old value, falls back to the first option and writes that back to
+    the model, ending with the model and the page showing different columns. Here each change sets
+    options and value from the model's current state in one update. `option_label(option)` is what the page
+    shows for an option (the value stays the option itself); `params` go to the widget.
+    """
+    widget = widget_type(**params)
+
+    def show(*_):
+        objects = list(model.param[parameter].objects)
+        options = {option_label(o): o for o in objects} if option_label is not None else objects
+        widget.param.update(options=options, value=getattr(model, parameter))
+
+    def choose(event):
+        if event.new != getattr(model, parameter):
+            setattr(model, parameter, event.new)
+
+    model.param.watch(show, parameter)
+    model.param.watch(show, parameter, what="objects")
+    widget.param.watch(choose, "value")
+    show()
+    return widget
+
+
 class DataView(pn.viewable.Viewer):
     model = param.ClassSelector(class_=DataModel)
 
@@ -143,17 +172,19 @@ class DataView(pn.viewable.Viewer):
         self._upload = UploadBox(accept=".csv,text/csv", max_bytes=MAX_TABLE_BYTES, name="Upload a CSV")
         self._upload.param.watch(self._on_upload, "value")
         self._layout = pn.Column(
-            pn.Row(pn.widgets.Select.from_param(m.param.dataset, name="Dataset"),
+            pn.Row(pn.widgets.Select.from_param(m.param.dataset, label="Dataset"),
                    pn.Column(pn.pane.Markdown(f"**…or upload a CSV** (at most {format_size(MAX_TABLE_BYTES)})",
                                               margin=(0, 5)), self._upload)),
             error_alert(m),
             pn.pane.Markdown(m.param.description, sizing_mode="stretch_width"),
             pn.pane.Markdown(m.param.notice),
-            pn.Row(pn.widgets.Select.from_param(m.param.time_column, name="Time column"),
-                   pn.widgets.Select.from_param(m.param.target, name="Target"),
-                   pn.widgets.MultiChoice.from_param(m.param.exog, name="Regressors (exog)", width=320)),
-            pn.Row(pn.widgets.Checkbox.from_param(m.param.log_transform, name="Model log(target)"),
-                   pn.widgets.Checkbox.from_param(m.param.sort_rows, name="Sort rows by time")),
+            pn.Row(choice_widget(pn.widgets.Select, m, "time_column", label="Time column"),
+                   choice_widget(pn.widgets.Select, m, "target", m.column_label, label="Target",
+                                 css_classes=["data-target"]),
+                   choice_widget(pn.widgets.MultiChoice, m, "exog", m.column_label, label="Regressors (exog)",
+                                 width=320)),
+            pn.Row(pn.widgets.Checkbox.from_param(m.param.log_transform, label="Model log(target)"),
+                   pn.widgets.Checkbox.from_param(m.param.sort_rows, label="Sort rows by time")),
             pn.pane.HoloViews(self._plot, sizing_mode="stretch_width"),
             sizing_mode="stretch_width",
         )

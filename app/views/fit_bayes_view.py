@@ -11,20 +11,17 @@ import numpy as np
 import panel as pn
 import param
 
-from ..plots import _OPTS
-from ..viewmodels.fit_bayes import BayesFitModel, ForecastBands, ForecastModel
+from ..plots import _OPTS, BAND_LABEL, band_area, component_panel, forest_plot
+from ..viewmodels.fit_bayes import BayesFitModel, ForecastBands, ForecastModel, code_names
 
 
 def band_plot(index, y, label, components) -> hv.Layout:
-    """Observed series with each component's posterior mean and HDI band."""
+    """Observed series with each component's posterior mean and 95% equal-tailed band."""
     x = np.asarray(index)
     panels = []
     for name, band in components.items():
-        p = hv.Area((x, band.lower, band.upper), "time", vdims=["lower", "upper"]).opts(
-            color="#e07b39", alpha=0.3, line_alpha=0) * hv.Curve((x, band.mean), "time", name).opts(color="#e07b39")
-        if name == "level":
-            p = hv.Scatter((x, y), "time", name, label="observed").opts(color="black", size=3) * p
-        panels.append(p.opts(title=f"{name}: posterior mean and 94% HDI", **_OPTS))
+        panels.append(component_panel(x, band.mean, band.lower, band.upper, name, "#e07b39",
+                                      f"{name}: posterior mean and {BAND_LABEL}", y if name == "level" else None))
     return hv.Layout(panels).cols(1).opts(shared_axes=False)
 
 
@@ -45,9 +42,9 @@ class BayesFitView(pn.viewable.Viewer):
     def __init__(self, **params):
         super().__init__(**params)
         m, w = self.model, pn.widgets
-        self._map = w.Button(name="MAP fit", button_type="primary")
-        self._nuts = w.Button(name="Run NUTS", button_type="primary")
-        self._cancel = w.Button(name="Cancel", button_type="warning", disabled=True)
+        self._map = w.Button(label="MAP fit", color="primary")
+        self._nuts = w.Button(label="Run NUTS", color="primary")
+        self._cancel = w.Button(label="Cancel", color="warning", disabled=True)
         self._map.on_click(lambda _: m.run_map())
         self._nuts.on_click(lambda _: m.run_nuts())
         self._cancel.on_click(lambda _: m.cancel())
@@ -87,12 +84,13 @@ class BayesFitView(pn.viewable.Viewer):
         parts = []
         if r.diagnosis is not None:
             d = r.diagnosis
+            names = list(r.summary["parameter"])
             if not d.trustworthy:
-                reasons = "\n".join(f"- {x}" for x in d.reasons)
+                reasons = "\n".join(f"- {code_names(x, names)}" for x in d.reasons)
                 parts.append(pn.pane.Alert(f"**This fit is not trustworthy.** Do not use its estimates yet.\n\n"
                                            f"{reasons}", alert_type="danger", css_classes=["fit-untrustworthy"]))
             else:
-                parts.append(pn.pane.Alert(d.verdict, alert_type="success"))
+                parts.append(pn.pane.Alert(code_names(d.verdict, names), alert_type="success"))
             parts.append("### Diagnostics")
             cols = ["parameter", "mean", "sd", "r_hat", "ess_bulk", "ess_tail", "div_shift", "prior_quantile"]
             parts.append(pn.pane.DataFrame(r.summary[[c for c in cols if c in r.summary]], index=False,
@@ -124,8 +122,9 @@ class BayesFitView(pn.viewable.Viewer):
         _density_ranges(trace)
         out = [("Trace", pn.pane.Bokeh(grid(trace, width=420))),
                ("Rank", pn.pane.Bokeh(grid(az.plot_rank(idata, backend="bokeh", show=False))))]
-        out.append(("Forest", pn.pane.Bokeh(grid(az.plot_forest(idata, backend="bokeh", show=False,
-                                                                colors="#1f77b4")))))
+        draws = {name: np.asarray(idata.posterior[name]) for name in idata.posterior.data_vars}
+        out.append(("Forest", pn.pane.Bokeh(forest_plot(draws), sizing_mode="stretch_width",
+                                            css_classes=["posterior-forest"])))
         if len(idata.posterior.data_vars) > 1:
             out.append(("Pair", pn.pane.Bokeh(grid(az.plot_pair(idata, backend="bokeh", show=False,
                                                                 divergences=True)))))
@@ -148,13 +147,11 @@ def _density_ranges(trace) -> None:
 
 
 def forecast_plot(bands: ForecastBands, label: str) -> hv.Overlay:
-    """The last observations, then the forecast's posterior mean with its 50% and 95% bands."""
+    """The last observations, then the forecast's posterior mean with its 50% and 95% equal-tailed bands."""
     f = bands.future
     x = np.asarray(f["time"])
-    out = (hv.Area((x, f["lo95"], f["hi95"]), "time", vdims=["lower", "upper"], label="95%").opts(
-               color="#e07b39", alpha=0.2, line_alpha=0)
-           * hv.Area((x, f["lo50"], f["hi50"]), "time", vdims=["lower", "upper"], label="50%").opts(
-               color="#e07b39", alpha=0.4, line_alpha=0)
+    out = (band_area(x, f["lo95"], f["hi95"], label, label=BAND_LABEL, color="#e07b39", alpha=0.2)
+           * band_area(x, f["lo50"], f["hi50"], label, label="50% interval", color="#e07b39", alpha=0.4)
            * hv.Curve((x, f["mean"]), "time", label, label="forecast mean").opts(color="#e07b39", line_width=2)
            * hv.Curve((np.asarray(bands.history["time"]), bands.history["y"]), "time", label,
                       label="observed").opts(color="black"))
@@ -173,7 +170,7 @@ class ForecastView(pn.viewable.Viewer):
         self._status = pn.pane.Alert("", visible=False, sizing_mode="stretch_width")
         m.param.watch(self._on_status, ["status", "message"])
         self._on_status()
-        steps = pn.widgets.IntSlider.from_param(m.param.steps, name="Steps ahead", start=1, end=120, width=300)
+        steps = pn.widgets.IntSlider.from_param(m.param.steps, label="Steps ahead", start=1, end=120, width=300)
         self._layout = pn.Column("## Forecast", steps, self._status, pn.panel(self._plot),
                                  sizing_mode="stretch_width", css_classes=["fit-forecast"])
 

@@ -12,20 +12,25 @@ from ..viewmodels import LearnModel
 SLIDER_DECADES = 3  # each variance slider spans 10^±3 around its starting value
 
 
+def markdown_text(text: str) -> str:
+    """Plain text for a Markdown pane: a * (as in F*_t) is a literal star, not emphasis."""
+    return text.replace("*", "\\*")
+
+
 class LearnView(pn.viewable.Viewer):
     model = param.ClassSelector(class_=LearnModel)
 
     def __init__(self, **params):
         super().__init__(**params)
         m = self.model
-        back = pn.widgets.Button(name="◀ Step back", width=110)
-        fwd = pn.widgets.Button(name="Step forward ▶", width=130)
+        back = pn.widgets.Button(label="◀ Step back", width=110)
+        fwd = pn.widgets.Button(label="Step forward ▶", width=130)
         back.on_click(lambda _: m.back())
         fwd.on_click(lambda _: m.forward())
-        self._t = pn.widgets.IntInput(name="Time index t", value=m.t, start=0, width=120)
+        self._t = pn.widgets.IntInput(label="Time index t", value=m.t, start=0, width=120)
         self._t.param.watch(self._on_t, "value")
         m.param.watch(lambda e: setattr(self._t, "value", e.new), "t")
-        self._run = pn.widgets.Button(name="Run the filter for this model", button_type="primary",
+        self._run = pn.widgets.Button(label="Run the filter for this model", color="primary",
                                       visible=m.pending)
         self._run.on_click(lambda _: m.run())
         m.param.watch(lambda e: setattr(self._run, "visible", e.new), "pending")
@@ -51,7 +56,7 @@ class LearnView(pn.viewable.Viewer):
         sliders = []
         for name, value in m.variances.items():
             centre = np.log10(value) if value > 0 else -3.0
-            s = pn.widgets.FloatSlider(name=f"log10 {name}", start=round(centre - SLIDER_DECADES, 2),
+            s = pn.widgets.FloatSlider(label=f"log10 {name}", start=round(centre - SLIDER_DECADES, 2),
                                        end=round(centre + SLIDER_DECADES, 2), step=0.05,
                                        value=round(centre, 2), width=300)
             s.param.watch(lambda e, n=name: setattr(m, "variances", dict(m.variances, **{n: 10 ** e.new})),
@@ -78,13 +83,8 @@ class LearnView(pn.viewable.Viewer):
         level = comps.loc[comps["component"] == "level", "posterior mean"]
         level = float(level.iloc[0]) if len(level) else None   # a model may have no level (or no state)
         summary = (f"**t = {s.t}** ({s.time}) — step kind: **{s.kind}**\n\n"
-                   f"| quantity | value |\n|---|---|\n"
-                   f"| observation y_t | {s.y:.6g} |\n"
-                   f"| predicted observation ŷ_t | {s.predicted:.6g} |\n"
-                   f"| predictive variance F_t | {s.innov_var:.6g} |\n"
-                   f"| innovation v_t | {s.innovation:.6g} |\n"
-                   f"| measurement variance H | {s.obs_var:.6g} |\n"
-                   f"| log-likelihood term | {s.loglik:.6g} |\n")
+                   "| quantity | value |\n|---|---|\n"
+                   + "".join(f"| {markdown_text(name)} | {value:.6g} |\n" for name, value in m.summary_rows()))
         table = (pn.pane.DataFrame(comps, index=False, float_format="{:.5g}".format) if len(comps) else
                  pn.pane.Markdown("*This model has no state components: the prediction is the regression "
                                   "(or zero) and the whole innovation is measurement noise.*",
@@ -93,10 +93,10 @@ class LearnView(pn.viewable.Viewer):
             *notice,
             # on diffuse steps the prediction carries no information (infinite variance): not drawn
             pn.pane.HoloViews(learn_plot(d.index, d.y, d.target_label, s.t,
-                                         s.predicted if s.kind == "standard" else np.nan,
-                                         np.sqrt(s.innov_var) if s.kind == "standard" else np.inf, level),
+                                         s.predicted if s.kind == "standard" else None,
+                                         np.sqrt(s.innov_var) if s.kind == "standard" else None, level),
                               sizing_mode="stretch_width", linked_axes=False),   # its own window, not the Fit tab's
-            pn.Row(pn.pane.Markdown(summary, width=360), table),
+            pn.Row(pn.pane.Markdown(summary, width=420, css_classes=["learn-summary"]), table),
             pn.pane.Markdown(m.explanation(), sizing_mode="stretch_width"),
             sizing_mode="stretch_width",
         )

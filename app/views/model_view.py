@@ -12,6 +12,21 @@ from engine.spec import SEASONAL_FORMS
 
 from ..viewmodels import SpecModel
 from ..viewmodels.priors_model import PriorsModel
+from .data_view import choice_widget
+
+
+# The code panes state their colours themselves. Panel's Markdown pane colours code with its own
+# stylesheet, but when its text changes it sends the page design's stylesheets again after that one,
+# and Bootstrap's `pre code { color: inherit }` then gives the code the page's near-black text colour on
+# the dark code background. Rules of the pane's own (applied last, and more specific) keep the text
+# colour, and lift the theme's three token colours that fall short of a 4.5:1 contrast on #263238
+# (comments 2.4, JSON keys 4.2, keywords 4.3) to lighter shades of the same hues (5.1, 5.3, 5.5).
+CODE_PANE_CSS = """
+.codehilite pre, .codehilite code { color: var(--code-text-color, #82aaff); }
+.codehilite :is(.c, .ch, .cm, .cp, .cpf, .c1, .cs, .go, .sd) { color: #90a4ae; }
+.codehilite :is(.gd, .gr, .gs, .gt, .nt) { color: #ff7a93; }
+.codehilite :is(.k, .kd, .kr, .kt, .na, .sa) { color: #c792ea; }
+"""
 
 
 class ModelView(pn.viewable.Viewer):
@@ -21,33 +36,33 @@ class ModelView(pn.viewable.Viewer):
     def __init__(self, **params):
         super().__init__(**params)
         m = self.model
-        add = pn.widgets.Button(name="Add seasonal", button_type="default")
+        add = pn.widgets.Button(label="Add seasonal", color="default")
         add.on_click(lambda _: m.add_seasonal())
         w = pn.widgets
         self._layout = pn.Row(
             pn.Column(
                 "### Level and noise",
-                w.Select.from_param(m.param.level, name="Level / trend"),
-                w.Checkbox.from_param(m.param.irregular, name="Irregular (measurement) noise"),
+                w.Select.from_param(m.param.level, label="Level / trend"),
+                w.Checkbox.from_param(m.param.irregular, label="Irregular (measurement) noise"),
                 self._problem("level"),
                 "### Seasonals",
                 pn.panel(self._seasonals),
                 add,
                 self._problem("seasonal"),
                 "### Cycle",
-                w.Checkbox.from_param(m.param.cycle, name="Include a cycle"),
-                pn.Row(w.FloatInput.from_param(m.param.cycle_period_low, name="Shortest period", width=130),
-                       w.FloatInput.from_param(m.param.cycle_period_high, name="Longest period", width=130)),
-                pn.Row(w.Checkbox.from_param(m.param.cycle_damped, name="Damped"),
-                       w.Checkbox.from_param(m.param.cycle_stochastic, name="Stochastic")),
+                w.Checkbox.from_param(m.param.cycle, label="Include a cycle"),
+                pn.Row(w.FloatInput.from_param(m.param.cycle_period_low, label="Shortest period", width=130),
+                       w.FloatInput.from_param(m.param.cycle_period_high, label="Longest period", width=130)),
+                pn.Row(w.Checkbox.from_param(m.param.cycle_damped, label="Damped"),
+                       w.Checkbox.from_param(m.param.cycle_stochastic, label="Stochastic")),
                 self._problem("cycle"),
                 "### Autoregressive",
-                w.IntInput.from_param(m.param.ar_order, name="AR order", width=130),
+                w.IntInput.from_param(m.param.ar_order, label="AR order", width=130),
                 self._problem("ar"),
                 "### Regression",
-                w.MultiChoice.from_param(m.param.regression_columns, name="Columns (choose regressors on "
-                                                                            "the Data tab)"),
-                w.Select.from_param(m.param.regression_mode, name="Coefficients"),
+                choice_widget(w.MultiChoice, m, "regression_columns", m.data.column_label,
+                              label="Columns (choose regressors on the Data tab)"),
+                w.Select.from_param(m.param.regression_mode, label="Coefficients"),
                 self._problem("regression"),
                 self._problem("spec"),
                 "### Priors",
@@ -74,7 +89,8 @@ class ModelView(pn.viewable.Viewer):
 
     def _code(self, name: str, lang: str, source=None) -> pn.pane.Markdown:
         source = source or self.model
-        pane = pn.pane.Markdown("", sizing_mode="stretch_width")
+        pane = pn.pane.Markdown("", sizing_mode="stretch_width", stylesheets=[CODE_PANE_CSS],
+                                css_classes=["model-code"])
 
         def update(*_):
             text = getattr(source, name)
@@ -90,13 +106,13 @@ class ModelView(pn.viewable.Viewer):
         for i, s in enumerate(m.seasonals):
             value = s["period"]   # as typed: it may be empty (None) or invalid, and the message says so
             value = float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-            period = pn.widgets.FloatInput(name="Period", value=value, width=90)
-            form = pn.widgets.Select(name="Form", options=list(SEASONAL_FORMS), value=s["form"], width=90)
+            period = pn.widgets.FloatInput(label="Period", value=value, width=90)
+            form = pn.widgets.Select(label="Form", options=list(SEASONAL_FORMS), value=s["form"], width=90)
             default_harmonics = max(1, int(value // 2)) if value is not None and 2 <= value < 1e12 else None
-            harm = pn.widgets.IntInput(name="Harmonics", value=s.get("harmonics") or default_harmonics, width=90,
+            harm = pn.widgets.IntInput(label="Harmonics", value=s.get("harmonics") or default_harmonics, width=90,
                                        disabled=s["form"] != "trig")
-            stoch = pn.widgets.Checkbox(name="Stochastic", value=s["stochastic"])
-            remove = pn.widgets.Button(name="Remove", width=80)
+            stoch = pn.widgets.Checkbox(label="Stochastic", value=s["stochastic"])
+            remove = pn.widgets.Button(label="Remove", width=80)
             period.param.watch(lambda e, i=i: m.update_seasonal(i, period=e.new), "value")
             form.param.watch(lambda e, i=i: m.update_seasonal(
                 i, form=e.new, harmonics=None), "value")
@@ -119,11 +135,11 @@ class ModelView(pn.viewable.Viewer):
         """One parameter: its default (data-scaled), family and arguments to edit, the message if refused."""
         p = self.priors
         current, default = p.prior(name), p.defaults[name]
-        family = pn.widgets.Select(name=name, options=p.families, value=current["dist"], width=150)
-        args = {a: pn.widgets.TextInput(name=a, value=str(current.get(a, "auto")), width=110)
+        family = pn.widgets.Select(label=name, options=p.families, value=current["dist"], width=150)
+        args = {a: pn.widgets.TextInput(label=a, value=str(current.get(a, "auto")), width=110)
                 for a in p.arguments(current["dist"])}
-        apply = pn.widgets.Button(name="Apply", width=70)
-        reset = pn.widgets.Button(name="Default", width=70, disabled=name not in p.edits)
+        apply = pn.widgets.Button(label="Apply", width=70)
+        reset = pn.widgets.Button(label="Default", width=70, disabled=name not in p.edits)
 
         def number(text):
             try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from base64 import b64encode
 
 import numpy as np
+import pandas as pd
 import panel as pn
 import pytest
 
@@ -15,7 +16,7 @@ from app.viewmodels import DataModel, FitModel, SpecModel
 from app.viewmodels.data_model import UPLOAD
 from app.viewmodels.fleet_model import FleetModel
 from app.views.data_view import DataView, UploadBox
-from engine.data import MAX_TABLE_BYTES, DataError, format_size, read_table
+from engine.data import DATASETS_DIR, MAX_TABLE_BYTES, DataError, format_size, read_table
 
 NON_NUMERIC = b"date,value\n2020-01-01,1\n2020-02-01,abc\n2020-03-01,3\n"
 MIXED_ZONES = b"date,value\n2020-01-01T00:00:00+01:00,1\n2020-01-02T00:00:00,2\n2020-01-03T00:00:00Z,3\n"
@@ -158,3 +159,46 @@ def test_the_page_and_the_parser_state_the_same_limit():
     assert f"larger than the {label} limit" in str(exc.value)
     texts = [p.object for p in DataView(model=DataModel(dataset="nile")).__panel__().select(pn.pane.Markdown)]
     assert any(f"at most {label}" in str(t) for t in texts)
+
+
+def _shown(view: DataView, label: str):
+    return next(w for w in view._layout.select(pn.widgets.Widget) if w.name == label)
+
+
+@pytest.mark.parametrize("dataset", ["seatbelts", "airpassengers", "us_employment", "nile"])
+def test_the_column_widgets_show_the_columns_the_model_uses(dataset):
+    """Switching tables replaces the columns offered and the column chosen at once: the dropdown used
+    to fall back to the first column and write it back to the model, so seatbelts' Target read
+    "drivers" while the plot and the code used `drivers_killed`. Each widget now shows the catalogue's
+    choice, which is what the model (and so the plot and the code) uses."""
+    data = DataModel(dataset="nile")
+    spec = SpecModel(data)
+    view = DataView(model=data)
+    data.dataset = dataset
+    entry = engine.catalogue_entry(dataset)
+    assert data.target == entry["target"] and data.time_column == entry["time_column"]
+    assert list(data.exog) == list(entry["exog"])
+    assert _shown(view, "Target").value == data.target and _shown(view, "Time column").value == data.time_column
+    assert _shown(view, "Regressors (exog)").value == list(data.exog)
+    assert f"'{data.target_label}' series" in spec.statsmodels_text
+    others = [c for c in data.param.target.objects if c != data.target and c not in data.exog]
+    if others:
+        data.target = others[0]                       # a choice in the model shows on the page
+        assert _shown(view, "Target").value == data.target
+        _shown(view, "Target").value = entry["target"]   # and one on the page goes to the model
+        assert data.target == entry["target"]
+
+
+def test_coded_columns_are_offered_with_their_titles():
+    """us_employment's columns are BLS series ids: the dropdown shows "title (id)" from the
+    catalogue's titles file, and its value stays the column id."""
+    data = DataModel(dataset="us_employment")
+    view = DataView(model=data)
+    titles = pd.read_csv(DATASETS_DIR / engine.catalogue_entry("us_employment")["series_titles"], dtype=str)
+    options = _shown(view, "Target").options
+    assert len(options) == len(titles)
+    for series, title in zip(titles["series"], titles["title"]):
+        assert options[f"{title} ({series})"] == series
+    assert _shown(view, "Target").value == data.target == "CEU0500000001"
+    nile = DataModel(dataset="nile")
+    assert dict(_shown(DataView(model=nile), "Target").options) == {"flow": "flow"}   # plain names stay as they are

@@ -11,7 +11,7 @@ import pytest
 
 import engine
 from app.viewmodels import DataModel, FitModel, SpecModel
-from app.viewmodels.fit_bayes import BayesFitModel, ForecastModel, forecast_bands, time_axis
+from app.viewmodels.fit_bayes import BayesFitModel, ForecastModel, code_names, forecast_bands, time_axis
 from app.viewmodels.priors_model import PriorsModel
 from app.views.fit_bayes_view import BayesFitView
 from app.workers import SessionWorker
@@ -62,7 +62,8 @@ def test_short_nuts_is_flagged_saved_reloaded_and_cancel_works(bayes):
     layout.get_root()  # the results (bands, ArviZ plots, diagnostics, checks) render
     assert any(t._names[:2] == ["Trace", "Rank"] for t in layout.select(pn.Tabs))
     alerts = [a for a in layout.select(pn.pane.Alert) if "fit-untrustworthy" in a.css_classes]
-    assert alerts and alerts[0].alert_type == "danger" and d.reasons[0] in alerts[0].object
+    shown = code_names(d.reasons[0], bayes.result.summary["parameter"])   # parameter names set as code
+    assert alerts and alerts[0].alert_type == "danger" and shown in alerts[0].object
     # save and reload: the same posterior comes back with the same verdict
     saved = bayes.posterior_file().getvalue()
     before = np.asarray(bayes.posterior.posterior["sigma2.level"])

@@ -8,6 +8,7 @@ import panel as pn
 import pytest
 
 import engine
+from engine.system import diffuse_states
 from app.viewmodels import DataModel, FitModel, LearnModel, SpecModel
 from app.viewmodels import learn_model
 from app.views import FitView, LearnView
@@ -127,3 +128,45 @@ def test_an_impossible_model_starts_no_filter(worker):
     spec.add_seasonal(2500)
     assert spec.spec is None and learn.step is None and not learn.busy
     assert learn.error == "Choose valid data and a valid model first."
+
+
+def test_each_step_is_told_as_the_engine_computes_it(worker):
+    """A trend + seasonal + cycle + AR model through its diffuse phase and after: each step's kind
+    follows F∞_t (diffuse while F∞_t > 0), its table shows F∞_t and F*_t on diffuse steps and
+    F_t ≥ H on standard ones, the term it shows is the one its words give (−½(log 2π + log F∞_t)
+    on a diffuse step, the Gaussian log-density of v_t on a standard one), and the terms add up to
+    the engine's log-likelihood."""
+    data, spec, _, learn = session(worker, "airpassengers")
+    spec.cycle, spec.ar_order = True, 1
+    settle(worker)
+    assert learn.error == "" and learn.step is not None
+    run_spec, params, y, exog, _ = learn._run
+    log_2pi = np.log(2 * np.pi)
+    kinds, total = [], 0.0
+    for t in range(learn.n_obs):
+        learn.t = t
+        s = learn.step
+        rows = dict(learn.summary_rows())
+        term_label = next(k for k in rows if k.startswith("log-likelihood term"))
+        assert rows[term_label] == s.loglik
+        if s.diffuse_var > 0:
+            assert s.kind == "diffuse"
+            assert rows["diffuse predictive variance F∞_t = Z P∞_t Zᵀ"] == s.diffuse_var
+            assert rows["finite predictive variance F*_t = Z P*_t Zᵀ + H"] >= s.obs_var
+            assert "log F∞_t" in term_label
+            assert s.loglik == pytest.approx(-0.5 * (log_2pi + np.log(s.diffuse_var)), rel=1e-12)
+            assert "Diffuse step" in learn.explanation() and "no likelihood term" not in learn.explanation()
+        else:
+            assert s.kind == "standard" and not any("F∞" in k for k in rows)
+            F = rows["predictive variance F_t = Z P_t Zᵀ + H"]
+            assert F >= s.obs_var > 0
+            assert s.loglik == pytest.approx(-0.5 * (log_2pi + np.log(F) + s.innovation ** 2 / F), rel=1e-12)
+            assert "v_t² / F_t" in learn.explanation()
+        kinds.append(s.kind)
+        total += s.loglik
+    first_standard = kinds.index("standard")
+    assert set(kinds[:first_standard]) == {"diffuse"} and set(kinds[first_standard:]) == {"standard"}
+    # each diffuse step removes one flat direction: at most as many as the states that start diffuse
+    assert 0 < first_standard <= len(diffuse_states(engine.layout(run_spec)))
+    assert total == pytest.approx(float(engine.loglik(run_spec, params, y, exog)), rel=1e-9)
+    assert [c for c in learn.step.components["component"]][:2] == ["level", "trend"]

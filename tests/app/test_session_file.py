@@ -18,7 +18,7 @@ import engine
 from app.viewmodels import DataModel, FitModel, SpecModel
 from app.viewmodels.fit_bayes import BayesFitModel
 from app.viewmodels.priors_model import PriorsModel
-from app.viewmodels.session_file import SessionFileError, SessionFileModel, pack, rebuild, unpack
+from app.viewmodels.session_file import SessionBundle, SessionFileError, SessionFileModel, pack, rebuild, unpack
 from app.viewmodels.stream import StreamModel, snapshot_bytes
 from app.workers import SessionWorker
 from engine.data import DATASETS_DIR
@@ -187,3 +187,47 @@ _zip({"session.json": json.dumps({**manifest, "files": ["posterior.nc"]}).encode
         assert a.status == "done"
     finally:
         _close(a)
+
+
+def test_non_finite_numbers_are_written_as_json_and_read_back_identically():
+    """A quick fit whose standard errors are NaN (an estimate on a bound) and whose AIC is infinite:
+    session.json used to hold bare NaN, which is not JSON (a strict reader refuses it); it now holds
+    their names as strings, and the numbers read back are the same, NaN for NaN."""
+    spec = {"irregular": True, "level": {"kind": "local_level"}}
+    quick = {"spec": spec, "params": {"sigma2.irregular": 15099.8, "sigma2.level": 1469.1},
+             "se": {"sigma2.irregular": float("nan"), "sigma2.level": 1.5}, "loglik": -632.5,
+             "aic": float("inf"), "bic": -float("inf"), "converged": True, "message": "ok", "n_obs": 100}
+    data = {"source": "nile", "dataset": "nile", "upload": False, "time_column": "year", "target": "flow",
+            "exog": [], "log_transform": False, "sort_rows": False}
+    mode = {"sigma2.irregular": float("nan"), "sigma2.level": 2.0}
+    draws = {"sigma2.irregular": np.array([1.0, 2.0]), "sigma2.level": np.array([3.0, 4.0])}
+    bundle = SessionBundle(data, None, spec, quick, map_fit={"spec": spec, "mode": mode, "draws": draws,
+                                                             "y": np.arange(3.0), "exog": None})
+    content = pack(bundle)
+    with zipfile.ZipFile(io.BytesIO(content)) as z:
+        text = z.read("session.json").decode()
+
+    def refuse(name):
+        raise AssertionError(f"session.json holds bare {name}")
+
+    manifest = json.loads(text, parse_constant=refuse)
+    assert manifest["quick_fit"]["se"]["sigma2.irregular"] == "NaN" and manifest["quick_fit"]["aic"] == "Infinity"
+    back = unpack(content)
+    for key in ("params", "se"):
+        np.testing.assert_array_equal(list(back.quick_fit[key].values()), list(quick[key].values()))
+        assert list(back.quick_fit[key]) == list(quick[key])
+    assert [back.quick_fit[k] for k in ("loglik", "aic", "bic")] == [quick[k] for k in ("loglik", "aic", "bic")]
+    np.testing.assert_array_equal(list(back.map_fit["mode"].values()), list(mode.values()))
+    with pytest.raises(SessionFileError, match="aic"):
+        unpack(_with_manifest(content, quick_fit=dict(manifest["quick_fit"], aic="lots")))
+
+
+def test_a_table_loaded_already_parsed_is_saved_as_csv_that_loads_back():
+    """`DataModel.table_bytes` is what a session file keeps of an uploaded table: the uploaded bytes,
+    or a table loaded already parsed (one series of a fleet) written out; either loads back."""
+    a = DataModel(dataset="nile")
+    assert a.table_bytes() == (DATASETS_DIR / "nile.csv").read_bytes()
+    a.load_frame(a.frame.copy(), "one series", target="flow")
+    b = DataModel(dataset="nile")
+    assert b.load_upload(a.table_bytes(), "one_series.csv")
+    np.testing.assert_array_equal(b.y, a.y)

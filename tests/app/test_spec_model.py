@@ -171,3 +171,24 @@ def test_an_invalid_prior_in_a_loaded_spec_is_refused_when_loaded(bayes):
     load(bayes, {"irregular": True, "level": {"kind": "local_level"},
                  "priors": {"sigma2.level": {"dist": "half_normal", "scale": 5}}}, "spec_prior.json")
     assert bayes.status == "idle" and bayes.priors.edits == {"sigma2.level": {"dist": "half_normal", "scale": 5}}
+
+
+def test_an_ar_order_the_data_cannot_identify_is_refused_next_to_its_widget():
+    """58 Nile years, local level + irregular + AR(p): 3 + p parameters, and 1 + p states with an
+    unknown start (the level's and the AR's lags), each using up one observation. AR(50) used to be
+    accepted without a word; now the largest order with 3 + p <= 58 - (1 + p), 27, is the limit,
+    and the message under the AR widget names it."""
+    data = DataModel(dataset="nile")
+    table = data.frame.reset_index().iloc[:58]
+    assert data.load_upload(table.to_csv(index=False).encode(), "nile58.csv") and len(data.y) == 58
+    spec = SpecModel(data)
+    view = ModelView(model=spec)
+    spec.ar_order = 50
+    assert spec.spec is None and list(spec.errors) == ["ar"]
+    assert "AR order 50 makes 53 parameters" in spec.errors["ar"] and "at most 27" in spec.errors["ar"]
+    assert [m for m in shown_problems(view) if "AR order 50" in m]
+    for order, fits in ((27, True), (28, False)):
+        spec.ar_order = order
+        assert (spec.spec is not None) == fits and (3 + order <= 58 - (1 + order)) == fits
+    spec.ar_order = 1
+    assert spec.errors == {} and not [m for m in shown_problems(view) if "AR order" in m]

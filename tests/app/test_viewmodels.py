@@ -161,7 +161,7 @@ def test_learn_step_is_the_engine_filter_taken_apart(models):
             np.testing.assert_allclose(s.posterior_cov, s.prior_cov - np.outer(s.gain, s.gain) * s.innov_var,
                                        rtol=1e-7, atol=1e-7 * np.abs(s.prior_cov).max())
             share = s.components.set_index("component")["share of innovation"]
-            assert share.drop("slope").sum() == pytest.approx(1 - s.obs_var / s.innov_var, rel=1e-8)
+            assert share.drop("trend").sum() == pytest.approx(1 - s.obs_var / s.innov_var, rel=1e-8)
     assert kinds[0] == "diffuse" and kinds[-1] == "standard"
     learn.t = 60
     learn.forward()
