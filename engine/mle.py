@@ -1,16 +1,21 @@
 """Maximum likelihood with exact gradients: L-BFGS on the unconstrained parameters.
 
-Several start points (scaled to the data) are scored in one batched likelihood call;
-the best few are optimised. Standard errors come from the inverse of the observed
-information (the JAX Hessian of the log-likelihood at the optimum, constrained scale).
+One compiled program per model and series shape (`_evaluate`) gives the objective, its gradient,
+the parameters and the transform's Jacobian; it scores the start points, drives the optimiser
+from each of the best few and gives the standard errors. Those come from the inverse of the
+observed information −∂²ℓ/∂θ² on the constrained scale, by central differences of the exact
+gradient (2k more calls of the same program instead of compiling a Hessian program, which costs
+far more than the fit).
 """
 
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import product
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +43,7 @@ class MLEResult:
     n_iterations: int = 0
     history: list = field(default_factory=list, repr=False)
     warnings: tuple[str, ...] = ()   # what makes the fit less exact than it looks (also issued as warnings)
+    se_notes: dict[str, str] = field(default_factory=dict)   # why a standard error is NaN, by parameter
 
     @property
     def param_vector(self) -> np.ndarray:
@@ -46,24 +52,47 @@ class MLEResult:
     def summary(self) -> str:
         lines = [f"{'parameter':<32}{'estimate':>14}{'std err':>14}"]
         for n, v in self.params.items():
-            lines.append(f"{n:<32}{v:>14.6g}{self.se[n]:>14.4g}")
+            note = f"  ({self.se_notes[n]})" if n in self.se_notes else ""
+            lines.append(f"{n:<32}{v:>14.6g}{self.se[n]:>14.4g}{note}")
         lines.append(f"loglik {self.loglik:.6f}  aic {self.aic:.4f}  bic {self.bic:.4f}  converged {self.converged}")
+        if not self.converged:
+            lines.append(self.message)
         return "\n".join(lines)
 
 
+# Up to this many parameters the gradient is k forward tangents: the filter's own tangent recursion
+# compiles in about half the time of the reverse pass (the first fit of a model is mostly compiling),
+# and for the short series quick fits see each call costs about the same.
+FORWARD_MODE_MAX_PARAMS = 10
+
+
 @partial(jax.jit, static_argnames=("spec", "filter"))
-def _objective(spec, u, y, x, scale_vec, filter="auto"):
-    """Negative log-likelihood per observation, as a function of the unconstrained vector."""
+def _evaluate(spec: ModelSpec, u, y, x, scale_vec, filter: str = "auto"):
+    """At the unconstrained vector u (param,): the objective −ℓ(θ(u))/T, its gradient in u, θ(u)
+    and the transform's Jacobian ∂θ/∂u (param, param). The one compiled program of a fit.
+
+    Up to FORWARD_MODE_MAX_PARAMS parameters take one forward tangent per direction, more take
+    the reverse pass.
+    """
     scale = dict(zip(param_names(spec), scale_vec))
-    return -loglik(spec, constrain(spec, u, scale), y, x, filter) / y.shape[0]
+    to_params = lambda u: constrain(spec, u, scale)
 
+    def objective_and_params(u):
+        params = to_params(u)
+        return -loglik(spec, params, y, x, filter) / y.shape[0], params
 
-_value_and_grad = jax.jit(jax.value_and_grad(_objective, argnums=1), static_argnames=("spec", "filter"))
-_batched_objective = jax.jit(jax.vmap(_objective, in_axes=(None, 0, None, None, None, None)),
-                             static_argnames=("spec", "filter"))
+    k = u.shape[0]
+    if k <= FORWARD_MODE_MAX_PARAMS:
+        along = lambda e: jax.jvp(objective_and_params, (u,), (e,))
+        (value, params), (grad, jac_t) = jax.vmap(along)(jnp.eye(k))
+        return value[0], grad, params[0], jac_t.T
+    (value, params), grad = jax.value_and_grad(objective_and_params, has_aux=True)(u)
+    return value, grad, params, jax.jacfwd(to_params)(u)
 
 
 STATIONARY_GRAD = 1e-6   # max |∂(−loglik/T)/∂u| that counts as a stationary point
+BOUNDARY = 1e-5          # a variance below this × its data scale (`scales`) is estimated at 0
+FD_STEP = 1e-5           # relative step of the central differences for the observed information
 
 
 def start_points(spec: ModelSpec) -> np.ndarray:
@@ -88,12 +117,125 @@ def start_points(spec: ModelSpec) -> np.ndarray:
     return np.unique(np.array(points), axis=0)
 
 
-def fit_mle(spec, y, exog=None, *, start=None, maxiter: int = 500, n_starts: int = 2) -> MLEResult:
+def start_params(spec, y, exog=None) -> dict[str, float]:
+    """The first of `start_points` as parameters for this data: a valid parameter set of the spec
+    (e.g. to compile a program for the model's shape while the fit runs)."""
+    spec, y, x = prepare_fit(spec, y, exog)
+    scale = scales(spec, np.asarray(y), None if x is None else np.asarray(x))
+    return dict(zip(param_names(spec), map(float, np.asarray(constrain(spec, jnp.asarray(start_points(spec)[0]),
+                                                                         scale)))))
+
+
+def _optimiser_verdict(res: scipy.optimize.OptimizeResult, maxiter: int) -> tuple[bool, str]:
+    """(converged, message) for an L-BFGS-B result; the message always says what happened.
+
+    L-BFGS-B reports a failed line search when it cannot improve at machine precision; at a
+    point where the gradient vanishes that is convergence, not failure.
+    """
+    reported = str(res.message).strip()
+    largest = float(np.max(np.abs(res.jac))) if np.all(np.isfinite(res.jac)) and res.jac.size else np.inf
+    if res.success:
+        return True, reported
+    if largest <= STATIONARY_GRAD:
+        return True, (f"converged: gradient below {STATIONARY_GRAD:g} (the line search stopped at machine "
+                      f"precision: {reported})")
+    where = f"the largest gradient component is {largest:.2g} (convergence needs {STATIONARY_GRAD:g})"
+    if res.status == 1:
+        return False, f"stopped at the iteration limit ({maxiter} iterations): {where}"
+    reason = reported.removeprefix("ABNORMAL:").strip().rstrip(".")
+    return False, (f"the line search found no better point after {res.nit} iterations (L-BFGS-B: "
+                   f"{reason or 'ABNORMAL, no reason given'}); {where}")
+
+
+def _observed_information(evaluate: Callable, spec: ModelSpec, params: np.ndarray, scale: dict[str, float],
+                          n_time: int) -> np.ndarray:
+    """−∂²ℓ/∂θ² (param, param) at θ = params, by differences of the exact gradient ∂ℓ/∂θ.
+
+    The gradient in θ is J⁻ᵀ ∇_u from one call of the compiled program at u(θ). Each column uses
+    central differences, or a one-sided one where a step would leave the parameter's range (a
+    variance at 0); the result is symmetrised.
+    """
+    def grad_at(theta):
+        value, grad_u, at, jac = evaluate(unconstrain(spec, theta, scale))
+        at, jac = np.asarray(at), np.asarray(jac)
+        grad = -n_time * np.linalg.solve(jac.T, np.asarray(grad_u))
+        return grad, at
+
+    names = param_names(spec)
+    k = len(names)
+    info = np.zeros((k, k))
+    for i, name in enumerate(names):
+        h = FD_STEP * max(abs(params[i]), BOUNDARY * scale.get(name, 1.0) if name.startswith("sigma2.") else 1e-3)
+        sides = []
+        for sign in (1.0, -1.0):
+            theta = params.copy()
+            theta[i] += sign * h
+            grad, at = grad_at(theta)
+            if abs(at[i] - theta[i]) <= 1e-6 * h and np.all(np.isfinite(grad)):
+                sides.append((sign, grad))
+        if len(sides) == 2:
+            info[:, i] = -(sides[0][1] - sides[1][1]) / (2 * h)
+        elif len(sides) == 1:
+            sign, grad = sides[0]
+            info[:, i] = -sign * (grad - grad_at(params)[0]) / h
+        else:
+            info[:, i] = np.nan
+    return 0.5 * (info + info.T)
+
+
+def _boundary(spec: ModelSpec, name: str, value: float, scale: dict[str, float]) -> str | None:
+    """Why a parameter's estimate sits at the edge of its range (where the information says nothing)."""
+    if name.startswith("sigma2.") and value <= BOUNDARY * scale[name]:
+        return f"at a boundary: variance estimated at 0 ({value:.2g})"
+    if name == "damping.cycle" and not 1e-3 < value < 1 - BOUNDARY:
+        return f"at a boundary: damping estimated at {value:.6g}"
+    if name == "frequency.cycle":
+        lo, hi = spec.cycle.frequency_bounds
+        if not lo + BOUNDARY * (hi - lo) < value < hi - BOUNDARY * (hi - lo):
+            return f"at a boundary: frequency at the edge of the cycle's period bounds ({value:.6g})"
+    if name.startswith("ar.L") and spec.ar_order == 1 and abs(value) >= 1 - BOUNDARY:
+        return f"at a boundary: the AR coefficient is at ±1 ({value:.6g})"
+    return None
+
+
+def _standard_errors(spec: ModelSpec, info: np.ndarray, params: np.ndarray, scale: dict[str, float],
+                     converged: bool) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    """(covariance, standard errors, a note for each NaN standard error) from the observed information."""
+    names = param_names(spec)
+    cov = np.full_like(info, np.nan)
+    if np.all(np.isfinite(info)):
+        try:
+            cov = np.linalg.inv(info)
+        except np.linalg.LinAlgError:
+            pass
+    var = np.diag(cov)
+    se = np.where(var > 0, np.sqrt(np.abs(var)), np.nan)
+    notes = {}
+    singular = not np.all(np.isfinite(cov))
+    for i, name in enumerate(names):
+        if np.isfinite(se[i]):
+            continue
+        note = _boundary(spec, name, float(params[i]), scale)
+        if note is None and singular:
+            note = "not identified: the observed information is singular"
+        elif note is None:
+            note = "not defined: the log-likelihood is flat or curves upward here (information not positive definite)"
+        if not converged:
+            note += "; the optimiser did not converge"
+        notes[name] = note
+    return cov, se, notes
+
+
+def fit_mle(spec, y, exog=None, *, start=None, maxiter: int = 500, n_starts: int = 2,
+            progress: Callable[[str], None] | None = None) -> MLEResult:
     """Maximise the exact log-likelihood. `start`: optional dict of starting parameter values.
 
     Where the exact-diffuse start is ill-conditioned (`diffuse_conditioning`), the likelihood is
     evaluated by the augmented filter, which stays exact there, and the result says so.
+    progress: called with a short text as the fit enters each phase (compiling, optimising start
+    i of n, standard errors), from the thread that runs the fit.
     """
+    say = progress or (lambda text: None)
     spec, y, x = prepare_fit(spec, y, exog)
     names = param_names(spec)
     if not names:
@@ -106,52 +248,62 @@ def fit_mle(spec, y, exog=None, *, start=None, maxiter: int = 500, n_starts: int
         candidates = unconstrain(spec, np.asarray(as_param_vector(spec, start)), scale)[None]
     else:
         candidates = start_points(spec)
-    # which directions the diffuse start identifies, and how well, hardly depends on the parameters
-    caution = diffuse_conditioning(spec, constrain(spec, jnp.asarray(candidates[0]), scale), y, x)
+    evaluate_with = lambda filter: lambda u: _evaluate(spec, jnp.asarray(u, dtype=jnp.float64), y, x, scale_vec,
+                                                        filter)
+    say("compiling the likelihood and its gradient (once per model and series length)")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # the usual program compiles while the diffuse start is checked (two programs, two cores)
+        first = pool.submit(evaluate_with("auto"), candidates[0])
+        # which directions the diffuse start identifies, and how well, hardly depends on the parameters
+        caution = diffuse_conditioning(spec, constrain(spec, jnp.asarray(candidates[0]), scale), y, x)
+        first = first.result()
     filter = "augmented" if caution else "auto"
-    values = np.asarray(_batched_objective(spec, jnp.asarray(candidates), y, x, scale_vec, filter))
+    evaluate = evaluate_with(filter)
+    say(f"scoring {len(candidates)} start points")
+    values = [float(first[0])] if not caution else []
+    values += [float(evaluate(u)[0]) for u in candidates[len(values):]]
     values = np.where(np.isfinite(values), values, np.inf)
     order = np.argsort(values)[: max(1, n_starts)]
 
     def fun(u):
-        v, g = _value_and_grad(spec, jnp.asarray(u), y, x, scale_vec, filter)
+        v, g = evaluate(u)[:2]
         v, g = float(v), np.asarray(g, dtype=float)
         if not np.isfinite(v) or not np.all(np.isfinite(g)):
             return 1e10, np.zeros_like(g)
         return v, g
 
     best = None
-    for i in order:
-        res = scipy.optimize.minimize(fun, candidates[i], jac=True, method="L-BFGS-B",
-                                      options={"maxiter": maxiter, "gtol": 1e-9, "ftol": 1e-14})
+    options = {"maxiter": maxiter, "gtol": 1e-9, "ftol": 1e-14}
+    for n, i in enumerate(order, start=1):
+        say(f"optimising from start {n} of {len(order)}")
+        res = scipy.optimize.minimize(fun, candidates[i], jac=True, method="L-BFGS-B", options=options)
         if best is None or res.fun < best.fun:
             best = res
-    pvec = constrain(spec, jnp.asarray(best.x), scale)
-    ll = float(loglik(spec, pvec, y, x, filter))
-    # L-BFGS-B reports a failed line search when it cannot improve at machine precision; at a
-    # point where the gradient vanishes that is convergence, not failure
-    stationary = np.all(np.isfinite(best.jac)) and float(np.max(np.abs(best.jac))) <= STATIONARY_GRAD
-    converged = bool(best.success) or bool(stationary)
-    message = str(best.message) if best.success or not stationary else (
-        f"converged: gradient below {STATIONARY_GRAD:g} (the line search stopped at machine precision: "
-        f"{best.message})")
-    hess = np.asarray(jax.hessian(lambda p: loglik(spec, p, y, x, filter))(pvec))
-    cov = np.full_like(hess, np.nan)
-    try:
-        cov = np.linalg.inv(-hess)
-    except np.linalg.LinAlgError:
-        pass
-    var = np.diag(cov)
-    se = np.where(var > 0, np.sqrt(np.abs(var)), np.nan)
+    converged, message = _optimiser_verdict(best, maxiter)
+    for _ in range(2):   # a stalled line search often resumes from a fresh curvature estimate
+        if converged or best.status != 2:
+            break
+        say("optimising: restarting the stalled line search")
+        res = scipy.optimize.minimize(fun, best.x, jac=True, method="L-BFGS-B", options=options)
+        if not res.fun < best.fun:
+            break
+        res.nit += best.nit
+        best = res
+        converged, message = _optimiser_verdict(best, maxiter)
+    value, _, pvec, _ = evaluate(best.x)
+    n = int(y.shape[0])
+    ll = -float(value) * n
+    params_np = np.asarray(pvec, dtype=float)
+    say("standard errors")
+    info = _observed_information(evaluate, spec, params_np, scale, n)
+    cov, se, notes = _standard_errors(spec, info, params_np, scale, converged)
     n_diffuse = len(diffuse_states(layout(spec)))
     df_model = len(names) + n_diffuse   # Durbin & Koopman (2012) §7.4, as statsmodels
-    n = int(y.shape[0])
-    params = {k: float(v) for k, v in zip(names, np.asarray(pvec))}
+    params = {k: float(v) for k, v in zip(names, params_np)}
     if caution:
         caution += (" The fit used the augmented filter, which is exact here; smoothed components, "
                     "forecasts and streaming use the diffuse recursion.")
         warnings.warn(caution, DiffuseConditioningWarning, stacklevel=2)
     return MLEResult(spec, params, ll, -2 * ll + 2 * df_model, -2 * ll + df_model * np.log(n),
                      dict(zip(names, map(float, se))), cov, converged, message, n,
-                     int(best.nit), warnings=(caution,) if caution else ())
-
+                     int(best.nit), warnings=(caution,) if caution else (), se_notes=notes)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Future
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 import param
 
 import engine
+from engine.mle import start_params
 from engine.spec import ModelSpec
 
 from ..workers import SessionWorker
@@ -37,24 +39,51 @@ class QuickFit:
     components: dict[str, tuple[np.ndarray, np.ndarray]]  # name → (smoothed mean, sd), each (time,)
     y: np.ndarray | None = None                           # (time,) the series it was fitted to
     warnings: tuple[str, ...] = ()                        # what makes the fit less exact than it looks
+    se_notes: dict[str, str] = field(default_factory=dict)  # why a standard error is not defined, by parameter
 
     def fields(self) -> dict:
         """The estimates and statistics as plain JSON values (`from_fields` rebuilds the rest)."""
         return {"params": self.params, "se": self.se, "loglik": self.loglik, "aic": self.aic, "bic": self.bic,
                 "converged": self.converged, "message": self.message, "n_obs": self.n_obs,
-                "warnings": list(self.warnings)}
+                "warnings": list(self.warnings), "se_notes": dict(self.se_notes)}
 
     def table(self) -> pd.DataFrame:
-        return pd.DataFrame({"parameter": list(self.params), "estimate": list(self.params.values()),
-                             "std. error": [self.se[n] for n in self.params]})
+        """One row per parameter; a "note" column says why a standard error is not defined, if any is not."""
+        table = pd.DataFrame({"parameter": list(self.params), "estimate": list(self.params.values()),
+                              "std. error": [self.se[n] for n in self.params]})
+        if self.se_notes:
+            table["note"] = [self.se_notes.get(n, "") for n in self.params]
+        return table
+
+    def verdict(self) -> str:
+        """What the fit's status line says about the fit itself: convergence, undefined standard
+        errors and cautions (never empty of a reason when the fit did not converge)."""
+        note = "" if self.converged else (f" The fit did not converge: {self.message or 'no reason reported'}. "
+                                          "The estimates may not be the maximum likelihood.")
+        if self.se_notes:
+            n = len(self.se_notes)
+            note += (f" {n} of {len(self.params)} standard errors are not defined (the table's note says why).")
+        return note + "".join(f" Caution: {w}" for w in self.warnings)
 
 
-def quick_fit(spec: ModelSpec, y: np.ndarray, exog: pd.DataFrame | None) -> QuickFit:
-    """Maximum likelihood (`engine.fit_mle`), then the smoothed components at the estimate."""
-    res = engine.fit_mle(spec, y, exog)
+def quick_fit(spec: ModelSpec, y: np.ndarray, exog: pd.DataFrame | None,
+              progress: Callable[[str], None] | None = None) -> QuickFit:
+    """Maximum likelihood (`engine.fit_mle`), then the smoothed components at the estimate.
+
+    The smoother's program depends only on the model and the series' shape: it compiles on a
+    second thread at a valid start while the fit runs (the first fit of a model is mostly
+    compiling). progress: as `engine.fit_mle`'s, called from the calling thread.
+    """
+    say = progress or (lambda text: None)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamssm-smoother") as pool:
+        smoother = pool.submit(engine.smooth, spec, start_params(spec, y, exog), y, exog)
+        res = engine.fit_mle(spec, y, exog, progress=say)
+        say("smoothing the components")
+        smoother.exception()   # a failure shows in the smoothing below, at the estimate
     return from_fields(res.spec, {"params": dict(res.params), "se": dict(res.se), "loglik": res.loglik,
                                   "aic": res.aic, "bic": res.bic, "converged": res.converged,
-                                  "message": res.message, "n_obs": res.n_obs, "warnings": list(res.warnings)},
+                                  "message": res.message, "n_obs": res.n_obs, "warnings": list(res.warnings),
+                                  "se_notes": dict(res.se_notes)},
                        y, exog)
 
 
@@ -68,7 +97,8 @@ def from_fields(spec: ModelSpec, fields: dict, y: np.ndarray, exog: pd.DataFrame
     return QuickFit(spec, params, {k: float(v) for k, v in fields["se"].items()}, float(fields["loglik"]),
                     float(fields["aic"]), float(fields["bic"]), bool(fields["converged"]), str(fields["message"]),
                     int(fields["n_obs"]), comps, np.asarray(y, dtype=float),
-                    tuple(str(w) for w in fields.get("warnings", ())))
+                    tuple(str(w) for w in fields.get("warnings", ())),
+                    {str(k): str(v) for k, v in fields.get("se_notes", {}).items()})
 
 
 class FitModel(param.Parameterized):
@@ -78,11 +108,13 @@ class FitModel(param.Parameterized):
     message = param.String(default="", constant=True)
     result = param.ClassSelector(class_=QuickFit, default=None, allow_None=True, constant=True)
     stale = param.Boolean(default=False, constant=True, doc="The data or spec changed since the fit")
+    phase = param.String(default="", constant=True, doc="What a running fit is doing now")
 
     def __init__(self, data: DataModel, spec: SpecModel, worker: SessionWorker, **params):
         super().__init__(**params)
         self.data, self.spec_model, self.worker = data, spec, worker
         self._fitted_on = None
+        self._run_id = 0          # which fit's progress the page shows
         data.param.watch(self._mark_stale, ["frame", "target", "exog", "log_transform"])
         spec.param.watch(self._mark_stale, ["spec"])
 
@@ -111,25 +143,34 @@ class FitModel(param.Parameterized):
             self._set(status="error", message=f"Fix the model first: {problem}")
             return None
         inputs = self._inputs()
-        self._set(status="running", message="Fitting by maximum likelihood (the first fit of a model "
-                                            "also compiles it)…")
-        return self.worker.submit(quick_fit, spec, self.data.y, self.data.exog_frame,
+        self._run_id = run_id = self._run_id + 1
+        self._set(status="running", phase="starting", message=self._running_message("starting"))
+        progress = lambda text: self.worker.post(lambda: self._progress(run_id, text))
+        return self.worker.submit(quick_fit, spec, self.data.y, self.data.exog_frame, progress,
                                   on_done=lambda r: self._done(r, inputs), on_error=self._failed)
+
+    @staticmethod
+    def _running_message(phase: str) -> str:
+        return f"Fitting by maximum likelihood: {phase}…"
+
+    def _progress(self, run_id: int, phase: str) -> None:
+        """Show the running fit's phase (posted from the worker; a late one of a finished fit is dropped)."""
+        if self.status == "running" and run_id == self._run_id:
+            self._set(phase=phase, message=self._running_message(phase))
 
     def _done(self, result: QuickFit, inputs) -> None:
         """Publish a finished fit. The status is set last and whatever happens: a watcher of the result
         (another tab drawing it) that fails is logged and named in the message, and the Fit tab
         never stays 'running'."""
         self._fitted_on = inputs
-        note = "" if result.converged else f" The optimiser did not report convergence ({result.message})."
-        note += "".join(f" Caution: {w}" for w in result.warnings)
+        note = result.verdict()
         try:
             self._set(result=result, stale=inputs != self._inputs())
         except Exception as exc:   # noqa: BLE001 (any failure of a view of the fit; the fit itself stands)
             log.exception("showing the quick fit failed")
             note += f" Part of the page could not show it ({type(exc).__name__}: {exc})."
         finally:
-            self._set(status="done", message=f"Fitted {result.n_obs} observations.{note}")
+            self._set(status="done", phase="", message=f"Fitted {result.n_obs} observations.{note}")
 
     def restore(self, result: QuickFit | None, message: str) -> None:
         """Show a fit rebuilt elsewhere (a reloaded session) as a fit of the current data and spec."""
@@ -137,5 +178,10 @@ class FitModel(param.Parameterized):
         self._set(result=result, status="done" if result is not None else "idle", stale=False,
                   message=message if result is not None else "")
 
+    @property
+    def converged(self) -> bool | None:
+        """The shown fit's verdict: None without a fit."""
+        return None if self.result is None else self.result.converged
+
     def _failed(self, exc: BaseException) -> None:
-        self._set(status="error", message=f"The fit failed: {exc}")
+        self._set(status="error", phase="", message=f"The fit failed: {exc}")

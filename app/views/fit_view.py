@@ -23,7 +23,7 @@ class FitView(pn.viewable.Viewer):
         self._button.on_click(lambda _: m.run_quick_fit())
         self._spinner = pn.indicators.LoadingSpinner(value=False, size=30, visible=False)
         self._status = pn.pane.Alert("", visible=False, sizing_mode="stretch_width")
-        m.param.watch(self._on_status, ["status", "message", "stale"])
+        m.param.watch(self._on_status, ["status", "message", "stale", "result"])
         self._on_status()
         self._layout = pn.Column(pn.Row(self._button, self._spinner), self._status, pn.panel(self._results),
                                  *(v for v in (self.forecast, self.bayes) if v is not None),
@@ -35,6 +35,8 @@ class FitView(pn.viewable.Viewer):
         self._button.disabled = running
         self._spinner.value = self._spinner.visible = running
         kind = {"error": "danger", "running": "info", "done": "success"}.get(m.status, "light")
+        if m.status == "done" and m.converged is False:   # the colour follows the verdict
+            kind = "warning"
         text = m.message
         if m.stale and m.status == "done":
             kind, text = "warning", text + " The data or model changed since: fit again to update."
@@ -50,7 +52,8 @@ class FitView(pn.viewable.Viewer):
                  f"&nbsp; ({r.n_obs} observations)")
         return pn.Column(
             pn.pane.Markdown(stats),
-            pn.pane.DataFrame(r.table(), index=False, float_format="{:.6g}".format, width=520),
+            pn.pane.DataFrame(r.table(), index=False, float_format="{:.6g}".format,
+                              width=960 if r.se_notes else 520),
             "### Decomposition",
             pn.pane.HoloViews(decomposition_plot(data.index, data.y, data.target_label, r.components),
                               sizing_mode="stretch_width"),

@@ -230,3 +230,40 @@ def test_quick_fit_passes_an_ill_conditioned_start_to_the_page(models):
     assert from_fields(spec, result.fields(), y, None).warnings == result.warnings
     fit._done(result, None)
     assert fit.status == "done" and "Caution: the exact-diffuse start is ill-conditioned" in fit.message
+
+
+def test_a_running_quick_fit_shows_its_phase(models):
+    _, _, fit, _ = models
+    shown = []
+    fit.param.watch(lambda e: shown.append(e.new), ["message"])
+    fit.run_quick_fit().result()
+    assert fit.status == "done" and fit.phase == ""
+    running = [m for m in shown if m.startswith("Fitting by maximum likelihood: ")]
+    for phase in ("compiling", "optimising from start 1 of 2", "standard errors", "smoothing the components"):
+        assert any(phase in m for m in running), (phase, running)
+    assert shown[-1].startswith("Fitted 100 observations.")
+
+
+def test_a_fit_that_did_not_converge_is_never_shown_as_a_good_one(models):
+    """Its status box is not green, says why the optimiser stopped and explains each undefined
+    standard error; the same fit that converged is green."""
+    from app.viewmodels.fit_model import from_fields
+    from app.views.fit_view import FitView
+
+    data, spec, fit, _ = models
+    view = FitView(model=fit)
+    stopped = engine.fit_mle(spec.spec, data.y, maxiter=1)
+    fields = {"params": stopped.params, "se": {**stopped.se, "sigma2.level": float("nan")},
+              "loglik": stopped.loglik, "aic": stopped.aic, "bic": stopped.bic, "converged": stopped.converged,
+              "message": stopped.message, "n_obs": stopped.n_obs,
+              "se_notes": {"sigma2.level": "at a boundary: variance estimated at 0 (0)"}}
+    result = from_fields(spec.spec, fields, data.y, None)
+    fit._done(result, fit._inputs())
+    assert fit.status == "done" and not fit.converged
+    assert "did not converge: stopped at the iteration limit (1 iterations)" in fit.message
+    assert "1 of 2 standard errors are not defined" in fit.message
+    assert view._status.alert_type == "warning"
+    assert list(result.table()["note"]) == ["", "at a boundary: variance estimated at 0 (0)"]
+    assert from_fields(spec.spec, result.fields(), data.y, None).se_notes == result.se_notes
+    fit.run_quick_fit().result()
+    assert fit.converged and view._status.alert_type == "success" and "not converge" not in fit.message

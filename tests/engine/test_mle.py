@@ -169,3 +169,64 @@ def test_a_series_that_leaves_nothing_to_fit_is_refused(n_observed):
             fit(spec, y)
     y[[1, 5, 9]] = [1.5, 0.2, 2.5]   # more observations than diffuse states: a likelihood to maximise
     assert engine.fit_mle(spec, y).n_obs == 12
+
+
+@pytest.mark.slow
+def test_observed_information_by_gradient_differences_is_the_hessian(fits):
+    """The standard errors' information (differences of the exact gradient) against JAX's exact
+    Hessian of the log-likelihood at the optimum, where it is well inside the parameter space."""
+    import jax.numpy as jnp
+
+    from engine.mle import _evaluate, _observed_information
+    from engine.transforms import scales
+
+    spec_d, y, ours, _, _, _ = fits("nile_local_level")
+    spec = engine.ModelSpec.from_dict(spec_d)
+    scale = scales(spec, y)
+    scale_vec = jnp.array([scale[n] for n in engine.param_names(spec)])
+    evaluate = lambda u: _evaluate(spec, jnp.asarray(u), jnp.asarray(y), None, scale_vec)
+    info = _observed_information(evaluate, spec, ours.param_vector, scale, len(y))
+    exact = -np.asarray(jax.hessian(lambda p: engine.loglik(spec, p, y))(jnp.asarray(ours.param_vector)))
+    np.testing.assert_allclose(info, exact, rtol=1e-6)
+    np.testing.assert_allclose(ours.cov, np.linalg.inv(exact), rtol=1e-6)
+
+
+def test_a_fit_stopped_at_the_iteration_limit_says_so_and_is_not_converged():
+    res = engine.fit_mle({"level": {"kind": "local_level"}}, nile(), maxiter=1)
+    assert not res.converged
+    assert "iteration limit (1 iterations)" in res.message and "largest gradient component" in res.message
+
+
+def test_progress_names_each_phase():
+    phases = []
+    engine.fit_mle({"level": {"kind": "local_level"}}, nile(), progress=phases.append)
+    assert phases[0].startswith("compiling")
+    assert "optimising from start 1 of 2" in phases and "optimising from start 2 of 2" in phases
+    assert phases[-1] == "standard errors"
+
+
+def test_every_undefined_standard_error_is_explained():
+    """A variance at 0 is a boundary (its information says nothing); a non-positive-definite or
+    singular information is named as such; a defined standard error has no note."""
+    from engine.mle import _standard_errors
+    from engine.transforms import scales
+
+    spec = engine.ModelSpec.from_dict({"level": {"kind": "local_level"}})
+    scale = scales(spec, nile())
+    params = np.array([15000.0, 0.0])
+    cov, se, notes = _standard_errors(spec, np.array([[2.0, 0.0], [0.0, -1.0]]), params, scale, True)
+    assert se[0] == pytest.approx(np.sqrt(0.5)) and np.isnan(se[1])
+    assert list(notes) == ["sigma2.level"] and notes["sigma2.level"].startswith("at a boundary: variance estimated at 0")
+    _, se, notes = _standard_errors(spec, np.array([[1.0, 0.0], [0.0, -1.0]]), np.array([1.0, 2.0]), scale, False)
+    assert list(notes) == ["sigma2.level"] and "not positive definite" in notes["sigma2.level"]
+    assert notes["sigma2.level"].endswith("the optimiser did not converge")
+    _, se, notes = _standard_errors(spec, np.ones((2, 2)), np.array([1.0, 2.0]), scale, True)
+    assert np.all(np.isnan(se)) and all(n.startswith("not identified") for n in notes.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_fits_explain_exactly_their_undefined_standard_errors(case, fits):
+    _, _, ours, _, _, _ = fits(case)
+    assert set(ours.se_notes) == {n for n, s in ours.se.items() if not np.isfinite(s)}
+    assert all(ours.se_notes.values())
