@@ -375,6 +375,7 @@ class StreamModel(param.Parameterized):
         self._filter_lock = threading.Lock()
         self._resume: engine.OnlineFilter | None = None   # a restored belief the next run continues
         self._cancel_start = threading.Event()   # stops a fit on the history that a run is waiting for
+        self._refit_thread: threading.Thread | None = None
 
     # -- what to stream --------------------------------------------------------------
     def plan(self) -> StreamPlan:
@@ -527,6 +528,9 @@ class StreamModel(param.Parameterized):
         if runner is not None:
             runner.stop(timeout=10.0)
         moves_done = filt.close(timeout=10.0) if filt is not None else True
+        if self._refit_thread is not None:   # its move has given up: it ends at once
+            self._refit_thread.join(timeout=10.0)
+            moves_done = moves_done and not self._refit_thread.is_alive()
         alive = runner is not None and runner.running
         log.info("session %s stream stopped (runner still running: %s, refit still running: %s)",
                  self.worker.session_id, alive, not moves_done)
@@ -537,19 +541,35 @@ class StreamModel(param.Parameterized):
         keeps using the old bank until the new one is ready).
 
         While the stream plays, the new bank is swapped in at its next update; when it has
-        ended (or is paused or stopped) no update comes, so the worker swaps it in as soon as the
+        ended (or is paused or stopped) no update comes, so a background thread swaps it in as soon as the
         move is done and refreshes the forecast. Either way the events say when it is done, or
         why it could not run."""
         filt = self.filter
         if filt is None:
             return None
         self._set(drift_alarm=False, message="Refitting the posterior bank in the background…")
-        return self.worker.submit(self._refit_job, filt, self._plan, on_done=self._refit_done,
-                                  on_error=self._refit_failed)
+        done: Future = Future()
+        plan = self._plan
+
+        def run():   # a thread of its own: the worker may be busy compiling for the stream
+            try:
+                swapped = self._refit_job(filt, plan)
+            except Exception as exc:   # noqa: BLE001 - reported on the page
+                done.set_exception(exc)
+                if not self._closed:
+                    self._dispatch(partial(self._refit_failed, exc))
+                return
+            if not self._closed:
+                self._dispatch(partial(self._refit_done, swapped))
+            done.set_result(swapped)
+
+        self._refit_thread = threading.Thread(target=run, name="stream-refit", daemon=True)
+        self._refit_thread.start()
+        return done
 
     def _refit_job(self, filt: engine.OnlineFilter, plan: StreamPlan) -> bool:
-        """Worker: start a move (unless one runs), wait for it, swap its bank in; True when a new
-        bank is in use."""
+        """Start a move (unless one runs), wait for it, swap its bank in; True when a new bank is
+        in use."""
         with self._filter_lock:   # between two updates: an update donates the belief
             version = filt.bank_version
             started = filt.rejuvenate(reason="drift alarm (requested)")
