@@ -241,6 +241,39 @@ def demo_stream(key, name: str, n_time: int = 2000) -> DemoStream:
     return _compose(key, n_time, DEMO_STREAMS[name].plan, name)
 
 
+MIN_HISTORY = 2 * PERIOD   # observations a demo's posterior is fitted on, at least
+
+
+class DemoPosterior(NamedTuple):
+    """Parameter draws for a demo stream's model given its first `n_history` observations."""
+
+    draws: dict[str, np.ndarray]   # name → (draw,)
+    n_history: int
+    converged: bool                # the mode search reported convergence
+    message: str                   # the optimiser's message
+
+
+def demo_posterior(stream: DemoStream, n_history: int, n_draws: int = 200, seed: int = 0) -> DemoPosterior:
+    """Draws θ_s ~ q(θ | y_{1:n}) for the demo's model given its first n = `n_history` observations:
+    the Laplace approximation at the posterior mode (`fit_map`, default priors).
+
+    A demo stream has no NUTS fit of its own; these draws play that part, so that the online bank
+    re-weights a spread of parameters (and its ESS moves) as the rest of the stream arrives. They
+    see only the history, never the observations streamed after it, and the true parameters
+    (`stream.params`) are not used. The observations after the history are given to the fit as
+    missing (they add nothing to the likelihood), so every history length shares one compiled fit.
+    """
+    from .bayes import fit_map   # the model stack: the generators above do not need it
+
+    n_history = _check_size("n_history", n_history, MIN_HISTORY)
+    n_draws = _check_size("n_draws", n_draws, 1)
+    if n_history > len(stream.y):
+        raise ValueError(f"n_history must be at most the stream's {len(stream.y)} observations, got {n_history}")
+    y = np.where(np.arange(len(stream.y)) < n_history, stream.y, np.nan)
+    fit = fit_map(stream.spec, y)
+    return DemoPosterior(fit.laplace_draws(n_draws, seed), n_history, bool(fit.converged), str(fit.message))
+
+
 # --------------------------------------------------------------------------------------
 # fleet of sensors
 # --------------------------------------------------------------------------------------

@@ -2,7 +2,10 @@
 
 After a fit, an `engine.OnlineFilter` over the fit's posterior (S = 1 for the quick fit, the
 NUTS draws when a Bayesian fit exists) catches up on the first part of the series in one
-batched pass; an `engine.StreamRunner` then feeds it the rest on its own threads at the
+batched pass. The posterior sees only that first part: a fit that saw the observations about
+to stream is made again on the history alone, so the one-step bands are honest forecasts. A
+demo stream has no fit: its bank is a Laplace approximation fitted on its own history
+(`engine.demo.demo_posterior`); an `engine.StreamRunner` then feeds it the rest on its own threads at the
 chosen rate. The runner's subscriber (on the engine thread) only queues the new rows and
 asks `dispatch` (the session document's `add_next_tick_callback`) to run `_drain` once;
 `_drain` publishes everything queued since as one `new_rows` frame, so the page receives
@@ -22,9 +25,10 @@ import tempfile
 import threading
 import time
 import zipfile
+from functools import partial
 from pathlib import Path
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import jax
@@ -33,7 +37,8 @@ import pandas as pd
 import param
 
 import engine
-from engine.online import BAND_LEVELS
+from engine.demo import MIN_HISTORY, demo_posterior
+from engine.online import BAND_LEVELS, fit_priors
 from engine.persist import SNAPSHOT, read_snapshot, write_snapshot
 from engine.rejuvenation import RejuvenationConfig
 from engine.spec import ModelSpec
@@ -46,12 +51,32 @@ from .fit_model import FitModel
 log = logging.getLogger("streamssm.app")
 
 DATASET = "rest of the dataset"
+DEMO_LENGTH = 2000        # observations in a demo stream
+DEMO_DRAWS = 200          # draws of a demo's posterior bank
 STATUSES = ["idle", "starting", "playing", "paused", "finished", "stopped", "error"]
 FORECAST_EVERY_S = 0.25   # the forecast panel is refreshed at most this often
 FRAME_S = 0.1             # the page is updated at most this often while the stream runs
 MAX_HORIZON = 500         # forecast steps the x-axis is extended by (the `horizon` bound)
 COLUMNS = ("t", "x", "y", "predicted", "lo95", "hi95", "lo50", "hi50", "filtered", "anomaly_y", "ess", "drift")
 FORECAST_COLUMNS = ("t", "x", "mean", "lo95", "hi95", "lo50", "hi50")
+TIMING_COLUMNS = ("n_obs", "batch_size", "engine_ms_per_obs", "latency_ms")
+TIMING_WINDOW = 10_000    # batches (and observations' latencies) the throughput statistics cover
+FLAT_RATIO = 1.5          # engine time "stays flat" when its last quarter is at most this times its first
+MIN_TREND_BATCHES = 16    # batches needed before the page says whether engine time stays flat
+
+
+def engine_time_trend(engine_ms_per_obs: np.ndarray) -> dict:
+    """Does engine time per observation grow as the stream goes on? Compares the median of the
+    first quarter of the batches (time,) with the median of the last quarter: `flat` is True when
+    last / first <= FLAT_RATIO, False when above, None with fewer than MIN_TREND_BATCHES batches."""
+    x = np.asarray(engine_ms_per_obs, dtype=float)
+    if len(x) < MIN_TREND_BATCHES:
+        return {"n_batches": len(x), "first_ms": float("nan"), "last_ms": float("nan"), "ratio": float("nan"),
+                "flat": None}
+    q = len(x) // 4
+    first, last = float(np.median(x[:q])), float(np.median(x[-q:]))
+    ratio = last / first if first > 0 else float("inf")
+    return {"n_batches": len(x), "first_ms": first, "last_ms": last, "ratio": ratio, "flat": bool(ratio <= FLAT_RATIO)}
 
 
 def fit_posterior(fit: FitModel, bayes=None) -> tuple[ModelSpec, Any, str] | None:
@@ -69,9 +94,11 @@ def fit_posterior(fit: FitModel, bayes=None) -> tuple[ModelSpec, Any, str] | Non
 
 def fitted_series(fit: FitModel, posterior) -> np.ndarray | None:
     """The series (time,) the posterior was fitted to: a NUTS posterior's observed data, else the
-    quick fit's; None when it is not known (a fit restored without its data)."""
-    observed = getattr(posterior, "observed_data", None)
-    if observed is not None and "y" in observed:
+    quick fit's; None when it is not known (a posterior or fit restored without its data)."""
+    if hasattr(posterior, "posterior"):   # an InferenceData: its own observed data, or unknown
+        observed = getattr(posterior, "observed_data", None)
+        if observed is None or "y" not in observed:
+            return None
         return np.asarray(observed["y"].values, dtype=float).reshape(-1)
     result = fit.result
     return None if result is None or result.y is None else np.asarray(result.y, dtype=float)
@@ -90,6 +117,9 @@ class StreamPlan:
     t0: int                          # position of the first streamed observation in the whole series
     x: np.ndarray | None = None      # (time + MAX_HORIZON,) x-axis value of every position (None: t)
     dated: bool = False              # x holds dates (ms since the epoch)
+    fit_history: Callable[[], tuple[Any, str]] | None = None
+    # when set, the posterior is made in the worker before the run: it returns (posterior, label)
+    # fitted on y_history only, so that no streamed observation was seen by the fit
 
     def x_of(self, t) -> np.ndarray:
         """x-axis values of positions t (clipped to the known axis)."""
@@ -146,11 +176,16 @@ def twin_source(filt: engine.OnlineFilter) -> tuple:
             None if x is None else np.array(x))
 
 
-def warm_up(plan: StreamPlan, source: tuple, sizes: list[int]) -> None:
+def warm_up(plan: StreamPlan, source: tuple, sizes: list[int], lengths: list[int] = ()) -> None:
     """Compile `OnlineFilter.update_many` for micro-batches of the given padded sizes, on throw-away
     twins of a filter (`twin_source`: same bank, a copy of the belief), both on the first-steps path
     and on the steady-state path (taken from the third update on), so the stream itself never
-    waits. The twins never touch the streaming filter, so this may run while it streams."""
+    waits. The twins never touch the streaming filter, so this may run while it streams.
+
+    `lengths`: batch lengths to run once more each. A batch shorter than its padded size has its
+    info cut back to its length, and each new length costs a compile of its own (about 1 s on a
+    busy machine), which would otherwise land on the stream as a spike of engine time and a
+    backlog of latency."""
     params, belief0, y_history, exog_history = source
 
     def twin():
@@ -166,17 +201,63 @@ def warm_up(plan: StreamPlan, source: tuple, sizes: list[int]) -> None:
         jax.block_until_ready(steady.update_many(np.full(size, y_fill), exog(size)))
     if sizes[0] == 8:   # a single observation (a paced stream) is a padded batch cut back to length 1
         jax.block_until_ready(steady.update_many(np.full(1, y_fill), exog(1)))
+    short = [n for n in lengths if n < sizes[0]]   # what a paced stream that falls a little behind takes
+    for n in short:
+        jax.block_until_ready(steady.update_many(np.full(n, y_fill), exog(n)))
     for size in sizes[1:]:
         jax.block_until_ready(twin().update_many(np.full(size, y_fill), exog(size)))
+    for n in lengths:
+        if n >= sizes[0]:
+            jax.block_until_ready(steady.update_many(np.full(n, y_fill), exog(n)))
 
 
-def build_filter(plan: StreamPlan, filt: engine.OnlineFilter | None = None) -> engine.OnlineFilter:
+def _cut_lengths(batch_size: int) -> list[int]:
+    """Batch lengths up to batch_size that are cut back from a padded size (1 is warmed with the filter)."""
+    sizes = set(_bucket_sizes(batch_size))
+    return [n for n in range(2, batch_size + 1) if n not in sizes]
+
+
+def fitted_plan(plan: StreamPlan) -> StreamPlan:
+    """The plan with its posterior made: `plan.fit_history` run (in the worker) when it has one."""
+    if plan.fit_history is None:
+        return plan
+    posterior, label = plan.fit_history()
+    return replace(plan, posterior=posterior, label=label, fit_history=None)
+
+
+def build_filter(plan: StreamPlan, filt: engine.OnlineFilter | None = None) -> tuple[engine.OnlineFilter, StreamPlan]:
     """The online filter for a plan (or a restored one), caught up on its history, compiled for
-    single-step batches."""
+    single-step batches; and the plan with its posterior (fitted on the history when it says so)."""
+    plan = fitted_plan(plan)
     if filt is None:
         filt = engine.OnlineFilter.from_posterior(plan.spec, plan.posterior, plan.y_history, plan.exog_history)
     warm_up(plan, twin_source(filt), _bucket_sizes(1))
-    return filt
+    return filt, plan
+
+
+def history_quick_fit(spec: ModelSpec, y_history: np.ndarray, exog_history: np.ndarray | None) -> tuple[dict, str]:
+    """The quick fit's estimate (maximum likelihood) on the history alone, and its label."""
+    res = engine.fit_mle(spec, y_history, exog_history)
+    flag = "" if res.converged else f"; the optimiser did not converge: {res.message}"
+    return dict(res.params), f"quick fit on the first {len(y_history)} observations (S = 1 draw{flag})"
+
+
+def history_nuts_fit(spec: ModelSpec, y_history: np.ndarray, exog_history: np.ndarray | None, idata, *,
+                     warmup: int, seed: int, cancel=None) -> tuple[Any, str]:
+    """NUTS on the history alone, with the session's posterior's priors, chains and draws per chain."""
+    chains, draws = int(idata.posterior.sizes["chain"]), int(idata.posterior.sizes["draw"])
+    posterior = engine.fit_nuts(spec, y_history, exog_history, chains=chains, warmup=warmup, draws=draws,
+                                seed=seed, priors=fit_priors(idata), cancel=cancel)
+    return posterior, f"NUTS posterior of the first {len(y_history)} observations (S = {chains * draws} draws)"
+
+
+def demo_history_fit(demo: engine.DemoStream, n_history: int) -> tuple[dict, str]:
+    """The demo's posterior bank given its history (`engine.demo.demo_posterior`), and its label."""
+    post = demo_posterior(demo, n_history, DEMO_DRAWS)
+    n = len(next(iter(post.draws.values())))
+    flag = "" if post.converged else f"; the mode search stopped early: {post.message}"
+    return post.draws, (f"Laplace approximation to the posterior of the first {n_history} observations "
+                        f"(S = {n} draws; a demo has no NUTS fit, its true parameters are not used{flag})")
 
 
 def snapshot_bytes(filt: engine.OnlineFilter) -> bytes:
@@ -251,6 +332,7 @@ class StreamModel(param.Parameterized):
     max_speed = param.Boolean(default=False, doc="As fast as the engine goes")
     horizon = param.Integer(default=20, bounds=(1, 500), doc="Forecast steps")
     batch_size = param.Integer(default=64, bounds=(1, 4096), doc="Most observations per engine call")
+    demo_length = param.Integer(default=DEMO_LENGTH, bounds=(4 * 24, 100_000), doc="Observations in a demo stream")
 
     status = param.Selector(default="idle", objects=STATUSES, constant=True)
     message = param.String(default="", constant=True)
@@ -261,7 +343,12 @@ class StreamModel(param.Parameterized):
     run_id = param.Integer(default=0, constant=True, doc="Incremented when a new run starts (views reset)")
     new_rows = param.DataFrame(default=None, allow_None=True, constant=True,
                                doc="The rows received since the last update (views append only these)")
+    new_timings = param.DataFrame(default=None, allow_None=True, constant=True,
+                                  doc="One row per engine batch shown since the last update (TIMING_COLUMNS)")
     forecast = param.DataFrame(default=None, allow_None=True, constant=True)
+    history = param.DataFrame(default=None, allow_None=True, constant=True,
+                              doc="The observations the run's filter started from (t, x, y): the history before "
+                                  "the stream")
     stats = param.Dict(default={}, constant=True, doc="Throughput and latency (see `_stats`)")
     events = param.List(default=[], constant=True, doc="Rejuvenation and drift events, newest last")
     drift_alarm = param.Boolean(default=False, constant=True, doc="A drift was flagged since the last refit")
@@ -281,25 +368,26 @@ class StreamModel(param.Parameterized):
         self._queued_forecast: pd.DataFrame | None = None
         self._scheduled = False
         self._chunks: list[pd.DataFrame] = []
-        self._refit_requested = False
         self._last_forecast = self._last_drain = 0.0
-        self._render_ms: collections.deque = collections.deque(maxlen=2000)
+        self._queued_timing: list[tuple[int, float, np.ndarray]] = []   # (batch size, engine s, arrival times)
+        self._reset_timing()
         self._closed = False
         self._pending_step = 0
         self._filter_lock = threading.Lock()
         self._resume: engine.OnlineFilter | None = None   # a restored belief the next run continues
+        self._cancel_start = threading.Event()   # stops a fit on the history that a run is waiting for
+        self._refit_thread: threading.Thread | None = None
 
     # -- what to stream --------------------------------------------------------------
     def plan(self) -> StreamPlan:
-        """The model, posterior and data of the next run; raises ValueError naming what is missing."""
+        """The model, posterior and data of the next run; raises ValueError naming what is missing.
+
+        The stream starts after the first `history_fraction` of the series (a fit on only the
+        first part of the data starts where its data end). The posterior never saw a streamed
+        observation: a fit that did is made again on the history alone, in the worker
+        (`StreamPlan.fit_history`), so the bands are true one-step-ahead forecasts."""
         if self.source != DATASET:
-            demo = engine.demo_stream(0, self.source, n_time=2000)
-            if self._resume is not None:
-                return resume_plan(self._resume, demo.y, None)
-            spec = ModelSpec.from_dict(demo.spec)
-            n_hist = 200
-            return StreamPlan(spec, dict(demo.params), "the demo's true parameters (S = 1 draw)",
-                              demo.y[:n_hist], None, demo.y[n_hist:], n_hist)
+            return self._demo_plan()
         if not self.data.ready:
             raise ValueError("Load a dataset first (Data tab).")
         y = self.data.y
@@ -321,9 +409,39 @@ class StreamModel(param.Parameterized):
         if n_hist >= len(y):
             raise ValueError(f"nothing left to stream: the filter starts from {n_hist} of {len(y)} observations")
         x = self._exog(spec)
+        x_hist = None if x is None else x[:n_hist]
+        fit_history = None
+        if y_fit is None:
+            label += " — its data are unknown: if it saw the streamed observations, the bands look better than they are"
+        elif len(y_fit) > n_hist:   # the fit saw the observations about to stream
+            if n_hist < 2:
+                raise ValueError(f"the stream would start after {n_hist} observations, too few to fit the model "
+                                 "on: move 'Start after' to the right")
+            if isinstance(posterior, dict):
+                fit_history = partial(history_quick_fit, spec, y[:n_hist], x_hist)
+            else:
+                fit_history = partial(history_nuts_fit, spec, y[:n_hist], x_hist, posterior,
+                                      warmup=int(getattr(self.bayes, "warmup", 500)),
+                                      seed=int(getattr(self.bayes, "seed", 0)), cancel=self._cancel_start)
+            label = f"{label.split(' (')[0]} refitted on the first {n_hist} observations"
         source = y[n_hist:] if x is None else np.column_stack([y[n_hist:], x[n_hist:]])
-        return StreamPlan(spec, posterior, label, y[:n_hist], None if x is None else x[:n_hist], source, n_hist,
-                          xs, dated)
+        return StreamPlan(spec, posterior, label, y[:n_hist], x_hist, source, n_hist, xs, dated, fit_history)
+
+    def _demo_plan(self) -> StreamPlan:
+        """A demo stream, started after `history_fraction` of it, through a bank of draws fitted on
+        the part before (`demo_history_fit`)."""
+        demo = engine.demo_stream(0, self.source, n_time=self.demo_length)
+        if self._resume is not None:
+            return resume_plan(self._resume, demo.y, None)
+        n_hist = int(round(self.history_fraction * len(demo.y)))
+        if n_hist < MIN_HISTORY:
+            raise ValueError(f"a demo stream's posterior is fitted on the observations before the stream: move "
+                             f"'Start after' to at least {MIN_HISTORY / len(demo.y):.2f} ({MIN_HISTORY} of "
+                             f"{len(demo.y)} observations)")
+        spec = ModelSpec.from_dict(demo.spec)
+        return StreamPlan(spec, None, f"fitting the demo's model on its first {n_hist} observations",
+                          demo.y[:n_hist], None, demo.y[n_hist:], n_hist,
+                          fit_history=partial(demo_history_fit, demo, n_hist))
 
     def _exog(self, spec: ModelSpec) -> np.ndarray | None:
         if spec.regression is None:
@@ -396,6 +514,9 @@ class StreamModel(param.Parameterized):
         runner = self.runner
         if runner is not None:
             runner.stop()
+        if self.status == "starting":   # the run being built is not started
+            self._cancel_start.set()
+            self._plan = None
         if self.status not in ("idle", "error", "finished"):
             self._set(status="stopped", message="Stopped.")
 
@@ -403,28 +524,78 @@ class StreamModel(param.Parameterized):
         """The session closed: stop the runner and the filter's background refit, and drop further
         results. True when their threads ended."""
         self._closed = True
+        self._cancel_start.set()
         runner, filt = self.runner, self.filter
         if runner is not None:
             runner.stop(timeout=10.0)
         moves_done = filt.close(timeout=10.0) if filt is not None else True
+        if self._refit_thread is not None:   # its move has given up: it ends at once
+            self._refit_thread.join(timeout=10.0)
+            moves_done = moves_done and not self._refit_thread.is_alive()
         alive = runner is not None and runner.running
         log.info("session %s stream stopped (runner still running: %s, refit still running: %s)",
                  self.worker.session_id, alive, not moves_done)
         return not alive and moves_done
 
-    def refit(self) -> None:
+    def refit(self) -> Future | None:
         """Rejuvenate the posterior bank on all data seen so far, in the background (the stream
-        keeps using the old bank until the new one is ready)."""
-        if self.filter is None:
-            return
-        with param.edit_constant(self):
-            self.drift_alarm = False
-        if self.status == "playing":
+        keeps using the old bank until the new one is ready).
+
+        While the stream plays, the new bank is swapped in at its next update; when it has
+        ended (or is paused or stopped) no update comes, so a background thread swaps it in as soon as the
+        move is done and refreshes the forecast. Either way the events say when it is done, or
+        why it could not run."""
+        filt = self.filter
+        if filt is None:
+            return None
+        self._set(drift_alarm=False, message="Refitting the posterior bank in the background…")
+        done: Future = Future()
+        plan = self._plan
+
+        def run():   # a thread of its own: the worker may be busy compiling for the stream
+            try:
+                swapped = self._refit_job(filt, plan)
+            except Exception as exc:   # noqa: BLE001 - reported on the page
+                done.set_exception(exc)
+                if not self._closed:
+                    self._dispatch(partial(self._refit_failed, exc))
+                return
+            if not self._closed:
+                self._dispatch(partial(self._refit_done, swapped))
+            done.set_result(swapped)
+
+        self._refit_thread = threading.Thread(target=run, name="stream-refit", daemon=True)
+        self._refit_thread.start()
+        return done
+
+    def _refit_job(self, filt: engine.OnlineFilter, plan: StreamPlan) -> bool:
+        """Start a move (unless one runs), wait for it, swap its bank in; True when a new bank is
+        in use."""
+        with self._filter_lock:   # between two updates: an update donates the belief
+            version = filt.bank_version
+            started = filt.rejuvenate(reason="drift alarm (requested)")
+        if not started and not filt.rejuvenating:
+            return False          # unavailable (an event says why) or the run was dropped
+        filt.wait_for_rejuvenation()
+        with self._filter_lock:
+            filt.apply_pending()  # a stream still running may have swapped it in already
+            swapped = filt.bank_version > version
+            forecast = self._forecast(filt, plan, filt.t - plan.t0) if swapped and filt is self.filter else None
+        if forecast is not None:
             with self._lock:
-                self._refit_requested = True   # done on the engine thread, between two updates
-        else:
-            with self._filter_lock:   # a stepped update may be in flight: it donates the belief
-                self.filter.rejuvenate(reason="drift alarm (requested)")
+                self._queued_forecast = forecast
+            self._schedule()
+        return swapped
+
+    def _refit_done(self, swapped: bool) -> None:
+        if swapped:
+            self._set(message=f"Refit done: the new posterior bank is in use (t = {self.filter.t if self.filter else '?'}"
+                              "); the forecast is redrawn from it.")
+        elif self.message.startswith("Refitting"):
+            self._set(message="The refit did not run: the events below say why.")
+
+    def _refit_failed(self, exc: BaseException) -> None:
+        self._set(message=f"The refit failed: {exc}")
 
     @param.depends("rate", "max_speed", watch=True)
     def _on_speed(self):
@@ -437,6 +608,8 @@ class StreamModel(param.Parameterized):
             self.param.update(**values)
 
     def _start(self, paused: bool) -> Future | None:
+        self._cancel_start.set()   # a previous start still fitting gives up
+        self._cancel_start = threading.Event()
         try:
             plan = self.plan()
         except ValueError as exc:
@@ -444,10 +617,13 @@ class StreamModel(param.Parameterized):
             return None
         self._drop_run()
         self._plan = plan
+        fitting = (f"fitting on the first {plan.t0} observations first, so that the fit sees none of the streamed "
+                   "ones; " if plan.fit_history is not None else "")
         self._set(status="starting", posterior_label=plan.label,
-                  message=f"Starting the filter from {plan.t0} observations ({plan.label}); the first run "
+                  message=f"Starting the filter from {plan.t0} observations ({fitting}{plan.label}); the first run "
                           "of a model also compiles it…")
-        return self.worker.submit(build_filter, plan, self._resume, on_done=lambda f: self._begin(f, plan, paused),
+        return self.worker.submit(build_filter, plan, self._resume,
+                                  on_done=lambda built: self._begin(*built, planned=plan, paused=paused),
                                   on_error=self._failed)
 
     def _drop_run(self) -> None:
@@ -459,9 +635,11 @@ class StreamModel(param.Parameterized):
             self.filter.close(timeout=0)
         self.runner = self.filter = None
 
-    def _begin(self, filt: engine.OnlineFilter, plan: StreamPlan, paused: bool) -> None:
-        if self._closed or plan is not self._plan:
+    def _begin(self, filt: engine.OnlineFilter, plan: StreamPlan, planned: StreamPlan, paused: bool) -> None:
+        """Start streaming `plan` (the `planned` one with its posterior made) through `filt`."""
+        if self._closed or planned is not self._plan:
             return
+        self._plan = plan
         names = engine.component_names(plan.spec)
         self._signal = np.array([0.0 if n == "trend" else 1.0 for n in names])
         filt.on_event = self._on_engine_event
@@ -471,22 +649,32 @@ class StreamModel(param.Parameterized):
             self._queued, self._queued_events, self._queued_forecast = [], [], None
             self._scheduled = False
         self._chunks = []
-        self._render_ms.clear()
-        self._set(run_id=self.run_id + 1, n_received=0, n_total=len(plan.source), new_rows=None,
-                  forecast=None, events=[], drift_alarm=False, stats={}, dated=plan.dated,
+        self._reset_timing()
+        t_hist = np.arange(len(plan.y_history))
+        history = pd.DataFrame({"t": t_hist, "x": plan.x_of(t_hist).astype(float), "y": plan.y_history})
+        self._set(run_id=self.run_id + 1, n_received=0, n_total=len(plan.source), new_rows=None, history=history,
+                  forecast=None, events=[], drift_alarm=False, stats={}, dated=plan.dated, posterior_label=plan.label,
                   status="paused" if paused else "playing", message="")
         self.runner = engine.StreamRunner(_Locked(filt, self._filter_lock), plan.source, rate=None if self.max_speed else float(self.rate),
                                           batch_size=self.batch_size)
         self.runner.subscribe(self._on_batch)
-        larger = _bucket_sizes(self.batch_size)[1:]
-        source = twin_source(filt) if larger else None   # before the stream moves the filter on
+        sizes, lengths = _bucket_sizes(self.batch_size), _cut_lengths(self.batch_size)
+        source = twin_source(filt) if lengths else None   # before the stream moves the filter on
         self.runner.start(paused=paused)
-        if larger:   # the micro-batches of a fast stream are compiled in the worker meanwhile
-            self.worker.submit(warm_up, plan, source, larger, on_done=lambda _: None,
+        if lengths:   # the other micro-batch sizes and lengths are compiled in the worker meanwhile
+            self.worker.submit(warm_up, plan, source, sizes[1:] or sizes, lengths, on_done=lambda _: None,
                                on_error=lambda exc: log.info("stream warm-up failed: %s", exc))
         if self._pending_step:
             n, self._pending_step = self._pending_step, 0
             self.runner.step(n)
+
+    def _reset_timing(self) -> None:
+        with self._lock:
+            self._queued_timing = []
+        self._render_ms: collections.deque = collections.deque(maxlen=TIMING_WINDOW)
+        self._latency_ms: collections.deque = collections.deque(maxlen=TIMING_WINDOW)
+        self._batches: collections.deque = collections.deque(maxlen=TIMING_WINDOW)
+        self._engine_s, self._n_timed = 0.0, 0
 
     def _failed(self, exc: BaseException) -> None:
         self._set(status="error", message=f"The stream could not start: {exc}")
@@ -513,15 +701,13 @@ class StreamModel(param.Parameterized):
         last = int(message.t[-1]) + 1 >= len(plan.source)
         with self._lock:
             self._queued.append(rows)
-            refit, self._refit_requested = self._refit_requested, False
+            self._queued_timing.append((len(message.t), float(message.engine_s), now - np.asarray(message.latency_s)))
         if now - self._last_forecast > FORECAST_EVERY_S or last:
             self._last_forecast = now
             forecast = self._forecast(filt, plan, int(message.t[-1]) + 1)
             if forecast is not None:
                 with self._lock:
                     self._queued_forecast = forecast
-        if refit:
-            filt.rejuvenate(reason="drift alarm (requested)")
         # a running stream updates the page once a frame (later batches pick up what is queued);
         # the last batch and a paused (stepped) stream are shown at once
         if last or self.runner is None or self.runner.paused or now - self._last_drain >= FRAME_S:
@@ -544,6 +730,7 @@ class StreamModel(param.Parameterized):
             log.warning("forecast failed: %r", exc)
             with self._lock:
                 self._queued_events.append({"kind": "forecast_failed", "error": repr(exc)})
+            self._schedule()
             return None
 
     def _schedule(self) -> None:
@@ -585,27 +772,58 @@ class StreamModel(param.Parameterized):
                 values.update(status="error", message=f"The stream failed: {errors[0].get('error')}")
             elif setbacks:   # the stream goes on with the bank it has
                 what = "refit" if setbacks[-1]["kind"] == "rejuvenation_failed" else "forecast"
+                going = "goes on with" if self.status in ("playing", "paused") else "keeps"
                 values["message"] = (f"The background {what} failed ({setbacks[-1].get('error')}); the stream "
-                                     "goes on with the current draws.")
+                                     f"{going} the current draws.")
         runner = self.runner
-        if runner is not None and self.n_received + n_new >= self.n_total and self.status != "error":
-            values.update(status="finished", message=f"Streamed all {self.n_total} observations.")
-        if runner is not None:
-            values["stats"] = self._stats(runner)
+        finished = {}   # set with the statistics that include the last batch
+        if (runner is not None and self.n_received + n_new >= self.n_total
+                and values.get("status", self.status) not in ("error", "finished")):
+            finished = {"status": "finished", "message": f"Streamed all {self.n_total} observations."}
         self._set(**values)
+        if runner is None:
+            return
+        sent = time.perf_counter()   # the Stream tab's update is on its way to the browser
         if n_new:
-            self._render_ms.append((time.perf_counter() - t0) * 1e3 / n_new)
+            self._render_ms.append((sent - t0) * 1e3 / n_new)
+        with self._lock:
+            timings, self._queued_timing = self._queued_timing, []
+        rows = []
+        for size, engine_s, arrivals in timings:
+            latency_ms = (sent - arrivals) * 1e3
+            self._latency_ms.extend(latency_ms.tolist())
+            self._engine_s += engine_s
+            self._n_timed += size
+            rows.append({"n_obs": self._n_timed, "batch_size": size, "engine_ms_per_obs": engine_s * 1e3 / size,
+                         "latency_ms": float(np.mean(latency_ms))})
+        self._batches.extend(rows)
+        self._set(stats=self._stats(runner),
+                  new_timings=pd.DataFrame(rows, columns=list(TIMING_COLUMNS)) if rows else None, **finished)
 
     def _stats(self, runner: engine.StreamRunner) -> dict:
-        """Runner stats plus the page side: render time per observation (server side of the views)."""
-        s = runner.stats()
+        """What the Throughput tab shows, each measured as its name says (see `THROUGHPUT_DEFINITIONS`).
+
+        Engine time is the filter's time for a batch (`update_many` until its results are on the
+        host), divided by the batch's size; its mean over the run gives the rate the engine alone
+        could sustain, 1000 / mean ms per observation. Latency runs from an observation's arrival
+        in the stream's queue to the moment the page update that carries it is sent (server side:
+        the browser's drawing is not included). Render is the server's time for the Stream tab's
+        update, per observation."""
+        elapsed = runner.stats().elapsed_s
+        n = self._n_timed
+        engine_ms = self._engine_s * 1e3 / n if n else float("nan")
+        per_batch = np.array([b["engine_ms_per_obs"] for b in self._batches]) if self._batches else np.array([np.nan])
+        latency = np.asarray(self._latency_ms) if self._latency_ms else np.array([np.nan])
         render = np.asarray(self._render_ms) if self._render_ms else np.array([np.nan])
-        return {"n_obs": s.n_obs, "elapsed_s": s.elapsed_s, "obs_per_s": s.throughput,
-                "engine_obs_per_s": s.engine_throughput, "engine_ms_p50": s.engine_ms["p50"],
-                "engine_ms_p99": s.engine_ms["p99"], "latency_ms_p50": s.total_ms["p50"],
-                "latency_ms_p99": s.total_ms["p99"], "render_ms_p50": float(np.median(render)),
-                "render_ms_p99": float(np.percentile(render, 99)), "queue_depth": s.queue_depth,
-                "n_draws": self.filter.n_draws if self.filter is not None else 0}
+        return {"n_obs": n, "n_batches": len(self._batches), "elapsed_s": elapsed,
+                "obs_per_s": n / elapsed if elapsed > 0 else float("nan"),
+                "engine_ms_mean": engine_ms, "engine_obs_per_s": 1e3 / engine_ms if n else float("nan"),
+                "engine_ms_p50": float(np.median(per_batch)), "engine_ms_p99": float(np.percentile(per_batch, 99)),
+                "latency_ms_p50": float(np.median(latency)), "latency_ms_p99": float(np.percentile(latency, 99)),
+                "render_ms_p50": float(np.median(render)), "render_ms_p99": float(np.percentile(render, 99)),
+                "queue_depth": runner.stats().queue_depth,
+                "n_draws": self.filter.n_draws if self.filter is not None else 0,
+                "trend": engine_time_trend(per_batch if self._batches else np.zeros(0))}
 
     # -- results ---------------------------------------------------------------------
     def x_of(self, t) -> np.ndarray:

@@ -46,6 +46,14 @@ def _empty() -> dict:
     return {c: [] for c in COLUMNS}
 
 
+def _legend_outside(p) -> None:
+    """Put the figure's legend to the right of the plot area, where it covers no data."""
+    legend = p.legend[0]
+    p.center.remove(legend)
+    legend.location = "top_left"
+    p.add_layout(legend, "right")
+
+
 def _figure(title: str, height: int, **kw):
     return figure(title=title, height=height, sizing_mode="stretch_width", tools="pan,wheel_zoom,box_zoom,reset",
                   x_axis_label=X_LABEL[False], **kw)
@@ -81,6 +89,7 @@ class StreamView(pn.viewable.Viewer):
         self.source = ColumnDataSource(_empty())
         self.forecast_source = ColumnDataSource({"t": [], "x": [], "mean": [], "lo95": [], "hi95": [], "lo50": [],
                                                  "hi50": []})
+        self.history_source = ColumnDataSource({"t": [], "x": [], "y": []})
         self.plot = self._main_plot()
         self.ess_plot = _figure("Effective sample size of the posterior bank", 160)
         self.ess_plot.line("x", "ess", source=self.source, color=BLUE)
@@ -111,24 +120,30 @@ class StreamView(pn.viewable.Viewer):
         p.scatter("x", "y", source=self.source, color="black", size=3, legend_label="observed")
         p.scatter("x", "anomaly_y", source=self.source, color=RED, size=11, marker="x", line_width=2,
                   legend_label="anomaly")
-        p.legend.location = "top_left"
+        _legend_outside(p)
         p.legend.click_policy = "hide"
         return p
 
     def _forecast_plot(self):
+        """The recent history (the filter's starting history, then the streamed observations and
+        their filtered mean) and the forecast after the last one."""
         p = _figure("", 240, x_range=Range1d(0, 1))
         p.varea("x", "lo95", "hi95", source=self.forecast_source, color=ORANGE, alpha=0.15, legend_label="95%")
         p.varea("x", "lo50", "hi50", source=self.forecast_source, color=ORANGE, alpha=0.3, legend_label="50%")
         p.line("x", "mean", source=self.forecast_source, color=ORANGE, line_width=2, legend_label="forecast mean")
-        p.scatter("x", "y", source=self.source, color="black", size=3)
-        p.line("x", "filtered", source=self.source, color=BLUE)
-        p.legend.location = "top_left"
+        p.scatter("x", "y", source=self.history_source, color="gray", size=3, legend_label="history")
+        p.scatter("x", "y", source=self.source, color="black", size=3, legend_label="streamed")
+        p.line("x", "filtered", source=self.source, color=BLUE, legend_label="filtered mean")
+        _legend_outside(p)
         return p
 
     # -- updates from the view-model (on the page's event loop) ------------------------
     def _on_reset(self, *_):
         self.source.data = _empty()
         self.forecast_source.data = {k: [] for k in self.forecast_source.data}
+        history = self.model.history
+        self.history_source.data = ({"t": [], "x": [], "y": []} if history is None else
+                                    {c: history[c].to_numpy() for c in ("t", "x", "y")})
         dated = self.model.dated
         for plot in (self.plot, self.forecast_plot, self.ess_plot):
             axis = plot.xaxis[0]
@@ -149,7 +164,8 @@ class StreamView(pn.viewable.Viewer):
         if fc.empty:   # a regression model past the last known regressors
             return
         t_next, t_end = int(fc["t"].iloc[0]), int(fc["t"].iloc[-1])
-        start, last, end = self.model.x_of([t_next - FORECAST_WINDOW, t_end - 1, t_end])
+        # the last FORECAST_WINDOW observations (history included), never before the first one
+        start, last, end = self.model.x_of([max(0, t_next - FORECAST_WINDOW), t_end - 1, t_end])
         self.forecast_plot.x_range.update(start=start, end=end + (end - last))
 
     def _on_status(self, *_):

@@ -6,12 +6,13 @@ import threading
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import engine
 from engine.rejuvenation import RejuvenationConfig
 from app.viewmodels import DataModel, FitModel, SpecModel
-from app.viewmodels.stream import StreamModel
+from app.viewmodels.stream import DEMO_DRAWS, MIN_TREND_BATCHES, StreamModel, engine_time_trend
 from app.workers import SessionWorker
 
 pytestmark = pytest.mark.timeout(600)
@@ -47,7 +48,12 @@ def test_streamed_nile_equals_the_batch_filter(session):
     rows = model.rows
     n_hist = int(round(model.history_fraction * len(data.y)))
     assert model.n_received == len(rows) == len(data.y) - n_hist == model.n_total
-    ref = engine.filter_series(fit.result.spec, fit.result.params, data.y)
+    # the quick fit saw all of Nile: the stream runs the estimate of the first n_hist observations
+    history_fit = engine.fit_mle(fit.result.spec, data.y[:n_hist])
+    assert model.filter.params[0] == pytest.approx(list(history_fit.params.values()), rel=1e-9)
+    assert not np.allclose(list(history_fit.params.values()), list(fit.result.params.values()), rtol=1e-3)
+    assert f"first {n_hist} observations" in model.posterior_label
+    ref = engine.filter_series(fit.result.spec, history_fit.params, data.y)
     np.testing.assert_array_equal(rows["t"], np.arange(n_hist, len(data.y)))
     np.testing.assert_array_equal(rows["y"], data.y[n_hist:])
     # local level: the signal is the level state; filtered a_{t|t} and one-step prediction a_t
@@ -63,9 +69,99 @@ def test_streamed_nile_equals_the_batch_filter(session):
     assert not model.runner.running
 
 
+def test_throughput_numbers_measure_what_they_say(session):
+    """The Throughput tab's numbers agree with the runner's own accounting: the mean engine time
+    per observation is its engine time over its observations, the sustainable rate is 1000 / that
+    mean, one timing row per batch, and each latency (arrival → page update) is at least the
+    runner's (arrival → engine done)."""
+    _, _, model = session
+    timings = []
+    model.param.watch(lambda e: timings.append(e.new) if e.new is not None else None, ["new_timings"])
+    model.rate = 200.0
+    model.play().result()
+    _wait_for(lambda: model.status == "finished")
+    s, runner = model.stats, model.runner.stats()
+    assert s["n_obs"] == runner.n_obs == model.n_total and s["n_batches"] == runner.n_batches
+    np.testing.assert_allclose(s["engine_obs_per_s"], runner.engine_throughput, rtol=1e-9)
+    np.testing.assert_allclose(s["engine_obs_per_s"] * s["engine_ms_mean"], 1000.0, rtol=1e-12)
+    frame = pd.concat(timings, ignore_index=True)
+    assert len(frame) == runner.n_batches and frame["batch_size"].sum() == runner.n_obs
+    np.testing.assert_array_equal(frame["n_obs"], np.cumsum(frame["batch_size"]))
+    np.testing.assert_allclose(np.sum(frame["engine_ms_per_obs"] * frame["batch_size"]) / runner.n_obs,
+                               s["engine_ms_mean"], rtol=1e-9)
+    assert s["latency_ms_p50"] >= runner.total_ms["p50"] and s["latency_ms_p99"] >= runner.total_ms["p99"]
+    assert s["trend"]["n_batches"] == runner.n_batches
+
+
+def test_engine_time_trend_compares_the_first_and_last_quarters():
+    rng = np.random.default_rng(0)
+    flat = 0.1 * np.exp(0.1 * rng.standard_normal(400))
+    assert engine_time_trend(flat)["flat"] is True
+    growing = flat * np.linspace(1.0, 3.0, 400)   # O(t): the last quarter costs about 2.5x the first
+    trend = engine_time_trend(growing)
+    assert trend["flat"] is False and trend["ratio"] > 2.0
+    np.testing.assert_allclose(trend["first_ms"], np.median(growing[:100]))
+    np.testing.assert_allclose(trend["last_ms"], np.median(growing[-100:]))
+    assert engine_time_trend(flat[:MIN_TREND_BATCHES - 1])["flat"] is None
+
+
+def test_refit_after_the_stream_ended_completes_and_says_so(session):
+    """A refit requested once the stream has ended (no update will come to swap the new bank in)
+    runs to its end: the new bank is swapped in, the events and the message say so, and the
+    forecast is redrawn from it."""
+    _, _, model = session
+    model.max_speed = True
+    model.play().result()
+    _wait_for(lambda: model.status == "finished")
+    before = model.forecast
+    assert model.refit().result(timeout=600) is True
+    _wait_for(lambda: model.message.startswith("Refit done"))
+    kinds = [e["kind"] for e in model.events]
+    assert kinds[-2:] == ["rejuvenation_start", "rejuvenation_done"], kinds
+    assert model.filter.bank_version == 1 and model.status == "finished"
+    _wait_for(lambda: model.forecast is not before)
+    fc = model.filter.forecast(model.horizon)
+    np.testing.assert_allclose(model.forecast["mean"], np.asarray(fc.mean), rtol=1e-12)
+
+
+def test_a_demo_stream_honours_start_after_and_streams_a_posterior_bank(session):
+    """A demo stream starts after the 'Start after' share of it, through a bank of draws fitted on
+    the part before (not its true parameters): the weights move, so the ESS is not flat."""
+    from engine.demo import demo_posterior
+
+    _, _, model = session
+    n_time = 480
+    model.param.update(source="level_shifts", history_fraction=0.75, demo_length=n_time, max_speed=True)
+    model.play().result()
+    _wait_for(lambda: model.status in ("finished", "error"))
+    assert model.status == "finished", model.message
+    n_hist = int(round(0.75 * n_time))
+    rows = model.rows
+    np.testing.assert_array_equal(rows["t"], np.arange(n_hist, n_time))
+    demo = engine.demo_stream(0, "level_shifts", n_time=n_time)
+    np.testing.assert_array_equal(rows["y"], demo.y[n_hist:])
+    assert model.filter.n_draws == DEMO_DRAWS and f"first {n_hist} observations" in model.posterior_label
+    assert "Laplace" in model.posterior_label and f"S = {DEMO_DRAWS}" in model.posterior_label
+    model.filter.wait_for_rejuvenation()   # a move traces the model too (NumPyro's handlers are not per thread)
+    bank = demo_posterior(demo, n_hist, DEMO_DRAWS).draws
+    first = engine.OnlineFilter.from_posterior(model.filter.spec, bank, demo.y[:n_hist])
+    np.testing.assert_allclose(model.history["y"], demo.y[:n_hist])
+    np.testing.assert_allclose(rows["ess"].iloc[0], first.update(demo.y[n_hist]).ess, rtol=1e-9)
+    assert rows["ess"].max() - rows["ess"].min() > 1.0   # the draws are re-weighted as the data arrive
+
+
+def test_a_demo_stream_needs_a_history_to_fit_on(session):
+    _, _, model = session
+    model.source = "outliers"
+    model.history_fraction = 0.0
+    assert model.play() is None
+    assert model.status == "error" and "Start after" in model.message
+
+
 def test_regression_model_streams_and_forecasts_with_the_datas_regressors():
     """A model with a regression streams to the end; its forecast after a step is the engine's
-    plug-in forecast with the dataset's next regressors; past the last regressor it is empty."""
+    plug-in forecast (at the estimate of the history before the stream) with the dataset's next
+    regressors; past the last regressor it is empty."""
     worker = SessionWorker("stream-regression")
     data = DataModel(dataset="seatbelts")
     spec = SpecModel(data)
@@ -78,7 +174,9 @@ def test_regression_model_streams_and_forecasts_with_the_datas_regressors():
         _wait_for(lambda: model.n_received == 1 and model.forecast is not None)
         t = int(model.rows["t"].iloc[-1]) + 1
         X = data.exog_frame[["petrol_price"]].to_numpy(float)
-        ref = engine.forecast(fit.result.spec, fit.result.params, data.y[:t], model.horizon, X[:t],
+        n_hist = int(round(model.history_fraction * len(data.y)))   # the stream's fit saw only these
+        params = engine.fit_mle(fit.result.spec, data.y[:n_hist], X[:n_hist]).params
+        ref = engine.forecast(fit.result.spec, params, data.y[:t], model.horizon, X[:t],
                               X[t:t + model.horizon])
         fc = model.forecast
         assert fc["t"].iloc[0] == t and len(fc) == model.horizon

@@ -212,3 +212,30 @@ def test_fleet_bad_input_is_refused():
         engine.make_fleet(0, 100)
     with pytest.raises(ValueError, match="outlier_rate"):
         engine.make_fleet(10, 100, outlier_rate=1.5)
+
+
+def test_demo_posterior_sees_only_the_history(streams):
+    """The bank a demo streams through: draws of the Laplace approximation given the first n
+    observations. Changing what comes after them changes nothing; the truth lies in the draws;
+    the draws are reproducible from their seed; too short a history is refused."""
+    from engine.demo import MIN_HISTORY, demo_posterior
+
+    s = streams["changing_seasonality"]
+    n = N_TIME // 2   # the pattern changes at half-way: the history follows the model
+    post = demo_posterior(s, n, n_draws=400, seed=3)
+    assert post.n_history == n and set(post.draws) == set(engine.param_names(s.spec))
+    assert all(d.shape == (400,) and np.all(np.isfinite(d)) for d in post.draws.values())
+    later = s._replace(y=np.concatenate([s.y[:n], s.y[n:] + 50.0]))
+    again = demo_posterior(later, n, n_draws=400, seed=3)
+    for name in post.draws:
+        np.testing.assert_allclose(again.draws[name], post.draws[name], rtol=1e-7)
+    irregular = post.draws["sigma2.irregular"]
+    lo, hi = np.quantile(irregular, [0.005, 0.995])
+    assert lo < s.params["sigma2.irregular"] < hi and np.all(irregular > 0)
+    assert np.std(irregular) > 0   # a spread of draws, not one point
+    mode = engine.fit_map(s.spec, s.y[:n]).params
+    np.testing.assert_allclose(np.median(irregular), mode["sigma2.irregular"], rtol=0.1)
+    with pytest.raises(ValueError, match="n_history"):
+        demo_posterior(s, MIN_HISTORY - 1)
+    with pytest.raises(ValueError, match="n_history"):
+        demo_posterior(s, N_TIME + 1)

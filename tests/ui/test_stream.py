@@ -23,6 +23,27 @@ PLOTTED_ROWS = """() => {
 
 STATUS = re.compile(r"(\d+) / \d+ observations streamed")
 
+# every figure on the page: its title, x-range, legends inside / beside the plot area, and the
+# x values its data sources hold (a Live or Forecast panel's)
+FIGURES = """() => {
+  const figures = [];
+  const column = (ds, name) => { const d = ds.data; const c = d instanceof Map ? d.get(name) : d[name];
+                                 return c ? Array.from(c) : []; };
+  for (const doc of window.Bokeh.documents)
+    for (const m of doc._all_models.values()) {
+      if (m.renderers === undefined || m.center === undefined || m.right === undefined) continue;
+      const legend = r => r.constructor.__name__ === "Legend";
+      const sources = [...new Set(m.renderers.map(r => r.data_source).filter(ds => ds))];
+      const xs = sources.flatMap(ds => column(ds, "x"));
+      const ys = sources.flatMap(ds => column(ds, "engine_ms_per_obs"));
+      figures.push({title: m.title ? m.title.text : "", x_start: m.x_range.start, x_end: m.x_range.end,
+                    legend_inside: m.center.filter(legend).length, legend_right: m.right.filter(legend).length,
+                    x_min: xs.length ? Math.min(...xs) : null, n_timing: ys.length});
+    }
+  return figures;
+}"""
+NUMBER = r"([\d,]+(?:\.\d+)?)"
+
 
 def _streamed(page) -> int:
     text = page.get_by_text(STATUS).first.inner_text()
@@ -48,9 +69,37 @@ def test_stream_grows_throughput_shows_and_closing_stops_the_runner(app_url, bro
     page.wait_for_function(f"({PLOTTED_ROWS})() > {first}")
     page.get_by_text("finished").first.wait_for(state="visible")
     assert page.evaluate(PLOTTED_ROWS) == _streamed(page) == 50
+    figures = page.evaluate(FIGURES)
+    live = next(f for f in figures if f["title"].startswith("Live"))
+    forecast = next(f for f in figures if f["title"] == "")
+    # the legends sit beside the plots, covering no observation
+    assert live["legend_inside"] == 0 and live["legend_right"] == 1, live
+    assert forecast["legend_inside"] == 0 and forecast["legend_right"] == 1, forecast
+    # the forecast panel starts where its data do (history shown): no empty stretch on the left
+    span = forecast["x_end"] - forecast["x_start"]
+    assert forecast["x_min"] is not None and forecast["x_min"] - forecast["x_start"] <= 0.02 * span, forecast
+    page.get_by_text("quick fit on the first 50 observations").first.wait_for(state="visible")
     _tab(page, "Throughput")
     page.get_by_text("observations / s").first.wait_for(state="visible")
     page.locator(".throughput-detail", has_text="S = 1 draws").first.wait_for(state="visible")
+    text = page.get_by_text(re.compile(r"observations in \d+ batches")).first.inner_text()   # in a shadow root
+    # the sustainable rate is 1000 / the mean engine time per observation, as the page says
+    rate = re.search(rf"1000\s*/\s*{NUMBER}\s*=\s*{NUMBER}\s*obs/s", text)
+    assert rate, text
+    mean_ms, sustain = (float(v.replace(",", "")) for v in rate.groups())
+    assert abs(sustain - 1000 / mean_ms) <= 0.5 + 1e-3 * sustain, text
+    n_obs, n_batches = (int(v) for v in re.search(r"(\d+) observations in (\d+) batches", text).groups())
+    assert n_obs == 50
+    # one plotted point per engine batch, not a handful of samples
+    timing = next(f for f in page.evaluate(FIGURES) if f["title"].startswith("Engine time per observation"))
+    assert timing["n_timing"] == n_batches >= 1, (timing, text)
+    trend = page.get_by_text(re.compile(r"^Engine time per observation(, median| over the stream)")).first.inner_text()
+    if n_batches < 16:
+        assert "at least 16" in trend and "flat" not in trend, trend
+    else:   # "flat" only where the page measured it
+        ratio = float(re.search(r"ratio ([\d.]+)", trend).group(1))
+        assert ("stays flat" in trend) == (ratio <= 1.5), trend
+    page.get_by_text("What each number measures").first.wait_for(state="visible")
     _assert_clean(page, panel_server)
     sid = _session_id(page)
     context.close()
