@@ -4,13 +4,16 @@
 is process-wide is decided here, once, never by a session: the app's modules (the engine
 with JAX, HoloViews' Bokeh backend) are imported at start-up so that the first visitor does
 not wait for them; JAX keeps compiled programs on disk; Panel's stylesheet fallback points
-at this server. What the process starts for all sessions (a local Ray, started by the first
-fleet job that needs it) is stopped on unload. Each session's worker logs
+at this server; the shipped datasets' Quick fits are compiled in a low-priority background
+thread (`app.warmup`; STREAMSSM_WARMUP=0 turns it off), so a first visitor's fit finds them
+compiled. What the process starts for all sessions (a local Ray, started by the first fleet
+job that needs it, and the warm-up) is stopped on unload. Each session's worker logs
 "session <id> closed: N worker thread(s) still alive" when the session ends
 (see ``app/workers.py``).
 """
 
 import logging
+import os
 
 log = logging.getLogger("streamssm.app")
 # `panel serve` sets INFO only on the "bokeh" logger; make ours visible too.
@@ -27,6 +30,10 @@ def on_server_loaded(server_context):
     engine.enable_compilation_cache()
     link_detached_stylesheets_here()
     ignore_closed_websockets(IOLoop.current().asyncio_loop)
+    if os.environ.get("STREAMSSM_WARMUP", "1") != "0":
+        from app.warmup import start_warmup
+
+        _, server_context.streamssm_warmup_stop = start_warmup()
     log.info("StreamSSM server loaded")
 
 
@@ -58,6 +65,9 @@ def ignore_closed_websockets(loop) -> None:
 def on_server_unloaded(server_context):
     from engine import cluster
 
+    stop_warmup = getattr(server_context, "streamssm_warmup_stop", None)
+    if stop_warmup is not None:
+        stop_warmup.set()   # the warm-up thread ends before its next dataset
     cluster.shutdown()   # a local Ray the fleet jobs started belongs to the server, and ends with it
     log.info("StreamSSM server unloaded")
 

@@ -21,6 +21,12 @@ import pandas as pd
 from .model import simulate
 from .spec import param_names
 
+__all__ = [
+    "DemoEvent", "DemoStream", "DemoInfo", "DEMO_STREAMS", "list_demo_streams", "demo_stream", "MIN_HISTORY",
+    "DemoPosterior", "demo_posterior", "Fleet", "make_fleet",
+]
+
+
 PERIOD = 24          # demo streams and fleet sensors: one seasonal cycle per 24 steps (hourly data)
 HARMONICS = 2
 NOISE_SD = 1.0       # irregular s.d. of the demo streams; event sizes are multiples of it

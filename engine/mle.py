@@ -27,6 +27,10 @@ from .spec import ModelSpec, param_names
 from .system import diffuse_states, layout
 from .transforms import constrain, scales, unconstrain
 
+__all__ = [
+    "MLEResult", "FORWARD_MODE_MAX_PARAMS", "start_points", "start_params", "fit_mle",
+]
+
 
 @dataclass
 class MLEResult:

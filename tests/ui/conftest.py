@@ -73,8 +73,11 @@ class PanelServer:
 
 
 @contextlib.contextmanager
-def serve_app(log_path: Path):
-    """Run ``python -m panel serve app`` on a free loopback port (its output in log_path) until the block ends."""
+def serve_app(log_path: Path, warm_up: bool = False):
+    """Run ``python -m panel serve app`` on a free loopback port (its output in log_path) until the block ends.
+
+    warm_up: let the server compile the shipped datasets' Quick fits in the background, as
+    `make serve` does (off by default: the tests' own fits then have both cores)."""
     port = _free_port()
     host = "127.0.0.1"
     cmd = [
@@ -87,7 +90,8 @@ def serve_app(log_path: Path):
         "--check-unused-sessions", "500",
         "--unused-session-lifetime", "500",
     ]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu", BOKEH_RESOURCES="server")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu", BOKEH_RESOURCES="server",
+               STREAMSSM_WARMUP="1" if warm_up else "0")
     url = f"http://{host}:{port}{APP_ROUTE}"
 
     with open(log_path, "wb") as log:

@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out if args.out is not None else Path(tempfile.mkdtemp(prefix="streamssm-walkthrough-"))
     out.mkdir(parents=True, exist_ok=True)
     print(f"screenshots in {out}", flush=True)
-    with tempfile.TemporaryDirectory() as tmp, serve_app(Path(tmp) / "server.log") as server, \
+    with tempfile.TemporaryDirectory() as tmp, serve_app(Path(tmp) / "server.log", warm_up=True) as server, \
             sync_playwright() as pw:
         print(f"serving {server.url}", flush=True)
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
