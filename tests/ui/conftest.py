@@ -162,13 +162,8 @@ def browser():
             browser.close()
 
 
-@pytest.fixture
-def page(browser):
-    """A fresh Playwright page; ``page.console_errors`` collects console errors
-    and uncaught page exceptions seen during the test."""
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
+def collect_console_errors(page) -> list[str]:
+    """A list that fills with the page's console errors and uncaught exceptions as they happen."""
     errors: list[str] = []
 
     def on_console(msg):
@@ -178,7 +173,17 @@ def page(browser):
 
     page.on("console", on_console)
     page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
-    page.console_errors = errors
+    return errors
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh Playwright page; ``page.console_errors`` collects console errors
+    and uncaught page exceptions seen during the test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.console_errors = collect_console_errors(page)
     try:
         yield page
     finally:

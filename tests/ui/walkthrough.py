@@ -31,7 +31,7 @@ from typing import Callable
 
 from playwright.sync_api import Page, sync_playwright
 
-from tests.ui.conftest import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, PanelServer, serve_app
+from tests.ui.conftest import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, PanelServer, collect_console_errors, serve_app
 
 VIEWPORT = {"width": 1280, "height": 1000}
 SETTLE_MS = 2500            # Bokeh draws after the data arrives
@@ -289,15 +289,7 @@ def tracebacks(log: str) -> list[str]:
 
 def walk(page: Page, server: PanelServer, out: Path, tmp: Path) -> list[StepReport]:
     """Run every step in order, printing each as it ends."""
-    console: list[str] = []
-
-    def on_console(msg):
-        if msg.type == "error":
-            where = msg.location.get("url", "") if msg.location else ""
-            console.append(f"{msg.text} [{where}]")
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda exc: console.append(f"uncaught: {exc}"))
+    console = collect_console_errors(page)
     reports = []
     for number, (name, title, step) in enumerate(STEPS, 1):
         report = StepReport(name, title)
