@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 
 from ..system import Layout, System
@@ -93,8 +94,11 @@ def init(lay: Layout, system: System, sqrt: bool = False) -> FilterState:
         cov = jnp.moveaxis(factor_psd(jnp.moveaxis(cov, -1, 0)), 0, -1)
     m = lay.n_states
     diffuse = jnp.sum(system.init_diffuse ** 2, axis=(0, 1)) > TOL_DIFFUSE
-    return FilterState(system.init_mean, cov, system.init_diffuse, diffuse, jnp.zeros(batch, bool),
-                       jnp.zeros((m, batch)), jnp.ones(batch), jnp.zeros(batch, bool))
+    state = FilterState(system.init_mean, cov, system.init_diffuse, diffuse, jnp.zeros(batch, bool),
+                        jnp.zeros((m, batch)), jnp.ones(batch), jnp.zeros(batch, bool))
+    # strong types (a system built from Python constants is weakly typed), so that a jitted step
+    # returns the types it was given and a loop of steps compiles once whichever branch ran
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=x.dtype), state)
 
 
 def phase_of(state: FilterState, y: jnp.ndarray) -> jnp.ndarray:
