@@ -19,7 +19,7 @@ class FitView(pn.viewable.Viewer):
     def __init__(self, **params):
         super().__init__(**params)
         m = self.model
-        self._button = pn.widgets.Button(name="Quick fit (maximum likelihood)", button_type="primary")
+        self._button = pn.widgets.Button(label="Quick fit (maximum likelihood)", color="primary")
         self._button.on_click(lambda _: m.run_quick_fit())
         self._spinner = pn.indicators.LoadingSpinner(value=False, size=30, visible=False)
         self._status = pn.pane.Alert("", visible=False, sizing_mode="stretch_width")

@@ -55,15 +55,15 @@ class FleetView(pn.viewable.Viewer):
         upload = UploadBox(accept=".csv,text/csv", max_bytes=MAX_TABLE_BYTES)
         upload.param.watch(lambda e: e.new is not None and m.load_upload(e.new, upload.filename or "upload.csv"),
                            "value")
-        self._nuts = pn.Row(w.IntInput.from_param(m.param.nuts_chains, name="NUTS chains", width=100),
-                            w.IntInput.from_param(m.param.nuts_warmup, name="warm-up", width=100),
-                            w.IntInput.from_param(m.param.nuts_draws, name="draws", width=100))
-        self._address = w.TextInput.from_param(m.param.address, name="Ray address (empty: a local Ray)",
+        self._nuts = pn.Row(w.IntInput.from_param(m.param.nuts_chains, label="NUTS chains", width=100),
+                            w.IntInput.from_param(m.param.nuts_warmup, label="warm-up", width=100),
+                            w.IntInput.from_param(m.param.nuts_draws, label="draws", width=100))
+        self._address = w.TextInput.from_param(m.param.address, label="Ray address (empty: a local Ray)",
                                                placeholder="host:port", width=260)
-        self._synthetic = pn.Row(w.IntInput.from_param(m.param.n_time, name="Time steps", width=110),
-                                 w.IntInput.from_param(m.param.seed, name="Seed", width=90))
-        self._run = w.Button(name="Run fleet", button_type="primary")
-        self._cancel = w.Button(name="Cancel", button_type="warning", disabled=True)
+        self._synthetic = pn.Row(w.IntInput.from_param(m.param.n_time, label="Time steps", width=110),
+                                 w.IntInput.from_param(m.param.seed, label="Seed", width=90))
+        self._run = w.Button(label="Run fleet", color="primary")
+        self._cancel = w.Button(label="Cancel", color="warning", disabled=True)
         self._run.on_click(lambda _: m.run())
         self._cancel.on_click(lambda _: m.cancel())
         self._bar = pn.indicators.Progress(value=0, max=100, width=400, css_classes=["fleet-progress"])
@@ -77,7 +77,7 @@ class FleetView(pn.viewable.Viewer):
                                               "loglik": NumberFormatter(format="0,0.000")},
                                   sizing_mode="stretch_width", visible=False, css_classes=["fleet-table"])
         self._table.param.watch(self._on_selection, "selection")
-        self._open = w.Button(name="Open in Fit / Stream", button_type="success", disabled=True)
+        self._open = w.Button(label="Open in Fit / Stream", color="success", disabled=True)
         self._open.on_click(lambda _: m.open_in_data())
         self._detail_note = pn.pane.Markdown("", css_classes=["fleet-detail-note"])
         self._plot = pn.pane.HoloViews(None, sizing_mode="stretch_width", visible=False,
@@ -88,16 +88,16 @@ class FleetView(pn.viewable.Viewer):
         m.param.watch(self._on_choices, ["source", "method", "backend"])
         self._layout = pn.Column(
             "## Fleet: many series at once",
-            pn.Row(w.Select.from_param(m.param.source, name="Series", width=220),
+            pn.Row(w.Select.from_param(m.param.source, label="Series", width=220),
                    pn.Column(pn.pane.Markdown(f"**…or upload a wide CSV** (one column per series, at most "
                                               f"{format_size(MAX_TABLE_BYTES)})", margin=(0, 5)), upload)),
             error_alert(m, "data_error"),
-            pn.Row(w.IntInput.from_param(m.param.n_series, name="Series (first N)", width=130), self._synthetic,
-                   w.Checkbox.from_param(m.param.log_transform, name="Fit log(series)", align="end")),
-            pn.Row(w.Select.from_param(m.param.spec_choice, name="Spec", width=220),
-                   w.Select.from_param(m.param.method, name="Method", width=110),
-                   w.Select.from_param(m.param.backend, name="Backend", width=110), self._address,
-                   w.IntInput.from_param(m.param.batch_size, name="Batch size (0: auto)", width=140)),
+            pn.Row(w.IntInput.from_param(m.param.n_series, label="Series (first N)", width=130), self._synthetic,
+                   w.Checkbox.from_param(m.param.log_transform, label="Fit log(series)", align="end")),
+            pn.Row(w.Select.from_param(m.param.spec_choice, label="Spec", width=220),
+                   w.Select.from_param(m.param.method, label="Method", width=110),
+                   w.Select.from_param(m.param.backend, label="Backend", width=110), self._address,
+                   w.IntInput.from_param(m.param.batch_size, label="Batch size (0: auto)", width=140)),
             self._nuts,
             pn.Row(self._run, self._cancel), self._bar, self._status, self._summary, self._table, self._precision,
             pn.Row(self._open, self._detail_note), self._plot,

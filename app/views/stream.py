@@ -65,22 +65,22 @@ class StreamView(pn.viewable.Viewer):
     def __init__(self, **params):
         super().__init__(**params)
         m = self.model
-        self._play = pn.widgets.Button(name="Play", button_type="primary", width=90)
-        self._pause = pn.widgets.Button(name="Pause", width=90)
-        self._step = pn.widgets.Button(name="Step", width=80)
-        self._stop = pn.widgets.Button(name="Stop", width=90)
-        self._refit = pn.widgets.Button(name="Refit in the background", button_type="warning", visible=False)
+        self._play = pn.widgets.Button(label="Play", color="primary", width=90)
+        self._pause = pn.widgets.Button(label="Pause", width=90)
+        self._step = pn.widgets.Button(label="Step", width=80)
+        self._stop = pn.widgets.Button(label="Stop", width=90)
+        self._refit = pn.widgets.Button(label="Refit in the background", color="warning", visible=False)
         self._play.on_click(lambda _: m.play())
         self._pause.on_click(lambda _: m.pause())
         self._step.on_click(lambda _: m.step())
         self._stop.on_click(lambda _: m.stop())
         self._refit.on_click(lambda _: m.refit())
         controls = pn.Row(
-            pn.widgets.Select.from_param(m.param.source, name="Stream", width=220),
-            pn.widgets.FloatSlider.from_param(m.param.history_fraction, name="Start after (share of the data)",
+            pn.widgets.Select.from_param(m.param.source, label="Stream", width=220),
+            pn.widgets.FloatSlider.from_param(m.param.history_fraction, label="Start after (share of the data)",
                                               width=220),
-            pn.widgets.FloatSlider.from_param(m.param.rate, name="Speed (obs/s)", start=1, end=1000, width=220),
-            pn.widgets.Checkbox.from_param(m.param.max_speed, name="as fast as possible"),
+            pn.widgets.FloatSlider.from_param(m.param.rate, label="Speed (obs/s)", start=1, end=1000, width=220),
+            pn.widgets.Checkbox.from_param(m.param.max_speed, label="as fast as possible"),
             sizing_mode="stretch_width")
         self._status = pn.pane.Markdown("", sizing_mode="stretch_width", css_classes=["stream-status"])
         self._alert = pn.pane.Alert("", visible=False, sizing_mode="stretch_width")

@@ -69,13 +69,13 @@ class ThroughputView(pn.viewable.Viewer):
         m = self.model
         big = {"font_size": "24pt", "title_size": "11pt"}
         self._numbers = {
-            "obs_per_s": pn.indicators.Number(name="observations / s", format="{value:,.1f}", **big),
-            "engine_ms_mean": pn.indicators.Number(name="engine ms / obs (mean)", format="{value:.3f}", **big),
-            "engine_obs_per_s": pn.indicators.Number(name="engine could sustain (obs / s)", format="{value:,.0f}",
+            "obs_per_s": pn.indicators.Number(label="observations / s", format="{value:,.1f}", **big),
+            "engine_ms_mean": pn.indicators.Number(label="engine ms / obs (mean)", format="{value:.3f}", **big),
+            "engine_obs_per_s": pn.indicators.Number(label="engine could sustain (obs / s)", format="{value:,.0f}",
                                                      **big),
-            "latency_ms_p50": pn.indicators.Number(name="latency p50 (ms)", format="{value:,.1f}", **big),
-            "latency_ms_p99": pn.indicators.Number(name="latency p99 (ms)", format="{value:,.1f}", **big),
-            "render_ms_p50": pn.indicators.Number(name="render ms / obs (p50)", format="{value:.3f}", **big),
+            "latency_ms_p50": pn.indicators.Number(label="latency p50 (ms)", format="{value:,.1f}", **big),
+            "latency_ms_p99": pn.indicators.Number(label="latency p99 (ms)", format="{value:,.1f}", **big),
+            "render_ms_p50": pn.indicators.Number(label="render ms / obs (p50)", format="{value:.3f}", **big),
         }
         self._detail = pn.pane.Markdown("*Start a stream (Stream tab) to see its throughput.*",
                                         sizing_mode="stretch_width", css_classes=["throughput-detail"])
