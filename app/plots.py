@@ -37,7 +37,7 @@ def component_panel(x, mean, lower, upper, name: str, color: str, title: str, y=
                                                                                 label=name).opts(color=color)
     if y is not None:
         out = hv.Scatter((x, y), "time", name, label="observed").opts(color="black", size=3) * out
-    return out.opts(title=title, ylabel=name, legend_position="top_left", **_OPTS)
+    return out.opts(title=title, ylabel=name, legend_position="right", **_OPTS)
 
 
 def decomposition_plot(index: pd.Index, y: np.ndarray, label: str,
@@ -53,7 +53,7 @@ def decomposition_plot(index: pd.Index, y: np.ndarray, label: str,
         top = (top * band_area(x, mean - BAND_Z * sd, mean + BAND_Z * sd, label, color="#e07b39", alpha=0.25)
                * hv.Curve((x, mean), "time", label, label="level (smoothed)").opts(color="#e07b39"))
     panels.append(top.opts(title=f"{label}: observed and smoothed level ({BAND_LABEL})", ylabel=label, **_OPTS,
-                           legend_position="top_left"))
+                           legend_position="right"))
     for name, (mean, sd) in components.items():
         if name == "level":
             continue
@@ -104,4 +104,4 @@ def learn_plot(index: pd.Index, y: np.ndarray, label: str, t: int, predicted: fl
     if filtered_level is not None and np.isfinite(filtered_level):
         out = out * hv.Scatter([(x[t], filtered_level)], "time", label, label="posterior level").opts(
             color="#2a7ab0", size=9, marker="square")
-    return out.opts(**_OPTS, legend_position="top_left", title=f"step t = {t}")
+    return out.opts(**_OPTS, legend_position="right", title=f"step t = {t}")

@@ -411,4 +411,4 @@ class ForecastModel(param.Parameterized):
             self._set(status="error", message=f"The forecast failed: {error}")
         else:
             self._set(result=result, status="done", message=f"{len(result.future)} steps ahead from the "
-                                                             f"{result.label}: posterior mean, 50% and 95% bands.")
+                                                             f"{result.label}: forecast mean with 50% and 95% bands.")

@@ -81,27 +81,25 @@ class FilterStep:
     components: pd.DataFrame    # one row per component: prior/posterior mean and sd, share of v_t
 
 
-def _component_selectors(lay, design_t: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    """(label, vector s) such that s·α is the component's contribution, or for `trend` (the engine's
-    and statsmodels' name for the slope of a local linear trend) the slope state."""
+def _component_selectors(spec: ModelSpec, design_t: np.ndarray) -> list[tuple[str, np.ndarray, bool]]:
+    """(name, vector s, part of y_t?) per component of `engine.component_selectors`: s·α is the
+    component's contribution to y_t, or for `trend` (the slope of a local linear trend, which
+    enters y_t only through the next level) the slope state itself. A fixed-coefficient
+    regression (x_t β, no state) has its own row."""
     out = []
-    for name, start, k, _, _ in lay.blocks:
-        if name == "unused":
+    for sel in engine.component_selectors(spec):
+        if not sel.states:
             continue
-        sel = np.zeros(lay.n_states)
-        sel[start:start + k] = design_t[start:start + k]
-        out.append((name, sel))
-        if name == "level" and k == 2:
-            trend = np.zeros(lay.n_states)
-            trend[start + 1] = 1.0
-            out.append(("trend", trend))
+        s = np.zeros(len(design_t))
+        ix = list(sel.states)
+        s[ix] = design_t[ix] if sel.weighted else 1.0
+        out.append((sel.name, s, sel.weighted))
     return out
 
 
 def filter_step(spec: ModelSpec, params: dict, y: np.ndarray, exog, result: engine.FilterResult,
                 t: int, index=None) -> FilterStep:
     """Take step t of a filter run apart into prior → prediction → innovation → gain → posterior."""
-    lay = engine.layout(spec)
     system = engine.build_system(spec, params, None if exog is None else np.asarray(exog, dtype=float))
     design = np.asarray(system.design)
     Z = design[t] if design.ndim == 2 else design
@@ -121,11 +119,13 @@ def filter_step(spec: ModelSpec, params: dict, y: np.ndarray, exog, result: engi
     else:
         gain = np.zeros_like(a)
     rows = []
-    for name, s in _component_selectors(lay, Z):
+    for name, s, in_observation in _component_selectors(spec, Z):
         flat = float(s @ Pinf @ s) > 0
         rows.append({"component": name,
                      "prior mean": float(s @ a), "prior sd": np.inf if flat else float(np.sqrt(max(s @ P @ s, 0))),
-                     "share of innovation": float(s @ gain),
+                     # s·K_t: the share of v_t that moves this part of ŷ_{t|t}; they sum to Z K_t = 1 − H/F_t.
+                     # The slope is not part of y_t: its gain is in the state table, not a share
+                     "share of innovation": float(s @ gain) if in_observation else np.nan,
                      "posterior mean": float(s @ a_post),
                      "posterior sd": float(np.sqrt(max(s @ P_post @ s, 0)))})
     if spec.regression is not None and spec.regression.coefficients == "parameters":

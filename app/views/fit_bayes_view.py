@@ -155,7 +155,7 @@ def forecast_plot(bands: ForecastBands, label: str) -> hv.Overlay:
            * hv.Curve((x, f["mean"]), "time", label, label="forecast mean").opts(color="#e07b39", line_width=2)
            * hv.Curve((np.asarray(bands.history["time"]), bands.history["y"]), "time", label,
                       label="observed").opts(color="black"))
-    return out.opts(**_OPTS, legend_position="top_left", ylabel=label, shared_axes=False,
+    return out.opts(**_OPTS, legend_position="right", ylabel=label, shared_axes=False,
                     title=f"{label}: forecast from the {bands.label}")
 
 

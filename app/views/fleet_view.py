@@ -43,7 +43,7 @@ def drill_plot(d: DrillDown) -> hv.Overlay:
     mean = hv.Curve((x, d.filtered_mean), "time", "y", label="filtered mean").opts(color="#e07b39", line_width=2)
     bad = hv.Scatter((x[d.anomaly], d.y[d.anomaly]), "time", "y", label="anomaly").opts(
         color="#c62828", size=9, marker="x", line_width=2)
-    return (band * obs * mean * bad).opts(**_OPTS, legend_position="top_left", title=f"{d.name}: filtered fit")
+    return (band * obs * mean * bad).opts(**_OPTS, legend_position="right", title=f"{d.name}: filtered fit")
 
 
 class FleetView(pn.viewable.Viewer):

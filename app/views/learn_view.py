@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import panel as pn
 import param
 
@@ -82,10 +83,11 @@ class LearnView(pn.viewable.Viewer):
         comps = s.components
         level = comps.loc[comps["component"] == "level", "posterior mean"]
         level = float(level.iloc[0]) if len(level) else None   # a model may have no level (or no state)
-        summary = (f"**t = {s.t}** ({s.time}) — step kind: **{s.kind}**\n\n"
+        summary = (f"**t = {s.t}** ({time_label(s.time)}) — step kind: **{s.kind}**\n\n"
                    "| quantity | value |\n|---|---|\n"
                    + "".join(f"| {markdown_text(name)} | {value:.6g} |\n" for name, value in m.summary_rows()))
-        table = (pn.pane.DataFrame(comps, index=False, float_format="{:.5g}".format) if len(comps) else
+        table = (pn.pane.DataFrame(comps, index=False, float_format="{:.5g}".format, na_rep="—",
+                                   sizing_mode="stretch_width") if len(comps) else
                  pn.pane.Markdown("*This model has no state components: the prediction is the regression "
                                   "(or zero) and the whole innovation is measurement noise.*",
                                   sizing_mode="stretch_width"))
@@ -96,10 +98,18 @@ class LearnView(pn.viewable.Viewer):
                                          s.predicted if s.kind == "standard" else None,
                                          np.sqrt(s.innov_var) if s.kind == "standard" else None, level),
                               sizing_mode="stretch_width", linked_axes=False),   # its own window, not the Fit tab's
-            pn.Row(pn.pane.Markdown(summary, width=420, css_classes=["learn-summary"]), table),
+            pn.pane.Markdown(summary, width=420, css_classes=["learn-summary"]),
+            table,
             pn.pane.Markdown(m.explanation(), sizing_mode="stretch_width"),
             sizing_mode="stretch_width",
         )
 
     def __panel__(self):
         return self._layout
+
+
+def time_label(time) -> str:
+    """A step's time as the data give it: a date without a clock when the clock reads midnight."""
+    if isinstance(time, pd.Timestamp) and time == time.normalize():
+        return time.strftime("%Y-%m-%d")
+    return str(time)
