@@ -162,6 +162,16 @@ def browser():
             browser.close()
 
 
+def run_short_nuts(page, chains: int, warmup: int, draws: int) -> None:
+    """On the Fit tab: set the NUTS sizes, press Run NUTS, wait for the (short fit's) warning box."""
+    for label, value in (("Chains", chains), ("Warmup", warmup), ("Draws", draws)):
+        box = page.get_by_label(label)
+        box.fill(str(value))
+        box.press("Enter")
+    page.get_by_role("button", name="Run NUTS").click()
+    page.locator(".fit-untrustworthy").first.wait_for(state="visible", timeout=400_000)
+
+
 def collect_console_errors(page) -> list[str]:
     """A list that fills with the page's console errors and uncaught exceptions as they happen."""
     errors: list[str] = []

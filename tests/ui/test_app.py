@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from tests.ui.conftest import run_short_nuts
+
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
 BAD_CSV = b"year,flow\n1871,1120\n1872,lots\n1873,1000\n"
@@ -121,12 +123,7 @@ def test_page_needs_no_outside_resources(app_url, page, panel_server):
 def test_short_nuts_fit_shows_progress_and_warning(app_url, page, panel_server):
     _open(page, app_url)
     _tab(page, "Fit")
-    for label, value in (("Chains", "2"), ("Warmup", "50"), ("Draws", "50")):
-        box = page.get_by_label(label)
-        box.fill(value)
-        box.press("Enter")
-    page.get_by_role("button", name="Run NUTS").click()
-    page.locator(".fit-untrustworthy").first.wait_for(state="visible", timeout=400_000)
+    run_short_nuts(page, chains=2, warmup=50, draws=50)
     assert page.locator(".nuts-progress progress").first.get_attribute("value") == "100"
     page.get_by_text("This fit is not trustworthy").first.wait_for(state="visible")
     page.get_by_text("Diagnostics").first.wait_for(state="visible")

@@ -10,6 +10,7 @@ import re
 
 import pytest
 
+from tests.ui.conftest import run_short_nuts
 from tests.ui.test_app import _assert_clean, _open, _tab
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
@@ -169,13 +170,8 @@ def test_nuts_results_name_parameters_and_components(app_url, page, panel_server
     box.press("Enter")
     page.get_by_text('"autoregressive"').first.wait_for(state="visible")
     _tab(page, "Fit")
-    for label, value in (("Chains", "2"), ("Warmup", "30"), ("Draws", "30")):
-        field = page.get_by_label(label)
-        field.fill(value)
-        field.press("Enter")
-    page.get_by_role("button", name="Run NUTS").click()
+    run_short_nuts(page, chains=2, warmup=30, draws=30)
     alert = page.locator(".fit-untrustworthy").first
-    alert.wait_for(state="visible", timeout=400_000)
     names = ["sigma2.irregular", "sigma2.level", "sigma2.ar", "ar.L1"]
     links = alert.locator("a").all_inner_texts()
     assert not [t for t in links if any(n in t for n in names)], links
