@@ -234,8 +234,8 @@ def fit_mle(spec, y, exog=None, *, start=None, maxiter: int = 500, n_starts: int
             progress: Callable[[str], None] | None = None) -> MLEResult:
     """Maximise the exact log-likelihood. `start`: optional dict of starting parameter values.
 
-    Where the exact-diffuse start is ill-conditioned (`diffuse_conditioning`), the likelihood is
-    evaluated by the augmented filter, which stays exact there, and the result says so.
+    Where the exact-diffuse start is ill-conditioned (`diffuse_conditioning`) the result says so,
+    as information: the filters' diffuse phase carries the augmented filter, which stays exact there.
     progress: called with a short text as the fit enters each phase (compiling, optimising start
     i of n, standard errors), from the thread that runs the fit.
     """
@@ -261,10 +261,9 @@ def fit_mle(spec, y, exog=None, *, start=None, maxiter: int = 500, n_starts: int
         # which directions the diffuse start identifies, and how well, hardly depends on the parameters
         caution = diffuse_conditioning(spec, constrain(spec, jnp.asarray(candidates[0]), scale), y, x)
         first = first.result()
-    filter = "augmented" if caution else "auto"
-    evaluate = evaluate_with(filter)
+    evaluate = evaluate_with("auto")
     say(f"scoring {len(candidates)} start points")
-    values = [float(first[0])] if not caution else []
+    values = [float(first[0])]
     values += [float(evaluate(u)[0]) for u in candidates[len(values):]]
     values = np.where(np.isfinite(values), values, np.inf)
     order = np.argsort(values)[: max(1, n_starts)]
@@ -305,8 +304,8 @@ def fit_mle(spec, y, exog=None, *, start=None, maxiter: int = 500, n_starts: int
     df_model = len(names) + n_diffuse   # Durbin & Koopman (2012) §7.4, as statsmodels
     params = {k: float(v) for k, v in zip(names, params_np)}
     if caution:
-        caution += (" The fit used the augmented filter, which is exact here; smoothed components, "
-                    "forecasts and streaming use the diffuse recursion.")
+        caution += (" The engine's filters carry the augmented filter through the diffuse phase, so this fit, "
+                    "and the smoothing, forecasts and streams after it, use the exact likelihood.")
         warnings.warn(caution, DiffuseConditioningWarning, stacklevel=2)
     return MLEResult(spec, params, ll, -2 * ll + 2 * df_model, -2 * ll + df_model * np.log(n),
                      dict(zip(names, map(float, se))), cov, converged, message, n,

@@ -33,6 +33,7 @@ __all__ = [
 
 FILTERS = ("standard", "sqrt", "parallel", "auto")
 CHUNK = 64  # series per batched-filter chunk (fits the covariances in cache on CPU)
+MEAN_PASS_RTOL = 1e-9   # the shared mean pass stands where it gives the first series' exact total to this
 
 
 def _check_filter(filter: str, n_time: int = 0, n_states: int = 1, batch: int = 1) -> tuple[bool, bool]:
@@ -135,9 +136,10 @@ def loglik_terms(spec, params, y, exog=None, filter: str = "auto") -> jnp.ndarra
 def loglik(spec, params, y, exog=None, filter: str = "auto") -> jnp.ndarray:
     """Exact (diffuse) log-likelihood of one series; equals statsmodels UnobservedComponents.loglike.
 
-    filter: as `loglik_terms`, or "augmented": de Jong's augmented filter (`engine.augmented`),
-    the same function without diffuse steps or a rank threshold, exact where the diffuse start is
-    ill-conditioned (`diffuse_conditioning`) and Koopman's recursion (statsmodels' too) is not.
+    filter: as `loglik_terms`, or "augmented": de Jong's augmented filter over the whole series
+    (`engine.augmented`), the same function with no diffuse phase at all. Every filter is exact where
+    the diffuse start is ill-conditioned (`diffuse_conditioning`), where Koopman's recursion alone
+    (statsmodels') is not: the augmented filter runs beside it through the diffuse phase.
     """
     if filter == "augmented":
         spec, pvec, y, x = prepare_inputs(spec, params, y, exog)
@@ -208,8 +210,11 @@ def _loglik_many(spec, pvec, Y, x, sqrt, shared, par=False):
         system = build_system(spec, params_from_vector(spec, pvec), x)
         if lay.time_varying_design:
             return full()
-        return jnp.sum(kalman.mean_pass(lay, system.transition, system.design, system.obs_intercept,
-                                        gains, Y), axis=0)
+        ll = jnp.sum(kalman.mean_pass(lay, system.transition, system.design, system.obs_intercept, gains, Y), axis=0)
+        # the mean pass repeats Koopman's diffuse steps; where the exact diffuse phase corrected them
+        # (an ill-conditioned start: the first series' pass misses its kept run's total) filter in full
+        exact = jnp.sum(info.loglik[:, 0])
+        return jax.lax.cond(jnp.abs(ll[0] - exact) <= MEAN_PASS_RTOL * jnp.abs(exact), lambda: ll, full)
 
     mask = jnp.isnan(Y)
     return jax.lax.cond(jnp.all(mask == mask[:, :1]), one_pass, full)
@@ -257,7 +262,8 @@ class DiffuseConditioningWarning(UserWarning):
 
 
 def diffuse_conditioning(spec, params, y, exog=None) -> str | None:
-    """A message when the exact-diffuse start is ill-conditioned here, else None.
+    """A message when the exact-diffuse start is ill-conditioned here, else None (information:
+    every filter's diffuse phase is exact, see `kalman.augmented`).
 
     Koopman's recursion divides by F∞_t, the squared pivots of the diffuse states' design
     over the first observations. When those directions are nearly collinear (e.g. the low
@@ -277,10 +283,12 @@ def diffuse_conditioning(spec, params, y, exog=None) -> str | None:
         return None
     return (f"the exact-diffuse start is ill-conditioned for this model and data: at step(s) "
             f"{', '.join(map(str, ambiguous[:5]))} the diffuse variance F∞ is {f_inf[ambiguous].min():.1e} × its "
-            f"largest value, between round-off and full rank, so the log-likelihood may be off by "
-            f"units (statsmodels' as well). Usually the diffuse states are nearly collinear over "
-            f"the first observations, e.g. several harmonics of a long seasonal period; fewer "
-            f"harmonics, or a shorter period, avoid it.")
+            f"largest value, between round-off and full rank, so Koopman's exact-diffuse recursion alone "
+            f"(statsmodels') may be off by units in the log-likelihood. The engine's totals and the states "
+            f"after the diffuse phase stay exact (the augmented filter beside the recursion); the first "
+            f"steps' filtered and smoothed moments are the recursion's. Usually the diffuse states are "
+            f"nearly collinear over the first observations, e.g. several harmonics of a long seasonal "
+            f"period; fewer harmonics, or a shorter period, avoid it.")
 
 
 class SmoothedComponents(NamedTuple):

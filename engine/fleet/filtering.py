@@ -1,7 +1,7 @@
 """The batched filter of a fleet: each member's own exact-diffuse arithmetic, series last.
 
 Inside a batch the filter runs natively batched (series last) and every member's arithmetic is
-its own: the exact-diffuse update (`kalman.full_step` in `Phase.DIFFUSE`) for a prefix that holds the diffuse
+its own: the exact-diffuse update (`kalman.diffuse_step`) for a prefix that holds the diffuse
 phase, then the standard one (the diffuse one if a member is still diffuse), so a series' result
 does not depend on which series share its batch, on the batch size, or on the backend that ran
 it. For the fit, a late start is filtered as a ragged end where that leaves the likelihood exact
@@ -45,7 +45,7 @@ def batch_innovations(spec: ModelSpec, P, Y, X):
                 new, llf, v = kalman.standard_step_fused(lay, system, state, y_t, d_t, z_t, test_steady=False)
                 kind = jnp.where(new.prev_observed & (new.innov_var > 0), 1.0, 0.0)
                 return new, (llf, v, new.innov_var, kind)
-            new, info = kalman.full_step(lay, system, state, y_t, d_t, z_t, kalman.Phase.DIFFUSE, False, True)
+            new, info = kalman.diffuse_step(lay, system, state, y_t, d_t, z_t, False, True)
             return new, (info.loglik, info.innovation, info.innov_var, info.kind.astype(jnp.float64))
         return lax.scan(body, state, xs)
 

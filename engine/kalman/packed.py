@@ -77,4 +77,4 @@ def standard_step_packed(lay: Layout, system: System, st: FilterState, y, d, z, 
         size = sum(w * new ** 2 for w, new in zip(weight, P_next))
         steady = updated & st.prev_observed & (change <= TOL_STEADY * size)
     return (FilterState(a_next, tuple(P_next), st.diffuse_cov, jnp.zeros_like(observed), steady, jnp.stack(K), F,
-                        observed), loglik, v)
+                        observed, st.augmented), loglik, v)

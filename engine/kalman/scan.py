@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..system import Layout, System, diffuse_states, transition_apply
+from .augmented import augmented_scan, collapse_state
 from .state import LOG_2PI, FilterState, Phase, StepInfo, StepKind, batch_last, converged, init, phase_of
 from .steps import diffuse_scan, standard_scan, steady_scan, step
 from .tangents import diffuse_scan_custom_jvp, standard_scan_custom_jvp
@@ -76,9 +77,14 @@ def run_chunked(lay: Layout, system: System, state: FilterState, y, d, sqrt: boo
     z = system.design
 
     @jax.checkpoint
-    def diffuse(st, xs):   # exact in every case
+    def diffuse(st, xs):   # exact in every case: Koopman's steps, the augmented filter beside them, the collapse
         args = (lay, st, system.transition, z, system.obs_var, system.state_var, *xs)
-        return diffuse_scan(*args, sqrt=True) if sqrt else diffuse_scan_custom_jvp(*args)
+        new, ll = diffuse_scan(*args, sqrt=True) if sqrt else diffuse_scan_custom_jvp(*args)
+        if ll.shape[0] == 0:
+            return new, ll
+        aug = augmented_scan(lay, system.transition, system.state_var, system.obs_var, st.augmented, *xs, z, ll, sqrt)
+        new, correction = collapse_state(new._replace(augmented=aug), st.diffuse, sqrt)
+        return new._replace(steady=new.steady & ~st.diffuse), ll.at[-1].add(correction)
 
     def standard(st, xs):
         # carry only what the covariance update needs; the rest of the state is set at the end

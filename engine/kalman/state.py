@@ -12,7 +12,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ..system import Layout, System
+from ..system import Layout, System, diffuse_states
 from .ops import factor_psd
 
 TOL_DIFFUSE = 1e-10
@@ -44,6 +44,34 @@ class StepKind(enum.IntEnum):
     DIFFUSE = 2    # Koopman's diffuse update, K = P∞ z / F∞ (F∞ > TOL_DIFFUSE)
 
 
+class Augmented(NamedTuple):
+    """The augmented filter's carry during the diffuse phase (batch last).
+
+    Conditional on δ = 0: mean and covariance (the covariance in the form of the filter's P:
+    dense, or its Cholesky factor in sqrt mode); the diffuse columns A_t; the Gram matrix of the
+    rows [x_t, v_t]/√F_t; the log-likelihood of the phase not yet reported; and whether every
+    observed step so far had F_t > 0.
+    """
+
+    mean: jnp.ndarray     # (state, batch) a_t given δ = 0
+    cov: jnp.ndarray      # (state, state, batch) P_t given δ (or its Cholesky factor)
+    cols: jnp.ndarray     # (state, diffuse, batch) A_t
+    gram: jnp.ndarray     # (diffuse + 1, diffuse + 1, batch) [S s; sᵀ q]
+    pending: jnp.ndarray  # (batch,) Σ −½(log 2π + log F_t) minus the Koopman terms reported so far
+    valid: jnp.ndarray    # (batch,) bool: no observed step with F_t = 0
+
+
+def augmented_init(lay: Layout, init_mean, cov, init_diffuse) -> Augmented:
+    """The augmented carry before the first observation: P∞₁'s diffuse columns (identity ones),
+    batch-last system arrays; cov in the filter's form (dense or its factor)."""
+    states = jnp.asarray(diffuse_states(lay), dtype=int)
+    batch = init_mean.shape[-1]
+    n_d = states.shape[0]
+    cols = init_diffuse[:, states] if n_d else jnp.zeros((lay.n_states, 0, batch))
+    return Augmented(init_mean, cov, cols, jnp.zeros((n_d + 1, n_d + 1, batch)), jnp.zeros(batch),
+                     jnp.ones(batch, bool))
+
+
 class FilterState(NamedTuple):
     """Predicted belief at time t for each batch member (the `init`/`step` carry).
 
@@ -59,6 +87,7 @@ class FilterState(NamedTuple):
     gain: jnp.ndarray          # (state, batch) K = P Zᵀ/F at convergence
     innov_var: jnp.ndarray     # (batch,) F at convergence
     prev_observed: jnp.ndarray  # (batch,) bool
+    augmented: Augmented       # the exact diffuse phase's augmented filter (`kalman.augmented`)
 
 
 class StepInfo(NamedTuple):
@@ -95,7 +124,8 @@ def init(lay: Layout, system: System, sqrt: bool = False) -> FilterState:
     m = lay.n_states
     diffuse = jnp.sum(system.init_diffuse ** 2, axis=(0, 1)) > TOL_DIFFUSE
     state = FilterState(system.init_mean, cov, system.init_diffuse, diffuse, jnp.zeros(batch, bool),
-                        jnp.zeros((m, batch)), jnp.ones(batch), jnp.zeros(batch, bool))
+                        jnp.zeros((m, batch)), jnp.ones(batch), jnp.zeros(batch, bool),
+                        augmented_init(lay, system.init_mean, cov, system.init_diffuse))
     # strong types (a system built from Python constants is weakly typed), so that a jitted step
     # returns the types it was given and a loop of steps compiles once whichever branch ran
     return jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=x.dtype), state)

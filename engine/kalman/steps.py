@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..system import Layout, System, transition_apply, transition_sandwich
+from .augmented import augmented_step, collapse_state
 from .ops import (dense_cov, mat_vec, mat_z, outer, rows_apply, safe_sqrt, symmetrize, tria_batch_last,
                   z_dot)
 from .state import (LOG_2PI, TOL_DIFFUSE, TOL_STEADY, FilterState, Phase, StepInfo, StepKind, converged,
@@ -103,8 +104,8 @@ def full_step(lay: Layout, system: System, state: FilterState, y, d, z, phase: P
     use_diffuse = _covariance_phase(phase)
     observed = ~jnp.isnan(y)
     a, P, Pinf = state.mean, state.cov, state.diffuse_cov
-    if use_diffuse:   # once a member's diffuse phase has ended, its P∞ roundoff must not grow into new diffuse steps
-        Pinf = jnp.where(state.diffuse, Pinf, 0.0)
+    if use_diffuse:   # once a member's P∞ has vanished, its roundoff must not grow into new diffuse steps
+        Pinf = jnp.where(jnp.sum(Pinf ** 2, axis=(0, 1)) > TOL_DIFFUSE, Pinf, 0.0)
     a_f, P_f, Pinf_f, llf, v, Fs, Fi, kind, K = observe(lay, a, P, Pinf, y, z, d, system.obs_var, observed,
                                                        phase, sqrt)
     a_n, P_n, Pinf_n = predict(lay, system.transition, system.state_var, a_f, P_f, Pinf_f, phase, sqrt)
@@ -117,9 +118,25 @@ def full_step(lay: Layout, system: System, state: FilterState, y, d, z, phase: P
     else:
         steady_n = (~diffuse_n & (kind == StepKind.STANDARD) & state.prev_observed & observed
                     & converged(P_n, P))
-    new = FilterState(a_n, P_n, Pinf_n, diffuse_n, steady_n, K, Fs, observed)
+    new = FilterState(a_n, P_n, Pinf_n, diffuse_n, steady_n, K, Fs, observed, state.augmented)
     info = StepInfo(llf, v, Fs, Fi, kind, a, dense_cov(P, sqrt), Pinf, a_f, dense_cov(P_f, sqrt), K) if keep else llf
     return new, info
+
+
+def diffuse_step(lay: Layout, system: System, state: FilterState, y, d, z, sqrt: bool, keep: bool):
+    """One step of the exact diffuse phase: Koopman's update (`full_step` in `Phase.DIFFUSE`) for
+    the step's outputs, the augmented filter beside it, and the collapse to a proper belief once
+    the diffuse directions are identified (`kalman.augmented`), whose log-likelihood correction
+    joins that step's term. Same returns as `full_step`; the state's `diffuse` flag is the phase's
+    (true until the collapse)."""
+    new, info = full_step(lay, system, state, y, d, z, Phase.DIFFUSE, sqrt, keep)
+    llf = info.loglik if keep else info
+    aug = augmented_step(lay, system.transition, system.state_var, system.obs_var, state.augmented, y, d, z, llf,
+                         sqrt)
+    new, correction = collapse_state(new._replace(augmented=aug), state.diffuse, sqrt)
+    new = new._replace(steady=new.steady & ~state.diffuse)
+    llf = llf + correction
+    return new, (info._replace(loglik=llf) if keep else llf)
 
 
 def _steady_update(lay: Layout, T, z, K, F, a, y, d):
@@ -187,7 +204,8 @@ def standard_step_fused(lay: Layout, system: System, st: FilterState, y, d, z, t
         diff, P_flat = jnp.reshape(P_next - st.cov, (-1, y.shape[0])), jnp.reshape(P_next, (-1, y.shape[0]))
         change, size = jnp.einsum("ks,ks->s", diff, diff), jnp.einsum("ks,ks->s", P_flat, P_flat)
         steady = updated & st.prev_observed & (change <= TOL_STEADY * size)
-    return FilterState(a_next, P_next, st.diffuse_cov, jnp.zeros_like(observed), steady, K, F, observed), loglik, v
+    return (FilterState(a_next, P_next, st.diffuse_cov, jnp.zeros_like(observed), steady, K, F, observed, st.augmented),
+            loglik, v)
 
 
 def step(lay: Layout, system: System, state: FilterState, y, d, z, *, sqrt: bool = False,
@@ -195,11 +213,11 @@ def step(lay: Layout, system: System, state: FilterState, y, d, z, *, sqrt: bool
     """One time step for the whole batch: observe y_t, then predict t+1, in the batch's phase.
 
     system: batch-last; y, d: (batch,); z: (state, batch). One `lax.switch` on `phase_of`
-    picks `full_step` (diffuse or standard) or `steady_step`. Returns (new state, StepInfo if
+    picks `diffuse_step`, `full_step` (standard) or `steady_step`. Returns (new state, StepInfo if
     keep else loglik (batch,)).
     """
     args = (lay, system, state, y, d, z)
-    branch = {Phase.DIFFUSE: lambda: full_step(*args, Phase.DIFFUSE, sqrt, keep),
+    branch = {Phase.DIFFUSE: lambda: diffuse_step(*args, sqrt, keep),
               Phase.STANDARD: lambda: full_step(*args, Phase.STANDARD, sqrt, keep),
               Phase.STEADY: lambda: steady_step(*args, sqrt, keep)}
     return lax.switch(phase_of(state, y), [branch[p] for p in Phase])
@@ -211,7 +229,7 @@ def diffuse_scan(lay: Layout, state: FilterState, T, z, H, q, y, d, sqrt: bool =
     (time, batch): the state after them and the log-likelihood terms (time, batch)."""
     system = System(T, z, d, H, q, None, None, None)
 
-    def body(c, x):
+    def body(c, x):   # Koopman's steps only: `run_chunked` adds the augmented filter and the collapse
         return full_step(lay, system, c, *x, z, Phase.DIFFUSE, sqrt, False)
     return lax.scan(body, state, (y, d))
 

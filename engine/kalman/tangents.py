@@ -162,8 +162,11 @@ def _diffuse_scan_rule(lay: Layout, primals, tangents):
     flag = lambda x: jnp.zeros(x.shape, jax.dtypes.float0)
     # P∞'s tangent stays a symbolic zero, so that a later diffuse chunk takes this path too
     no_tangent = SymbolicZero(jax.typeof(final.diffuse_cov).to_tangent_aval())
+    # the augmented filter's carry passes through Koopman's steps unchanged (`run_chunked` runs it beside them)
+    d_aug = jax.tree.map(lambda p, t: (jnp.zeros(p.shape, jax.dtypes.float0) if p.dtype == bool
+                                       else jnp.zeros_like(p)) if symbolic(t) else t, state.augmented, dstate.augmented)
     dfinal = FilterState(da_n, dP_n, no_tangent, flag(final.diffuse), flag(final.steady), dK_n, dF_n,
-                         flag(final.prev_observed))
+                         flag(final.prev_observed), d_aug)
     return (final, packed[:, m + 3]), (dfinal, dll)
 
 

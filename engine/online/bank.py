@@ -94,7 +94,7 @@ def _kalman_step(config: OnlineConfig, lay, system: System, st: kalman.FilterSta
 
     def diffuse():
         fs, loglik = kalman.step(lay, system, st, y, d, z, sqrt=config.sqrt)
-        Pinf = jnp.where(st.diffuse, st.diffuse_cov, 0.0)
+        Pinf = jnp.where(jnp.sum(st.diffuse_cov ** 2, axis=(0, 1)) > kalman.TOL_DIFFUSE, st.diffuse_cov, 0.0)
         Fi = jnp.sum(z * kalman.mat_vec(Pinf, z), axis=0)
         still = [jnp.sum(_block(fs.diffuse_cov, jnp.asarray(sel.states)) ** 2, axis=(0, 1)) > kalman.TOL_DIFFUSE
                  if sel.states else jnp.zeros(n_draws, bool) for sel in component_selectors(config.spec)]
