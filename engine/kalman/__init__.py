@@ -69,18 +69,19 @@ from .ops import (dense_cov, design_states, factor_psd, mat_vec, mat_z, outer, r
 from .packed import pack, packed_entry, packed_mat_z, packed_pairs, standard_step_packed, unpack
 from .scan import CHUNK_STEPS, mean_pass, run, run_chunked
 from .smoother import SmoothResult, smooth_one
-from .state import (LOG_2PI, TOL_DIFFUSE, TOL_STEADY, Augmented, FilterState, augmented_init, Phase, StepInfo, StepKind, batch_last, converged,
-                    init, phase_of)
+from .state import (LOG_2PI, TOL_DIFFUSE, TOL_STEADY, Augmented, FilterState, Phase, StepInfo, StepKind,
+                    augmented_init, batch_last, converged, init, phase_of)
 from .augmented import COLLAPSE_PIVOT, augmented_scan, augmented_step, collapse, collapse_state, reached_solve
-from .steps import (diffuse_scan, diffuse_step, full_step, observe, predict, scalar_observe, standard_scan, standard_step_fused,
-                    steady_scan, steady_step, step)
+from .steps import (diffuse_scan, diffuse_step, full_step, observe, predict, scalar_observe, settled_step,
+                    standard_scan, standard_step_fused, steady_scan, steady_step, step)
 from .tangents import diffuse_scan_custom_jvp, standard_scan_custom_jvp
 
 __all__ = [
-    "FilterState", "Augmented", "StepInfo", "Phase", "COLLAPSE_PIVOT", "StepKind", "SmoothResult", "TOL_DIFFUSE", "TOL_STEADY", "LOG_2PI",
+    "FilterState", "Augmented", "StepInfo", "Phase", "StepKind", "SmoothResult", "TOL_DIFFUSE", "TOL_STEADY",
+    "LOG_2PI", "COLLAPSE_PIVOT",
     "CHUNK_STEPS", "batch_last", "init", "phase_of", "converged",
-    "step", "diffuse_step", "full_step", "observe", "predict", "steady_step", "scalar_observe", "standard_step_fused",
-    "standard_step_packed", "diffuse_scan", "diffuse_scan_custom_jvp", "standard_scan", "standard_scan_custom_jvp",
+    "step", "diffuse_step", "settled_step", "full_step", "observe", "predict", "steady_step", "scalar_observe",
+    "standard_step_fused", "standard_step_packed", "diffuse_scan", "diffuse_scan_custom_jvp", "standard_scan", "standard_scan_custom_jvp",
     "steady_scan", "run", "run_chunked", "mean_pass", "smooth_one",
     "pack", "unpack", "packed_pairs", "packed_entry", "packed_mat_z",
     "augmented_init", "augmented_step", "augmented_scan", "collapse", "collapse_state", "reached_solve",

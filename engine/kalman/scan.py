@@ -14,7 +14,7 @@ from jax import lax
 from ..system import Layout, System, diffuse_states, transition_apply
 from .augmented import augmented_scan, collapse_state
 from .state import LOG_2PI, FilterState, Phase, StepInfo, StepKind, batch_last, converged, init, phase_of
-from .steps import diffuse_scan, standard_scan, steady_scan, step
+from .steps import diffuse_scan, settled_step, standard_scan, steady_scan, step
 from .tangents import diffuse_scan_custom_jvp, standard_scan_custom_jvp
 
 CHUNK_STEPS = 32    # time steps per phase decision in `run` (see `run_chunked`)
@@ -40,15 +40,33 @@ def run(lay: Layout, system: System, y: jnp.ndarray, *, sqrt: bool = False, keep
     if batch == 1 and not (keep or time_varying):   # batches keep the per-step phase switch
         return run_chunked(lay, system, state, y, d, sqrt)
 
-    def body(carry, xs):
-        if time_varying:
-            y_t, d_t, z_t = xs
-        else:
-            (y_t, d_t), z_t = xs, system.design
-        return step(lay, system, carry, y_t, d_t, z_t, sqrt=sqrt, keep=keep)
+    def steps(state, xs, settled: bool):
+        def body(carry, xs):
+            if time_varying:
+                y_t, d_t, z_t = xs
+            else:
+                (y_t, d_t), z_t = xs, system.design
+            if settled:
+                return settled_step(lay, system, carry, y_t, d_t, z_t, sqrt=sqrt, keep=keep)
+            return step(lay, system, carry, y_t, d_t, z_t, sqrt=sqrt, keep=keep)
+        return lax.scan(body, state, xs)
 
     xs = (y, d, system.design) if time_varying else (y, d)
-    return lax.scan(body, state, xs)
+    n_diffuse = len(diffuse_states(lay))
+    head = min(n_time, 2 * n_diffuse + CHUNK_STEPS)
+    if n_diffuse == 0 or head == n_time:
+        return steps(state, xs, False)
+    # after a head that holds the diffuse phase of every member with its observations, the steps
+    # carry no augmented filter: a branch copies whatever it carries, and that carry is larger than P
+    mid, out_head = steps(state, jax.tree_util.tree_map(lambda x: x[:head], xs), False)
+    rest = jax.tree_util.tree_map(lambda x: x[head:], xs)
+
+    def settled():
+        final, out = steps(mid._replace(augmented=None), rest, True)
+        return final._replace(augmented=mid.augmented), out
+
+    final, out = lax.cond(jnp.any(mid.diffuse), lambda: steps(mid, rest, False), settled)
+    return final, jax.tree_util.tree_map(lambda h, t: jnp.concatenate([h, t]), out_head, out)
 
 
 def run_chunked(lay: Layout, system: System, state: FilterState, y, d, sqrt: bool):

@@ -223,6 +223,15 @@ def step(lay: Layout, system: System, state: FilterState, y, d, z, *, sqrt: bool
     return lax.switch(phase_of(state, y), [branch[p] for p in Phase])
 
 
+def settled_step(lay: Layout, system: System, state: FilterState, y, d, z, *, sqrt: bool = False,
+                 keep: bool = False):
+    """`step` for a batch with no diffuse member: `full_step` in the standard phase or
+    `steady_step`, by one `lax.cond`. It reads no augmented filter (the state's may be None)."""
+    args = (lay, system, state, y, d, z)
+    return lax.cond(phase_of(state, y) == Phase.STEADY, lambda: steady_step(*args, sqrt, keep),
+                    lambda: full_step(*args, Phase.STANDARD, sqrt, keep))
+
+
 # -- one phase over many steps: plain scans (autodiff tangents) ----------------------------------
 def diffuse_scan(lay: Layout, state: FilterState, T, z, H, q, y, d, sqrt: bool = False):
     """Exact-diffuse steps (`full_step` in `Phase.DIFFUSE`, valid in every case) over y, d
