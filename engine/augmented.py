@@ -4,8 +4,8 @@ The filter itself is `kalman.augmented` (the one the diffuse phase of every filt
 Koopman's recursion, see there for the maths); here it runs over every observation and the
 diffuse coefficients are solved for once at the end, on the directions the observations reach
 (`kalman.reached_solve`): no diffuse steps, no collapse and no threshold but that of directions
-no observation ever reaches. It gives the total only; `loglik(..., filter="augmented")` is this (NaN where an observed step has
-F_t = 0: no irregular and no state noise yet).
+no observation ever reaches. It gives the total only; `loglik(..., filter="augmented")` is this
+(NaN where an observed step has F_t = 0: no irregular and no state noise yet).
 """
 
 from __future__ import annotations

@@ -42,15 +42,17 @@ fuses the whole update into a few elementwise loops over the batch:
 
 `observe` and `predict` are the halves of `full_step`; `diffuse_step` is `full_step` in the diffuse
 phase with `augmented_step` and `collapse_state` after it, and `run_chunked` runs a diffuse chunk
-as `diffuse_scan_custom_jvp`, `augmented_scan` and one `collapse_state` at its end; `diffuse_scan_custom_jvp` falls back to
-plain autodiff where P∞ has a tangent (cycle and AR models); `ops.tria` has a rule of its own.
+as `diffuse_scan_custom_jvp`, `augmented_scan` and one `collapse_state` at its end;
+`diffuse_scan_custom_jvp` falls back to plain autodiff where P∞ has a tangent (cycle and AR models); `ops.tria` has a rule of its own.
 
 When each is chosen:
 
 * `run` filters one series (no kept steps, a fixed design) with `run_chunked`: a diffuse head,
   then one `phase_of` decision per CHUNK_STEPS steps, each chunk one phase's scan (the custom
   JVP ones in dense mode, the plain ones in sqrt mode). Batches, kept steps (`keep=True`, for
-  the smoother and the app) and time-varying designs scan `step`, one decision per step.
+  the smoother and the app) and time-varying designs scan `step`, one decision per step, over a
+  head that holds the diffuse phase, then `settled_step` (no augmented filter in the carry)
+  unless a member is still diffuse.
 * The online bank (`engine.online`) takes `step` (so `diffuse_step`) in the diffuse phase, `standard_step_fused`
   (small banks) or `standard_step_packed` (large ones) in the standard phase and `steady_step`
   in the steady one. The fleet (`engine.fleet`) runs `diffuse_step` over a
@@ -81,7 +83,8 @@ __all__ = [
     "LOG_2PI", "COLLAPSE_PIVOT",
     "CHUNK_STEPS", "batch_last", "init", "phase_of", "converged",
     "step", "diffuse_step", "settled_step", "full_step", "observe", "predict", "steady_step", "scalar_observe",
-    "standard_step_fused", "standard_step_packed", "diffuse_scan", "diffuse_scan_custom_jvp", "standard_scan", "standard_scan_custom_jvp",
+    "standard_step_fused", "standard_step_packed", "diffuse_scan", "diffuse_scan_custom_jvp", "standard_scan",
+    "standard_scan_custom_jvp",
     "steady_scan", "run", "run_chunked", "mean_pass", "smooth_one",
     "pack", "unpack", "packed_pairs", "packed_entry", "packed_mat_z",
     "augmented_init", "augmented_step", "augmented_scan", "collapse", "collapse_state", "reached_solve",
