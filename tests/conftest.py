@@ -41,13 +41,17 @@ def pytest_configure(config):
 
 def _group(item) -> str:
     """The pytest-xdist group of a test: one served app and one Chromium for all the browser
-    tests, one kernel per notebook, else its module (whose fixtures and compiled programs its
-    tests share)."""
+    tests, one kernel per notebook, the tests of an engine package together (tests/engine/kalman/
+    ...: its modules compile the same models), else its module (whose fixtures and compiled
+    programs its tests share)."""
     path = item.nodeid.split("::")[0]
     if path.startswith("tests/ui/"):
         return "tests/ui"
     if path.startswith("tests/notebooks/"):
         return item.nodeid
+    parts = path.split("/")
+    if parts[:2] == ["tests", "engine"] and len(parts) > 3:
+        return "/".join(parts[:3])
     return path
 
 
