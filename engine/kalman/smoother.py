@@ -44,34 +44,37 @@ class SmootherOutput(NamedTuple):
 
 def smooth_full(lay: Layout, system: System, info: StepInfo, z_all: jnp.ndarray, after=None) -> SmootherOutput:
     """Exact-diffuse state and disturbance smoother for one member (Durbin & Koopman 2012, §4.5,
-    §5.3 and §6.4, univariate), one backward pass; results as statsmodels' univariate smoother.
+    §5.3 and §6.4, univariate): one backward pass for r and N, then the states and the
+    disturbances from them; results as statsmodels' univariate smoother.
 
     info: the filter's per-step outputs for this member (time leading); z_all: (time, state);
     after: (r, N) at the end of the last step (after its update, before the transition) from
-    observations that follow it (default none); r, N and η̂ of the last step then still take no
-    later observations into account. Within step t, from r̃, Ñ at its end (the next step's r, N
-    times Tᵀ), with M = P* z, K = M/F*, L = I − K zᵀ:
+    observations that follow it (default none); r, N and the disturbances of the last step then
+    still take no later observations into account. Within step t, from r̃ = Tᵀ r_t, Ñ = Tᵀ N_t T
+    at its end, with M = P* z, K = M/F*, L = I − K zᵀ:
 
       standard:  r⁽⁰⁾ ← z v/F* + Lᵀ r̃⁽⁰⁾,  N⁽⁰⁾ ← z zᵀ/F* + Lᵀ Ñ⁽⁰⁾ L,  N⁽¹⁾ ← Ñ⁽¹⁾ L,
       diffuse:   K⁽⁰⁾ = P∞ z/F∞, K⁽¹⁾ = (M − K⁽⁰⁾ F*)/F∞, L⁽⁰⁾ = I − K⁽⁰⁾zᵀ, L⁽¹⁾ = −K⁽¹⁾zᵀ and
                  Koopman's recursions for r⁽⁰⁾, r⁽¹⁾, N⁽⁰⁾, N⁽¹⁾, N⁽²⁾;
 
-    then α̂ = a + P* r⁽⁰⁾ + P∞ r⁽¹⁾,  V = P* − P* N⁽⁰⁾ P* − P* N⁽¹⁾ᵀ P∞ − P∞ N⁽¹⁾ P* − P∞ N⁽²⁾ P∞,
-    ε̂ = H (v/F* − Kᵀ r̃⁽⁰⁾), Var(ε | y) = H − H² (1/F* + Kᵀ Ñ⁽⁰⁾ K)   (standard step),
-    ε̂ = −H K⁽⁰⁾ᵀ r̃⁽⁰⁾,      Var(ε | y) = H − H² K⁽⁰⁾ᵀ Ñ⁽⁰⁾ K⁽⁰⁾     (diffuse step),
-    η̂_t = Q r_t, Var(η_t | y) = Q − Q N_t Q with Q = diag(q), r_t, N_t the next step's r⁽⁰⁾, N⁽⁰⁾.
-    A missing y_t (no update) passes r and N through: ε̂ = 0, Var(ε | y) = H.
+    a missing y_t (no update) passes r and N through. Then, with r_{t-1} the values at the start
+    of step t, α̂_t = a_t + P*_t r⁽⁰⁾_{t-1} + P∞_t r⁽¹⁾_{t-1} and
+    V_t = P* − P* N⁽⁰⁾ P* − P* N⁽¹⁾ᵀ P∞ − P∞ N⁽¹⁾ P* − P∞ N⁽²⁾ P∞; the disturbances are `disturbances`.
     """
     T = system.transition
-    H = system.obs_var
-    q = system.state_var
     m = lay.n_states
     eye = jnp.eye(m)
+    n_time = z_all.shape[0]
+    zeros_m, zeros_mm = jnp.zeros(m), jnp.zeros((m, m))
+    r_end, N_end = (zeros_m, zeros_mm) if after is None else after
 
     def back(carry, xs):
-        # r_t, N_t at the next step's predicted state; r̃, Ñ = Tᵀ r_t, Tᵀ N_t T at the end of step t
-        (r0, r1, N0, N1, N2), (rt0, rt1, Nt0, Nt1, Nt2) = carry
-        a, P, Pinf, v, Fs, Fi, kind, z = xs
+        r0, r1, N0, N1, N2 = carry   # r_t, N_t: at the next step's predicted state
+        a, P, Pinf, v, Fs, Fi, kind, z, t = xs
+        last = t == n_time - 1       # r̃, Ñ at the end of step t: Tᵀ r_t, Tᵀ N_t T (or `after`)
+        rt0 = jnp.where(last, r_end, T.T @ r0)
+        Nt0 = jnp.where(last, N_end, T.T @ N0 @ T)
+        rt1, Nt1, Nt2 = T.T @ r1, T.T @ N1 @ T, T.T @ N2 @ T
         Ms, Mi = P @ z, Pinf @ z
         is_d, is_s = kind == StepKind.DIFFUSE, kind == StepKind.STANDARD
         Fi_s = jnp.where(is_d, Fi, 1.0)
@@ -104,28 +107,42 @@ def smooth_full(lay: Layout, system: System, info: StepInfo, z_all: jnp.ndarray,
         PN1P = Pinf @ N1n @ P
         cov = P - P @ N0n @ P - PN1P - PN1P.T - Pinf @ N2n @ Pinf
         cov = 0.5 * (cov + cov.T)
-        # disturbances: ε from the end of this step, η from the next step's start
-        K = jnp.where(is_d, K0, Ks)
-        u = jnp.where(is_d, 0.0, v / Fs_s) - K @ rt0
-        D = jnp.where(is_d, 0.0, 1.0 / Fs_s) + K @ Nt0 @ K
-        updated = is_d | is_s
-        eps = jnp.where(updated, H * u, 0.0)
-        eps_var = jnp.where(updated, H - H * H * D, H)
-        eta = q * r0
-        eta_cov = jnp.diag(q) - q[:, None] * N0 * q[None, :]
-        out = (mean, cov, r0, N0, r1, N1, N2, eps, eps_var, eta, eta_cov)
-        start = (r0n, r1n, N0n, N1n, N2n)
-        end = (T.T @ r0n, T.T @ r1n, T.T @ N0n @ T, T.T @ N1n @ T, T.T @ N2n @ T)
-        return (start, end), out
+        return (r0n, r1n, N0n, N1n, N2n), (mean, cov, carry)
 
-    zeros_m, zeros_mm = jnp.zeros(m), jnp.zeros((m, m))
-    r_end, N_end = (zeros_m, zeros_mm) if after is None else after
-    init = ((zeros_m, zeros_m, zeros_mm, zeros_mm, zeros_mm), (r_end, zeros_m, N_end, zeros_mm, zeros_mm))
     xs = (info.pred_mean, info.pred_cov, info.pred_diffuse, info.innovation, info.innov_var,
-          info.diffuse_var, info.kind, z_all)
-    _, out = lax.scan(back, init, xs, reverse=True)
-    mean, cov, r, N, r1, N1, N2, eps, eps_var, eta, eta_cov = out
+          info.diffuse_var, info.kind, z_all, jnp.arange(n_time))
+    init = (zeros_m, zeros_m, zeros_mm, zeros_mm, zeros_mm)
+    _, (mean, cov, (r, r1, N, N1, N2)) = lax.scan(back, init, xs, reverse=True)
+    eps, eps_var, eta, eta_cov = disturbances(system, info, r, N)
     return SmootherOutput(mean, cov, r, N, r1, N1, N2, eps, eps_var, eta, eta_cov)
+
+
+def disturbances(system: System, info: StepInfo, r: jnp.ndarray, N: jnp.ndarray):
+    """The smoothed disturbances and their variances from the smoother's r (time, state) and N
+    (time, state, state) (`smooth_full`; r⁽⁰⁾, N⁽⁰⁾ while diffuse) and the filter's gains K_t:
+    (ε̂ (time,), Var(ε | y) (time,), η̂ (time, state), Var(η | y) (time, state, state)).
+
+    With r̃ = Tᵀ r_t, Ñ = Tᵀ N_t T at the end of step t (Durbin & Koopman 2012, §4.5.3 and §5.3;
+    statsmodels' univariate forms):
+      standard step:  ε̂ = H (v/F* − Kᵀ r̃),  Var(ε | y) = H − H² (1/F* + Kᵀ Ñ K),
+      diffuse step:   ε̂ = −H K⁽⁰⁾ᵀ r̃,       Var(ε | y) = H − H² K⁽⁰⁾ᵀ Ñ K⁽⁰⁾,
+      y_t missing:    ε̂ = 0,                Var(ε | y) = H;
+      η̂_t = Q r_t,   Var(η_t | y) = Q − Q N_t Q,   Q = diag(q).
+    """
+    T, H, q = system.transition, system.obs_var, system.state_var
+    K = info.gain
+    kind = info.kind
+    standard, updated = kind == StepKind.STANDARD, kind != StepKind.NONE
+    r_end = r @ T                                     # rows Tᵀ r_t
+    N_end = jnp.einsum("ji,tjk,kl->til", T, N, T)     # Tᵀ N_t T
+    F_inv = jnp.where(standard, 1.0 / jnp.where(standard, info.innov_var, 1.0), 0.0)
+    u = info.innovation * F_inv - jnp.einsum("ti,ti->t", K, r_end)
+    D = F_inv + jnp.einsum("ti,tij,tj->t", K, N_end, K)
+    eps = jnp.where(updated, H * u, 0.0)
+    eps_var = jnp.where(updated, H - H * H * D, H)
+    eta = q * r
+    eta_cov = jnp.diag(q) - q[:, None] * N * q[None, :]
+    return eps, eps_var, eta, eta_cov
 
 
 def smooth_one(lay: Layout, system: System, info: StepInfo, z_all: jnp.ndarray, after=None) -> SmoothResult:
