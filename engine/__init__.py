@@ -34,10 +34,10 @@ from .demo import DEMO_STREAMS, DemoEvent, DemoStream, Fleet, demo_stream, list_
 from .fleet import FleetCancelled, FleetResult, SeriesTable, fit_many  # noqa: E402
 from .compiled import enable_compilation_cache, trim_compiled  # noqa: E402
 from . import (cluster, compiled, cores, data, demo, fleet, hmm, kalman, mle, model, online, parallel,  # noqa: E402
-               persist, rejuvenation, spec, stream, system, transforms)
+               persist, regimes, rejuvenation, spec, stream, system, transforms)
 
 NAMESPACES = ("cluster", "compiled", "cores", "data", "demo", "fleet", "hmm", "kalman", "mle", "model", "online",
-              "parallel", "persist", "rejuvenation", "spec", "stream", "system", "transforms")
+              "parallel", "persist", "regimes", "rejuvenation", "spec", "stream", "system", "transforms")
 
 __all__ = [
     *NAMESPACES,
