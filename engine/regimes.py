@@ -42,10 +42,10 @@ from jax.scipy.special import logsumexp
 
 from .kalman import TOL_DIFFUSE, FilterState, Phase, batch_last, init as kalman_init, observe, predict, z_dot
 from .spec import ModelSpec, as_spec
-from .system import Layout, System, build_system, layout
+from .system import Layout, System, build_system, layout, params_from_vector
 
 __all__ = ["METHODS", "RegimeModel", "SwitchingState", "SwitchingStepInfo", "SwitchingFilter", "regime_names",
-           "inflation_pattern", "regime_model", "init", "step", "filter_series", "loglik"]
+           "inflation_pattern", "regime_model", "init", "step", "filter_series", "loglik", "loglik_terms_batch"]
 
 METHODS = ("gpb2", "imm")
 
@@ -256,3 +256,15 @@ def loglik(spec: ModelSpec | Mapping, params: Mapping[str, jnp.ndarray], y: jnp.
            exog: jnp.ndarray | None = None, method: str = "gpb2") -> jnp.ndarray:
     """The approximate log-likelihood of the switching model (see `filter_series`)."""
     return filter_series(spec, params, y, exog, method).loglik
+
+
+def loglik_terms_batch(spec: ModelSpec, pvec: jnp.ndarray, Y: jnp.ndarray, exog: jnp.ndarray | None = None,
+                       method: str = "gpb2") -> jnp.ndarray:
+    """Per-step log-likelihood terms (time, batch) of Y (time, batch) under parameter vectors
+    pvec (batch, k) in `param_names` order: the switching model's counterpart of the batched Kalman
+    filter's output, which the fits (`engine.bayes`, `engine.model`) call for a spec with regimes.
+    exog: (time, k) shared, or None."""
+    def one(pv, y):
+        return filter_series(spec, params_from_vector(spec, pv), y, exog, method).info.loglik
+
+    return jax.vmap(one, in_axes=(0, 1), out_axes=1)(pvec, Y)

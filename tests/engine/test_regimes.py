@@ -113,3 +113,20 @@ def test_bad_arguments_are_named():
     # probabilities that leave the normal regime nothing: the likelihood is −∞, not an error
     both = {"level": "local_level", "regimes": {"outlier": True, "level_shift": True}}
     assert float(regimes.loglik(both, _params(both, prob=0.6), np.zeros(3))) == -np.inf
+
+
+def test_the_engine_likelihoods_of_a_spec_with_regimes_are_the_switching_ones():
+    """`engine.loglik` and the fits' pointwise likelihood (`pointwise_loglik`, the terms `fit_map` and
+    `fit_nuts` use) take the collapsed filter for a spec with regimes; per-step moments refuse it."""
+    spec = engine.ModelSpec.from_dict({"level": "local_level", "regimes": {"outlier": True}})
+    y = _series(4, 12, [("outlier", 5)])
+    params = _params(spec, **BASE)
+    want = float(regimes.loglik(spec, params, y))
+    assert float(engine.loglik(spec, params, y)) == pytest.approx(want, rel=1e-12)
+    theta = np.array([[params[n] for n in engine.param_names(spec)], [0.5, 0.2, 0.01, 10.0]])
+    terms = engine.pointwise_loglik(spec, theta, y)
+    np.testing.assert_allclose(terms.sum(axis=1)[0], want, rtol=1e-12)
+    other = dict(zip(engine.param_names(spec), theta[1]))
+    np.testing.assert_allclose(terms.sum(axis=1)[1], float(regimes.loglik(spec, other, y)), rtol=1e-12)
+    with pytest.raises(ValueError, match="regimes"):
+        engine.filter_series(spec, params, y)
