@@ -177,12 +177,11 @@ def _step_in_phase(lay: Layout, system: System, model: RegimeModel, method: str,
         a_f, P_f, Pinf_f, llf, F, y_hat = _update(
             lay, system, phase, rep(st.mean), rep(st.cov), rep(st.diffuse_cov), rep(st.diffuse), y, d, z,
             jnp.tile(H, K), jnp.tile(model.state_extra, (1, K)))
-        shape = (K, K)
-        log_joint = log_pair_prior + llf.reshape(shape)
+        log_joint = log_pair_prior + llf.reshape(K, K)
         log_cond, log_post = _conditional(log_joint, log_w)
         mean, cov = _merge(log_cond, a_f.reshape(m, K, K), P_f.reshape(m, m, K, K))
         Pinf_n = jnp.sum(jnp.exp(log_cond)[None, None] * Pinf_f.reshape(m, m, K, K), axis=2)
-        pred_w, y_hat, F = jnp.exp(log_pair_prior - logsumexp(log_pair_prior)).reshape(-1), y_hat, F
+        pred_w = jnp.exp(log_pair_prior - logsumexp(log_pair_prior)).reshape(-1)
     elif method == "imm":
         log_mix, log_pred = _conditional(log_pair_prior, log_w)
         a0, P0 = _merge(log_mix, st.mean[:, :, None].repeat(K, 2), st.cov[:, :, :, None].repeat(K, 3))
@@ -190,8 +189,7 @@ def _step_in_phase(lay: Layout, system: System, model: RegimeModel, method: str,
         diffuse0 = jnp.sum(Pinf0 ** 2, axis=(0, 1)) > TOL_DIFFUSE
         mean, cov, Pinf_n, llf, F, y_hat = _update(lay, system, phase, a0, P0, Pinf0, diffuse0, y, d, z, H,
                                                    model.state_extra)
-        log_joint = log_pred + llf
-        log_post = log_joint
+        log_joint = log_post = log_pred + llf
         pred_w = jnp.exp(log_pred - logsumexp(log_pred))
     else:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -199,10 +197,7 @@ def _step_in_phase(lay: Layout, system: System, model: RegimeModel, method: str,
     # an impossible observation (only where the regime probabilities are no distribution) keeps the weights
     log_post = jnp.where(jnp.isfinite(loglik), log_post - loglik, log_w)
     # the collapsed filtered belief and the mixture's predictive moments of y_t (for the info)
-    w = jnp.exp(log_post)
-    filt_mean = mean @ w
-    dev = mean - filt_mean[:, None]
-    filt_cov = jnp.einsum("ijk,k->ij", cov + dev[:, None] * dev[None, :], w)
+    filt_mean, filt_cov = _merge(log_post[:, None], mean[:, :, None], cov[:, :, :, None])
     pred_mean = jnp.sum(pred_w * y_hat)
     pred_var = jnp.sum(pred_w * (F + (y_hat - pred_mean) ** 2))
     # predict every component with the base disturbances (a regime's inflation is added when it is observed)
@@ -210,7 +205,7 @@ def _step_in_phase(lay: Layout, system: System, model: RegimeModel, method: str,
     diffuse_n = jnp.sum(Pinf_n ** 2, axis=(0, 1)) > TOL_DIFFUSE if phase is Phase.DIFFUSE else \
         jnp.zeros(K, bool)
     new = SwitchingState(st._replace(mean=a_n, cov=P_n, diffuse_cov=Pinf_n, diffuse=diffuse_n), log_post)
-    return new, SwitchingStepInfo(loglik, w, pred_mean, pred_var, filt_mean, filt_cov)
+    return new, SwitchingStepInfo(loglik, jnp.exp(log_post), pred_mean, pred_var, filt_mean[:, 0], filt_cov[:, :, 0])
 
 
 def step(lay: Layout, system: System, model: RegimeModel, state: SwitchingState, y, d, z,

@@ -51,10 +51,16 @@ def test_zero_switching_probabilities_give_the_plain_filter(base, regime_kinds, 
     y[[3, 17]] = np.nan
     spec = dict(base, regimes=regime_kinds)
     params = _params(spec, prob=0.0, scale=20.0)
-    plain = float(engine.loglik(base, {n: params[n] for n in engine.param_names(base)}, y))
+    plain_params = {n: params[n] for n in engine.param_names(base)}
+    plain = float(engine.loglik(base, plain_params, y))
     out = regimes.filter_series(spec, params, y, method=method)
     assert abs(float(out.loglik) - plain) <= 1e-10 * max(1.0, abs(plain))
     np.testing.assert_allclose(out.info.regime_probs[:, 0], 1.0, atol=0)
+    moments = engine.filter_series(base, plain_params, y)
+    np.testing.assert_allclose(out.info.filt_mean, moments.filtered_mean, atol=1e-9)
+    observed = np.isfinite(y)   # the predictive variance of a missing y is not the filter's F
+    np.testing.assert_allclose(out.info.pred_var[observed & (moments.kind == 1)],
+                               moments.innov_var[observed & (moments.kind == 1)], rtol=1e-9)
 
 
 def test_both_methods_are_exact_while_no_merge_has_happened():
