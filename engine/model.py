@@ -89,8 +89,7 @@ def filter_batch(spec: ModelSpec, pvec, Y, exog, sqrt: bool, keep: bool, paralle
     (`engine.regimes`); its per-step moments are `engine.regimes.filter_series`."""
     if spec.regimes:
         if keep:
-            raise ValueError("spec field 'regimes': per-step Kalman moments, smoothing and forecasts of a switching "
-                             "model are not available; use engine.regimes.filter_series, or remove the regimes")
+            _regimes.refuse_regimes(spec, "filter_series and forecast (the Kalman filter's per-step moments)")
         return None, _regimes.loglik_terms_batch(spec, pvec, Y, exog)
     lay = layout(spec)
     if parallel:
@@ -323,6 +322,7 @@ def smooth_prepared(spec: ModelSpec, pvec: jnp.ndarray, y: jnp.ndarray, x: jnp.n
                     parallel: bool = False) -> SmoothedComponents:
     """`smooth` on inputs already checked by `prepare_inputs`: a parameter vector (k,), y (time,),
     exog (time, k) or None. Jitted and traceable in pvec, so it maps over posterior draws."""
+    _regimes.refuse_regimes(spec, "the smoother")
     lay = layout(spec)
     system = build_system(spec, params_from_vector(spec, pvec), x)
     Z_t = jnp.broadcast_to(system.design, (y.shape[0], lay.n_states))

@@ -45,7 +45,7 @@ from .spec import ModelSpec, as_spec
 from .system import Layout, System, build_system, layout, params_from_vector
 
 __all__ = ["METHODS", "RegimeModel", "SwitchingState", "SwitchingStepInfo", "SwitchingFilter", "regime_names",
-           "inflation_pattern", "regime_model", "init", "step", "filter_series", "loglik", "loglik_terms_batch"]
+           "inflation_pattern", "regime_model", "init", "step", "filter_series", "loglik", "loglik_terms_batch", "refuse_regimes"]
 
 METHODS = ("gpb2", "imm")
 
@@ -80,6 +80,15 @@ class SwitchingStepInfo(NamedTuple):
 class SwitchingFilter(NamedTuple):
     loglik: jnp.ndarray        # ()
     info: SwitchingStepInfo    # each field stacked over time (leading axis)
+
+
+def refuse_regimes(spec: ModelSpec, what: str) -> None:
+    """A ValueError naming the `regimes` field where `what` (a filter or job of the plain Gaussian
+    model) is asked to run a switching model, which it would silently treat as the plain one."""
+    if spec.regimes:
+        raise ValueError(f"spec field 'regimes': {what} cannot run a switching model yet; "
+                         "engine.regimes.filter_series (batch) and engine.regimes.step (online, O(1) per "
+                         "observation) do. Remove the regimes to use it")
 
 
 def regime_names(spec: ModelSpec | Mapping) -> tuple[str, ...]:
