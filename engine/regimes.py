@@ -17,6 +17,8 @@ exact filter is a mixture of K^t Gaussians. The collapsing filters keep K:
 * GPB2 (Kim 1994; second-order generalised pseudo-Bayes): K components, one per regime of the
   previous step; each step updates all K × K (previous, current) pairs and merges, by moment
   matching, the pairs that share the current regime. K² Kalman updates per step.
+* GPB3: K² components, one per regime pair of the last two steps, K³ updates per step; the
+  mixture is merged over the regime three steps back (GPBn keeps the last n − 1 regimes).
 * IMM (Blom & Bar-Shalom 1988): first merges the K components into one prior per current regime,
   weighted by p(s_{t-1} = i | s_t = j, y_{0:t-1}); then K updates. With independent regimes every
   such prior is the same mixture, so IMM here is the first-order GPB1: one Gaussian carried.
@@ -45,9 +47,10 @@ from .spec import ModelSpec, as_spec
 from .system import Layout, System, build_system, layout, params_from_vector
 
 __all__ = ["METHODS", "RegimeModel", "SwitchingState", "SwitchingStepInfo", "SwitchingFilter", "regime_names",
-           "inflation_pattern", "regime_model", "init", "step", "filter_series", "loglik", "loglik_terms_batch", "refuse_regimes"]
+           "inflation_pattern", "regime_model", "n_components", "init", "step", "filter_series", "loglik", "loglik_terms_batch", "refuse_regimes"]
 
-METHODS = ("gpb2", "imm")
+METHODS = ("gpb2", "gpb3", "imm")
+_GPB_ORDER = {"gpb2": 2, "gpb3": 3}
 
 
 class RegimeModel(NamedTuple):
@@ -135,11 +138,24 @@ def regime_model(spec: ModelSpec | Mapping, params: Mapping[str, jnp.ndarray]) -
                        jnp.asarray(inflation_pattern(spec)) * extra[None, :])
 
 
-def init(lay: Layout, system: System, n_regimes: int) -> SwitchingState:
-    """K identical components, each the plain filter's initial belief; `system` unbatched."""
-    tiled = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n_regimes,) + jnp.shape(x)), system)
+def n_components(n_regimes: int, method: str) -> int:
+    """How many Gaussians a method carries: K^(n−1) for GPBn, K for IMM."""
+    _check_method(method)
+    return n_regimes ** (_GPB_ORDER[method] - 1) if method in _GPB_ORDER else n_regimes
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+def init(lay: Layout, system: System, n_regimes: int, method: str = "gpb2") -> SwitchingState:
+    """Identical components (`n_components` of them), each the plain filter's initial belief;
+    `system` unbatched."""
+    n = n_components(n_regimes, method)
+    tiled = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,) + jnp.shape(x)), system)
     st = kalman_init(lay, batch_last(tiled))
-    return SwitchingState(st, jnp.full(n_regimes, -jnp.log(n_regimes)))
+    return SwitchingState(st, jnp.full(n, -jnp.log(n)))
 
 
 def _conditional(log_joint: jnp.ndarray, fallback: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -177,19 +193,23 @@ def _step_in_phase(lay: Layout, system: System, model: RegimeModel, method: str,
                    state: SwitchingState, y, d, z):
     st, log_w = state.kalman, state.log_weights
     K = model.log_prior.shape[0]
+    C = log_w.shape[0]                                         # components carried
     m = lay.n_states
     H = system.obs_var + model.obs_extra                       # (K,)
-    log_trans = jnp.broadcast_to(model.log_prior, (K, K))      # independent regimes: every row the prior
-    log_pair_prior = log_w[:, None] + log_trans                # (i, j): log p(s_{t-1} = i, s_t = j | y_{0:t-1})
-    if method == "gpb2":
-        rep = lambda x: jnp.repeat(x, K, axis=-1)              # pair b = i K + j
+    # independent regimes: log p(component i, s_t = j | y_{0:t-1}) = log w_i + log p(s_t = j)
+    log_pair_prior = log_w[:, None] + model.log_prior[None, :]   # (C, K)
+    if method in _GPB_ORDER:
+        # component i = the last n − 1 regimes (oldest first, base K); pair b = i K + j. The new
+        # component (i without its oldest regime, j) merges the K pairs that differ in the oldest.
+        rep = lambda x: jnp.repeat(x, K, axis=-1)
         a_f, P_f, Pinf_f, llf, F, y_hat = _update(
             lay, system, phase, rep(st.mean), rep(st.cov), rep(st.diffuse_cov), rep(st.diffuse), y, d, z,
-            jnp.tile(H, K), jnp.tile(model.state_extra, (1, K)))
-        log_joint = log_pair_prior + llf.reshape(K, K)
-        log_cond, log_post = _conditional(log_joint, log_w)
-        mean, cov = _merge(log_cond, a_f.reshape(m, K, K), P_f.reshape(m, m, K, K))
-        Pinf_n = jnp.sum(jnp.exp(log_cond)[None, None] * Pinf_f.reshape(m, m, K, K), axis=2)
+            jnp.tile(H, C), jnp.tile(model.state_extra, (1, C)))
+        log_joint = log_pair_prior + llf.reshape(C, K)
+        oldest = (K, C)                                        # (oldest regime, new component)
+        log_cond, log_post = _conditional(log_joint.reshape(oldest), jnp.full(K, -jnp.log(K)))
+        mean, cov = _merge(log_cond, a_f.reshape(m, *oldest), P_f.reshape(m, m, *oldest))
+        Pinf_n = jnp.sum(jnp.exp(log_cond)[None, None] * Pinf_f.reshape(m, m, *oldest), axis=2)
         pred_w = jnp.exp(log_pair_prior - logsumexp(log_pair_prior)).reshape(-1)
     elif method == "imm":
         log_mix, log_pred = _conditional(log_pair_prior, log_w)
@@ -201,20 +221,21 @@ def _step_in_phase(lay: Layout, system: System, model: RegimeModel, method: str,
         log_joint = log_post = log_pred + llf
         pred_w = jnp.exp(log_pred - logsumexp(log_pred))
     else:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        _check_method(method)
     loglik = logsumexp(log_joint)
     # an impossible observation (only where the regime probabilities are no distribution) keeps the weights
     log_post = jnp.where(jnp.isfinite(loglik), log_post - loglik, log_w)
     # the collapsed filtered belief and the mixture's predictive moments of y_t (for the info)
     filt_mean, filt_cov = _merge(log_post[:, None], mean[:, :, None], cov[:, :, :, None])
+    regime_probs = jnp.exp(logsumexp(log_post.reshape(C // K if method in _GPB_ORDER else 1, K), axis=0))
     pred_mean = jnp.sum(pred_w * y_hat)
     pred_var = jnp.sum(pred_w * (F + (y_hat - pred_mean) ** 2))
     # predict every component with the base disturbances (a regime's inflation is added when it is observed)
     a_n, P_n, Pinf_n = predict(lay, system.transition, system.state_var[:, None], mean, cov, Pinf_n, phase, False)
     diffuse_n = jnp.sum(Pinf_n ** 2, axis=(0, 1)) > TOL_DIFFUSE if phase is Phase.DIFFUSE else \
-        jnp.zeros(K, bool)
+        jnp.zeros(C, bool)
     new = SwitchingState(st._replace(mean=a_n, cov=P_n, diffuse_cov=Pinf_n, diffuse=diffuse_n), log_post)
-    return new, SwitchingStepInfo(loglik, jnp.exp(log_post), pred_mean, pred_var, filt_mean[:, 0], filt_cov[:, :, 0])
+    return new, SwitchingStepInfo(loglik, regime_probs, pred_mean, pred_var, filt_mean[:, 0], filt_cov[:, :, 0])
 
 
 def step(lay: Layout, system: System, model: RegimeModel, state: SwitchingState, y, d, z,
@@ -222,8 +243,7 @@ def step(lay: Layout, system: System, model: RegimeModel, state: SwitchingState,
     """One observation y_t (scalar, NaN if missing) with intercept d_t and design z_t (state,):
     condition every component on y_t under every regime, merge, predict. `system` unbatched.
     The exact-diffuse update runs while any component is still diffuse (one `lax.cond`)."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    _check_method(method)
     run = partial(_step_in_phase, lay, system, model, method)
     return lax.cond(jnp.any(state.kalman.diffuse), partial(run, Phase.DIFFUSE), partial(run, Phase.STANDARD),
                     state, y, d, z)
@@ -238,8 +258,7 @@ def filter_series(spec: ModelSpec | Mapping, params: Mapping[str, jnp.ndarray], 
     if not spec.regimes:
         raise ValueError("spec field 'regimes': the spec has no regimes; add e.g. {'outlier': true}, or use "
                          "engine.filter_series for the plain model")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    _check_method(method)
     y = jnp.asarray(y, jnp.float64)
     n_time = y.shape[0]
     lay = layout(spec)
@@ -247,7 +266,7 @@ def filter_series(spec: ModelSpec | Mapping, params: Mapping[str, jnp.ndarray], 
     model = regime_model(spec, params)
     d = jnp.broadcast_to(system.obs_intercept, (n_time,))
     z = system.design if system.design.ndim == 2 else jnp.broadcast_to(system.design, (n_time, lay.n_states))
-    state = init(lay, system, model.log_prior.shape[0])
+    state = init(lay, system, model.log_prior.shape[0], method)
 
     def body(s, x):
         return step(lay, system, model, s, *x, method=method)
