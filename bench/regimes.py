@@ -5,7 +5,7 @@ Printed, all measured in this run on this machine:
 1. the switching log-likelihood (`engine.regimes.loglik`, GPB2 / GPB3 / IMM) against the plain
    exact filter (`engine.loglik`) of the same structural model, T = `--time`, jitted, compile
    time separately, and the ratio to the plain filter;
-2. one online step of a bank of S = `--draws` parameter draws (`engine.regimes.step`, vmapped),
+2. one online step of a bank of S = `--draws` parameter draws (`engine.regimes.bank_step`),
    per method, in µs per observation (the design target for streaming: ≤ 3× the plain update);
 3. the HMM forward filter, sequential (`engine.hmm.forward_filter`) and parallel-in-time
    (`engine.hmm.parallel_filter`), for K = 3 states and T = `--time`.
@@ -69,7 +69,7 @@ def main():
         c, t = timed(jax.jit(lambda p, m=method: regimes.loglik(SPEC, p, y, method=m)), PARAMS)
         print(f"   {method:5s}                {t * 1e3:9.2f} ms   (compile {c:.1f} s)   {t / t_plain:6.1f}× plain")
 
-    print(f"\n2. one online step, S={n_draws} draws (vmapped `regimes.step`)")
+    print(f"\n2. one online step, S={n_draws} draws (`regimes.bank_step`)")
     lay = engine.layout(SPEC)
     system = engine.build_system(SPEC, PARAMS)
     model = regimes.regime_model(SPEC, PARAMS)
@@ -77,8 +77,7 @@ def main():
     systems, models = tile(system), tile(model)
     for method in regimes.METHODS:
         state = jax.vmap(lambda s, m=method: regimes.init(lay, s, 3, m))(systems)
-        step = jax.jit(jax.vmap(lambda s, mo, st, y_t, m=method: regimes.step(lay, s, mo, st, y_t, 0.0, s.design, m),
-                                in_axes=(0, 0, 0, None)))
+        step = jax.jit(lambda s, mo, st, y_t, m=method: regimes.bank_step(lay, s, mo, st, y_t, 0.0, m))
         for y_t in y[:40]:   # past the diffuse steps
             state, _ = step(systems, models, state, y_t)
         c, t = timed(step, systems, models, state, y[40])

@@ -47,7 +47,7 @@ from .spec import ModelSpec, as_spec
 from .system import Layout, System, build_system, layout, params_from_vector
 
 __all__ = ["METHODS", "RegimeModel", "SwitchingState", "SwitchingStepInfo", "SwitchingFilter", "regime_names",
-           "inflation_pattern", "regime_model", "n_components", "init", "step", "filter_series", "loglik", "loglik_terms_batch", "refuse_regimes"]
+           "inflation_pattern", "regime_model", "n_components", "init", "step", "bank_step", "filter_series", "loglik", "loglik_terms_batch", "refuse_regimes"]
 
 METHODS = ("gpb2", "gpb3", "imm")
 _GPB_ORDER = {"gpb2": 2, "gpb3": 3}
@@ -247,6 +247,22 @@ def step(lay: Layout, system: System, model: RegimeModel, state: SwitchingState,
     run = partial(_step_in_phase, lay, system, model, method)
     return lax.cond(jnp.any(state.kalman.diffuse), partial(run, Phase.DIFFUSE), partial(run, Phase.STANDARD),
                     state, y, d, z)
+
+
+def bank_step(lay: Layout, systems: System, models: RegimeModel, state: SwitchingState, y, d=0.0,
+              method: str = "gpb2") -> tuple[SwitchingState, SwitchingStepInfo]:
+    """`step` for a bank of parameter draws: `systems`, `models` and `state` carry a leading draw axis
+    (the systems' designs are fixed: no regression in the state); y, d are the scalar observation
+    and intercept. One phase decision for the whole bank, as the online bank makes it, so that
+    after the diffuse steps only the standard update runs (a per-draw `lax.cond` under `vmap` runs
+    both branches). O(1) per observation and draw."""
+    _check_method(method)
+
+    def run(phase):
+        one = lambda s, m, st: _step_in_phase(lay, s, m, method, phase, st, y, d, s.design)
+        return jax.vmap(one)(systems, models, state)
+
+    return lax.cond(jnp.any(state.kalman.diffuse), lambda: run(Phase.DIFFUSE), lambda: run(Phase.STANDARD))
 
 
 def filter_series(spec: ModelSpec | Mapping, params: Mapping[str, jnp.ndarray], y: jnp.ndarray,

@@ -150,8 +150,8 @@ def test_the_engine_likelihoods_of_a_spec_with_regimes_are_the_switching_ones():
 
 
 def test_online_steps_over_draws_equal_the_batch_filter():
-    """`init`/`step` is the O(1)-per-observation online form: stepping a bank of parameter draws
-    (vmapped) one observation at a time gives each draw's batch result."""
+    """`init`/`bank_step` is the O(1)-per-observation online form: stepping a bank of parameter draws
+    one observation at a time gives each draw's batch result."""
     spec = engine.ModelSpec.from_dict({"level": "local_level", "regimes": {"outlier": True, "level_shift": True}})
     lay = engine.layout(spec)
     y = _series(5, 9, [("level_shift", 4)])
@@ -162,10 +162,10 @@ def test_online_steps_over_draws_equal_the_batch_filter():
     stack = lambda xs: jax.tree_util.tree_map(lambda *a: np.stack(a), *xs)
     system, model = stack(systems), stack(models)
     state = jax.vmap(lambda s: regimes.init(lay, s, 3))(system)
-    step = jax.jit(jax.vmap(lambda s, m, st, y_t: regimes.step(lay, s, m, st, y_t, 0.0, s.design)))
+    step = jax.jit(lambda s, m, st, y_t: regimes.bank_step(lay, s, m, st, y_t))
     infos = []
     for y_t in y:
-        state, info = step(system, model, state, np.full(2, y_t))
+        state, info = step(system, model, state, y_t)
         infos.append(info)
     for i, p in enumerate(draws):
         batch = regimes.filter_series(spec, p, y)
