@@ -90,7 +90,7 @@ def refuse_regimes(spec: ModelSpec, what: str) -> None:
     model) is asked to run a switching model, which it would silently treat as the plain one."""
     if spec.regimes:
         raise ValueError(f"spec field 'regimes': {what} cannot run a switching model yet; "
-                         "engine.regimes.filter_series (batch) and engine.regimes.step (online, O(1) per "
+                         "engine.regimes.filter_series (batch) and engine.regimes.bank_step (online, O(1) per "
                          "observation) do. Remove the regimes to use it")
 
 
