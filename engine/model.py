@@ -18,6 +18,7 @@ import numpy as np
 from . import augmented as _augmented
 from . import kalman
 from . import parallel as _parallel
+from . import regimes as _regimes
 from .components import ComponentSelector, component_selectors
 from .spec import ModelSpec, as_spec, param_names
 from .system import (System, build_system, check_exog, check_finite, diffuse_states, layout, params_from_vector,
@@ -83,7 +84,14 @@ def batch_systems(spec: ModelSpec, pvec: jnp.ndarray, exog) -> System:
 
 @partial(jax.jit, static_argnames=("spec", "sqrt", "keep", "parallel"))
 def filter_batch(spec: ModelSpec, pvec, Y, exog, sqrt: bool, keep: bool, parallel: bool = False):
-    """Filter Y (time, batch) with parameters pvec (batch, k); `parallel`: by associative scan."""
+    """Filter Y (time, batch) with parameters pvec (batch, k); `parallel`: by associative scan.
+
+    A spec with regimes gives the collapsed switching filter's log-likelihood terms
+    (`engine.regimes`); its per-step moments are `engine.regimes.filter_series`."""
+    if spec.regimes:
+        if keep:
+            _regimes.refuse_regimes(spec, "filter_series and forecast (the Kalman filter's per-step moments)")
+        return None, _regimes.loglik_terms_batch(spec, pvec, Y, exog)
     lay = layout(spec)
     if parallel:
         return _parallel.run(lay, batch_systems(spec, pvec, exog), Y, keep=keep)
@@ -167,7 +175,7 @@ def loglik_many(spec, params, Y, exog=None, filter: str = "auto") -> jnp.ndarray
     x = None if exog is None else jnp.asarray(exog, dtype=jnp.float64)
     if spec.regression is not None and x is None:
         check_exog(spec, None, Y.shape[1])
-    shared = pvec.ndim == 1 and (x is None or x.ndim == 2) and not (sqrt or par)
+    shared = pvec.ndim == 1 and (x is None or x.ndim == 2) and not (sqrt or par or spec.regimes)
     return _loglik_many(spec, pvec, Y.T, x, sqrt, shared, par)
 
 
@@ -352,6 +360,7 @@ def smooth_prepared(spec: ModelSpec, pvec: jnp.ndarray, y: jnp.ndarray, x: jnp.n
                     parallel: bool = False) -> SmoothedComponents:
     """`smooth` on inputs already checked by `prepare_inputs`: a parameter vector (k,), y (time,),
     exog (time, k) or None. Jitted and traceable in pvec, so it maps over posterior draws."""
+    _regimes.refuse_regimes(spec, "the smoother")
     lay = layout(spec)
     system = build_system(spec, params_from_vector(spec, pvec), x)
     Z_t = jnp.broadcast_to(system.design, (y.shape[0], lay.n_states))
