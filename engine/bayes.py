@@ -29,7 +29,7 @@ from numpyro.distributions import biject_to
 from numpyro.infer.hmc import hmc
 from numpyro.infer.util import ParamInfo, potential_energy
 
-from . import kalman
+from . import background, kalman
 from .compiled import on_trim
 from .cores import usable_cores
 from .model import as_param_vector, batch_systems, prepare_fit
@@ -487,7 +487,8 @@ def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: 
     keys = _chain_keys(seed, chains)
     chain_starts = [{n: jnp.asarray(starts[i, c]) for i, n in enumerate(sites)} for c in range(chains)]
 
-    with ThreadPoolExecutor(max(2, min(chains, usable_cores())), thread_name_prefix="nuts") as pool:
+    with background.job("fit_nuts", cancel) as cancel, \
+            ThreadPoolExecutor(max(2, min(chains, usable_cores())), thread_name_prefix="nuts") as pool:
         # Two programs compile at once, on two threads (XLA releases the interpreter lock): the
         # sampling chunk, which needs only the shape of a chain's state, and the pointwise
         # log-likelihood, which the fit needs at the end and which first gives the likelihood

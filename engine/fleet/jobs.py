@@ -14,6 +14,7 @@ from typing import Callable, Mapping
 import numpy as np
 import pandas as pd
 
+from .. import background
 from ..bayes import FitCancelled
 from ..cores import usable_cores
 from ..model import as_param_vector
@@ -124,6 +125,13 @@ def fit_many(spec, Y, exog=None, *, method: str = "mle", backend: str = "local",
         if progress is not None:
             progress(done[0], n_series)
 
+    with background.job("fit_many", cancel) as cancel:   # the process's exit cancels it
+        return _run(job, batches, finished, cancel, done, n_series, backend, address, max_retries)
+
+
+def _run(job: FleetJob, batches: list[Batch], finished: Callable[[Batch], None], cancel, done: list[int],
+         n_series: int, backend: str, address: str | None, max_retries: int) -> FleetResult:
+    """Run the batches on the backend; `FleetCancelled` with the finished ones once `cancel` is set."""
     outputs: dict[int, BatchOutput] = {}
     if backend == "local":
         outputs = _run_local(job, batches, finished, cancel)
