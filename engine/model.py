@@ -19,6 +19,7 @@ from . import augmented as _augmented
 from . import kalman
 from . import parallel as _parallel
 from .components import ComponentSelector, component_selectors
+from .domains import check_params
 from .spec import ModelSpec, as_spec, param_names
 from .system import (System, build_system, check_exog, check_finite, diffuse_states, layout, params_from_vector,
                      params_to_vector)
@@ -89,17 +90,25 @@ def filter_batch(spec: ModelSpec, pvec, Y, exog, sqrt: bool, keep: bool, paralle
     return kalman.run(lay, batch_systems(spec, pvec, exog), Y, sqrt=sqrt, keep=keep)
 
 
-def prepare_inputs(spec, params, y, exog) -> tuple[ModelSpec, jnp.ndarray, jnp.ndarray, jnp.ndarray | None]:
+def prepare_inputs(spec, params, y, exog, check: bool = False) -> tuple[ModelSpec, jnp.ndarray, jnp.ndarray,
+                                                                        jnp.ndarray | None]:
     """Checked inputs of a spec-level call: (spec, parameter vector (k,), y (time,), exog (time, k) or None).
 
     The spec is parsed, y refused if infinite or too long for the spec, exog checked against the
-    spec and cut to y's length, and the parameters put in `param_names` order."""
+    spec (one row per observation) and the parameters put in `param_names` order; `check`: the
+    parameters are refused outside their domain (`engine.domains`; concrete values only)."""
     spec = as_spec(spec)
     y = as_series(y)
     spec.check_data(y.shape[0])
     x = check_exog(spec, exog, y.shape[0])
-    x = None if x is None else jnp.asarray(x)[: y.shape[0]]
-    return spec, as_param_vector(spec, params), y, x
+    if x is not None and not isinstance(x, jax.core.Tracer) and x.shape[0] > y.shape[0]:
+        raise ValueError(f"exog has {x.shape[0]} rows but the series has {y.shape[0]}: give one row of regressors "
+                         "per observation (regressors for a forecast go in exog_future)")
+    x = None if x is None else jnp.asarray(x)
+    pvec = as_param_vector(spec, params)
+    if check:
+        check_params(spec, pvec)
+    return spec, pvec, y, x
 
 
 def prepare_fit(spec, y, exog=None) -> tuple[ModelSpec, jnp.ndarray, jnp.ndarray | None]:
@@ -126,7 +135,7 @@ def loglik_terms(spec, params, y, exog=None, filter: str = "auto") -> jnp.ndarra
 
     filter: "standard", "sqrt" (Cholesky), "parallel" (associative scan, `engine.parallel`) or
     "auto" (parallel on a GPU/TPU for long series, else standard)."""
-    spec, pvec, y, x = prepare_inputs(spec, params, y, exog)
+    spec, pvec, y, x = prepare_inputs(spec, params, y, exog, check=True)
     sqrt, par = _filter_for(filter, spec, y.shape[0])
     _, ll = filter_batch(spec, pvec[None], y[:, None], x, sqrt, False, par)
     return ll[:, 0]
@@ -140,7 +149,7 @@ def loglik(spec, params, y, exog=None, filter: str = "auto") -> jnp.ndarray:
     ill-conditioned (`diffuse_conditioning`) and Koopman's recursion (statsmodels' too) is not.
     """
     if filter == "augmented":
-        spec, pvec, y, x = prepare_inputs(spec, params, y, exog)
+        spec, pvec, y, x = prepare_inputs(spec, params, y, exog, check=True)
         return _augmented_loglik(spec, pvec, y, x)
     return jnp.sum(loglik_terms(spec, params, y, exog, filter))
 
@@ -163,6 +172,7 @@ def loglik_many(spec, params, Y, exog=None, filter: str = "auto") -> jnp.ndarray
     if Y.ndim != 2:
         raise ValueError(f"Y must be (series, time), got shape {Y.shape}")
     pvec = as_param_vector(spec, params)
+    check_params(spec, pvec, rows="series")
     x = None if exog is None else jnp.asarray(exog, dtype=jnp.float64)
     if spec.regression is not None and x is None:
         check_exog(spec, None, Y.shape[1])
@@ -235,7 +245,7 @@ class FilterResult(NamedTuple):
 
 def filter_series(spec, params, y, exog=None, filter: str = "auto") -> FilterResult:
     """Run the exact-diffuse Kalman filter and keep every step's moments (filter: as `loglik_terms`)."""
-    spec, pvec, y, x = prepare_inputs(spec, params, y, exog)
+    spec, pvec, y, x = prepare_inputs(spec, params, y, exog, check=True)
     sqrt, par = _filter_for(filter, spec, y.shape[0])
     final, info = filter_batch(spec, pvec[None], y[:, None], x, sqrt, True, par)
     first = lambda a: a[..., 0]
@@ -305,7 +315,7 @@ def smooth(spec, params, y, exog=None, filter: str = "auto") -> SmoothedComponen
 
     filter: "parallel" smooths by associative scans (`engine.parallel.smooth`), "auto" does so on
     a GPU/TPU for long series; otherwise the sequential smoother."""
-    spec, pvec, y, x = prepare_inputs(spec, params, y, exog)
+    spec, pvec, y, x = prepare_inputs(spec, params, y, exog, check=True)
     return smooth_prepared(spec, pvec, y, x, _filter_for(filter, spec, y.shape[0])[1])
 
 
@@ -358,7 +368,7 @@ def extend_for_forecast(spec: ModelSpec, y, x, steps: int, exog_future):
 
 def forecast(spec, params, y, steps: int, exog=None, exog_future=None, level: float = 0.95) -> Forecast:
     """Plug-in h-step forecasts with Gaussian intervals (parameters taken as known)."""
-    spec, pvec, y, x = prepare_inputs(spec, params, y, exog)
+    spec, pvec, y, x = prepare_inputs(spec, params, y, exog, check=True)
     y_ext, x_ext = extend_for_forecast(spec, y, x, steps, exog_future)
     res = filter_series(spec, pvec, y_ext, x_ext)
     system = build_system(spec, params_from_vector(spec, pvec), x_ext)
