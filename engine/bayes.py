@@ -457,6 +457,20 @@ def _chain_keys(seed: int, chains: int) -> np.ndarray:
     return np.random.default_rng([seed, 1]).integers(0, 2**32, (chains, 2), dtype=np.uint32)
 
 
+def check_sampler_settings(*, chains, warmup, draws, target_accept=0.8, max_tree_depth=10) -> None:
+    """ValueError naming the first NUTS setting outside its range, before any work is done."""
+    def whole(name, value, least):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"{name} must be a whole number ≥ {least}, got {value!r}")
+
+    whole("chains", chains, 1)
+    whole("warmup", warmup, 0)
+    whole("draws", draws, 1)
+    whole("max_tree_depth", max_tree_depth, 1)
+    if not 0 < float(target_accept) < 1:
+        raise ValueError(f"target_accept must be in (0, 1), got {target_accept!r}")
+
+
 def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: int = 1000, seed: int = 0,
              priors: Mapping | None = None, progress: Callable[[int, int, int], None] | None = None,
              cancel=None, target_accept: float = 0.8, max_tree_depth: int = 10, dense_mass: bool = False,
@@ -475,6 +489,8 @@ def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: 
     """
     import arviz as az
 
+    check_sampler_settings(chains=chains, warmup=warmup, draws=draws, target_accept=target_accept,
+                           max_tree_depth=max_tree_depth)
     prob = make_problem(spec, y, exog, priors)
     spec, args = prob.spec, prob.args
     shapes = _shapes(prob.y, prob.x)

@@ -26,7 +26,7 @@ from .system import (System, build_system, check_exog, check_finite, diffuse_sta
 
 __all__ = [
     "FILTERS", "as_param_vector", "as_series", "batch_systems", "filter_batch", "prepare_inputs",
-    "prepare_fit", "loglik_terms", "loglik", "loglik_many", "FilterResult", "filter_series",
+    "prepare_fit", "FIT_SCALE", "check_fit_scale", "loglik_terms", "loglik", "loglik_many", "FilterResult", "filter_series",
     "DiffuseConditioningWarning", "diffuse_conditioning", "SmoothedComponents", "smooth", "smooth_prepared",
     "Forecast", "extend_for_forecast", "forecast", "simulate",
 ]
@@ -116,13 +116,35 @@ def prepare_fit(spec, y, exog=None) -> tuple[ModelSpec, jnp.ndarray, jnp.ndarray
     diffuse likelihood spends the first observations on the d diffuse initial states, so with
     d or fewer observed values (all NaN, say) it does not depend on the parameters."""
     spec, _, y, x = prepare_inputs(spec, np.zeros(len(param_names(spec))), y, exog)
-    n_observed = int(np.sum(np.isfinite(np.asarray(y))))
+    observed = np.asarray(y)[np.isfinite(np.asarray(y))]
+    n_observed = len(observed)
     n_diffuse = len(diffuse_states(layout(spec)))
     if n_observed <= n_diffuse:
         raise ValueError(f"the series has {n_observed} observed value(s) and the model's {n_diffuse} diffuse "
                          f"initial state(s) take the first {n_diffuse}: nothing is left to fit. Load more data "
                          "(or fill the gaps), or use a model with fewer components.")
+    check_fit_scale(observed)
     return spec, y, x
+
+
+# the spread of a series a fit takes: variances (spread²) and the filter's products of them stay
+# far inside float64's 1e±308 (a Nile scaled by 1e-150 "converges" to variances at the 1e-300 floor)
+FIT_SCALE = (1e-100, 1e100)
+
+
+def check_fit_scale(observed: np.ndarray) -> None:
+    """Refuse a series a fit cannot take: constant (its variances are 0 and the likelihood grows
+    without bound), or of a spread outside `FIT_SCALE`, with the fix."""
+    spread = float(np.max(observed) - np.min(observed))
+    if spread == 0.0:
+        raise ValueError(f"the series is constant (every observed value is {observed[0]:g}): every variance would "
+                         "be 0 and the likelihood has no maximum. Check the target column; a constant needs no model.")
+    lo, hi = FIT_SCALE
+    if not np.isfinite(spread) or not lo <= spread <= hi:
+        raise ValueError(f"the series spans {spread:.3g} (max − min), outside the {lo:g} to {hi:g} a fit in float64 "
+                         f"can take (variances of its square would under- or overflow); rescale y "
+                         + (f"(multiply it by about {1 / spread:.0e}) " if 0 < spread < np.inf else "")
+                         + "and fit again")
 
 
 def _filter_for(filter: str, spec: ModelSpec, n_time: int, batch: int = 1) -> tuple[bool, bool]:
