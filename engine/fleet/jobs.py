@@ -17,6 +17,7 @@ import pandas as pd
 from .. import background
 from ..bayes import FitCancelled
 from ..cores import usable_cores
+from ..domains import check_params
 from ..model import as_param_vector
 from ..priors import resolve_priors
 from ..spec import ModelSpec, as_spec, param_names
@@ -65,8 +66,10 @@ def _filter_params(spec: ModelSpec, params, ids: list) -> tuple[dict | None, np.
         missing = [i for i in ids if i not in table.index]
         if missing:
             raise ValueError(f"the params table has no row for series {missing[:5]}{' …' if len(missing) > 5 else ''}")
-        return None, table.loc[ids, names].to_numpy(dtype=float)
-    as_param_vector(spec, params)   # validates names
+        rows = table.loc[ids, names].to_numpy(dtype=float)
+        check_params(spec, rows, name="the params table", rows="series", labels=ids)
+        return None, rows
+    check_params(spec, as_param_vector(spec, params))   # validates names and ranges
     return {n: float(params[n]) for n in names}, None
 
 
