@@ -9,8 +9,10 @@ from base64 import b64encode
 
 import numpy as np
 import pytest
+from bokeh.document import Document
 
 import engine
+from app.admission import Admission, admit_document
 from app.viewmodels import DataModel, FitModel, SpecModel
 from app.views.data_view import UploadBox
 from app.workers import SessionWorker
@@ -117,3 +119,15 @@ def _raise(exc):
     def job():
         raise exc
     return job
+
+
+def test_sessions_over_the_servers_cap_get_a_message_and_a_closed_one_makes_room():
+    sessions = Admission(cap=2)
+    assert sessions.admit("a") and sessions.admit("b")
+    assert sessions.admit("a")   # the same session again (a reload of its page) is not a new one
+    assert not sessions.admit("c") and sessions.live == 2
+    assert "(2)" in sessions.message() and "try again" in sessions.message()
+    sessions.release("a")
+    assert sessions.admit("c") and sessions.live == 2
+    assert Admission(cap=0).admit("any")   # 0: no cap
+    assert admit_document(Document(), sessions)   # outside a server session: always admitted
