@@ -21,6 +21,9 @@ UV_INSTALL  := $(UV) pip install --python $(VPY)
 
 ADDRESS     ?= 127.0.0.1
 PORT        ?= 5006
+# the largest websocket message the server buffers: an upload arrives in 2 MB chunks (2.7 MB
+# as base64), so nothing the page sends needs more; Bokeh's default is 20 MB
+WS_MAX_BYTES ?= 4194304
 PYTEST_ARGS ?=
 RAY_TESTS   := tests/engine/test_cluster.py
 DURATIONS   := --durations=25
@@ -81,6 +84,7 @@ venv-bench: $(VENV)/.installed-bench
 # app/app_hooks.py for server start/stop) under the route /app.
 serve: $(VENV)/.installed-serve
 	$(VENV)/bin/panel serve app --address $(ADDRESS) --port $(PORT) \
+		--websocket-max-message-size=$(WS_MAX_BYTES) \
 		--allow-websocket-origin=$(ADDRESS):$(PORT) \
 		--allow-websocket-origin=localhost:$(PORT)
 

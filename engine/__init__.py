@@ -33,11 +33,11 @@ from .data import DataError, catalogue_entry, list_datasets, load_dataset, read_
 from .demo import DEMO_STREAMS, DemoEvent, DemoStream, Fleet, demo_stream, list_demo_streams, make_fleet  # noqa: E402
 from .fleet import FleetCancelled, FleetResult, SeriesTable, fit_many  # noqa: E402
 from .compiled import enable_compilation_cache, trim_compiled  # noqa: E402
-from . import (cluster, compiled, cores, data, demo, fleet, hmm, kalman, mle, model, online, parallel,  # noqa: E402
-               persist, regimes, rejuvenation, spec, stream, system, transforms)
+from . import (background, cluster, compiled, cores, data, demo, fleet, hmm, kalman, mle, model, online,  # noqa: E402
+               parallel, persist, regimes, rejuvenation, spec, stream, system, transforms)
 
-NAMESPACES = ("cluster", "compiled", "cores", "data", "demo", "fleet", "hmm", "kalman", "mle", "model", "online",
-              "parallel", "persist", "regimes", "rejuvenation", "spec", "stream", "system", "transforms")
+NAMESPACES = ("background", "cluster", "compiled", "cores", "data", "demo", "fleet", "hmm", "kalman", "mle", "model",
+              "online", "parallel", "persist", "regimes", "rejuvenation", "spec", "stream", "system", "transforms")
 
 __all__ = [
     *NAMESPACES,

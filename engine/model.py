@@ -20,13 +20,14 @@ from . import kalman
 from . import parallel as _parallel
 from . import regimes as _regimes
 from .components import ComponentSelector, component_selectors
+from .domains import check_params
 from .spec import ModelSpec, as_spec, param_names
 from .system import (System, build_system, check_exog, check_finite, diffuse_states, layout, params_from_vector,
                      params_to_vector)
 
 __all__ = [
     "FILTERS", "as_param_vector", "as_series", "batch_systems", "filter_batch", "prepare_inputs",
-    "prepare_fit", "loglik_terms", "loglik", "loglik_many", "FilterResult", "filter_series",
+    "prepare_fit", "FIT_SCALE", "check_fit_scale", "loglik_terms", "loglik", "loglik_many", "FilterResult", "filter_series",
     "DiffuseConditioningWarning", "diffuse_conditioning", "SmoothedComponents", "smooth", "smooth_prepared",
     "standardised",
     "Forecast", "extend_for_forecast", "forecast", "simulate",
@@ -98,17 +99,25 @@ def filter_batch(spec: ModelSpec, pvec, Y, exog, sqrt: bool, keep: bool, paralle
     return kalman.run(lay, batch_systems(spec, pvec, exog), Y, sqrt=sqrt, keep=keep)
 
 
-def prepare_inputs(spec, params, y, exog) -> tuple[ModelSpec, jnp.ndarray, jnp.ndarray, jnp.ndarray | None]:
+def prepare_inputs(spec, params, y, exog, check: bool = False) -> tuple[ModelSpec, jnp.ndarray, jnp.ndarray,
+                                                                        jnp.ndarray | None]:
     """Checked inputs of a spec-level call: (spec, parameter vector (k,), y (time,), exog (time, k) or None).
 
     The spec is parsed, y refused if infinite or too long for the spec, exog checked against the
-    spec and cut to y's length, and the parameters put in `param_names` order."""
+    spec (one row per observation) and the parameters put in `param_names` order; `check`: the
+    parameters are refused outside their domain (`engine.domains`; concrete values only)."""
     spec = as_spec(spec)
     y = as_series(y)
     spec.check_data(y.shape[0])
     x = check_exog(spec, exog, y.shape[0])
-    x = None if x is None else jnp.asarray(x)[: y.shape[0]]
-    return spec, as_param_vector(spec, params), y, x
+    if x is not None and not isinstance(x, jax.core.Tracer) and x.shape[0] > y.shape[0]:
+        raise ValueError(f"exog has {x.shape[0]} rows but the series has {y.shape[0]}: give one row of regressors "
+                         "per observation (regressors for a forecast go in exog_future)")
+    x = None if x is None else jnp.asarray(x)
+    pvec = as_param_vector(spec, params)
+    if check:
+        check_params(spec, pvec)
+    return spec, pvec, y, x
 
 
 def prepare_fit(spec, y, exog=None) -> tuple[ModelSpec, jnp.ndarray, jnp.ndarray | None]:
@@ -116,13 +125,35 @@ def prepare_fit(spec, y, exog=None) -> tuple[ModelSpec, jnp.ndarray, jnp.ndarray
     diffuse likelihood spends the first observations on the d diffuse initial states, so with
     d or fewer observed values (all NaN, say) it does not depend on the parameters."""
     spec, _, y, x = prepare_inputs(spec, np.zeros(len(param_names(spec))), y, exog)
-    n_observed = int(np.sum(np.isfinite(np.asarray(y))))
+    observed = np.asarray(y)[np.isfinite(np.asarray(y))]
+    n_observed = len(observed)
     n_diffuse = len(diffuse_states(layout(spec)))
     if n_observed <= n_diffuse:
         raise ValueError(f"the series has {n_observed} observed value(s) and the model's {n_diffuse} diffuse "
                          f"initial state(s) take the first {n_diffuse}: nothing is left to fit. Load more data "
                          "(or fill the gaps), or use a model with fewer components.")
+    check_fit_scale(observed)
     return spec, y, x
+
+
+# the spread of a series a fit takes: variances (spread²) and the filter's products of them stay
+# far inside float64's 1e±308 (a Nile scaled by 1e-150 "converges" to variances at the 1e-300 floor)
+FIT_SCALE = (1e-100, 1e100)
+
+
+def check_fit_scale(observed: np.ndarray) -> None:
+    """Refuse a series a fit cannot take: constant (its variances are 0 and the likelihood grows
+    without bound), or of a spread outside `FIT_SCALE`, with the fix."""
+    spread = float(np.max(observed) - np.min(observed))
+    if spread == 0.0:
+        raise ValueError(f"the series is constant (every observed value is {observed[0]:g}): every variance would "
+                         "be 0 and the likelihood has no maximum. Check the target column; a constant needs no model.")
+    lo, hi = FIT_SCALE
+    if not np.isfinite(spread) or not lo <= spread <= hi:
+        raise ValueError(f"the series spans {spread:.3g} (max − min), outside the {lo:g} to {hi:g} a fit in float64 "
+                         f"can take (variances of its square would under- or overflow); rescale y "
+                         + (f"(multiply it by about {1 / spread:.0e}) " if 0 < spread < np.inf else "")
+                         + "and fit again")
 
 
 def _filter_for(filter: str, spec: ModelSpec, n_time: int, batch: int = 1) -> tuple[bool, bool]:
@@ -135,7 +166,7 @@ def loglik_terms(spec, params, y, exog=None, filter: str = "auto") -> jnp.ndarra
 
     filter: "standard", "sqrt" (Cholesky), "parallel" (associative scan, `engine.parallel`) or
     "auto" (parallel on a GPU/TPU for long series, else standard)."""
-    spec, pvec, y, x = prepare_inputs(spec, params, y, exog)
+    spec, pvec, y, x = prepare_inputs(spec, params, y, exog, check=True)
     sqrt, par = _filter_for(filter, spec, y.shape[0])
     _, ll = filter_batch(spec, pvec[None], y[:, None], x, sqrt, False, par)
     return ll[:, 0]
@@ -149,7 +180,7 @@ def loglik(spec, params, y, exog=None, filter: str = "auto") -> jnp.ndarray:
     ill-conditioned (`diffuse_conditioning`) and Koopman's recursion (statsmodels' too) is not.
     """
     if filter == "augmented":
-        spec, pvec, y, x = prepare_inputs(spec, params, y, exog)
+        spec, pvec, y, x = prepare_inputs(spec, params, y, exog, check=True)
         return _augmented_loglik(spec, pvec, y, x)
     return jnp.sum(loglik_terms(spec, params, y, exog, filter))
 
@@ -172,6 +203,7 @@ def loglik_many(spec, params, Y, exog=None, filter: str = "auto") -> jnp.ndarray
     if Y.ndim != 2:
         raise ValueError(f"Y must be (series, time), got shape {Y.shape}")
     pvec = as_param_vector(spec, params)
+    check_params(spec, pvec, rows="series")
     x = None if exog is None else jnp.asarray(exog, dtype=jnp.float64)
     if spec.regression is not None and x is None:
         check_exog(spec, None, Y.shape[1])
@@ -246,7 +278,7 @@ class FilterResult(NamedTuple):
 
 def filter_series(spec, params, y, exog=None, filter: str = "auto") -> FilterResult:
     """Run the exact-diffuse Kalman filter and keep every step's moments (filter: as `loglik_terms`)."""
-    spec, pvec, y, x = prepare_inputs(spec, params, y, exog)
+    spec, pvec, y, x = prepare_inputs(spec, params, y, exog, check=True)
     sqrt, par = _filter_for(filter, spec, y.shape[0])
     final, info = filter_batch(spec, pvec[None], y[:, None], x, sqrt, True, par)
     first = lambda a: a[..., 0]
@@ -351,7 +383,7 @@ def smooth(spec, params, y, exog=None, filter: str = "auto") -> SmoothedComponen
 
     filter: "parallel" smooths by associative scans (`engine.parallel.smooth`), "auto" does so on
     a GPU/TPU for long series; otherwise the sequential smoother."""
-    spec, pvec, y, x = prepare_inputs(spec, params, y, exog)
+    spec, pvec, y, x = prepare_inputs(spec, params, y, exog, check=True)
     return smooth_prepared(spec, pvec, y, x, _filter_for(filter, spec, y.shape[0])[1])
 
 
@@ -414,7 +446,7 @@ def extend_for_forecast(spec: ModelSpec, y, x, steps: int, exog_future):
 
 def forecast(spec, params, y, steps: int, exog=None, exog_future=None, level: float = 0.95) -> Forecast:
     """Plug-in h-step forecasts with Gaussian intervals (parameters taken as known)."""
-    spec, pvec, y, x = prepare_inputs(spec, params, y, exog)
+    spec, pvec, y, x = prepare_inputs(spec, params, y, exog, check=True)
     y_ext, x_ext = extend_for_forecast(spec, y, x, steps, exog_future)
     res = filter_series(spec, pvec, y_ext, x_ext)
     system = build_system(spec, params_from_vector(spec, pvec), x_ext)

@@ -21,6 +21,8 @@ from typing import Any, Callable, Iterable, NamedTuple
 import jax
 import numpy as np
 
+from .background import start_thread
+
 __all__ = [
     "StreamBatch", "StreamError", "StreamStats", "StreamRunner",
 ]
@@ -148,10 +150,9 @@ class StreamRunner:
             raise RuntimeError("this StreamRunner was already started; make a new one to stream again")
         self._paused = paused
         self._started_at = time.perf_counter()
-        self._threads = [threading.Thread(target=self._produce, name="stream-source", daemon=True),
-                         threading.Thread(target=self._consume, name="stream-engine", daemon=True)]
-        for th in self._threads:
-            th.start()
+        # the process's exit hook stops and joins them (engine.background)
+        self._threads = [start_thread(self._produce, name="stream-source", stop=self._signal_stop),
+                         start_thread(self._consume, name="stream-engine", stop=self._signal_stop)]
         return self
 
     def pause(self):
@@ -186,10 +187,14 @@ class StreamRunner:
         """Stop both threads and wait for them (the batch being processed is finished first).
         Observations already taken from the source but not yet filtered (at most queue_size) are
         not lost: `unprocessed()` returns them once the threads have ended."""
+        self._signal_stop()
+        self.join(timeout)
+
+    def _signal_stop(self):
+        """Ask both threads to stop after the batch in hand (does not wait)."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
-        self.join(timeout)
 
     def unprocessed(self) -> list[tuple[float, np.ndarray | None]]:
         """(y, exog) of what the source gave but the filter never saw, in order (after `stop`); a

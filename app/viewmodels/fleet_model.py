@@ -4,6 +4,7 @@ with progress, cancel, a per-series result table and a drill-down into one serie
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import re
 import time
@@ -24,6 +25,8 @@ from ..workers import SessionWorker
 from .data_model import UPLOAD, DataModel
 from .job import CancelFlag, Job
 from .spec_model import SpecModel
+
+log = logging.getLogger("streamssm.app")
 
 SYNTHETIC = "synthetic fleet"
 NO_UPLOAD = "Upload a wide CSV: a time column and one numeric column per series."
@@ -340,6 +343,8 @@ class FleetModel(Job):
                     res, cancelled = engine.fit_many(spec, wide, progress=progress, cancel=cancel, **options), False
                 except engine.FleetCancelled as exc:
                     res, cancelled = exc.partial, True
+                    log.info("session %s: fleet job cancelled%s: %s", self.worker.session_id,
+                             " (the session closed)" if self.worker.closed else "", exc)
             table = res.table.copy() if res is not None else pd.DataFrame(columns=["series", "status"])
             if data.titles:
                 table.insert(1, "title", [data.titles.get(s, "") for s in table["series"]])

@@ -564,8 +564,9 @@ class StreamModel(param.Parameterized):
                 self._dispatch(partial(self._refit_done, swapped))
             done.set_result(swapped)
 
-        self._refit_thread = threading.Thread(target=run, name="stream-refit", daemon=True)
-        self._refit_thread.start()
+        # the process's exit hook closes the filter (its move gives up) and waits for this thread
+        self._refit_thread = engine.background.start_thread(run, name="stream-refit",
+                                                            stop=lambda: filt.close(timeout=0))
         return done
 
     def _refit_job(self, filt: engine.OnlineFilter, plan: StreamPlan) -> bool:
