@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import gammaln
+from jax.scipy.special import betaln, gammaln
 
 from ..spec import ModelSpec, param_names
 
@@ -62,7 +62,8 @@ def log_density(family: str, y, theta, offset, p: ObservationParams) -> jnp.ndar
     if family == "student_t":
         nu, s2 = p.nu, p.scale2
         e = y0 - theta
-        ll = (gammaln((nu + 1) / 2) - gammaln(nu / 2) - 0.5 * jnp.log(nu * jnp.pi * s2)
+        # log Γ((ν+1)/2) − log Γ(ν/2) = log Γ(½) − log B(½, ν/2): betaln keeps it exact for large ν
+        ll = (gammaln(0.5) - betaln(0.5, nu / 2) - 0.5 * jnp.log(nu * jnp.pi * s2)
               - 0.5 * (nu + 1) * jnp.log1p(e * e / (nu * s2)))
     elif family == "poisson":
         eta = theta + offset
