@@ -70,8 +70,16 @@ def gaussian_filter(lay: Layout, system: System, pseudo_y, pseudo_var):
     batch dropped), log g(ỹ) with the Jacobian of the scaling)."""
     n_time = pseudo_y.shape[0]
     lay_s, sys_s = scaled_system(lay, system, pseudo_var, n_time)
-    batched = jax.tree_util.tree_map(lambda a: a[None], sys_s)
-    _, info = kalman.run(lay_s, batched, (pseudo_y / jnp.sqrt(pseudo_var))[:, None], keep=True)
+    batch = kalman.batch_last(jax.tree_util.tree_map(lambda a: a[None], sys_s))
+
+    # the exact-diffuse step throughout (exact in every phase; with a time-varying design no
+    # steady phase comes): one branch to compile and differentiate instead of `kalman.step`'s three
+    def body(state, xs):
+        y_t, d_t, z_t = xs
+        return kalman.full_step(lay_s, batch, state, y_t, d_t, z_t, kalman.Phase.DIFFUSE, False, True)
+
+    xs = ((pseudo_y / jnp.sqrt(pseudo_var))[:, None], batch.obs_intercept, batch.design)
+    _, info = lax.scan(body, kalman.init(lay_s, batch), xs)
     info = jax.tree_util.tree_map(lambda a: a[..., 0], info)
     observed = ~jnp.isnan(pseudo_y)
     ll = jnp.sum(info.loglik) - 0.5 * jnp.sum(jnp.where(observed, jnp.log(pseudo_var), 0.0))

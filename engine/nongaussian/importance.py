@@ -14,7 +14,10 @@ The estimate log p̂ = log g(ỹ) + log mean_i w_i has a Monte Carlo standard er
 sd(w̄_j)/(mean(w) √J) over the J antithetic pairs' means w̄_j, and a downward bias of about
 half its square (Jensen). For the Student-t the ratio p/g has heavy tails in θ where a
 proposal's variance exceeds about H̃/2: the conditionally Gaussian scale-mixture form (latent
-scales λ_t, y_t | λ_t ~ N(θ_t, σ²/λ_t)) would then be better; here the weights' ESS says when.
+scales λ_t, y_t | λ_t ~ N(θ_t, σ²/λ_t)) would then be better; here the weights' ESS and Pareto k̂
+say when. (The counts' weights have a Gaussian tail in θ → −∞ too, which is where small counts
+with a vague signal put them: k̂ measured 0.3-0.4 on average, up to 0.7, on a Poisson level of
+counts about 6 at 400 draws.)
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..spec import ModelSpec
 from ..system import Layout, System, layout, transition_apply
@@ -31,7 +35,7 @@ from .approx import MAX_ITER, TOL, approx_from_system, gaussian_filter, log_weig
 from .families import observation_params
 
 __all__ = ["DRAWS", "ImportanceResult", "simulate_states", "signal_draws", "importance_loglik",
-           "importance_from_system"]
+           "importance_from_system", "pareto_k"]
 
 DRAWS = 200   # default number of paths (100 antithetic pairs)
 
@@ -42,6 +46,7 @@ class ImportanceResult(NamedTuple):
     loglik: jnp.ndarray          # () log p̂(y; ψ)
     se: jnp.ndarray              # () its Monte Carlo standard error (antithetic pairs as the units)
     ess: jnp.ndarray             # () effective sample size of the normalised weights, (Σw)²/Σw²
+    pareto_k: jnp.ndarray        # () the weights' tail shape k̂ (`pareto_k`): above 0.7, do not trust the estimate
     approx_loglik: jnp.ndarray   # () the approximation at the mode (`ApproxModel.loglik`)
     log_weights: jnp.ndarray     # (draw,) log w_i (pairs adjacent: 2j and 2j+1 are antithetic)
     converged: jnp.ndarray       # () bool: the mode was found
@@ -108,4 +113,32 @@ def importance_from_system(key, spec: ModelSpec, system: System, pvec, y, offset
     pair_means = w.reshape(n_pairs, 2).mean(axis=1)
     se = jnp.std(pair_means, ddof=1) / (jnp.sqrt(n_pairs) * mean_w) if n_pairs > 1 else jnp.array(jnp.inf)
     ess = jnp.sum(w) ** 2 / jnp.sum(w * w)
-    return ImportanceResult(ll_g + top + jnp.log(mean_w), se, ess, approx.loglik, log_w, approx.converged)
+    return ImportanceResult(ll_g + top + jnp.log(mean_w), se, ess, pareto_k(log_w), approx.loglik, log_w,
+                            approx.converged)
+
+
+def pareto_k(log_w: jnp.ndarray) -> jnp.ndarray:
+    """The shape k̂ of a generalised Pareto fitted to the largest weights (PSIS, Vehtari et al. 2024;
+    Zhang & Stephens' empirical Bayes fit, as ArviZ's `psislw`), for (draw,) log-weights.
+
+    The weights' variance is finite for k < ½, their mean's error falls slowly up to 0.7, and
+    beyond 0.7 the estimate is not to be trusted whatever its standard error says (heavy-tailed
+    weights make the sample variance, and so `se`, an underestimate)."""
+    n_draws = log_w.shape[0]
+    n_tail = int(np.ceil(min(n_draws / 5.0, 3 * np.sqrt(n_draws))))
+    if n_tail <= 4:
+        return jnp.array(jnp.inf)
+    x = jnp.sort(log_w - jnp.max(log_w))
+    cutoff = x[n_draws - n_tail - 1]
+    tail = jnp.exp(x[n_draws - n_tail:]) - jnp.exp(cutoff)      # ascending exceedances
+    prior_bs, prior_k = 3.0, 10.0
+    m_est = 30 + int(n_tail ** 0.5)
+    b = 1 - np.sqrt(m_est / (np.arange(1, m_est + 1) - 0.5))
+    b = b / (prior_bs * tail[int(n_tail / 4 + 0.5) - 1]) + 1 / tail[-1]
+    k = jnp.mean(jnp.log1p(-b[:, None] * tail), axis=1)
+    len_scale = n_tail * (jnp.log(-(b / k)) - k - 1)
+    weights = 1 / jnp.sum(jnp.exp(len_scale - len_scale[:, None]), axis=1)
+    weights = jnp.where(weights >= 10 * jnp.finfo(float).eps, weights, 0.0)
+    b_post = jnp.sum(b * weights) / jnp.sum(weights)
+    k_post = jnp.mean(jnp.log1p(-b_post * tail))
+    return (n_tail * k_post + prior_k * 0.5) / (n_tail + prior_k)

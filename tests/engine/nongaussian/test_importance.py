@@ -4,6 +4,7 @@ with huge ν, and the `particles` package's bootstrap filter for a local level +
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
@@ -135,3 +136,13 @@ def _exposure_grid(y, exposure, s2):
     times = iter(observed)
     return G.local_level_loglik(lambda y_t, g: stats.poisson.logpmf(y_t, exposure[next(times)] * np.exp(g)),
                                 y, s2, LEVELS_GRID)
+
+
+def test_pareto_k_matches_arviz():
+    import arviz as az
+    from engine.nongaussian.importance import pareto_k
+    rng = np.random.default_rng(1)
+    k_of = jax.jit(pareto_k)
+    for log_w in (rng.normal(size=1000), 2 * rng.normal(size=1000), np.log1p(rng.pareto(1.5, size=1000)),
+                  rng.standard_t(3, size=1000)):
+        assert float(k_of(log_w)) == pytest.approx(float(az.psislw(log_w.copy())[1]), rel=1e-9)
