@@ -34,11 +34,12 @@ from .demo import DEMO_STREAMS, DemoEvent, DemoStream, Fleet, demo_stream, list_
 from .fleet import FleetCancelled, FleetResult, SeriesTable, fit_many  # noqa: E402
 from .compiled import enable_compilation_cache, trim_compiled  # noqa: E402
 from .nongaussian import ApproxModel, ImportanceResult  # noqa: E402
-from . import (cluster, compiled, cores, data, demo, fleet, kalman, mle, model, nongaussian, online,  # noqa: E402
-               parallel, persist, rejuvenation, spec, stream, system, transforms)
+from . import (cluster, compiled, cores, data, demo, fleet, hmm, kalman, mle, model, nongaussian, online,  # noqa: E402
+               parallel, persist, regimes, rejuvenation, spec, stream, system, transforms)
 
-NAMESPACES = ("cluster", "compiled", "cores", "data", "demo", "fleet", "kalman", "mle", "model", "nongaussian",
-              "online", "parallel", "persist", "rejuvenation", "spec", "stream", "system", "transforms")
+NAMESPACES = ("cluster", "compiled", "cores", "data", "demo", "fleet", "hmm", "kalman", "mle", "model",
+              "nongaussian", "online", "parallel", "persist", "regimes", "rejuvenation", "spec", "stream", "system",
+              "transforms")
 
 __all__ = [
     *NAMESPACES,

@@ -29,7 +29,7 @@ from numpyro.distributions import biject_to
 from numpyro.infer.hmc import hmc
 from numpyro.infer.util import ParamInfo, potential_energy
 
-from . import kalman
+from . import kalman, regimes
 from .compiled import on_trim
 from .cores import usable_cores
 from .model import as_param_vector, batch_systems, prepare_fit
@@ -48,8 +48,11 @@ class FitCancelled(RuntimeError):
 # --------------------------------------------------------------------------- the model
 
 def _loglik_terms_batch(spec: ModelSpec, pvec, y, x):
-    """Pointwise log-likelihoods (time, batch) of y (time,) under parameters pvec (batch, k)."""
+    """Pointwise log-likelihoods (time, batch) of y (time,) under parameters pvec (batch, k); the
+    collapsed switching filter's (`engine.regimes`) for a spec with regimes."""
     n = pvec.shape[0]
+    if spec.regimes:
+        return regimes.loglik_terms_batch(spec, pvec, jnp.broadcast_to(y[:, None], (y.shape[0], n)), x)
     _, ll = kalman.run(layout(spec), batch_systems(spec, pvec, x), jnp.broadcast_to(y[:, None], (y.shape[0], n)))
     return ll
 

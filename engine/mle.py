@@ -106,6 +106,11 @@ def start_points(spec: ModelSpec) -> np.ndarray:
     base = np.zeros(len(names))
     if "damping.cycle" in names:
         base[names.index("damping.cycle")] = 2.0  # ρ ≈ 0.88
+    for i, n in enumerate(names):   # switching regimes (engine.regimes): rare, and well above the noise
+        if n.startswith("prob."):
+            base[i] = np.log(0.01 / 0.99)
+        elif n.startswith("scale."):
+            base[i] = np.log(25.0)
     points = [base]
     if len(var_idx) <= 4:
         for levels in product((0.0, -4.0), repeat=len(var_idx)):

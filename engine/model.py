@@ -18,6 +18,7 @@ import numpy as np
 from . import augmented as _augmented
 from . import kalman
 from . import parallel as _parallel
+from . import regimes as _regimes
 from .components import ComponentSelector, component_selectors
 from .spec import ModelSpec, as_spec, param_names, require_gaussian
 from .system import (System, build_system, check_exog, check_finite, diffuse_states, layout, params_from_vector,
@@ -27,6 +28,7 @@ __all__ = [
     "FILTERS", "as_param_vector", "as_series", "batch_systems", "filter_batch", "prepare_inputs",
     "prepare_fit", "loglik_terms", "loglik", "loglik_many", "FilterResult", "filter_series",
     "DiffuseConditioningWarning", "diffuse_conditioning", "SmoothedComponents", "smooth", "smooth_prepared",
+    "standardised",
     "Forecast", "extend_for_forecast", "forecast", "simulate",
 ]
 
@@ -82,7 +84,14 @@ def batch_systems(spec: ModelSpec, pvec: jnp.ndarray, exog) -> System:
 
 @partial(jax.jit, static_argnames=("spec", "sqrt", "keep", "parallel"))
 def filter_batch(spec: ModelSpec, pvec, Y, exog, sqrt: bool, keep: bool, parallel: bool = False):
-    """Filter Y (time, batch) with parameters pvec (batch, k); `parallel`: by associative scan."""
+    """Filter Y (time, batch) with parameters pvec (batch, k); `parallel`: by associative scan.
+
+    A spec with regimes gives the collapsed switching filter's log-likelihood terms
+    (`engine.regimes`); its per-step moments are `engine.regimes.filter_series`."""
+    if spec.regimes:
+        if keep:
+            _regimes.refuse_regimes(spec, "filter_series and forecast (the Kalman filter's per-step moments)")
+        return None, _regimes.loglik_terms_batch(spec, pvec, Y, exog)
     lay = layout(spec)
     if parallel:
         return _parallel.run(lay, batch_systems(spec, pvec, exog), Y, keep=keep)
@@ -180,7 +189,7 @@ def loglik_many(spec, params, Y, exog=None, filter: str = "auto") -> jnp.ndarray
     x = None if exog is None else jnp.asarray(exog, dtype=jnp.float64)
     if spec.regression is not None and x is None:
         check_exog(spec, None, Y.shape[1])
-    shared = pvec.ndim == 1 and (x is None or x.ndim == 2) and not (sqrt or par)
+    shared = pvec.ndim == 1 and (x is None or x.ndim == 2) and not (sqrt or par or spec.regimes)
     return _loglik_many(spec, pvec, Y.T, x, sqrt, shared, par)
 
 
@@ -245,6 +254,8 @@ class FilterResult(NamedTuple):
     final_cov: jnp.ndarray          # (state, state) P_{n+1}
     final_diffuse: jnp.ndarray      # (state, state) P∞_{n+1}
     diffuse_var: jnp.ndarray        # (time,) F∞_t = Z P∞_t Zᵀ (0 after the diffuse phase)
+    gain: jnp.ndarray               # (time, state) K_t: a_{t|t} = a_t + K_t v_t (P∞ z/F∞ in a diffuse step, 0 where
+    #                                 y_t is missing); statsmodels' `kalman_gain` is T K_t after its diffuse phase
 
 
 def filter_series(spec, params, y, exog=None, filter: str = "auto") -> FilterResult:
@@ -257,7 +268,7 @@ def filter_series(spec, params, y, exog=None, filter: str = "auto") -> FilterRes
     return FilterResult(first(info.pred_mean), first(info.pred_cov), first(info.pred_diffuse),
                         first(info.filt_mean), first(info.filt_cov), first(info.innovation),
                         first(info.innov_var), first(info.loglik), first(info.kind),
-                        first(final.mean), cov, first(final.diffuse_cov), first(info.diffuse_var))
+                        first(final.mean), cov, first(final.diffuse_cov), first(info.diffuse_var), first(info.gain))
 
 
 # F∞_t / max F∞ in this band is neither round-off nor a clear pivot. Measured: round-off residues
@@ -298,11 +309,46 @@ def diffuse_conditioning(spec, params, y, exog=None) -> str | None:
 
 
 class SmoothedComponents(NamedTuple):
-    """Smoothed states and the contribution of each component to y_t, with variances."""
+    """Smoothed states and the contribution of each component to y_t, with variances; the smoothed
+    disturbances, their auxiliary residuals and the smoother's r/N recursions.
+
+    The disturbances are those of y_t = Z_t α_t + d_t + ε_t and α_{t+1} = T α_t + η_t (η_t for the
+    whole state vector, 0 on deterministic states), as statsmodels' `smoothed_measurement_disturbance`,
+    `smoothed_state_disturbance` and their `_cov`; r, N and the diffuse r⁽¹⁾, N⁽¹⁾, N⁽²⁾ follow
+    `kalman.SmootherOutput` (statsmodels' `scaled_smoothed_estimator` timing). The auxiliary
+    residuals (Durbin & Koopman 2012, §2.12) are the disturbances over the standard deviation of
+    their smoothed estimate, ε̂_t / √(H − Var(ε_t | y)) and η̂_t,i / √(q_i − Var(η_t,i | y)) (KFAS'
+    `rstandard(type = "pearson" / "state")`): standard normal where the model holds, so values beyond
+    ±1.96 mark outliers (measurement) and level shifts or slope changes (state). They are NaN where
+    undefined: y_t missing, a deterministic state, or the last step (η̂ = 0 without later data).
+    With the parallel smoother (`filter="parallel"`, or "auto" on an accelerator) every field but
+    the states and components is None: the associative scan has no r/N recursion; use
+    `filter="standard"` for them.
+    """
 
     state_mean: jnp.ndarray        # (time, state)
     state_cov: jnp.ndarray         # (time, state, state)
     components: dict               # name → (mean (time,), var (time,))
+    measurement_disturbance: jnp.ndarray | None = None      # (time,) ε̂_t = E[ε_t | y] (0 where y_t is missing)
+    measurement_disturbance_var: jnp.ndarray | None = None  # (time,) Var(ε_t | y) (H where y_t is missing)
+    state_disturbance: jnp.ndarray | None = None            # (time, state) η̂_t = E[η_t | y]
+    state_disturbance_cov: jnp.ndarray | None = None        # (time, state, state) Var(η_t | y)
+    auxiliary_measurement: jnp.ndarray | None = None        # (time,) standardised ε̂_t
+    auxiliary_state: jnp.ndarray | None = None              # (time, state) standardised η̂_t
+    r: jnp.ndarray | None = None                            # (time, state) r_t (r⁽⁰⁾ while diffuse)
+    N: jnp.ndarray | None = None                            # (time, state, state) N_t (N⁽⁰⁾ while diffuse)
+    r_diffuse: jnp.ndarray | None = None                    # (time, state) r⁽¹⁾_t
+    N_diffuse1: jnp.ndarray | None = None                   # (time, state, state) N⁽¹⁾_t
+    N_diffuse2: jnp.ndarray | None = None                   # (time, state, state) N⁽²⁾_t
+
+
+def standardised(estimate: jnp.ndarray, variance: jnp.ndarray, prior_variance: jnp.ndarray) -> jnp.ndarray:
+    """An auxiliary residual: a smoothed disturbance over the standard deviation of its estimate,
+    x̂ / √(σ² − Var(x | y)) with σ² its variance before the data (Var(x̂) = σ² − Var(x | y));
+    NaN where that is not positive beyond round-off (nothing observed about x, or σ² = 0)."""
+    spread = prior_variance - variance
+    defined = spread > 1e-12 * prior_variance
+    return jnp.where(defined, estimate / jnp.sqrt(jnp.where(defined, spread, 1.0)), jnp.nan)
 
 
 def _component_rows(selector: ComponentSelector, Z_t: jnp.ndarray) -> jnp.ndarray:
@@ -328,14 +374,24 @@ def smooth_prepared(spec: ModelSpec, pvec: jnp.ndarray, y: jnp.ndarray, x: jnp.n
                     parallel: bool = False) -> SmoothedComponents:
     """`smooth` on inputs already checked by `prepare_inputs`: a parameter vector (k,), y (time,),
     exog (time, k) or None. Jitted and traceable in pvec, so it maps over posterior draws."""
+    _regimes.refuse_regimes(spec, "the smoother")
     lay = layout(spec)
     system = build_system(spec, params_from_vector(spec, pvec), x)
     Z_t = jnp.broadcast_to(system.design, (y.shape[0], lay.n_states))
+    extra = {}
     if parallel:
         res = _parallel.smooth(lay, system, y)
     else:
         _, info = kalman.run(lay, batch_systems(spec, pvec[None], x), y[:, None], keep=True)
-        res = kalman.smooth_one(lay, system, jax.tree_util.tree_map(lambda a: a[..., 0], info), Z_t)
+        res = kalman.smooth_full(lay, system, jax.tree_util.tree_map(lambda a: a[..., 0], info), Z_t)
+        eps, eps_var, eta = res.measurement_disturbance, res.measurement_disturbance_var, res.state_disturbance
+        eta_var = jnp.diagonal(res.state_disturbance_cov, axis1=1, axis2=2)
+        extra = dict(
+            measurement_disturbance=eps, measurement_disturbance_var=eps_var, state_disturbance=eta,
+            state_disturbance_cov=res.state_disturbance_cov,
+            auxiliary_measurement=standardised(eps, eps_var, system.obs_var),
+            auxiliary_state=standardised(eta, eta_var, jnp.broadcast_to(system.state_var, eta.shape)),
+            r=res.r, N=res.N, r_diffuse=res.r_diffuse, N_diffuse1=res.N_diffuse1, N_diffuse2=res.N_diffuse2)
     comps = {}
     for selector in component_selectors(spec):
         if not selector.states:   # regression on fixed coefficients: x_t β, known given the parameters
@@ -345,7 +401,7 @@ def smooth_prepared(spec: ModelSpec, pvec: jnp.ndarray, y: jnp.ndarray, x: jnp.n
         mean = jnp.einsum("ti,ti->t", Zc, res.mean)
         var = jnp.einsum("ti,tij,tj->t", Zc, res.cov, Zc)
         comps[selector.name] = (mean, var)
-    return SmoothedComponents(res.mean, res.cov, comps)
+    return SmoothedComponents(res.mean, res.cov, comps, **extra)
 
 
 class Forecast(NamedTuple):

@@ -15,6 +15,11 @@ Defaults (weakly informative, scaled to the data; `default_priors` shows them):
   `pacf.L{i}`             uniform(−1, 1) on the partial autocorrelations of the AR part
                           (the AR coefficients `ar.L{i}` follow from them and are stationary).
   `beta.<col>`            normal(0, 10·sd(y)/sd(x)).
+  `prob.<regime>`         beta(1, 99): a switching regime (engine.regimes) on about one step in a
+                          hundred, and rarer ones well supported.
+  `scale.<regime>`        log_normal(log(25·v), 1): the variance a regime adds to its disturbance,
+                          typically a jump of 5 sd(Δy), and kept away from 0 (where the regime
+                          would be indistinguishable from the normal one).
   `nu.observation`        gamma(2, 0.1): the Student-t degrees of freedom (Juárez & Steel 2010), mean 20,
                           mass from heavy tails (ν ≈ 2) to nearly Gaussian (ν ≈ 60).
   `alpha.observation`     half_normal(1): the negative binomial's NB2 dispersion (Var = μ + α μ²),
@@ -133,6 +138,10 @@ def _default(spec: ModelSpec, name: str, scale: Mapping[str, float]) -> Prior:
         return Prior("uniform", (0.0, 1.0))
     if name.startswith("pacf."):
         return Prior("uniform", (-1.0, 1.0))
+    if name.startswith("prob."):
+        return Prior("beta", (1.0, 99.0))
+    if name.startswith("scale."):
+        return Prior("log_normal", (float(np.log(25.0 * scale[name])), 1.0))
     return Prior("normal", (0.0, 10.0 * scale[name]))
 
 
@@ -140,7 +149,7 @@ def _support_problem(name: str, prior: Prior, spec: ModelSpec) -> str | None:
     """Why this prior cannot be put on this parameter (None if it can)."""
     fam, args = prior.family, prior.args
     lo_hi = {"uniform": args, "beta": (0.0, 1.0)}.get(fam)
-    if name.startswith("sigma2.") or name in POSITIVE_SCALES:
+    if name.startswith(("sigma2.", "scale.")) or name in POSITIVE_SCALES:
         if fam in POSITIVE_FAMILIES or (fam == "uniform" and args[0] >= 0):
             return None
         what = "a variance" if name.startswith("sigma2.") else "it"
@@ -149,6 +158,8 @@ def _support_problem(name: str, prior: Prior, spec: ModelSpec) -> str | None:
               "damping.cycle": (0.0, 1.0)}.get(name)
     if name.startswith("pacf."):
         bounds = (-1.0, 1.0)
+    if name.startswith("prob."):
+        bounds = (0.0, 1.0)
     if bounds is not None:
         if lo_hi is not None and bounds[0] <= lo_hi[0] and lo_hi[1] <= bounds[1]:
             return None
@@ -259,8 +270,8 @@ def _auto_argument(name: str, family: str, arg: str, default: Prior) -> float:
     """The data-scaled value of one argument: the default's scale, or a neutral shape."""
     if family == default.family:
         return default.args[FAMILIES[family][1].index(arg)]
-    typical = default.args[0] if default.family == "half_normal" else (
-        default.args[1] if default.family == "normal" else 1.0)
+    typical = {"half_normal": lambda: default.args[0], "normal": lambda: default.args[1],
+               "log_normal": lambda: float(np.exp(default.args[0]))}.get(default.family, lambda: 1.0)()
     if arg in ("scale",):
         return typical
     if arg == "loc":
@@ -272,9 +283,9 @@ def _auto_argument(name: str, family: str, arg: str, default: Prior) -> float:
     if arg in ("concentration", "concentration1", "concentration0"):
         return 2.0 if family in ("gamma", "inverse_gamma") else 1.0
     if arg == "low":
-        return 0.0 if name.startswith(("sigma2.", "damping.")) else -1.0
+        return 0.0 if name.startswith(("sigma2.", "damping.", "prob.", "scale.")) else -1.0
     if arg == "high":
-        return 2.0 * typical if name.startswith("sigma2.") else 1.0
+        return 2.0 * typical if name.startswith(("sigma2.", "scale.")) else 1.0
     raise ValueError(f"prior for {name}: no automatic value for argument {arg} of {family}")
 
 

@@ -18,8 +18,8 @@ import numpy as np
 
 __all__ = [
     "TREND_KINDS", "REGRESSION_MODES", "SEASONAL_FORMS", "OBSERVATION_FAMILIES", "COUNT_FAMILIES",
-    "SpecificationWarning", "MAX_STATES", "MAX_HISTORY_BYTES", "format_period", "Seasonal", "Cycle", "Regression",
-    "Observation", "ModelSpec", "as_spec", "param_names", "seasonal_param_name", "variance_names",
+    "SpecificationWarning", "MAX_STATES", "MAX_HISTORY_BYTES", "REGIME_KINDS", "format_period", "Seasonal", "Cycle",
+    "Regression", "Observation", "ModelSpec", "as_spec", "param_names", "seasonal_param_name", "variance_names",
     "observation_param_names", "require_gaussian",
 ]
 
@@ -42,6 +42,16 @@ TREND_KINDS: dict[str, tuple[bool, bool, bool, bool, bool]] = {
 }
 
 REGRESSION_MODES = ("parameters", "state", "time_varying")
+
+# Switching regimes (`regimes` in the spec), in state order: each is a per-step event that adds the
+# variance `scale.<kind>` to one disturbance with probability `prob.<kind>` (engine.regimes):
+# kind -> (the disturbance it inflates, what the model needs for it to exist)
+REGIME_KINDS: dict[str, tuple[str, str]] = {
+    "outlier": ("the observation noise ε_t", ""),
+    "level_shift": ("the level's disturbance", "a level"),
+    "slope_shift": ("the slope's disturbance", "a trend (slope)"),
+    "seasonal_break": ("every seasonal's disturbance", "a seasonal"),
+}
 SEASONAL_FORMS = ("dummy", "trig")
 # How y_t depends on the signal θ_t = Z_t α_t + d_t: gaussian y = θ + ε; student_t the same with a
 # Student-t ε (scale² sigma2.irregular, nu.observation degrees of freedom); poisson and
@@ -233,6 +243,7 @@ class ModelSpec:
     ar_order: int = 0
     regression: Regression | None = None
     priors: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = field(default=())
+    regimes: tuple[str, ...] = ()   # switching regimes, in REGIME_KINDS order
     observation: Observation = Observation()
 
     # -- construction -----------------------------------------------------------------
@@ -247,7 +258,8 @@ class ModelSpec:
             return d
         if not isinstance(d, Mapping):
             raise ValueError(f"a model spec must be a dict, got {type(d).__name__}")
-        known = {"irregular", "level", "seasonal", "cycle", "autoregressive", "regression", "priors", "observation"}
+        known = {"irregular", "level", "seasonal", "cycle", "autoregressive", "regression", "priors", "regimes",
+                 "observation"}
         unknown = sorted(map(str, set(d) - known))
         if unknown:
             _fail(unknown[0], "unknown field", f"Valid fields are {sorted(known)}")
@@ -381,6 +393,10 @@ class ModelSpec:
 
         spec = cls(irregular=irregular, level=level_kind, seasonal=tuple(seasonals), cycle=cycle,
                    ar_order=order, regression=regression, priors=tuple(sorted(priors)), observation=observation)
+        spec = dataclasses.replace(spec, regimes=_regimes(d.get("regimes"), spec))
+        if spec.regimes and not observation.is_gaussian:
+            _fail("regimes", f"switching regimes apply to gaussian observations, not to family {observation.family!r}",
+                  "Remove the regimes, or use family 'gaussian'")
         if spec.n_states > MAX_STATES:
             where, states, fix = spec._biggest_part(given_index)
             _fail(where, f"the model would have {spec.n_states} states, {states} of them in {where.split('.')[0]}; "
@@ -421,6 +437,8 @@ class ModelSpec:
             d["regression"] = self.regression.to_dict()
         if self.priors:
             d["priors"] = {k: dict(v) for k, v in self.priors}
+        if self.regimes:
+            d["regimes"] = {k: True for k in self.regimes}
         if self.observation != Observation():
             d["observation"] = self.observation.to_dict()
         return d
@@ -525,6 +543,27 @@ class ModelSpec:
                   f"{fix}, or use a shorter series")
 
 
+def _regimes(value: Any, spec: ModelSpec) -> tuple[str, ...]:
+    """The `regimes` field: a dict kind → true/false (null or {} for none), each kind one the model can
+    carry (a level shift needs a level, ...); returned in REGIME_KINDS order."""
+    if value is None or value is False:
+        return ()
+    if not isinstance(value, Mapping):
+        _fail("regimes", f"expected a dict of regime kinds to true/false, got {_shown(value)}",
+              f"Example: {{'outlier': true, 'level_shift': true}}; kinds are {list(REGIME_KINDS)}")
+    _check_fields("regimes", value, set(REGIME_KINDS))
+    level, _, trend, _ = spec.trend_flags
+    has = {"outlier": True, "level_shift": level, "slope_shift": trend, "seasonal_break": bool(spec.seasonal)}
+    chosen = []
+    for kind, (_, needs) in REGIME_KINDS.items():
+        if _flag(f"regimes.{kind}", value.get(kind), False):
+            if not has[kind]:
+                _fail(f"regimes.{kind}", f"a {kind.replace('_', ' ')} needs {needs} in the model",
+                      f"Add {needs}, or set regimes.{kind} to false")
+            chosen.append(kind)
+    return tuple(chosen)
+
+
 def as_spec(spec: Mapping | ModelSpec) -> ModelSpec:
     """Accept a ModelSpec or a plain dict."""
     return ModelSpec.from_dict(spec)
@@ -555,6 +594,8 @@ def param_names(spec: Mapping | ModelSpec) -> list[str]:
     names += [f"ar.L{i + 1}" for i in range(spec.ar_order)]
     if spec.regression is not None and spec.regression.coefficients == "parameters":
         names += [f"beta.{c}" for c in spec.exog_columns]
+    for kind in spec.regimes:
+        names += [f"prob.{kind}", f"scale.{kind}"]
     return names + observation_param_names(spec)
 
 

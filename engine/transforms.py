@@ -6,6 +6,7 @@ frequency  λ = lo + (hi − lo) · sigmoid(u)       (inside the cycle's period 
 damping    ρ = sigmoid(u)                        ∈ (0, 1)
 AR         φ from partial autocorrelations tanh(u) by Durbin–Levinson (stationary by construction)
 betas      β = s_β · u
+regimes    prob = sigmoid(u) ∈ (0, 1),  scale = s · exp(u) (a variance, as σ²)
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def scales(spec: ModelSpec, y: np.ndarray, exog: np.ndarray | None = None) -> di
     base = max(var_dy, var_y * 1e-6, 1e-300) if var_y > 0 else 1.0
     out = {}
     for i, name in enumerate(param_names(spec)):
-        if name.startswith("sigma2."):
+        if name.startswith(("sigma2.", "scale.")):
             out[name] = base
         elif name in POSITIVE_SCALES:
             out[name] = POSITIVE_SCALES[name]
@@ -82,12 +83,12 @@ def constrain(spec: ModelSpec, u: jnp.ndarray, scale: dict[str, float]) -> jnp.n
     i = 0
     while i < len(names):
         name = names[i]
-        if name.startswith("sigma2.") or name in POSITIVE_SCALES:
+        if name.startswith(("sigma2.", "scale.")) or name in POSITIVE_SCALES:
             out.append(scale[name] * jnp.exp(u[i]))
         elif name == "frequency.cycle":
             lo, hi = spec.cycle.frequency_bounds
             out.append(lo + (hi - lo) * jax.nn.sigmoid(u[i]))
-        elif name == "damping.cycle":
+        elif name == "damping.cycle" or name.startswith("prob."):
             out.append(jax.nn.sigmoid(u[i]))
         elif name == "ar.L1":
             p = spec.ar_order
@@ -106,13 +107,13 @@ def unconstrain(spec: ModelSpec, params: np.ndarray, scale: dict[str, float]) ->
     out = np.zeros(len(names))
     for i, name in enumerate(names):
         x = params[i]
-        if name.startswith("sigma2.") or name in POSITIVE_SCALES:
+        if name.startswith(("sigma2.", "scale.")) or name in POSITIVE_SCALES:
             out[i] = np.log(max(x, 1e-300) / scale[name])
         elif name == "frequency.cycle":
             lo, hi = spec.cycle.frequency_bounds
             f = np.clip((x - lo) / (hi - lo), 1e-9, 1 - 1e-9)
             out[i] = np.log(f / (1 - f))
-        elif name == "damping.cycle":
+        elif name == "damping.cycle" or name.startswith("prob."):
             f = np.clip(x, 1e-9, 1 - 1e-9)
             out[i] = np.log(f / (1 - f))
         elif name.startswith("beta."):

@@ -40,6 +40,7 @@ class QuickFit:
     y: np.ndarray | None = None                           # (time,) the series it was fitted to
     warnings: tuple[str, ...] = ()                        # what makes the fit less exact than it looks
     se_notes: dict[str, str] = field(default_factory=dict)  # why a standard error is not defined, by parameter
+    auxiliary: dict[str, np.ndarray] = field(default_factory=dict)  # name → auxiliary residuals (time,)
 
     def fields(self) -> dict:
         """The estimates and statistics as plain JSON values (`from_fields` rebuilds the rest)."""
@@ -87,6 +88,17 @@ def quick_fit(spec: ModelSpec, y: np.ndarray, exog: pd.DataFrame | None,
                        y, exog)
 
 
+def auxiliary_residuals(spec: ModelSpec, smoothed: engine.SmoothedComponents) -> dict[str, np.ndarray]:
+    """The residual checks of a fit: the auxiliary residuals of the irregular (outliers) and of the
+    level and slope (`trend`) disturbances (breaks), those the model has as stochastic."""
+    out = {"irregular": np.asarray(smoothed.auxiliary_measurement)}
+    state = np.asarray(smoothed.auxiliary_state)
+    for selector in engine.component_selectors(spec):
+        if selector.name in ("level", "trend"):
+            out[selector.name] = state[:, selector.states[0]]
+    return {name: values for name, values in out.items() if np.isfinite(values).any()}
+
+
 def from_fields(spec: ModelSpec, fields: dict, y: np.ndarray, exog: pd.DataFrame | None) -> QuickFit:
     """A QuickFit from its estimates and statistics (a fresh fit or a reloaded one): the smoothed
     components at the estimate are computed here."""
@@ -98,7 +110,7 @@ def from_fields(spec: ModelSpec, fields: dict, y: np.ndarray, exog: pd.DataFrame
                     float(fields["aic"]), float(fields["bic"]), bool(fields["converged"]), str(fields["message"]),
                     int(fields["n_obs"]), comps, np.asarray(y, dtype=float),
                     tuple(str(w) for w in fields.get("warnings", ())),
-                    {str(k): str(v) for k, v in fields.get("se_notes", {}).items()})
+                    {str(k): str(v) for k, v in fields.get("se_notes", {}).items()}, auxiliary_residuals(spec, sm))
 
 
 class FitModel(param.Parameterized):

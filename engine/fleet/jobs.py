@@ -18,6 +18,7 @@ from ..bayes import FitCancelled
 from ..cores import usable_cores
 from ..model import as_param_vector
 from ..priors import resolve_priors
+from ..regimes import refuse_regimes
 from ..spec import ModelSpec, as_spec, param_names, require_gaussian
 from .batch import METHODS, Batch, BatchOutput, FleetJob, failed_output, run_batch, table_columns
 from .scoring import MAX_ITER
@@ -94,6 +95,7 @@ def fit_many(spec, Y, exog=None, *, method: str = "mle", backend: str = "local",
     keep=True also returns each series' posterior and online belief.
     """
     spec = as_spec(spec)
+    refuse_regimes(spec, "fit_many")
     require_gaussian(spec, "fit_many")
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not known; use one of {METHODS}")

@@ -133,8 +133,8 @@ def test_a_stalled_line_search_at_a_stationary_point_counts_as_converged():
 
 def test_fit_on_an_ill_conditioned_diffuse_start_says_so():
     """A daily series with two yearly harmonics: the diffuse start is ill-conditioned (the
-    augmented reference in test_kalman shows Koopman's recursion off there), so the fit uses the
-    augmented filter and says so in a warning and on the result; a well-conditioned fit says nothing."""
+    augmented reference in tests/engine/kalman/test_scan.py shows Koopman's recursion off there), so the
+    fit uses the augmented filter and says so in a warning and on the result; a well-conditioned fit says nothing."""
     y = engine.load_dataset("births")["births"].to_numpy(dtype=float)[:400]
     spec = {"level": {"kind": "local_level"}, "seasonal": [{"period": 7, "form": "trig", "harmonics": 3},
                                                             {"period": 365, "form": "trig", "harmonics": 2}]}
