@@ -67,6 +67,7 @@ $(VENV)/.installed-serve: pyproject.toml | $(UV)
 
 $(VENV)/.installed-test: pyproject.toml | $(UV)
 	$(UV_INSTALL) -e ".[test]"
+	$(UV_INSTALL) --no-deps "particles>=0.4"   # its numpy<2 pin conflicts with jax; it runs on numpy 2
 	@touch $@
 
 $(VENV)/.installed-bench: pyproject.toml | $(UV)

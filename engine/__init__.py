@@ -33,18 +33,20 @@ from .data import DataError, catalogue_entry, list_datasets, load_dataset, read_
 from .demo import DEMO_STREAMS, DemoEvent, DemoStream, Fleet, demo_stream, list_demo_streams, make_fleet  # noqa: E402
 from .fleet import FleetCancelled, FleetResult, SeriesTable, fit_many  # noqa: E402
 from .compiled import enable_compilation_cache, trim_compiled  # noqa: E402
-from . import (background, cluster, compiled, cores, data, demo, fleet, hmm, kalman, mle, model, online,  # noqa: E402
-               parallel, persist, regimes, rejuvenation, spec, stream, system, transforms)
+from .nongaussian import ApproxModel, ImportanceResult  # noqa: E402
+from . import (background, cluster, compiled, cores, data, demo, fleet, hmm, kalman, mle, model,  # noqa: E402
+               nongaussian, online, parallel, persist, regimes, rejuvenation, spec, stream, system, transforms)
 
 NAMESPACES = ("background", "cluster", "compiled", "cores", "data", "demo", "fleet", "hmm", "kalman", "mle", "model",
-              "online", "parallel", "persist", "regimes", "rejuvenation", "spec", "stream", "system", "transforms")
+              "nongaussian", "online", "parallel", "persist", "regimes", "rejuvenation", "spec", "stream", "system",
+              "transforms")
 
 __all__ = [
     *NAMESPACES,
     "ModelSpec", "SpecificationWarning", "TREND_KINDS", "param_names", "System", "build_system", "layout",
     "check_finite", "ComponentSelector", "component_selectors", "SeriesTable",
     "DiffuseConditioningWarning", "diffuse_conditioning", "FilterResult", "Forecast", "SmoothedComponents",
-    "filter_series", "forecast", "loglik",
+    "filter_series", "forecast", "loglik", "ApproxModel", "ImportanceResult",
     "loglik_many", "loglik_terms", "simulate", "smooth",
     "Bank", "Belief", "OnlineConfig", "RejuvenationConfig", "OnlineFilter", "OnlineForecast", "OnlineInfo", "component_names",
     "make_bank", "posterior_draws", "online_init", "online_step", "online_step_many", "online_catch_up",

@@ -21,7 +21,7 @@ from . import parallel as _parallel
 from . import regimes as _regimes
 from .components import ComponentSelector, component_selectors
 from .domains import check_params
-from .spec import ModelSpec, as_spec, param_names
+from .spec import ModelSpec, as_spec, param_names, require_gaussian
 from .system import (System, build_system, check_exog, check_finite, diffuse_states, layout, params_from_vector,
                      params_to_vector)
 
@@ -107,6 +107,7 @@ def prepare_inputs(spec, params, y, exog, check: bool = False) -> tuple[ModelSpe
     spec (one row per observation) and the parameters put in `param_names` order; `check`: the
     parameters are refused outside their domain (`engine.domains`; concrete values only)."""
     spec = as_spec(spec)
+    require_gaussian(spec, "this function (the Kalman filter)")
     y = as_series(y)
     spec.check_data(y.shape[0])
     x = check_exog(spec, exog, y.shape[0])
@@ -172,13 +173,25 @@ def loglik_terms(spec, params, y, exog=None, filter: str = "auto") -> jnp.ndarra
     return ll[:, 0]
 
 
-def loglik(spec, params, y, exog=None, filter: str = "auto") -> jnp.ndarray:
+def loglik(spec, params, y, exog=None, filter: str = "auto", *, method: str = "importance", draws: int = 200,
+           seed: int = 0, exposure=None) -> jnp.ndarray:
     """Exact (diffuse) log-likelihood of one series; equals statsmodels UnobservedComponents.loglike.
 
     filter: as `loglik_terms`, or "augmented": de Jong's augmented filter (`engine.augmented`),
     the same function without diffuse steps or a rank threshold, exact where the diffuse start is
     ill-conditioned (`diffuse_conditioning`) and Koopman's recursion (statsmodels' too) is not.
+
+    A non-Gaussian observation family (`observation.family`) takes `engine.nongaussian.loglik`:
+    method "importance" (the default: importance sampling over `draws` signal paths, exact up to
+    Monte Carlo error, the same for the same `seed`) or "laplace" (the Gaussian approximation at
+    the mode); exposure: the values of the spec's `observation.offset` column. The Gaussian family
+    ignores method, draws and seed.
     """
+    if not as_spec(spec).observation.is_gaussian:
+        from . import nongaussian   # builds on this module
+        return nongaussian.loglik(spec, params, y, exog, exposure, method=method, draws=draws, seed=seed)
+    if exposure is not None:
+        raise ValueError("exposure applies to count families (observation.offset); this model is gaussian")
     if filter == "augmented":
         spec, pvec, y, x = prepare_inputs(spec, params, y, exog, check=True)
         return _augmented_loglik(spec, pvec, y, x)
@@ -198,6 +211,7 @@ def loglik_many(spec, params, Y, exog=None, filter: str = "auto") -> jnp.ndarray
     (filter="parallel": one associative scan per chunk of series).
     """
     spec = as_spec(spec)
+    require_gaussian(spec, "loglik_many")
     sqrt, par = _filter_for(filter, spec, jnp.shape(Y)[-1], min(CHUNK, jnp.shape(Y)[0]))
     Y = jnp.asarray(Y, dtype=jnp.float64)
     if Y.ndim != 2:

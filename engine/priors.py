@@ -20,6 +20,12 @@ Defaults (weakly informative, scaled to the data; `default_priors` shows them):
   `scale.<regime>`        log_normal(log(25·v), 1): the variance a regime adds to its disturbance,
                           typically a jump of 5 sd(Δy), and kept away from 0 (where the regime
                           would be indistinguishable from the normal one).
+  `nu.observation`        gamma(2, 0.1): the Student-t degrees of freedom (Juárez & Steel 2010), mean 20,
+                          mass from heavy tails (ν ≈ 2) to nearly Gaussian (ν ≈ 60).
+  `alpha.observation`     half_normal(1): the negative binomial's NB2 dispersion (Var = μ + α μ²),
+                          mass near 0 (the Poisson limit) and up to strong overdispersion.
+
+For counts the variances are those of the log mean, so v is taken from log(y + ½) (`transforms.scales`).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import numpy as np
 import numpyro.distributions as dist
 
 from .spec import ModelSpec, as_spec, param_names
-from .transforms import pacf_to_ar, scales
+from .transforms import POSITIVE_SCALES, pacf_to_ar, scales
 
 #: family → (NumPyro class, argument names in constructor order)
 FAMILIES: dict[str, tuple[type, tuple[str, ...]]] = {
@@ -120,6 +126,10 @@ def _ar_to_pacf(phi: jnp.ndarray) -> jnp.ndarray:
 
 
 def _default(spec: ModelSpec, name: str, scale: Mapping[str, float]) -> Prior:
+    if name == "nu.observation":
+        return Prior("gamma", (2.0, 0.1))
+    if name == "alpha.observation":
+        return Prior("half_normal", (1.0,))
     if name.startswith("sigma2."):
         return Prior("half_normal", (2.0 * scale[name],))
     if name == "frequency.cycle":
@@ -139,10 +149,11 @@ def _support_problem(name: str, prior: Prior, spec: ModelSpec) -> str | None:
     """Why this prior cannot be put on this parameter (None if it can)."""
     fam, args = prior.family, prior.args
     lo_hi = {"uniform": args, "beta": (0.0, 1.0)}.get(fam)
-    if name.startswith(("sigma2.", "scale.")):
+    if name.startswith(("sigma2.", "scale.")) or name in POSITIVE_SCALES:
         if fam in POSITIVE_FAMILIES or (fam == "uniform" and args[0] >= 0):
             return None
-        return "a variance must be positive; use a family on (0, ∞) such as half_normal or inverse_gamma"
+        what = "a variance" if name.startswith("sigma2.") else "it"
+        return f"{what} must be positive; use a family on (0, ∞) such as half_normal, gamma or inverse_gamma"
     bounds = {"frequency.cycle": tuple(spec.cycle.frequency_bounds) if spec.cycle else None,
               "damping.cycle": (0.0, 1.0)}.get(name)
     if name.startswith("pacf."):

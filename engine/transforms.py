@@ -1,6 +1,7 @@
 """Maps between unconstrained vectors (for optimisers and samplers) and model parameters.
 
 variances  σ² = s · exp(u)                       (s: a data-based scale, for conditioning)
+ν, α       s · exp(u)                            (Student-t dof, s = 10; NB2 dispersion, s = 1)
 frequency  λ = lo + (hi − lo) · sigmoid(u)       (inside the cycle's period bounds)
 damping    ρ = sigmoid(u)                        ∈ (0, 1)
 AR         φ from partial autocorrelations tanh(u) by Durbin–Levinson (stationary by construction)
@@ -17,8 +18,11 @@ import numpy as np
 from .spec import ModelSpec, param_names
 
 __all__ = [
-    "pacf_to_ar", "ar_to_pacf", "scales", "constrain", "unconstrain",
+    "POSITIVE_SCALES", "pacf_to_ar", "ar_to_pacf", "scales", "constrain", "unconstrain",
 ]
+
+
+POSITIVE_SCALES = {"nu.observation": 10.0, "alpha.observation": 1.0}   # positive, not variances: fixed scales
 
 
 def pacf_to_ar(pacf: jnp.ndarray) -> jnp.ndarray:
@@ -45,8 +49,12 @@ def ar_to_pacf(phi: np.ndarray) -> np.ndarray:
 
 
 def scales(spec: ModelSpec, y: np.ndarray, exog: np.ndarray | None = None) -> dict[str, float]:
-    """Typical magnitudes of each parameter for this data (used for conditioning and default priors)."""
+    """Typical magnitudes of each parameter for this data (used for conditioning and default priors).
+
+    For counts the states live on the log scale: the variances are scaled by log(y + ½)."""
     y = np.asarray(y, dtype=float)
+    if spec.observation.is_count:
+        y = np.log(np.where(np.isfinite(y), np.maximum(y, 0.0), np.nan) + 0.5)
     obs = y[np.isfinite(y)]
     dy = np.diff(y)
     dy = dy[np.isfinite(dy)]
@@ -57,6 +65,8 @@ def scales(spec: ModelSpec, y: np.ndarray, exog: np.ndarray | None = None) -> di
     for i, name in enumerate(param_names(spec)):
         if name.startswith(("sigma2.", "scale.")):
             out[name] = base
+        elif name in POSITIVE_SCALES:
+            out[name] = POSITIVE_SCALES[name]
         elif name.startswith("beta."):
             col = spec.exog_columns.index(name[len("beta."):])
             sx = float(np.nanstd(exog[:, col])) if exog is not None else 1.0
@@ -73,7 +83,7 @@ def constrain(spec: ModelSpec, u: jnp.ndarray, scale: dict[str, float]) -> jnp.n
     i = 0
     while i < len(names):
         name = names[i]
-        if name.startswith(("sigma2.", "scale.")):
+        if name.startswith(("sigma2.", "scale.")) or name in POSITIVE_SCALES:
             out.append(scale[name] * jnp.exp(u[i]))
         elif name == "frequency.cycle":
             lo, hi = spec.cycle.frequency_bounds
@@ -97,7 +107,7 @@ def unconstrain(spec: ModelSpec, params: np.ndarray, scale: dict[str, float]) ->
     out = np.zeros(len(names))
     for i, name in enumerate(names):
         x = params[i]
-        if name.startswith(("sigma2.", "scale.")):
+        if name.startswith(("sigma2.", "scale.")) or name in POSITIVE_SCALES:
             out[i] = np.log(max(x, 1e-300) / scale[name])
         elif name == "frequency.cycle":
             lo, hi = spec.cycle.frequency_bounds

@@ -21,7 +21,7 @@ from ..domains import check_params
 from ..model import as_param_vector
 from ..priors import resolve_priors
 from ..regimes import refuse_regimes
-from ..spec import ModelSpec, as_spec, param_names
+from ..spec import ModelSpec, as_spec, param_names, require_gaussian
 from .batch import METHODS, Batch, BatchOutput, FleetJob, failed_output, run_batch, table_columns
 from .scoring import MAX_ITER
 from .table import as_series_table, batch_bounds, default_batch_size
@@ -100,6 +100,7 @@ def fit_many(spec, Y, exog=None, *, method: str = "mle", backend: str = "local",
     """
     spec = as_spec(spec)
     refuse_regimes(spec, "fit_many")
+    require_gaussian(spec, "fit_many")
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not known; use one of {METHODS}")
     if backend not in BACKENDS:

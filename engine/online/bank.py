@@ -28,7 +28,7 @@ from .. import kalman
 from ..components import component_selectors
 from ..model import batch_systems
 from ..regimes import refuse_regimes
-from ..spec import ModelSpec, as_spec
+from ..spec import ModelSpec, as_spec, require_gaussian
 from ..system import System, layout
 from .covariance import _dense, _is_packed, _standard_update, _use_packed
 from .mixture import PROBS, mixture_moments, mixture_quantiles
@@ -52,6 +52,7 @@ def make_bank(spec, params) -> Bank:
     """Systems for S parameter draws (draw, param): built once per bank, batch-last."""
     spec = as_spec(spec)
     refuse_regimes(spec, "the online bank")
+    require_gaussian(spec, "the online bank")
     params = jnp.asarray(params, dtype=jnp.float64)
     exog = jnp.zeros((1, spec.k_exog)) if spec.regression is not None else None
     return Bank(params, kalman.batch_last(batch_systems(spec, params, exog)))
