@@ -105,3 +105,26 @@ def test_stream_grows_throughput_shows_and_closing_stops_the_runner(app_url, bro
     context.close()
     _wait_log(panel_server, rf"session {re.escape(sid)} stream stopped \(runner still running: False, "
               r"refit still running: False\)")
+
+
+def test_pause_holds_the_count_it_shows(page, app_url, panel_server):
+    """After Pause the status reads "paused" only once the batch the engine had taken is shown;
+    from then on the count and the plotted rows stay where they are until Play."""
+    _open(page, app_url)
+    _tab(page, "Fit")
+    page.get_by_role("button", name="Quick fit (maximum likelihood)").click()
+    page.get_by_text("sigma2.level").first.wait_for(state="visible", timeout=240_000)
+    _tab(page, "Stream")
+    page.get_by_role("button", name="Play", exact=True).click()
+    page.wait_for_function(f"({PLOTTED_ROWS})() >= 3", timeout=240_000)
+    page.get_by_role("button", name="Pause", exact=True).click()
+    page.locator(".stream-status", has_text="paused").first.wait_for(state="visible")
+    at_pause = _streamed(page)
+    assert 3 <= at_pause < 50
+    page.wait_for_timeout(2000)   # 40 observations' time at the default 20 obs/s
+    status = page.locator(".stream-status").first.inner_text()
+    assert status.startswith("paused") and _streamed(page) == at_pause, (at_pause, status)
+    assert page.evaluate(PLOTTED_ROWS) == at_pause
+    page.get_by_role("button", name="Play", exact=True).click()
+    page.wait_for_function(f"({PLOTTED_ROWS})() > {at_pause}")
+    _assert_clean(page, panel_server)
