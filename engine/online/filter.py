@@ -8,6 +8,7 @@ a `Rejuvenator` (`engine.rejuvenation`), swapping each moved bank in at the next
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Callable
 
 import jax
@@ -28,6 +29,14 @@ from .state import Bank, Belief, as_config
 # a moved bank keeps up with the stream on its own thread until at most this many observations
 # are left for the swap
 SWAP_BACKLOG = 16
+
+
+@partial(jax.jit, static_argnums=1)
+def _first_steps(info: OnlineInfo, n: int) -> OnlineInfo:
+    """The first n steps of a padded micro-batch's info (time-leading arrays), in one program per
+    (bucket, n): slicing each field eagerly compiled one small program per field for every new
+    batch length."""
+    return jax.tree_util.tree_map(lambda a: a[:n], info)
 
 
 class OnlineFilter:
@@ -198,7 +207,7 @@ class OnlineFilter:
         self._belief, info = fn(self.config, self.bank, self._belief, y_pad, x_pad, n_valid)
         self._history.extend(ys, x)
         if len(y_pad) > n:
-            info = jax.tree_util.tree_map(lambda a: a[:n], info)
+            info = _first_steps(info, n)
         self._after_update(info, n - 1, observed)
         return info
 
