@@ -50,6 +50,17 @@ def _streamed(page) -> int:
     return int(STATUS.search(text).group(1))
 
 
+def _fit_and_play(page, app_url) -> None:
+    """Quick-fit Nile, then play its stream until three observations are plotted."""
+    _open(page, app_url)
+    _tab(page, "Fit")
+    page.get_by_role("button", name="Quick fit (maximum likelihood)").click()
+    page.get_by_text("sigma2.level").first.wait_for(state="visible", timeout=240_000)
+    _tab(page, "Stream")
+    page.get_by_role("button", name="Play", exact=True).click()
+    page.wait_for_function(f"({PLOTTED_ROWS})() >= 3", timeout=240_000)
+
+
 def test_stream_grows_throughput_shows_and_closing_stops_the_runner(app_url, browser, panel_server):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
@@ -58,13 +69,7 @@ def test_stream_grows_throughput_shows_and_closing_stops_the_runner(app_url, bro
     page.on("console", lambda msg: errors.append(f"console: {msg.text}") if msg.type == "error" else None)
     page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
     page.console_errors = errors
-    _open(page, app_url)
-    _tab(page, "Fit")
-    page.get_by_role("button", name="Quick fit (maximum likelihood)").click()
-    page.get_by_text("sigma2.level").first.wait_for(state="visible", timeout=240_000)
-    _tab(page, "Stream")
-    page.get_by_role("button", name="Play", exact=True).click()
-    page.wait_for_function(f"({PLOTTED_ROWS})() >= 3", timeout=240_000)
+    _fit_and_play(page, app_url)
     first = page.evaluate(PLOTTED_ROWS)
     page.wait_for_function(f"({PLOTTED_ROWS})() > {first}")
     page.get_by_text("finished").first.wait_for(state="visible")
@@ -110,13 +115,7 @@ def test_stream_grows_throughput_shows_and_closing_stops_the_runner(app_url, bro
 def test_pause_holds_the_count_it_shows(page, app_url, panel_server):
     """After Pause the status reads "paused" only once the batch the engine had taken is shown;
     from then on the count and the plotted rows stay where they are until Play."""
-    _open(page, app_url)
-    _tab(page, "Fit")
-    page.get_by_role("button", name="Quick fit (maximum likelihood)").click()
-    page.get_by_text("sigma2.level").first.wait_for(state="visible", timeout=240_000)
-    _tab(page, "Stream")
-    page.get_by_role("button", name="Play", exact=True).click()
-    page.wait_for_function(f"({PLOTTED_ROWS})() >= 3", timeout=240_000)
+    _fit_and_play(page, app_url)
     page.get_by_role("button", name="Pause", exact=True).click()
     page.locator(".stream-status", has_text="paused").first.wait_for(state="visible")
     at_pause = _streamed(page)
