@@ -308,33 +308,29 @@ def forecast_bands(spec: ModelSpec, posterior, y, steps: int, index: pd.Index | 
     return ForecastBands(label, pd.DataFrame({"time": times[start:n], "y": y[start:]}), future)
 
 
-class ForecastModel(param.Parameterized):
+class ForecastModel(Job):
     """The posterior forecast of the session's latest fit: the NUTS draws, the MAP fit's Laplace draws,
-    or the quick fit's estimate (one draw: the plug-in forecast). Recomputed in the session's worker
-    when a fit finishes or the horizon changes; at most one computation runs, the latest request wins."""
+    or the quick fit's estimate (one draw: the plug-in forecast). A `Job`, recomputed in the session's
+    worker when a fit finishes or the horizon changes; at most one computation runs, the latest
+    request wins."""
 
     steps = param.Integer(default=24, bounds=(1, 500), doc="Steps ahead")
-    status = param.Selector(default="idle", objects=["idle", "running", "done", "error"], constant=True)
-    message = param.String(default="", constant=True)
     result = param.ClassSelector(class_=ForecastBands, default=None, allow_None=True, constant=True)
 
     def __init__(self, data: DataModel, worker: SessionWorker, bayes: BayesFitModel | None = None, fit=None,
                  **params):
-        super().__init__(**params)
-        self.data, self.worker = data, worker
+        super().__init__(worker, **params)
+        self.data = data
         self._source: tuple | None = None      # (spec, posterior, y, label) of the latest fit
         self._wanted = 0                       # id of the latest request; older results are dropped
-        self._running = False
+        self._computing = 0                    # id of the request being computed
+        self._in_worker = False                # a computation is queued or running (a fit's end may idle the status)
         if bayes is not None:
             bayes.param.watch(self._on_bayes, ["result"])
         if fit is not None:
             fit.param.watch(self._on_quick_fit, ["result"])
             fit.forecast_steps = self.steps   # the quick fit compiles this forecast's program meanwhile
             self.param.watch(lambda e: setattr(fit, "forecast_steps", e.new), ["steps"])
-
-    def _set(self, **values):
-        with param.edit_constant(self):
-            self.param.update(**values)
 
     def _on_bayes(self, event):
         r = event.new
@@ -351,7 +347,7 @@ class ForecastModel(param.Parameterized):
         self._source = source
         if source is None:
             self._wanted += 1
-            self._set(result=None, status="idle", message="")
+            self._set(result=None, status="idle", phase="", message="")
             return None
         return self.refresh()
 
@@ -359,30 +355,41 @@ class ForecastModel(param.Parameterized):
     def refresh(self) -> Future | None:
         """Forecast the latest fit in the worker; while one runs, the next starts when it ends."""
         self._wanted += 1
-        if self._source is None or self._running:
+        if self._source is None or self._in_worker:
             return None
         return self._submit()
 
     def _submit(self) -> Future | None:
         spec, posterior, y, label = self._source
         if spec.regression is not None:
-            self._set(status="error", result=None, message="A model with regressors needs their future values "
-                                                            "to forecast; they are not known here.")
+            self._set(result=None)
+            self.refuse("A model with regressors needs their future values to forecast; they are not known here.")
             return None
         index = self.data.index if self.data.frame is not None else None
-        wanted, self._running = self._wanted, True
-        self._set(status="running", message=f"Forecasting {self.steps} steps from the {label}…")
-        return self.worker.submit(forecast_bands, spec, posterior, y, self.steps, index, label,
-                                  on_done=lambda bands: self._finish(wanted, result=bands),
-                                  on_error=lambda exc: self._finish(wanted, error=exc))
+        self._computing, steps = self._wanted, self.steps
+        self._in_worker = True
+        return self.submit(lambda cancel: forecast_bands(spec, posterior, y, steps, index, label),
+                           message=f"Forecasting {steps} steps from the {label}…", on_done=self._done)
 
-    def _finish(self, wanted: int, result: ForecastBands | None = None, error: BaseException | None = None):
-        self._running = False
-        if wanted != self._wanted:             # superseded while it ran
-            if self._source is not None:
-                self._submit()
-        elif error is not None:
-            self._set(status="error", message=f"The forecast failed: {error}")
-        else:
-            self._set(result=result, status="done", message=f"{len(result.future)} steps ahead from the "
-                                                             f"{result.label}: forecast mean with 50% and 95% bands.")
+    def _superseded(self) -> bool:
+        """A newer request came while this one ran: run that one instead (True), or nothing when
+        there is no fit any more."""
+        self._in_worker = False
+        if self._computing == self._wanted:
+            return False
+        self._set(status="idle", phase="")
+        if self._source is not None:
+            self._submit()
+        return True
+
+    def _done(self, result: ForecastBands) -> None:
+        if not self._superseded():
+            self.finish("done", f"{len(result.future)} steps ahead from the {result.label}: forecast mean with "
+                                "50% and 95% bands.", result=result)
+
+    def _failed(self, exc: BaseException) -> None:
+        if not self._superseded():
+            super()._failed(exc)
+
+    def failure_message(self, exc: BaseException) -> str:
+        return f"The forecast failed: {exc}"
