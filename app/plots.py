@@ -14,6 +14,7 @@ BAND_PROB = 0.95
 BAND_Z = 1.959963984540054   # the standard normal's 97.5% quantile
 BAND_LABEL = "95% interval"  # how every band is named on the page
 _OPTS = dict(responsive=True, height=260, show_grid=True, tools=["hover"])
+STACKED = dict(padding=(0, 0.05))   # stacked panels over the same time span: no x padding, so their time axes line up
 
 
 def time_label(time) -> str:
@@ -44,7 +45,7 @@ def component_panel(x, mean, lower, upper, name: str, color: str, title: str, y=
                                                                                 label=name).opts(color=color)
     if y is not None:
         out = hv.Scatter((x, y), "time", name, label="observed").opts(color="black", size=3) * out
-    return out.opts(title=title, ylabel=name, legend_position="right", **_OPTS)
+    return out.opts(title=title, ylabel=name, legend_position="right", **_OPTS, **STACKED)
 
 
 def decomposition_plot(index: pd.Index, y: np.ndarray, label: str,
@@ -60,7 +61,7 @@ def decomposition_plot(index: pd.Index, y: np.ndarray, label: str,
         top = (top * band_area(x, mean - BAND_Z * sd, mean + BAND_Z * sd, label, color="#e07b39", alpha=0.25)
                * hv.Curve((x, mean), "time", label, label="level (smoothed)").opts(color="#e07b39"))
     panels.append(top.opts(title=f"{label}: observed and smoothed level ({BAND_LABEL})", ylabel=label, **_OPTS,
-                           legend_position="right"))
+                           **STACKED, legend_position="right"))
     for name, (mean, sd) in components.items():
         if name == "level":
             continue

@@ -51,7 +51,8 @@ def warm_quick_fits(datasets: Sequence[str] | None = None, *, forecast: bool = T
                 raise ValueError(data.error or f"the suggested model of {name} is not valid")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")   # the fit's cautions are for the visitor who fits it
-                fit = quick_fit(spec, data.y, data.exog_frame)
+                fit = quick_fit(spec, data.y, data.exog_frame,
+                                forecast_steps=ForecastModel.param.steps.default if forecast else None)
                 if forecast and spec.regression is None:
                     forecast_bands(spec, dict(fit.params), data.y, ForecastModel.param.steps.default,
                                    data.index, "warm-up")

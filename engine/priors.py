@@ -38,7 +38,7 @@ import numpy as np
 import numpyro.distributions as dist
 
 from .spec import ModelSpec, as_spec, param_names
-from .transforms import POSITIVE_SCALES, pacf_to_ar, scales
+from .transforms import POSITIVE_SCALES, ar_to_pacf, pacf_to_ar, scales
 
 #: family → (NumPyro class, argument names in constructor order)
 FAMILIES: dict[str, tuple[type, tuple[str, ...]]] = {
@@ -108,21 +108,9 @@ def params_to_site_values(spec: ModelSpec, pvec: jnp.ndarray) -> dict:
     values = {n: pvec[i] for i, n in enumerate(names) if not n.startswith("ar.L")}
     if spec.ar_order:
         j = names.index("ar.L1")
-        pacf = _ar_to_pacf(pvec[j:j + spec.ar_order])
+        pacf = ar_to_pacf(pvec[j:j + spec.ar_order])
         values.update({f"pacf.L{i + 1}": pacf[i] for i in range(spec.ar_order)})
     return values
-
-
-def _ar_to_pacf(phi: jnp.ndarray) -> jnp.ndarray:
-    """Step-down recursion (inverse of `pacf_to_ar`), traceable."""
-    p = phi.shape[-1]
-    pacf = [None] * p
-    for k in range(p - 1, -1, -1):
-        r = phi[k]
-        pacf[k] = r
-        if k:
-            phi = (phi[:k] + r * phi[:k][::-1]) / (1 - r * r)
-    return jnp.stack(pacf)
 
 
 def _default(spec: ModelSpec, name: str, scale: Mapping[str, float]) -> Prior:

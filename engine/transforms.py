@@ -35,17 +35,20 @@ def pacf_to_ar(pacf: jnp.ndarray) -> jnp.ndarray:
     return phi
 
 
-def ar_to_pacf(phi: np.ndarray) -> np.ndarray:
-    """Inverse of `pacf_to_ar` (step-down recursion); numpy, for start values."""
-    phi = np.asarray(phi, dtype=float).copy()
-    p = phi.shape[0]
-    pacf = np.zeros(p)
+def ar_to_pacf(phi):
+    """Inverse of `pacf_to_ar` (the step-down recursion): AR coefficients (p,) → partial
+    autocorrelations (p,). NumPy in, NumPy out (start values, no compiled program); a JAX array
+    in, JAX out (traceable: the priors read AR coefficients as PACFs)."""
+    xp = np if isinstance(phi, (np.ndarray, list, tuple)) else jnp
+    phi = xp.asarray(phi, dtype=float)
+    p = phi.shape[-1]
+    pacf = [None] * p
     for k in range(p - 1, -1, -1):
         r = phi[k]
         pacf[k] = r
         if k:
             phi = (phi[:k] + r * phi[:k][::-1]) / (1 - r * r)
-    return pacf
+    return xp.stack(pacf) if p else xp.zeros(0)
 
 
 def scales(spec: ModelSpec, y: np.ndarray, exog: np.ndarray | None = None) -> dict[str, float]:

@@ -17,12 +17,11 @@ import param
 
 import engine
 from engine import cluster
-from engine.data import DATASETS_DIR
 from engine.fleet import ANOMALY_Z
 from engine.spec import ModelSpec
 
 from ..workers import SessionWorker
-from .data_model import UPLOAD, DataModel
+from .data_model import UPLOAD, DataModel, series_titles
 from .job import CancelFlag, Job
 from .spec_model import SpecModel
 
@@ -74,16 +73,6 @@ def wide_datasets() -> list[str]:
     cat = engine.list_datasets()
     wide = cat["layout"] == "wide" if "layout" in cat else pd.Series(False, index=cat.index)
     return list(cat.loc[wide.fillna(False).astype(bool), "name"])
-
-
-def series_titles(dataset: str) -> dict[str, str]:
-    """Series id → title from a shipped dataset's titles file (empty when it has none)."""
-    entry = engine.catalogue_entry(dataset)
-    name = entry.get("series_titles")
-    if not name:
-        return {}
-    titles = pd.read_csv(DATASETS_DIR / name, dtype=str)
-    return dict(zip(titles["series"], titles["title"]))
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ a `Rejuvenator` (`engine.rejuvenation`), swapping each moved bank in at the next
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Callable
 
 import jax
@@ -54,6 +55,13 @@ def check_one(y) -> None:
     if np.size(y) != 1:
         raise ValueError(f"update takes one observation (a number, NaN for missing), got {_shown(y)} of shape "
                          f"{np.shape(y)}; pass several with update_many")
+
+@partial(jax.jit, static_argnums=1)
+def _first_steps(info: OnlineInfo, n: int) -> OnlineInfo:
+    """The first n steps of a padded micro-batch's info (time-leading arrays), in one program per
+    (bucket, n): slicing each field eagerly compiled one small program per field for every new
+    batch length."""
+    return jax.tree_util.tree_map(lambda a: a[:n], info)
 
 
 class OnlineFilter:
@@ -227,7 +235,7 @@ class OnlineFilter:
         self._belief, info = fn(self.config, self.bank, self._belief, y_pad, x_pad, n_valid)
         self._history.extend(ys, x)
         if len(y_pad) > n:
-            info = jax.tree_util.tree_map(lambda a: a[:n], info)
+            info = _first_steps(info, n)
         self._after_update(info, n - 1, observed)
         return info
 
