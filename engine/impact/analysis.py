@@ -162,7 +162,6 @@ class OnlineImpact:
         else:
             self.bank, belief = _bank, _belief
         self._state = cfk._init_jit(config, belief)
-        cfk.check_proper(self._state)
         self._y_pre, self._x_pre = y_pre, x_pre
         self._steps: list[cfk.CounterfactualStep] = []
         self._y_post: list[np.ndarray] = []
@@ -202,8 +201,10 @@ class OnlineImpact:
         if np.isinf(y):
             raise ValueError("y is infinite; use NaN for a missing value")
         x = self._exog(exog, 1)
-        self._state, s = cfk._step_jit(self.config, self.bank, self._state, np.float64(y),
-                                       None if x is None else x[0])
+        state, s = cfk._step_jit(self.config, self.bank, self._state, np.float64(y), None if x is None else x[0])
+        if not self._steps:   # once, so that a stream need not wait for the device each step (`result` checks all)
+            cfk.check_proper(s)
+        self._state = state
         self._steps.append(jax.tree_util.tree_map(lambda a: a[None], s))
         self._y_post.append(np.array([y]))
         return _live_jit(self.level, self._state.log_weight, s, self._state.t - 1)
@@ -215,8 +216,10 @@ class OnlineImpact:
         if len(ys) == 0:
             raise ValueError("update_many needs at least one observation")
         x = self._exog(exog, len(ys))
-        self._state, s = cfk._run_jit(self.config, self.bank, self._state, jnp.asarray(ys),
-                                      None if x is None else jnp.asarray(x))
+        state, s = cfk._run_jit(self.config, self.bank, self._state, jnp.asarray(ys),
+                                None if x is None else jnp.asarray(x))
+        cfk.check_proper(s)
+        self._state = state
         self._steps.append(s)
         self._y_post.append(ys)
         last = jax.tree_util.tree_map(lambda a: a[-1], s)

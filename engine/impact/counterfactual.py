@@ -111,9 +111,9 @@ _run_jit = jax.jit(run, static_argnums=0)
 _init_jit = jax.jit(init, static_argnums=0)
 
 
-def check_proper(cf: Counterfactual) -> None:
-    """Refuse a counterfactual whose pre-period left a state diffuse (its predictive is improper)."""
-    if bool(np.any(np.asarray(cf.filter.diffuse))):
-        raise ValueError("the pre-period is too short to identify every component of the model (a state is "
-                         "still diffuse at the intervention), so the counterfactual has infinite variance; "
-                         "move the intervention later or use a model with fewer components")
+def check_proper(steps: CounterfactualStep) -> None:
+    """Refuse steps whose predictive is improper: the pre-period left a state that y loads diffuse."""
+    if not bool(np.all(np.isfinite(np.asarray(steps.draw_var)))):
+        raise ValueError("the pre-period is too short to identify every component of the model (a state the "
+                         "observations load is still diffuse after it), so the counterfactual has infinite "
+                         "variance; move the intervention later or use a model with fewer components")

@@ -27,6 +27,7 @@ import pandas as pd
 from scipy.special import ndtr
 
 from ..posterior import Band, mixture_quantiles
+from .counterfactual import check_proper
 
 
 class Effect(NamedTuple):
@@ -175,9 +176,7 @@ def build_result(index: pd.Index, y: np.ndarray, n_pre: int, pre_fit: PrePeriodF
     w = w / w.sum()
     draw_mean, draw_var = np.asarray(steps.draw_mean), np.asarray(steps.draw_var)
     cum_mean, cum_var = np.asarray(steps.cum_mean), np.asarray(steps.cum_var)
-    if not (np.all(np.isfinite(draw_var)) and np.all(np.isfinite(cum_var))):
-        raise ValueError("the counterfactual is improper (a state is still diffuse after the pre-period); "
-                         "move the intervention later or simplify the model")
+    check_proper(steps)
     y_post = np.asarray(y[n_pre:], dtype=float)
     observed = np.isfinite(y_post)
     if not observed.any():
