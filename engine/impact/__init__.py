@@ -14,6 +14,8 @@ comparison can follow the post-period one observation at a time in O(1) per obse
 """
 
 from .analysis import ImpactStep, OnlineImpact, causal_impact, fit_pre_period, pre_period_fit, split_at_intervention
+from .checks import (PlaceboResult, PrePeriodCheck, RegressorBreakWarning, RegressorCheck, placebo_test,
+                     pre_period_check, regressor_check)
 from .counterfactual import Counterfactual, CounterfactualStep, init, run, step
 from .effects import Effect, ImpactResult, PrePeriodFit, report, tail_probability
 
@@ -21,4 +23,6 @@ __all__ = [
     "causal_impact", "OnlineImpact", "ImpactStep", "ImpactResult", "Effect", "PrePeriodFit",
     "Counterfactual", "CounterfactualStep", "init", "step", "run",
     "split_at_intervention", "fit_pre_period", "pre_period_fit", "report", "tail_probability",
+    "placebo_test", "PlaceboResult", "pre_period_check", "PrePeriodCheck", "regressor_check", "RegressorCheck",
+    "RegressorBreakWarning",
 ]

@@ -282,7 +282,7 @@ def fit_pre_period(spec, y_pre, x_pre, method: str, *, draws: int, chains: int, 
 
 def causal_impact(spec, y, exog=None, *, intervention, method: str = "nuts", posterior=None, draws: int = 1000,
                   chains: int = 4, warmup: int = 1000, priors=None, level: float = 0.95, seed: int = 0,
-                  config: OnlineConfig | None = None) -> ImpactResult:
+                  config: OnlineConfig | None = None, check_regressors: bool = True) -> ImpactResult:
     """The effect of an intervention on y: fit on the pre-period, predict the post-period without it.
 
     y: (time,), a pandas Series for time-based interventions; exog: the control series
@@ -297,6 +297,10 @@ def causal_impact(spec, y, exog=None, *, intervention, method: str = "nuts", pos
     uncertainty (each draw's exact Gaussian predictive, joint over the post-period: see
     `engine.impact.counterfactual`). Returns an `ImpactResult`: `.average`, `.cumulative`,
     `.relative` (each mean/lower/upper/sd), `.p_no_effect`, `.summary()`, `.table()`, `.plot()`.
+
+    check_regressors: analyse each control series at the same intervention (`checks.regressor_check`,
+    one MAP fit each) and warn (`RegressorBreakWarning`) when one looks affected; the check is kept
+    in `.regressors` and the report mentions it.
     """
     spec = as_spec(spec)
     config = as_config(spec if config is None else config)
@@ -311,4 +315,11 @@ def causal_impact(spec, y, exog=None, *, intervention, method: str = "nuts", pos
         as_param_vector(spec, theta)
     monitor = OnlineImpact(config, theta, y_pre, x_pre, level=level, index=index[:n_end], method=method)
     monitor.update_many(values[n_pre:n_end], None if x is None else x[n_pre:n_end])
-    return monitor.result()
+    result = monitor.result()
+    if check_regressors and x is not None:
+        from .checks import regressor_check
+
+        frame = pd.DataFrame(x[:n_end], index=index[:n_end], columns=list(spec.exog_columns))
+        result = result._replace(regressors=regressor_check(frame, intervention=(n_pre, n_end - 1), level=level,
+                                                            seed=seed))
+    return result

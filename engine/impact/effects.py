@@ -77,7 +77,8 @@ class ImpactResult(NamedTuple):
     draw_var: np.ndarray         # (post, draw) F_t,s
     cum_mean: np.ndarray         # (post, draw) E C_t,s
     cum_var: np.ndarray          # (post, draw) Var C_t,s
-    method: str                  # "nuts", "map" or "given"
+    method: str                  # "nuts", "map", "given" or "stream"
+    regressors: object = None    # `checks.RegressorCheck` of the control series, when made
 
     @property
     def post_index(self) -> pd.Index:
@@ -235,6 +236,8 @@ def report(res: ImpactResult, digits: int = 2) -> str:
         f"{_percent(r.mean)} ({lv} interval [{_percent(r.lower)}, {_percent(r.upper)}]).",
     ]
     p = res.p_no_effect
+    if res.regressors is not None and np.any(res.regressors.affected):
+        paras.append("Warning: " + res.regressors.message)
     if significant:
         paras.append(
             f"The {lv} interval of the effect excludes zero: the {direction} is unlikely to be chance. The "
