@@ -34,11 +34,12 @@ from .demo import DEMO_STREAMS, DemoEvent, DemoStream, Fleet, demo_stream, list_
 from .fleet import FleetCancelled, FleetResult, SeriesTable, fit_many  # noqa: E402
 from .compiled import enable_compilation_cache, trim_compiled  # noqa: E402
 from .impact import ImpactResult, OnlineImpact, causal_impact  # noqa: E402
-from . import (cluster, compiled, cores, data, demo, fleet, impact, kalman, mle, model, online, parallel,  # noqa: E402
+from .compare import ComparisonStep, ModelSet, compare_online  # noqa: E402
+from . import (cluster, compare, compiled, cores, data, demo, fleet, impact, kalman, mle, model, online, parallel,  # noqa: E402
                persist, rejuvenation, spec, stream, system, transforms)
 
-NAMESPACES = ("cluster", "compiled", "cores", "data", "demo", "fleet", "impact", "kalman", "mle", "model", "online",
-              "parallel", "persist", "rejuvenation", "spec", "stream", "system", "transforms")
+NAMESPACES = ("cluster", "compare", "compiled", "cores", "data", "demo", "fleet", "impact", "kalman", "mle", "model",
+              "online", "parallel", "persist", "rejuvenation", "spec", "stream", "system", "transforms")
 
 __all__ = [
     *NAMESPACES,
@@ -57,5 +58,5 @@ __all__ = [
     "DataError", "catalogue_entry", "list_datasets", "load_dataset", "read_table",
     "DEMO_STREAMS", "DemoEvent", "DemoStream", "Fleet", "demo_stream", "list_demo_streams", "make_fleet",
     "FleetCancelled", "FleetResult", "fit_many", "enable_compilation_cache", "trim_compiled",
-    "causal_impact", "OnlineImpact", "ImpactResult",
+    "causal_impact", "OnlineImpact", "ImpactResult", "ModelSet", "ComparisonStep", "compare_online",
 ]
