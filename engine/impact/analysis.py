@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+import scipy.special
 from jax.scipy.special import ndtr
 
-from ..model import as_param_vector
 from ..online import Bank, OnlineConfig, as_config, mixture_quantiles as _live_quantiles
 from ..online.bank import _catch_up_jit, _init_jit, _make_bank_jit
 from ..online.draws import posterior_draws
@@ -257,9 +257,8 @@ def pre_period_fit(spec, theta: np.ndarray, weights: np.ndarray, y_pre: np.ndarr
         mean[ok] = w @ mean_d[:, ok]
         lower[ok], upper[ok] = mixture_quantiles(mean_d[:, ok], var_d[:, ok], [(1 - level) / 2, (1 + level) / 2],
                                                  weights=w)
-        from scipy.special import ndtr as ndtr_np
         seen = ok & np.isfinite(y_pre)
-        pit[seen] = w @ ndtr_np((y_pre[seen] - mean_d[:, seen]) / np.sqrt(var_d[:, seen]))
+        pit[seen] = w @ scipy.special.ndtr((y_pre[seen] - mean_d[:, seen]) / np.sqrt(var_d[:, seen]))
     return PrePeriodFit(mean, lower, upper, pit)
 
 
@@ -312,7 +311,6 @@ def causal_impact(spec, y, exog=None, *, intervention, method: str = "nuts", pos
                                   priors=priors)
     else:
         theta, method = posterior_draws(spec, posterior), "given"
-        as_param_vector(spec, theta)
     monitor = OnlineImpact(config, theta, y_pre, x_pre, level=level, index=index[:n_end], method=method)
     monitor.update_many(values[n_pre:n_end], None if x is None else x[n_pre:n_end])
     result = monitor.result()
