@@ -10,6 +10,7 @@ result for the same draws.
 from __future__ import annotations
 
 import datetime as _dt
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -128,6 +129,13 @@ def _live(level: float, log_weight, s: cfk.CounterfactualStep, t) -> ImpactStep:
 _live_jit = jax.jit(_live, static_argnums=0)
 
 
+@partial(jax.jit, static_argnums=(0, 1))
+def _update_jit(config: OnlineConfig, level: float, bank: Bank, state: cfk.Counterfactual, y, x):
+    """One post-period observation: the counterfactual step and its live summary in one program."""
+    state, s = cfk.step(config, bank, state, y, x)
+    return state, s, _live(level, state.log_weight, s, state.t - 1)
+
+
 # -- the analysis --------------------------------------------------------------------------------
 class OnlineImpact:
     """The counterfactual comparison updated one post-period observation at a time, with no refit.
@@ -201,13 +209,14 @@ class OnlineImpact:
         if np.isinf(y):
             raise ValueError("y is infinite; use NaN for a missing value")
         x = self._exog(exog, 1)
-        state, s = cfk._step_jit(self.config, self.bank, self._state, np.float64(y), None if x is None else x[0])
+        state, s, live = _update_jit(self.config, self.level, self.bank, self._state, np.float64(y),
+                                     None if x is None else x[0])
         if not self._steps:   # once, so that a stream need not wait for the device each step (`result` checks all)
             cfk.check_proper(s)
         self._state = state
-        self._steps.append(jax.tree_util.tree_map(lambda a: a[None], s))
+        self._steps.append(s)   # one step's arrays (no time axis): stacked by `result`
         self._y_post.append(np.array([y]))
-        return _live_jit(self.level, self._state.log_weight, s, self._state.t - 1)
+        return live
 
     def update_many(self, ys, exog=None) -> ImpactStep:
         """Add a stretch of post-period observations in one scan; returns the live summary after the last."""
@@ -229,7 +238,10 @@ class OnlineImpact:
         """The analysis of everything seen so far: exact bands, averages, sums, p and the report."""
         if not self._steps:
             raise ValueError("no post-period observation yet: call update first")
-        steps = jax.tree_util.tree_map(lambda *a: np.concatenate([np.asarray(v) for v in a]), *self._steps)
+        # a step from `update` has no time axis, a stretch from `update_many` has one
+        pieces = [jax.tree_util.tree_map(lambda a: np.asarray(a)[None] if single else np.asarray(a), s)
+                  for s, single in ((s, np.ndim(s.y) == 0) for s in self._steps)]
+        steps = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *pieces)
         y_post = np.concatenate(self._y_post)
         y = np.concatenate([self._y_pre, y_post])
         index = self._index

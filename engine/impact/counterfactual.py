@@ -106,7 +106,6 @@ def run(config: OnlineConfig, bank: Bank, cf: Counterfactual, ys, exog=None):
     return lax.scan(body, cf, (ys, xs))
 
 
-_step_jit = jax.jit(step, static_argnums=0)
 _run_jit = jax.jit(run, static_argnums=0)
 _init_jit = jax.jit(init, static_argnums=0)
 

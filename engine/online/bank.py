@@ -283,7 +283,7 @@ def predict_step(config: OnlineConfig, bank: Bank, fs: kalman.FilterState, exog_
     conditioning on what it sees (a counterfactual: `engine.impact`). fs: dense P."""
     lay = layout(config.spec)
     z, d = _design(config.spec, bank, exog_t)
-    nan = jnp.full(d.shape, jnp.nan)
+    nan = jnp.full(d.shape, jnp.nan, dtype=jnp.float64)   # strongly typed: the next state has the types of this one
     fs, si = kalman.step(lay, bank.system, fs, nan, d, z, sqrt=config.sqrt, keep=True)
     Pz = kalman.mat_vec(si.pred_cov, z)
     var = jnp.sum(z * Pz, axis=0) + bank.system.obs_var

@@ -96,8 +96,11 @@ def test_streaming_equals_batch_for_the_same_draws():
     draws = _draws()
     batch = engine.causal_impact(LEVEL_SPEC, y, x, intervention=N_PRE, posterior=draws, check_regressors=False)
     monitor = impact.OnlineImpact(LEVEL_SPEC, draws, y[:N_PRE], x[:N_PRE])
-    for t in range(N_PRE, N_PRE + N_POST):
+    monitor.update(y[N_PRE], x[N_PRE])
+    traces = impact.analysis._update_jit._cache_size()
+    for t in range(N_PRE + 1, N_PRE + N_POST):
         live = monitor.update(y[t], x[t])
+    assert impact.analysis._update_jit._cache_size() == traces   # one compiled step serves every update
     online = monitor.result()
     for name in ("draw_mean", "draw_var", "cum_mean", "cum_var"):
         np.testing.assert_allclose(getattr(online, name), getattr(batch, name), rtol=1e-9, err_msg=name)
