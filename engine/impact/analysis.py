@@ -10,6 +10,7 @@ result for the same draws.
 from __future__ import annotations
 
 import datetime as _dt
+import warnings
 from functools import partial
 from typing import NamedTuple
 
@@ -284,9 +285,10 @@ def fit_pre_period(spec, y_pre, x_pre, method: str, *, draws: int, chains: int, 
         return posterior_draws(spec, idata), idata
     if method == "map":
         mode = fit_map(spec, y_pre, x_pre, priors=priors)
-        if not mode.converged:
-            raise ValueError(f"the MAP fit of the pre-period did not converge ({mode.message}); try method='nuts' "
-                             "or a simpler model")
+        if not mode.converged:   # often a line search that cannot improve at the optimum: flagged, not fatal
+            warnings.warn(f"the MAP fit of the pre-period stopped without the optimiser's convergence test "
+                          f"({mode.message.strip() or 'no message'}); its Laplace draws may be off. Check the fit, "
+                          "or use method='nuts'", RuntimeWarning, stacklevel=3)
         return posterior_draws(spec, mode.laplace_draws(draws, seed)), mode
     raise ValueError(f"method={method!r} is not known; use one of {METHODS}")
 
@@ -319,8 +321,10 @@ def causal_impact(spec, y, exog=None, *, intervention, method: str = "nuts", pos
     n_pre, n_end = split_at_intervention(index, intervention)
     y_pre, x_pre = values[:n_pre], None if x is None else x[:n_pre]
     if posterior is None:
-        theta, _ = fit_pre_period(spec, y_pre, x_pre, method, draws=draws, chains=chains, warmup=warmup, seed=seed,
-                                  priors=priors)
+        theta, fit = fit_pre_period(spec, y_pre, x_pre, method, draws=draws, chains=chains, warmup=warmup, seed=seed,
+                                    priors=priors)
+        if method == "map" and not fit.converged:
+            method = "map, not converged"
     else:
         theta, method = posterior_draws(spec, posterior), "given"
     monitor = OnlineImpact(config, theta, y_pre, x_pre, level=level, index=index[:n_end], method=method)
