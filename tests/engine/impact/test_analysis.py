@@ -70,7 +70,7 @@ def test_map_fit_covers_the_effect_and_finds_it():
     interval still covers the true cumulative effect at about its rate, and an effect of 5 noise
     sd per step (about 5 sd of the counterfactual sum with the true parameters) is found
     (p_no_effect < 0.05) in every seed."""
-    n_seeds, effect = 8, 5.0
+    n_seeds, effect = 6, 5.0
     covered, ps = 0, []
     for seed in range(n_seeds):
         y, x = simulate(100 + seed, effect)
