@@ -34,12 +34,14 @@ from .demo import DEMO_STREAMS, DemoEvent, DemoStream, Fleet, demo_stream, list_
 from .fleet import FleetCancelled, FleetResult, SeriesTable, fit_many  # noqa: E402
 from .compiled import enable_compilation_cache, trim_compiled  # noqa: E402
 from .nongaussian import ApproxModel, ImportanceResult  # noqa: E402
-from . import (background, cluster, compiled, cores, data, demo, fleet, hmm, kalman, mle, model,  # noqa: E402
-               nongaussian, online, parallel, persist, regimes, rejuvenation, spec, stream, system, transforms)
+from .impact import ImpactResult, OnlineImpact, causal_impact  # noqa: E402
+from .compare import ComparisonStep, ModelSet, compare_online  # noqa: E402
+from . import (background, cluster, compare, compiled, cores, data, demo, fleet, hmm, impact, kalman, mle,  # noqa: E402
+               model, nongaussian, online, parallel, persist, regimes, rejuvenation, spec, stream, system, transforms)
 
-NAMESPACES = ("background", "cluster", "compiled", "cores", "data", "demo", "fleet", "hmm", "kalman", "mle", "model",
-              "nongaussian", "online", "parallel", "persist", "regimes", "rejuvenation", "spec", "stream", "system",
-              "transforms")
+NAMESPACES = ("background", "cluster", "compare", "compiled", "cores", "data", "demo", "fleet", "hmm", "impact",
+              "kalman", "mle", "model", "nongaussian", "online", "parallel", "persist", "regimes", "rejuvenation",
+              "spec", "stream", "system", "transforms")
 
 __all__ = [
     *NAMESPACES,
@@ -58,4 +60,5 @@ __all__ = [
     "DataError", "catalogue_entry", "list_datasets", "load_dataset", "read_table",
     "DEMO_STREAMS", "DemoEvent", "DemoStream", "Fleet", "demo_stream", "list_demo_streams", "make_fleet",
     "FleetCancelled", "FleetResult", "fit_many", "enable_compilation_cache", "trim_compiled",
+    "causal_impact", "OnlineImpact", "ImpactResult", "ModelSet", "ComparisonStep", "compare_online",
 ]
