@@ -21,6 +21,9 @@ UV_INSTALL  := $(UV) pip install --python $(VPY)
 
 ADDRESS     ?= 127.0.0.1
 PORT        ?= 5006
+# the largest websocket message the server buffers: an upload arrives in 2 MB chunks (2.7 MB
+# as base64), so nothing the page sends needs more; Bokeh's default is 20 MB
+WS_MAX_BYTES ?= 4194304
 PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 # pytest-xdist: tests run on TEST_WORKERS processes (0: in this one), a module's tests on one of
@@ -68,6 +71,7 @@ $(VENV)/.installed-serve: pyproject.toml | $(UV)
 
 $(VENV)/.installed-test: pyproject.toml | $(UV)
 	$(UV_INSTALL) -e ".[test]"
+	$(UV_INSTALL) --no-deps "particles>=0.4"   # its numpy<2 pin conflicts with jax; it runs on numpy 2
 	@touch $@
 
 $(VENV)/.installed-bench: pyproject.toml | $(UV)
@@ -85,6 +89,7 @@ venv-bench: $(VENV)/.installed-bench
 # app/app_hooks.py for server start/stop) under the route /app.
 serve: $(VENV)/.installed-serve
 	$(VENV)/bin/panel serve app --address $(ADDRESS) --port $(PORT) \
+		--websocket-max-message-size=$(WS_MAX_BYTES) \
 		--allow-websocket-origin=$(ADDRESS):$(PORT) \
 		--allow-websocket-origin=localhost:$(PORT)
 

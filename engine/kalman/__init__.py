@@ -32,6 +32,7 @@ fuses the whole update into a few elementwise loops over the batch:
 | `run`                      | scan     | per step or chunk   | dense or Cholesky     | scan | its path's           |
 | `run_chunked`              | scan     | per chunk           | dense or Cholesky     | scan | hand-written (dense) |
 | `mean_pass`                | scan     | gains given         | none: shared K_t, F_t | scan | autodiff             |
+| `smooth_full`              | smoother | backward pass       | dense                 | scan | autodiff             |
 | `smooth_one`               | smoother | backward pass       | dense                 | scan | autodiff             |
 
 `observe` and `predict` are the halves of `full_step`; `diffuse_scan_custom_jvp` falls back to
@@ -49,7 +50,9 @@ When each is chosen:
   prefix and `standard_step_fused` after it. The parallel filter (`engine.parallel`) runs `run`
   over the diffuse prefix and vectorises `observe` over time after it.
 * `mean_pass` serves many series that share one system and one missing-data pattern (the
-  gains of one member's kept `run`); `smooth_one` smooths one member's kept `run`.
+  gains of one member's kept `run`); `smooth_full` smooths one member's kept `run`: states,
+  disturbances and the r/N recursions from one backward pass (`smooth_one`: the states alone;
+  `disturbances`: the smoothed disturbances from r, N and the gains).
 
 Modules: `state` (FilterState, StepInfo, Phase, StepKind, init, phase_of, tolerances), `ops`
 (batch-last algebra), `steps`, `packed`, `tangents`, `scan`, `smoother`.
@@ -59,7 +62,7 @@ from .ops import (dense_cov, design_states, factor_psd, mat_vec, mat_z, outer, r
                   symmetrize, tria, tria_batch_last, z_dot)
 from .packed import pack, packed_entry, packed_mat_z, packed_pairs, standard_step_packed, unpack
 from .scan import CHUNK_STEPS, mean_pass, run, run_chunked
-from .smoother import SmoothResult, smooth_one
+from .smoother import SmootherOutput, SmoothResult, disturbances, smooth_full, smooth_one
 from .state import (LOG_2PI, TOL_DIFFUSE, TOL_STEADY, FilterState, Phase, StepInfo, StepKind, batch_last, converged,
                     init, phase_of)
 from .steps import (diffuse_scan, full_step, observe, predict, scalar_observe, standard_scan, standard_step_fused,
@@ -67,11 +70,11 @@ from .steps import (diffuse_scan, full_step, observe, predict, scalar_observe, s
 from .tangents import diffuse_scan_custom_jvp, standard_scan_custom_jvp
 
 __all__ = [
-    "FilterState", "StepInfo", "Phase", "StepKind", "SmoothResult", "TOL_DIFFUSE", "TOL_STEADY", "LOG_2PI",
+    "FilterState", "StepInfo", "Phase", "StepKind", "SmoothResult", "SmootherOutput", "TOL_DIFFUSE", "TOL_STEADY", "LOG_2PI",
     "CHUNK_STEPS", "batch_last", "init", "phase_of", "converged",
     "step", "full_step", "observe", "predict", "steady_step", "scalar_observe", "standard_step_fused",
     "standard_step_packed", "diffuse_scan", "diffuse_scan_custom_jvp", "standard_scan", "standard_scan_custom_jvp",
-    "steady_scan", "run", "run_chunked", "mean_pass", "smooth_one",
+    "steady_scan", "run", "run_chunked", "mean_pass", "smooth_full", "smooth_one", "disturbances",
     "pack", "unpack", "packed_pairs", "packed_entry", "packed_mat_z",
     "tria", "tria_batch_last", "safe_sqrt", "factor_psd", "mat_vec", "outer", "symmetrize", "dense_cov", "z_dot",
     "mat_z", "rows_apply", "design_states", "rows_z_dot",

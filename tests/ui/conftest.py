@@ -34,7 +34,8 @@ CHROMIUM_ARGS = [
 ]
 # `panel serve app` serves the directory-format app under /<dirname>.
 APP_ROUTE = "/app"
-SERVER_START_TIMEOUT_S = 120.0
+SERVER_START_TIMEOUT_S = 360.0   # a busy 2-core machine imports the app and renders its first page slowly
+FIRST_PAGE_TIMEOUT_S = 60.0      # one request for the page while it starts (each session builds every tab)
 # How long a server's Ray driver keeps trying to reach a Ray it has lost before it ends its
 # process (Ray's gcs_rpc_server_reconnect_timeout_s): Ray's default, and the test server's,
 # shorter, so that a test of what the server does after that grace period waits seconds, not minutes.
@@ -116,7 +117,7 @@ def serve_app(log_path: Path, warm_up: bool = False, ray_reconnect_s: int = RAY_
                     f"command: {' '.join(cmd)}\n--- server output ---\n{_read_tail(log_path)}"
                 )
             try:
-                with urllib.request.urlopen(url, timeout=10) as resp:
+                with urllib.request.urlopen(url, timeout=FIRST_PAGE_TIMEOUT_S) as resp:
                     if resp.status == 200:
                         break
             except urllib.error.HTTPError as exc:
