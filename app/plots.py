@@ -148,5 +148,5 @@ def auxiliary_plot(index, residuals: dict[str, np.ndarray], n_named: int = 8) ->
             panel = panel * hv.Labels((x[top[on]], values[top[on]], names[on]), ["time", dim], "date").opts(
                 text_font_size="8pt", yoffset=0.4 * side, text_color="#c0392b")
         title = f"{name}: auxiliary residuals, {len(outside)} beyond ±1.96"
-        panels.append(panel.opts(title=title, ylabel=dim, legend_position="right", **_OPTS))
+        panels.append(panel.opts(title=title, ylabel=dim, legend_position="right", padding=(0.02, 0.2), **_OPTS))  # room for the names
     return hv.Layout(panels).cols(1).opts(shared_axes=False)
