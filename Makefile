@@ -1,7 +1,7 @@
 # StreamSSM developer tasks.
 #
 #   make serve        - run the Panel app on http://$(ADDRESS):$(PORT)/app
-#   make test         - install test extras + Debian Chromium, run pytest (25 slowest tests listed)
+#   make test         - install test extras + Debian Chromium, run pytest on 2 CPUs (25 slowest tests listed)
 #   make test-fast    - engine and app unit tests only (no browser, notebooks or Ray)
 #   make walkthrough  - drive every tab of the served app as a new user, one PNG per step
 #   make bench        - install bench extras, run every bench/*.py in order
@@ -21,7 +21,14 @@ UV_INSTALL  := $(UV) pip install --python $(VPY)
 
 ADDRESS     ?= 127.0.0.1
 PORT        ?= 5006
+# the largest websocket message the server buffers: an upload arrives in 2 MB chunks (2.7 MB
+# as base64), so nothing the page sends needs more; Bokeh's default is 20 MB
+WS_MAX_BYTES ?= 4194304
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
+# pytest-xdist: tests run on TEST_WORKERS processes (0: in this one), a module's tests on one of
+# them, the browser tests all on one, the longest groups first (tests/conftest.py groups and orders them).
+PARALLEL    := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 RAY_TESTS   := tests/engine/test_cluster.py
 DURATIONS   := --durations=25
 WALKTHROUGH_ARGS ?=
@@ -40,7 +47,7 @@ help:
 	@echo "Targets:"
 	@echo "  make venv         create .venv and install the package with test extras"
 	@echo "  make serve        serve the app on http://$(ADDRESS):$(PORT)/app  (PORT=, ADDRESS= to override)"
-	@echo "  make test         run the whole test suite and list the 25 slowest tests"
+	@echo "  make test         run the whole test suite on TEST_WORKERS=2 processes and list the 25 slowest tests"
 	@echo "                    (installs Debian chromium if missing; PYTEST_ARGS=...)"
 	@echo "  make test-fast    engine and app unit tests: no browser, notebook or Ray tests (PYTEST_ARGS=...)"
 	@echo "  make walkthrough  serve the app, drive every tab in headless chromium as a new user would,"
@@ -64,6 +71,7 @@ $(VENV)/.installed-serve: pyproject.toml | $(UV)
 
 $(VENV)/.installed-test: pyproject.toml | $(UV)
 	$(UV_INSTALL) -e ".[test]"
+	$(UV_INSTALL) --no-deps "particles>=0.4"   # its numpy<2 pin conflicts with jax; it runs on numpy 2
 	@touch $@
 
 $(VENV)/.installed-bench: pyproject.toml | $(UV)
@@ -81,6 +89,7 @@ venv-bench: $(VENV)/.installed-bench
 # app/app_hooks.py for server start/stop) under the route /app.
 serve: $(VENV)/.installed-serve
 	$(VENV)/bin/panel serve app --address $(ADDRESS) --port $(PORT) \
+		--websocket-max-message-size=$(WS_MAX_BYTES) \
 		--allow-websocket-origin=$(ADDRESS):$(PORT) \
 		--allow-websocket-origin=localhost:$(PORT)
 
@@ -100,13 +109,13 @@ chromium:
 # driver keeps native threads after ray.shutdown() that must not share a process with
 # the rest of the suite. Exit status 5 ("no tests selected") is not a failure.
 test: $(VENV)/.installed-test chromium
-	$(VPY) -m pytest --ignore=$(RAY_TESTS) $(DURATIONS) $(PYTEST_ARGS)
+	$(VPY) -m pytest $(PARALLEL) --ignore=$(RAY_TESTS) $(DURATIONS) $(PYTEST_ARGS)
 	$(VPY) -m pytest $(RAY_TESTS) $(DURATIONS) $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # The inner loop: the engine's and the app's own tests, without the headless browser, the
 # notebooks or a Ray cluster.
 test-fast: $(VENV)/.installed-test
-	$(VPY) -m pytest tests/engine tests/app --ignore=$(RAY_TESTS) -m "not browser and not ray" $(PYTEST_ARGS)
+	$(VPY) -m pytest $(PARALLEL) tests/engine tests/app --ignore=$(RAY_TESTS) -m "not browser and not ray" $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-bench
 	@if [ -z "$(BENCH_SCRIPTS)" ]; then echo "bench: no bench/*.py scripts yet"; fi

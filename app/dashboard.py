@@ -26,7 +26,10 @@ if log.level == logging.NOTSET:
     log.setLevel(logging.INFO)
 
 TITLE = "StreamSSM"
-INTRO = "Bayesian structural time series on live data: pick data, build a model, fit it, learn how the filter works."
+INTRO = ("Bayesian structural time series on live data: pick data, build a model, fit it, learn how the filter "
+         "works. **Stream** replays the rest of a series (or a demo stream) through the fitted model live, with "
+         "one-step forecasts, anomalies and drift alarms. **Fleet** fits one model to many series at once, here or "
+         "on a Ray cluster, and flags the series that need a look.")
 
 
 class App(pn.viewable.Viewer):

@@ -8,9 +8,13 @@ import panel as pn
 
 pn.extension("tabulator")  # the Fleet tab's results table
 
+from app.admission import SESSIONS, admit_document  # noqa: E402
 from app.app_hooks import serve_stylesheets_locally  # noqa: E402
 from app.dashboard import session_app  # noqa: E402
 
 serve_stylesheets_locally(pn.state.curdoc)
 
-session_app().page().servable()
+if admit_document(pn.state.curdoc):
+    session_app().page().servable()
+else:   # over the server's cap on sessions: a one-line page, no dashboard built
+    pn.pane.Alert(SESSIONS.message(), alert_type="warning").servable()

@@ -14,6 +14,14 @@ BAND_PROB = 0.95
 BAND_Z = 1.959963984540054   # the standard normal's 97.5% quantile
 BAND_LABEL = "95% interval"  # how every band is named on the page
 _OPTS = dict(responsive=True, height=260, show_grid=True, tools=["hover"])
+STACKED = dict(padding=(0, 0.05))   # stacked panels over the same time span: no x padding, so their time axes line up
+
+
+def time_label(time) -> str:
+    """A step's time as the data give it: a date without a clock when the clock reads midnight."""
+    if isinstance(time, pd.Timestamp) and time == time.normalize():
+        return time.strftime("%Y-%m-%d")
+    return str(time)
 
 
 def series_plot(index: pd.Index, y: np.ndarray, label: str) -> hv.Curve:
@@ -37,7 +45,7 @@ def component_panel(x, mean, lower, upper, name: str, color: str, title: str, y=
                                                                                 label=name).opts(color=color)
     if y is not None:
         out = hv.Scatter((x, y), "time", name, label="observed").opts(color="black", size=3) * out
-    return out.opts(title=title, ylabel=name, legend_position="right", **_OPTS)
+    return out.opts(title=title, ylabel=name, legend_position="right", **_OPTS, **STACKED)
 
 
 def decomposition_plot(index: pd.Index, y: np.ndarray, label: str,
@@ -53,7 +61,7 @@ def decomposition_plot(index: pd.Index, y: np.ndarray, label: str,
         top = (top * band_area(x, mean - BAND_Z * sd, mean + BAND_Z * sd, label, color="#e07b39", alpha=0.25)
                * hv.Curve((x, mean), "time", label, label="level (smoothed)").opts(color="#e07b39"))
     panels.append(top.opts(title=f"{label}: observed and smoothed level ({BAND_LABEL})", ylabel=label, **_OPTS,
-                           legend_position="right"))
+                           **STACKED, legend_position="right"))
     for name, (mean, sd) in components.items():
         if name == "level":
             continue
@@ -105,3 +113,40 @@ def learn_plot(index: pd.Index, y: np.ndarray, label: str, t: int, predicted: fl
         out = out * hv.Scatter([(x[t], filtered_level)], "time", label, label="posterior level").opts(
             color="#2a7ab0", size=9, marker="square")
     return out.opts(**_OPTS, legend_position="right", title=f"step t = {t}")
+
+
+def beyond_band(index, values: np.ndarray, limit: float = BAND_Z) -> list[tuple[int, str, float]]:
+    """The points of a standardised residual series outside ±`limit`, as (position, time label,
+    value), the largest in size first (NaN, where a residual is not defined, is never outside)."""
+    values = np.asarray(values, dtype=float)
+    out = np.flatnonzero(np.abs(np.nan_to_num(values)) > limit)
+    out = out[np.argsort(-np.abs(values[out]), kind="stable")]
+    times = pd.Index(index)
+    return [(int(i), time_label(times[i]), float(values[i])) for i in out]
+
+
+def auxiliary_plot(index, residuals: dict[str, np.ndarray], n_named: int = 8) -> hv.Layout:
+    """The auxiliary residuals (standardised smoothed disturbances, N(0, 1) where the model holds)
+    over time, one panel per disturbance: `irregular` shows outliers, `level` and `trend` (the
+    slope) level shifts and slope changes. Lines at ±1.96; the points beyond them are red and the
+    `n_named` largest are named by their date."""
+    x = np.asarray(index)
+    panels = []
+    for name, values in residuals.items():
+        values = np.asarray(values, dtype=float)
+        dim = f"{name} residual"
+        ok = np.isfinite(values)
+        outside = beyond_band(index, values)
+        at = np.array([i for i, _, _ in outside], dtype=int)
+        line = dict(color="#c0392b", line_dash="dashed", line_width=1)
+        lines = hv.HLine(BAND_Z).opts(**line) * hv.HLine(-BAND_Z).opts(**line)
+        panel = (hv.Scatter((x[ok], values[ok]), "time", dim).opts(color="#1f4e79", size=3) * lines
+                 * hv.Scatter((x[at], values[at]), "time", dim, label="beyond ±1.96").opts(color="#c0392b", size=6))
+        top, names = at[:n_named], np.array([t for _, t, _ in outside[:n_named]], dtype=object)
+        for side in (1.0, -1.0):   # the names above the points on top, below those underneath
+            on = np.sign(values[top]) == side
+            panel = panel * hv.Labels((x[top[on]], values[top[on]], names[on]), ["time", dim], "date").opts(
+                text_font_size="8pt", yoffset=0.4 * side, text_color="#c0392b")
+        title = f"{name}: auxiliary residuals, {len(outside)} beyond ±1.96"
+        panels.append(panel.opts(title=title, ylabel=dim, legend_position="right", padding=(0.02, 0.2), **_OPTS))  # room for the names
+    return hv.Layout(panels).cols(1).opts(shared_axes=False)

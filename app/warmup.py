@@ -6,7 +6,7 @@ depend only on the model and the series' length, so fitting each shipped dataset
 model once, exactly as the Fit tab would (the same data through `DataModel`, the same spec
 through `SpecModel`), leaves them in this process's caches for every later session and in the
 on-disk compilation cache for the next server start. The work runs in one low-priority daemon
-thread that stops between datasets when asked; a visitor's fit never waits for it.
+thread that stops between datasets when asked (and when the process ends); a visitor's fit never waits for it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import threading
 import time
 import warnings
 from typing import Sequence
+
+from engine import background
 
 log = logging.getLogger("streamssm.app")
 
@@ -49,7 +51,8 @@ def warm_quick_fits(datasets: Sequence[str] | None = None, *, forecast: bool = T
                 raise ValueError(data.error or f"the suggested model of {name} is not valid")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")   # the fit's cautions are for the visitor who fits it
-                fit = quick_fit(spec, data.y, data.exog_frame)
+                fit = quick_fit(spec, data.y, data.exog_frame,
+                                forecast_steps=ForecastModel.param.steps.default if forecast else None)
                 if forecast and spec.regression is None:
                     forecast_bands(spec, dict(fit.params), data.y, ForecastModel.param.steps.default,
                                    data.index, "warm-up")
@@ -76,6 +79,7 @@ def start_warmup(datasets: Sequence[str] | None = None, *, niceness: int = 10,
             pass
         warm_quick_fits(datasets, forecast=forecast, stop=stop)
 
-    thread = threading.Thread(target=run, name="streamssm-warmup", daemon=True)
-    thread.start()
+    # the engine's exit hook sets `stop` and waits for the dataset in hand, so that a server
+    # stopped mid-compile does not tear the interpreter down under XLA
+    thread = background.start_thread(run, name="streamssm-warmup", stop=stop.set)
     return thread, stop

@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any, Callable
 
+from engine import FitCancelled
 from engine.compiled import using_compiled
 
 log = logging.getLogger("streamssm.app")
@@ -95,8 +96,12 @@ class SessionWorker:
         try:   # the process trims compiled programs between jobs, never under this one (engine.compiled)
             with using_compiled():
                 result = job(*args)
-        except Exception as exc:  # the job failed: report it in the page, never as a traceback
-            log.info("session %s: job failed: %s", self.session_id, exc)
+        except Exception as exc:  # the job failed or was cancelled: report it in the page, never as a traceback
+            if isinstance(exc, FitCancelled):
+                log.info("session %s: job cancelled%s: %s", self.session_id,
+                         " (the session closed)" if self._closed else "", exc)
+            else:
+                log.info("session %s: job failed: %s", self.session_id, exc)
             if not self._closed:
                 self._dispatch(partial(on_error, exc))
             raise

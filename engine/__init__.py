@@ -33,18 +33,22 @@ from .data import DataError, catalogue_entry, list_datasets, load_dataset, read_
 from .demo import DEMO_STREAMS, DemoEvent, DemoStream, Fleet, demo_stream, list_demo_streams, make_fleet  # noqa: E402
 from .fleet import FleetCancelled, FleetResult, SeriesTable, fit_many  # noqa: E402
 from .compiled import enable_compilation_cache, trim_compiled  # noqa: E402
-from . import (cluster, compiled, cores, data, demo, fleet, kalman, mle, model, online, parallel,  # noqa: E402
-               persist, rejuvenation, spec, stream, system, transforms)
+from .nongaussian import ApproxModel, ImportanceResult  # noqa: E402
+from .impact import ImpactResult, OnlineImpact, causal_impact  # noqa: E402
+from .compare import ComparisonStep, ModelSet, compare_online  # noqa: E402
+from . import (background, cluster, compare, compiled, cores, data, demo, fleet, hmm, impact, kalman, mle,  # noqa: E402
+               model, nongaussian, online, parallel, persist, regimes, rejuvenation, spec, stream, system, transforms)
 
-NAMESPACES = ("cluster", "compiled", "cores", "data", "demo", "fleet", "kalman", "mle", "model", "online",
-              "parallel", "persist", "rejuvenation", "spec", "stream", "system", "transforms")
+NAMESPACES = ("background", "cluster", "compare", "compiled", "cores", "data", "demo", "fleet", "hmm", "impact",
+              "kalman", "mle", "model", "nongaussian", "online", "parallel", "persist", "regimes", "rejuvenation",
+              "spec", "stream", "system", "transforms")
 
 __all__ = [
     *NAMESPACES,
     "ModelSpec", "SpecificationWarning", "TREND_KINDS", "param_names", "System", "build_system", "layout",
     "check_finite", "ComponentSelector", "component_selectors", "SeriesTable",
     "DiffuseConditioningWarning", "diffuse_conditioning", "FilterResult", "Forecast", "SmoothedComponents",
-    "filter_series", "forecast", "loglik",
+    "filter_series", "forecast", "loglik", "ApproxModel", "ImportanceResult",
     "loglik_many", "loglik_terms", "simulate", "smooth",
     "Bank", "Belief", "OnlineConfig", "RejuvenationConfig", "OnlineFilter", "OnlineForecast", "OnlineInfo", "component_names",
     "make_bank", "posterior_draws", "online_init", "online_step", "online_step_many", "online_catch_up",
@@ -56,4 +60,5 @@ __all__ = [
     "DataError", "catalogue_entry", "list_datasets", "load_dataset", "read_table",
     "DEMO_STREAMS", "DemoEvent", "DemoStream", "Fleet", "demo_stream", "list_demo_streams", "make_fleet",
     "FleetCancelled", "FleetResult", "fit_many", "enable_compilation_cache", "trim_compiled",
+    "causal_impact", "OnlineImpact", "ImpactResult", "ModelSet", "ComparisonStep", "compare_online",
 ]

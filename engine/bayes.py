@@ -29,7 +29,7 @@ from numpyro.distributions import biject_to
 from numpyro.infer.hmc import hmc
 from numpyro.infer.util import ParamInfo, potential_energy
 
-from . import kalman
+from . import background, kalman, regimes
 from .compiled import on_trim
 from .cores import usable_cores
 from .model import as_param_vector, batch_systems, prepare_fit
@@ -48,8 +48,11 @@ class FitCancelled(RuntimeError):
 # --------------------------------------------------------------------------- the model
 
 def _loglik_terms_batch(spec: ModelSpec, pvec, y, x):
-    """Pointwise log-likelihoods (time, batch) of y (time,) under parameters pvec (batch, k)."""
+    """Pointwise log-likelihoods (time, batch) of y (time,) under parameters pvec (batch, k); the
+    collapsed switching filter's (`engine.regimes`) for a spec with regimes."""
     n = pvec.shape[0]
+    if spec.regimes:
+        return regimes.loglik_terms_batch(spec, pvec, jnp.broadcast_to(y[:, None], (y.shape[0], n)), x)
     _, ll = kalman.run(layout(spec), batch_systems(spec, pvec, x), jnp.broadcast_to(y[:, None], (y.shape[0], n)))
     return ll
 
@@ -294,6 +297,13 @@ def _neg_logp_and_grad(spec, families, z, args):
     return jax.value_and_grad(_vector_potential(spec, families, args))(z)
 
 
+@partial(jax.jit, static_argnames=("spec", "families"))
+def _neg_logp_hessian(spec, families, z, args):
+    """The Hessian of −log p at z, compiled (run eagerly, its filter scans are dispatched op by
+    op: about 20 s a call on a busy 2-core machine against milliseconds compiled)."""
+    return jax.hessian(_vector_potential(spec, families, args))(z)
+
+
 def fit_map(spec, y, exog=None, *, priors: Mapping | None = None, start=None, maxiter: int = 500) -> MAPResult:
     """MAP fit (log-likelihood plus log prior) by L-BFGS, with a Laplace approximation.
 
@@ -330,7 +340,7 @@ def fit_map(spec, y, exog=None, *, priors: Mapping | None = None, start=None, ma
         if best is None or res.fun < best.fun:
             best = res
     z = jnp.asarray(best.x)
-    hess = np.asarray(jax.hessian(_vector_potential(spec, prob.families, args))(z))
+    hess = np.asarray(_neg_logp_hessian(spec, prob.families, z, args))
     try:
         z_cov = np.linalg.inv(hess)
         np.linalg.cholesky(z_cov)
@@ -457,6 +467,20 @@ def _chain_keys(seed: int, chains: int) -> np.ndarray:
     return np.random.default_rng([seed, 1]).integers(0, 2**32, (chains, 2), dtype=np.uint32)
 
 
+def check_sampler_settings(*, chains, warmup, draws, target_accept=0.8, max_tree_depth=10) -> None:
+    """ValueError naming the first NUTS setting outside its range, before any work is done."""
+    def whole(name, value, least):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"{name} must be a whole number ≥ {least}, got {value!r}")
+
+    whole("chains", chains, 1)
+    whole("warmup", warmup, 0)
+    whole("draws", draws, 1)
+    whole("max_tree_depth", max_tree_depth, 1)
+    if not 0 < float(target_accept) < 1:
+        raise ValueError(f"target_accept must be in (0, 1), got {target_accept!r}")
+
+
 def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: int = 1000, seed: int = 0,
              priors: Mapping | None = None, progress: Callable[[int, int, int], None] | None = None,
              cancel=None, target_accept: float = 0.8, max_tree_depth: int = 10, dense_mass: bool = False,
@@ -475,6 +499,8 @@ def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: 
     """
     import arviz as az
 
+    check_sampler_settings(chains=chains, warmup=warmup, draws=draws, target_accept=target_accept,
+                           max_tree_depth=max_tree_depth)
     prob = make_problem(spec, y, exog, priors)
     spec, args = prob.spec, prob.args
     shapes = _shapes(prob.y, prob.x)
@@ -487,7 +513,8 @@ def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: 
     keys = _chain_keys(seed, chains)
     chain_starts = [{n: jnp.asarray(starts[i, c]) for i, n in enumerate(sites)} for c in range(chains)]
 
-    with ThreadPoolExecutor(max(2, min(chains, usable_cores())), thread_name_prefix="nuts") as pool:
+    with background.job("fit_nuts", cancel) as cancel, \
+            ThreadPoolExecutor(max(2, min(chains, usable_cores())), thread_name_prefix="nuts") as pool:
         # Two programs compile at once, on two threads (XLA releases the interpreter lock): the
         # sampling chunk, which needs only the shape of a chain's state, and the pointwise
         # log-likelihood, which the fit needs at the end and which first gives the likelihood

@@ -9,8 +9,8 @@ in the batch's place, so only that batch's series fail.
 
 A Ray connection is process-wide: it belongs to the process, not to a job or to the thread
 that happened to need it first. A local Ray is started once, by the first job that needs it,
-and stopped only by `shutdown` (a server's unload hook) or at exit; a job only cancels its own
-tasks. Ray starts a local cluster's GCS server and raylet with a parent-death signal, and on
+and stopped only by `shutdown` (a server's unload hook) or at exit (by the exit hook of
+`engine.background`, once every job has ended); a job only cancels its own tasks. Ray starts a local cluster's GCS server and raylet with a parent-death signal, and on
 Linux the "parent" is the thread that started them, not the process: started from a job's
 thread (a browser session's worker, ended with its session), the cluster was killed with that
 thread, and a minute later the process's own Ray client gave up and ended the whole process.
@@ -21,7 +21,6 @@ Ray at a time), never allowed to disconnect the first.
 
 from __future__ import annotations
 
-import atexit
 import os
 import queue
 import socket
@@ -30,6 +29,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
+from .background import shutting_down, start_thread
 from .bayes import FitCancelled
 from .compiled import enable_compilation_cache, using_compiled
 
@@ -53,8 +53,9 @@ _state: dict[str, Any] = {"started_here": False, "address": None, "jobs": 0}
 class _Owner:
     """The thread that starts and stops Ray for this process, alive until the process ends.
 
-    A daemon, so it outlives every job and session and is still there when the exit handler
-    stops Ray (non-daemon threads are joined before exit handlers run)."""
+    A daemon that outlives every job and session. The process's exit hook (`engine.background`)
+    stops it after every job has ended: it disconnects (stopping a local Ray it started) and
+    ends."""
 
     def __init__(self):
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
@@ -67,15 +68,22 @@ class _Owner:
             return fn()
         with self._start:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._serve, name="ray-owner", daemon=True)
-                self._thread.start()
+                self._thread = start_thread(self._serve, name="ray-owner", stop=self._stop, last=True)
         done: Future = Future()
         self._calls.put((fn, done))
         return done.result()
 
+    def _stop(self) -> None:
+        """Disconnect after the calls queued so far, then end the thread (does not wait)."""
+        self._calls.put(None)
+
     def _serve(self) -> None:
         while True:
-            fn, done = self._calls.get()
+            item = self._calls.get()
+            if item is None:
+                _disconnect()
+                return
+            fn, done = item
             try:
                 done.set_result(fn())
             except BaseException as err:   # handed to the caller, whatever it is
@@ -214,7 +222,7 @@ def shutdown() -> None:
     joined keeps running. For the process's end (a server's unload hook, the exit handler):
     a job that still runs on it fails."""
     with _lock:
-        if _state["address"] is not None:
+        if _state["address"] is not None and not shutting_down():   # at exit, the owner thread disconnects
             _OWNER.call(_disconnect)
 
 
@@ -224,9 +232,6 @@ def _disconnect() -> None:
     if ray.is_initialized():
         ray.shutdown()
     _state.update(started_here=False, address=None)
-
-
-atexit.register(shutdown)
 
 
 @contextmanager

@@ -28,7 +28,7 @@ from .system import diffuse_states, layout
 from .transforms import constrain, scales, unconstrain
 
 __all__ = [
-    "MLEResult", "FORWARD_MODE_MAX_PARAMS", "start_points", "start_params", "fit_mle",
+    "MLEResult", "FORWARD_MODE_MAX_PARAMS", "start_points", "start_params", "fit_mle", "find_jump",
 ]
 
 
@@ -97,6 +97,8 @@ def _evaluate(spec: ModelSpec, u, y, x, scale_vec, filter: str = "auto"):
 STATIONARY_GRAD = 1e-6   # max |∂(−loglik/T)/∂u| that counts as a stationary point
 BOUNDARY = 1e-5          # a variance below this × its data scale (`scales`) is estimated at 0
 FD_STEP = 1e-5           # relative step of the central differences for the observed information
+JUMP_NATS = 0.1          # a change of ℓ this much beyond what its slope predicts, over a small step, is a jump
+JUMP_STEPS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)   # unconstrained steps searched for a jump, nearest first
 
 
 def start_points(spec: ModelSpec) -> np.ndarray:
@@ -106,6 +108,11 @@ def start_points(spec: ModelSpec) -> np.ndarray:
     base = np.zeros(len(names))
     if "damping.cycle" in names:
         base[names.index("damping.cycle")] = 2.0  # ρ ≈ 0.88
+    for i, n in enumerate(names):   # switching regimes (engine.regimes): rare, and well above the noise
+        if n.startswith("prob."):
+            base[i] = np.log(0.01 / 0.99)
+        elif n.startswith("scale."):
+            base[i] = np.log(25.0)
     points = [base]
     if len(var_idx) <= 4:
         for levels in product((0.0, -4.0), repeat=len(var_idx)):
@@ -149,6 +156,45 @@ def _optimiser_verdict(res: scipy.optimize.OptimizeResult, maxiter: int) -> tupl
     reason = reported.removeprefix("ABNORMAL:").strip().rstrip(".")
     return False, (f"the line search found no better point after {res.nit} iterations (L-BFGS-B: "
                    f"{reason or 'ABNORMAL, no reason given'}); {where}")
+
+
+def find_jump(f: Callable[[np.ndarray], float], u: np.ndarray, grad: np.ndarray, n_time: int,
+              steps=JUMP_STEPS) -> tuple[int, float, float] | None:
+    """(parameter index, step, change of ℓ) of a discontinuity of the objective f = −ℓ/T next to
+    u along a coordinate (the steepest coordinates first, the nearest step first), or None where
+    f is smooth within the largest step.
+
+    A step du along coordinate i changes ℓ by −T (f(u + du eᵢ) − f(u)); a smooth ℓ changes by
+    about −T gᵢ du. A difference of more than JUMP_NATS is a jump (a line search stalls on one).
+    """
+    f0 = f(u)
+    for i in np.argsort(-np.abs(grad), kind="stable"):   # a line search stalls along its steepest coordinates
+        for h in steps:
+            for du in (h, -h):
+                at = np.array(u, dtype=float)
+                at[i] += du
+                change = -(f(at) - f0) * n_time
+                if np.isfinite(change) and abs(change + grad[i] * du * n_time) > JUMP_NATS:
+                    return int(i), du, change
+    return None
+
+
+def _jump_message(spec: ModelSpec, names: list[str], u: np.ndarray, jump: tuple[int, float, float],
+                  to_params: Callable[[np.ndarray], np.ndarray]) -> str:
+    """Why the optimiser stopped at a jump of the log-likelihood, and what to do about it."""
+    i, du, change = jump
+    at = np.array(u, dtype=float)
+    at[i] += du
+    here, there = float(to_params(u)[i]), float(to_params(at)[i])
+    text = (f"the log-likelihood jumps by {change:+.3g} between {names[i]} = {here:.6g} and {there:.6g}: its "
+            f"largest value here sits on that jump, not at a stationary point. The exact diffuse start ends when "
+            f"the diffuse variance P∞ falls below its tolerance (statsmodels' recursion too)")
+    if spec.cycle is not None and spec.cycle.damped:
+        text += (", and the damped cycle's diffuse states decay by the damping at every step, so the step where "
+                 "it ends moves with the parameters. A damping near 0 makes the cycle white noise, like the "
+                 "irregular: these data hardly identify the cycle; a simpler model (no cycle, or no irregular) "
+                 "fits without the jump")
+    return text + "."
 
 
 def _observed_information(evaluate: Callable, spec: ModelSpec, params: np.ndarray, scale: dict[str, float],
@@ -283,8 +329,15 @@ def fit_mle(spec, y, exog=None, *, start=None, maxiter: int = 500, n_starts: int
         if best is None or res.fun < best.fun:
             best = res
     converged, message = _optimiser_verdict(best, maxiter)
+    jump = None
+    if not converged and best.status == 2:   # a line search stalls at a jump, or on curvature it misjudged
+        say("optimising: looking for a jump of the likelihood where the line search stalled")
+        jump = find_jump(lambda u: fun(u)[0], best.x, best.jac, int(y.shape[0]))
+        if jump is not None:
+            message = _jump_message(spec, names, best.x, jump,
+                                    lambda u: np.asarray(evaluate(u)[2], dtype=float))
     for _ in range(2):   # a stalled line search often resumes from a fresh curvature estimate
-        if converged or best.status != 2:
+        if converged or best.status != 2 or jump is not None:
             break
         say("optimising: restarting the stalled line search")
         res = scipy.optimize.minimize(fun, best.x, jac=True, method="L-BFGS-B", options=options)

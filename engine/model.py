@@ -18,15 +18,18 @@ import numpy as np
 from . import augmented as _augmented
 from . import kalman
 from . import parallel as _parallel
+from . import regimes as _regimes
 from .components import ComponentSelector, component_selectors
-from .spec import ModelSpec, as_spec, param_names
+from .domains import check_params
+from .spec import ModelSpec, as_spec, param_names, require_gaussian
 from .system import (System, build_system, check_exog, check_finite, diffuse_states, layout, params_from_vector,
                      params_to_vector)
 
 __all__ = [
     "FILTERS", "as_param_vector", "as_series", "batch_systems", "filter_batch", "prepare_inputs",
-    "prepare_fit", "loglik_terms", "loglik", "loglik_many", "FilterResult", "filter_series",
+    "prepare_fit", "FIT_SCALE", "check_fit_scale", "loglik_terms", "loglik", "loglik_many", "FilterResult", "filter_series",
     "DiffuseConditioningWarning", "diffuse_conditioning", "SmoothedComponents", "smooth", "smooth_prepared",
+    "standardised",
     "Forecast", "extend_for_forecast", "forecast", "simulate",
 ]
 
@@ -83,24 +86,40 @@ def batch_systems(spec: ModelSpec, pvec: jnp.ndarray, exog) -> System:
 
 @partial(jax.jit, static_argnames=("spec", "sqrt", "keep", "parallel"))
 def filter_batch(spec: ModelSpec, pvec, Y, exog, sqrt: bool, keep: bool, parallel: bool = False):
-    """Filter Y (time, batch) with parameters pvec (batch, k); `parallel`: by associative scan."""
+    """Filter Y (time, batch) with parameters pvec (batch, k); `parallel`: by associative scan.
+
+    A spec with regimes gives the collapsed switching filter's log-likelihood terms
+    (`engine.regimes`); its per-step moments are `engine.regimes.filter_series`."""
+    if spec.regimes:
+        if keep:
+            _regimes.refuse_regimes(spec, "filter_series and forecast (the Kalman filter's per-step moments)")
+        return None, _regimes.loglik_terms_batch(spec, pvec, Y, exog)
     lay = layout(spec)
     if parallel:
         return _parallel.run(lay, batch_systems(spec, pvec, exog), Y, keep=keep)
     return kalman.run(lay, batch_systems(spec, pvec, exog), Y, sqrt=sqrt, keep=keep)
 
 
-def prepare_inputs(spec, params, y, exog) -> tuple[ModelSpec, jnp.ndarray, jnp.ndarray, jnp.ndarray | None]:
+def prepare_inputs(spec, params, y, exog, check: bool = False) -> tuple[ModelSpec, jnp.ndarray, jnp.ndarray,
+                                                                        jnp.ndarray | None]:
     """Checked inputs of a spec-level call: (spec, parameter vector (k,), y (time,), exog (time, k) or None).
 
     The spec is parsed, y refused if infinite or too long for the spec, exog checked against the
-    spec and cut to y's length, and the parameters put in `param_names` order."""
+    spec (one row per observation) and the parameters put in `param_names` order; `check`: the
+    parameters are refused outside their domain (`engine.domains`; concrete values only)."""
     spec = as_spec(spec)
+    require_gaussian(spec, "this function (the Kalman filter)")
     y = as_series(y)
     spec.check_data(y.shape[0])
     x = check_exog(spec, exog, y.shape[0])
-    x = None if x is None else jnp.asarray(x)[: y.shape[0]]
-    return spec, as_param_vector(spec, params), y, x
+    if x is not None and not isinstance(x, jax.core.Tracer) and x.shape[0] > y.shape[0]:
+        raise ValueError(f"exog has {x.shape[0]} rows but the series has {y.shape[0]}: give one row of regressors "
+                         "per observation (regressors for a forecast go in exog_future)")
+    x = None if x is None else jnp.asarray(x)
+    pvec = as_param_vector(spec, params)
+    if check:
+        check_params(spec, pvec)
+    return spec, pvec, y, x
 
 
 def prepare_fit(spec, y, exog=None) -> tuple[ModelSpec, jnp.ndarray, jnp.ndarray | None]:
@@ -108,13 +127,35 @@ def prepare_fit(spec, y, exog=None) -> tuple[ModelSpec, jnp.ndarray, jnp.ndarray
     diffuse likelihood spends the first observations on the d diffuse initial states, so with
     d or fewer observed values (all NaN, say) it does not depend on the parameters."""
     spec, _, y, x = prepare_inputs(spec, np.zeros(len(param_names(spec))), y, exog)
-    n_observed = int(np.sum(np.isfinite(np.asarray(y))))
+    observed = np.asarray(y)[np.isfinite(np.asarray(y))]
+    n_observed = len(observed)
     n_diffuse = len(diffuse_states(layout(spec)))
     if n_observed <= n_diffuse:
         raise ValueError(f"the series has {n_observed} observed value(s) and the model's {n_diffuse} diffuse "
                          f"initial state(s) take the first {n_diffuse}: nothing is left to fit. Load more data "
                          "(or fill the gaps), or use a model with fewer components.")
+    check_fit_scale(observed)
     return spec, y, x
+
+
+# the spread of a series a fit takes: variances (spread²) and the filter's products of them stay
+# far inside float64's 1e±308 (a Nile scaled by 1e-150 "converges" to variances at the 1e-300 floor)
+FIT_SCALE = (1e-100, 1e100)
+
+
+def check_fit_scale(observed: np.ndarray) -> None:
+    """Refuse a series a fit cannot take: constant (its variances are 0 and the likelihood grows
+    without bound), or of a spread outside `FIT_SCALE`, with the fix."""
+    spread = float(np.max(observed) - np.min(observed))
+    if spread == 0.0:
+        raise ValueError(f"the series is constant (every observed value is {observed[0]:g}): every variance would "
+                         "be 0 and the likelihood has no maximum. Check the target column; a constant needs no model.")
+    lo, hi = FIT_SCALE
+    if not np.isfinite(spread) or not lo <= spread <= hi:
+        raise ValueError(f"the series spans {spread:.3g} (max − min), outside the {lo:g} to {hi:g} a fit in float64 "
+                         f"can take (variances of its square would under- or overflow); rescale y "
+                         + (f"(multiply it by about {1 / spread:.0e}) " if 0 < spread < np.inf else "")
+                         + "and fit again")
 
 
 def _filter_for(filter: str, spec: ModelSpec, n_time: int, batch: int = 1) -> tuple[bool, bool]:
@@ -127,22 +168,34 @@ def loglik_terms(spec, params, y, exog=None, filter: str = "auto") -> jnp.ndarra
 
     filter: "standard", "sqrt" (Cholesky), "parallel" (associative scan, `engine.parallel`) or
     "auto" (parallel on a GPU/TPU for long series, else standard)."""
-    spec, pvec, y, x = prepare_inputs(spec, params, y, exog)
+    spec, pvec, y, x = prepare_inputs(spec, params, y, exog, check=True)
     sqrt, par = _filter_for(filter, spec, y.shape[0])
     _, ll = filter_batch(spec, pvec[None], y[:, None], x, sqrt, False, par)
     return ll[:, 0]
 
 
-def loglik(spec, params, y, exog=None, filter: str = "auto") -> jnp.ndarray:
+def loglik(spec, params, y, exog=None, filter: str = "auto", *, method: str = "importance", draws: int = 200,
+           seed: int = 0, exposure=None) -> jnp.ndarray:
     """Exact (diffuse) log-likelihood of one series; equals statsmodels UnobservedComponents.loglike.
 
     filter: as `loglik_terms`, or "augmented": de Jong's augmented filter over the whole series
     (`engine.augmented`), the same function with no diffuse phase at all. Every filter is exact where
     the diffuse start is ill-conditioned (`diffuse_conditioning`), where Koopman's recursion alone
     (statsmodels') is not: the augmented filter runs beside it through the diffuse phase.
+
+    A non-Gaussian observation family (`observation.family`) takes `engine.nongaussian.loglik`:
+    method "importance" (the default: importance sampling over `draws` signal paths, exact up to
+    Monte Carlo error, the same for the same `seed`) or "laplace" (the Gaussian approximation at
+    the mode); exposure: the values of the spec's `observation.offset` column. The Gaussian family
+    ignores method, draws and seed.
     """
+    if not as_spec(spec).observation.is_gaussian:
+        from . import nongaussian   # builds on this module
+        return nongaussian.loglik(spec, params, y, exog, exposure, method=method, draws=draws, seed=seed)
+    if exposure is not None:
+        raise ValueError("exposure applies to count families (observation.offset); this model is gaussian")
     if filter == "augmented":
-        spec, pvec, y, x = prepare_inputs(spec, params, y, exog)
+        spec, pvec, y, x = prepare_inputs(spec, params, y, exog, check=True)
         return _augmented_loglik(spec, pvec, y, x)
     return jnp.sum(loglik_terms(spec, params, y, exog, filter))
 
@@ -160,15 +213,17 @@ def loglik_many(spec, params, Y, exog=None, filter: str = "auto") -> jnp.ndarray
     (filter="parallel": one associative scan per chunk of series).
     """
     spec = as_spec(spec)
+    require_gaussian(spec, "loglik_many")
     sqrt, par = _filter_for(filter, spec, jnp.shape(Y)[-1], min(CHUNK, jnp.shape(Y)[0]))
     Y = jnp.asarray(Y, dtype=jnp.float64)
     if Y.ndim != 2:
         raise ValueError(f"Y must be (series, time), got shape {Y.shape}")
     pvec = as_param_vector(spec, params)
+    check_params(spec, pvec, rows="series")
     x = None if exog is None else jnp.asarray(exog, dtype=jnp.float64)
     if spec.regression is not None and x is None:
         check_exog(spec, None, Y.shape[1])
-    shared = pvec.ndim == 1 and (x is None or x.ndim == 2) and not (sqrt or par)
+    shared = pvec.ndim == 1 and (x is None or x.ndim == 2) and not (sqrt or par or spec.regimes)
     return _loglik_many(spec, pvec, Y.T, x, sqrt, shared, par)
 
 
@@ -236,11 +291,13 @@ class FilterResult(NamedTuple):
     final_cov: jnp.ndarray          # (state, state) P_{n+1}
     final_diffuse: jnp.ndarray      # (state, state) P∞_{n+1}
     diffuse_var: jnp.ndarray        # (time,) F∞_t = Z P∞_t Zᵀ (0 after the diffuse phase)
+    gain: jnp.ndarray               # (time, state) K_t: a_{t|t} = a_t + K_t v_t (P∞ z/F∞ in a diffuse step, 0 where
+    #                                 y_t is missing); statsmodels' `kalman_gain` is T K_t after its diffuse phase
 
 
 def filter_series(spec, params, y, exog=None, filter: str = "auto") -> FilterResult:
     """Run the exact-diffuse Kalman filter and keep every step's moments (filter: as `loglik_terms`)."""
-    spec, pvec, y, x = prepare_inputs(spec, params, y, exog)
+    spec, pvec, y, x = prepare_inputs(spec, params, y, exog, check=True)
     sqrt, par = _filter_for(filter, spec, y.shape[0])
     final, info = filter_batch(spec, pvec[None], y[:, None], x, sqrt, True, par)
     first = lambda a: a[..., 0]
@@ -248,7 +305,7 @@ def filter_series(spec, params, y, exog=None, filter: str = "auto") -> FilterRes
     return FilterResult(first(info.pred_mean), first(info.pred_cov), first(info.pred_diffuse),
                         first(info.filt_mean), first(info.filt_cov), first(info.innovation),
                         first(info.innov_var), first(info.loglik), first(info.kind),
-                        first(final.mean), cov, first(final.diffuse_cov), first(info.diffuse_var))
+                        first(final.mean), cov, first(final.diffuse_cov), first(info.diffuse_var), first(info.gain))
 
 
 # F∞_t / max F∞ in this band is neither round-off nor a clear pivot. Measured: round-off residues
@@ -292,11 +349,46 @@ def diffuse_conditioning(spec, params, y, exog=None) -> str | None:
 
 
 class SmoothedComponents(NamedTuple):
-    """Smoothed states and the contribution of each component to y_t, with variances."""
+    """Smoothed states and the contribution of each component to y_t, with variances; the smoothed
+    disturbances, their auxiliary residuals and the smoother's r/N recursions.
+
+    The disturbances are those of y_t = Z_t α_t + d_t + ε_t and α_{t+1} = T α_t + η_t (η_t for the
+    whole state vector, 0 on deterministic states), as statsmodels' `smoothed_measurement_disturbance`,
+    `smoothed_state_disturbance` and their `_cov`; r, N and the diffuse r⁽¹⁾, N⁽¹⁾, N⁽²⁾ follow
+    `kalman.SmootherOutput` (statsmodels' `scaled_smoothed_estimator` timing). The auxiliary
+    residuals (Durbin & Koopman 2012, §2.12) are the disturbances over the standard deviation of
+    their smoothed estimate, ε̂_t / √(H − Var(ε_t | y)) and η̂_t,i / √(q_i − Var(η_t,i | y)) (KFAS'
+    `rstandard(type = "pearson" / "state")`): standard normal where the model holds, so values beyond
+    ±1.96 mark outliers (measurement) and level shifts or slope changes (state). They are NaN where
+    undefined: y_t missing, a deterministic state, or the last step (η̂ = 0 without later data).
+    With the parallel smoother (`filter="parallel"`, or "auto" on an accelerator) every field but
+    the states and components is None: the associative scan has no r/N recursion; use
+    `filter="standard"` for them.
+    """
 
     state_mean: jnp.ndarray        # (time, state)
     state_cov: jnp.ndarray         # (time, state, state)
     components: dict               # name → (mean (time,), var (time,))
+    measurement_disturbance: jnp.ndarray | None = None      # (time,) ε̂_t = E[ε_t | y] (0 where y_t is missing)
+    measurement_disturbance_var: jnp.ndarray | None = None  # (time,) Var(ε_t | y) (H where y_t is missing)
+    state_disturbance: jnp.ndarray | None = None            # (time, state) η̂_t = E[η_t | y]
+    state_disturbance_cov: jnp.ndarray | None = None        # (time, state, state) Var(η_t | y)
+    auxiliary_measurement: jnp.ndarray | None = None        # (time,) standardised ε̂_t
+    auxiliary_state: jnp.ndarray | None = None              # (time, state) standardised η̂_t
+    r: jnp.ndarray | None = None                            # (time, state) r_t (r⁽⁰⁾ while diffuse)
+    N: jnp.ndarray | None = None                            # (time, state, state) N_t (N⁽⁰⁾ while diffuse)
+    r_diffuse: jnp.ndarray | None = None                    # (time, state) r⁽¹⁾_t
+    N_diffuse1: jnp.ndarray | None = None                   # (time, state, state) N⁽¹⁾_t
+    N_diffuse2: jnp.ndarray | None = None                   # (time, state, state) N⁽²⁾_t
+
+
+def standardised(estimate: jnp.ndarray, variance: jnp.ndarray, prior_variance: jnp.ndarray) -> jnp.ndarray:
+    """An auxiliary residual: a smoothed disturbance over the standard deviation of its estimate,
+    x̂ / √(σ² − Var(x | y)) with σ² its variance before the data (Var(x̂) = σ² − Var(x | y));
+    NaN where that is not positive beyond round-off (nothing observed about x, or σ² = 0)."""
+    spread = prior_variance - variance
+    defined = spread > 1e-12 * prior_variance
+    return jnp.where(defined, estimate / jnp.sqrt(jnp.where(defined, spread, 1.0)), jnp.nan)
 
 
 def _component_rows(selector: ComponentSelector, Z_t: jnp.ndarray) -> jnp.ndarray:
@@ -313,7 +405,7 @@ def smooth(spec, params, y, exog=None, filter: str = "auto") -> SmoothedComponen
 
     filter: "parallel" smooths by associative scans (`engine.parallel.smooth`), "auto" does so on
     a GPU/TPU for long series; otherwise the sequential smoother."""
-    spec, pvec, y, x = prepare_inputs(spec, params, y, exog)
+    spec, pvec, y, x = prepare_inputs(spec, params, y, exog, check=True)
     return smooth_prepared(spec, pvec, y, x, _filter_for(filter, spec, y.shape[0])[1])
 
 
@@ -322,14 +414,24 @@ def smooth_prepared(spec: ModelSpec, pvec: jnp.ndarray, y: jnp.ndarray, x: jnp.n
                     parallel: bool = False) -> SmoothedComponents:
     """`smooth` on inputs already checked by `prepare_inputs`: a parameter vector (k,), y (time,),
     exog (time, k) or None. Jitted and traceable in pvec, so it maps over posterior draws."""
+    _regimes.refuse_regimes(spec, "the smoother")
     lay = layout(spec)
     system = build_system(spec, params_from_vector(spec, pvec), x)
     Z_t = jnp.broadcast_to(system.design, (y.shape[0], lay.n_states))
+    extra = {}
     if parallel:
         res = _parallel.smooth(lay, system, y)
     else:
         _, info = kalman.run(lay, batch_systems(spec, pvec[None], x), y[:, None], keep=True)
-        res = kalman.smooth_one(lay, system, jax.tree_util.tree_map(lambda a: a[..., 0], info), Z_t)
+        res = kalman.smooth_full(lay, system, jax.tree_util.tree_map(lambda a: a[..., 0], info), Z_t)
+        eps, eps_var, eta = res.measurement_disturbance, res.measurement_disturbance_var, res.state_disturbance
+        eta_var = jnp.diagonal(res.state_disturbance_cov, axis1=1, axis2=2)
+        extra = dict(
+            measurement_disturbance=eps, measurement_disturbance_var=eps_var, state_disturbance=eta,
+            state_disturbance_cov=res.state_disturbance_cov,
+            auxiliary_measurement=standardised(eps, eps_var, system.obs_var),
+            auxiliary_state=standardised(eta, eta_var, jnp.broadcast_to(system.state_var, eta.shape)),
+            r=res.r, N=res.N, r_diffuse=res.r_diffuse, N_diffuse1=res.N_diffuse1, N_diffuse2=res.N_diffuse2)
     comps = {}
     for selector in component_selectors(spec):
         if not selector.states:   # regression on fixed coefficients: x_t β, known given the parameters
@@ -339,7 +441,7 @@ def smooth_prepared(spec: ModelSpec, pvec: jnp.ndarray, y: jnp.ndarray, x: jnp.n
         mean = jnp.einsum("ti,ti->t", Zc, res.mean)
         var = jnp.einsum("ti,tij,tj->t", Zc, res.cov, Zc)
         comps[selector.name] = (mean, var)
-    return SmoothedComponents(res.mean, res.cov, comps)
+    return SmoothedComponents(res.mean, res.cov, comps, **extra)
 
 
 class Forecast(NamedTuple):
@@ -366,7 +468,7 @@ def extend_for_forecast(spec: ModelSpec, y, x, steps: int, exog_future):
 
 def forecast(spec, params, y, steps: int, exog=None, exog_future=None, level: float = 0.95) -> Forecast:
     """Plug-in h-step forecasts with Gaussian intervals (parameters taken as known)."""
-    spec, pvec, y, x = prepare_inputs(spec, params, y, exog)
+    spec, pvec, y, x = prepare_inputs(spec, params, y, exog, check=True)
     y_ext, x_ext = extend_for_forecast(spec, y, x, steps, exog_future)
     res = filter_series(spec, pvec, y_ext, x_ext)
     system = build_system(spec, params_from_vector(spec, pvec), x_ext)

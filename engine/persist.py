@@ -21,11 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from .online import OnlineConfig, OnlineFilter, OnlineInfo, as_config, fit_priors, init, make_bank, posterior_draws
+from .online.filter import check_one
 from .rejuvenation import RejuvenationConfig
 from .spec import as_spec
 
 __all__ = [
-    "SNAPSHOT", "LOG", "FORMAT", "atomic_write", "filter_settings", "filter_configs", "write_snapshot", "read_snapshot", "ObservationLog", "DurableFilter",
+    "SNAPSHOT", "LOG", "FORMAT", "atomic_write", "remove_stale_temporaries", "filter_settings", "filter_configs", "write_snapshot", "read_snapshot", "ObservationLog", "DurableFilter",
 ]
 
 
@@ -42,15 +43,51 @@ def _fsync_dir(directory: Path):
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes):
-    """Replace `path` with `data` atomically: temp file in the same folder, fsync, rename, fsync folder."""
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the temp files of `atomic_write`s to `path` whose process has died (a `kill -9`
+    between writing and renaming leaves `.name.tmp-PID` behind); returns those removed."""
     path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:   # a read-only folder: left for a later save to try again
+                pass
+    return removed
+
+
+def atomic_write(path: Path, data: bytes):
+    """Replace `path` with `data` atomically: temp file in the same folder, fsync, rename, fsync
+    folder. Temp files left by dead processes are removed first."""
+    path = Path(path)
+    remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        try:   # nothing half-written is left behind
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise type(err)(err.errno, f"cannot write {path.name} in {path.parent} ({err.strerror}); "
+                        "the snapshot folder must be writable", str(path)) from None
     _fsync_dir(path.parent)
 
 
@@ -118,6 +155,7 @@ def read_snapshot(directory, **overrides) -> tuple[OnlineFilter, dict]:
     overrides: fields of `OnlineConfig` or `RejuvenationConfig` that replace the stored ones
     (a `log_posterior` callable is not stored: pass it again)."""
     path = Path(directory) / SNAPSHOT
+    remove_stale_temporaries(path)
     if not path.exists():
         raise FileNotFoundError(f"no snapshot at {path}")
     with np.load(path) as z:
@@ -254,6 +292,7 @@ class DurableFilter:
         return out
 
     def update(self, y, exog=None) -> OnlineInfo:
+        check_one(y)
         return self.update_many([y], None if exog is None else [exog])
 
     def update_many(self, ys, exog=None) -> OnlineInfo:

@@ -171,22 +171,24 @@ def posterior_forecast(spec, posterior, y, steps: int, exog=None, exog_future=No
     return PosteriorForecast(mean.mean(axis=0), dict(zip(probs, q)), mean, var)
 
 
-def mixture_quantiles(mean: np.ndarray, var: np.ndarray, probs, tol: float = 1e-10) -> np.ndarray:
-    """Quantiles of (1/S) Σ_d N(mean_d, var_d) for each column: (prob, n) from (draw, n), by bisection.
+def mixture_quantiles(mean: np.ndarray, var: np.ndarray, probs, tol: float = 1e-10,
+                      weights: np.ndarray | None = None) -> np.ndarray:
+    """Quantiles of Σ_d w_d N(mean_d, var_d) for each column: (prob, n) from (draw, n), by bisection.
 
-    The mixture quantile lies between the smallest and largest component quantile, which
-    brackets the root of the (monotone) mixture CDF.
+    weights (draw,) sum to 1 (default 1/S each). The mixture quantile lies between the smallest
+    and largest component quantile, which brackets the root of the (monotone) mixture CDF.
     """
     from scipy.special import ndtr, ndtri
 
     sd = np.sqrt(np.clip(var, 1e-300, None))
+    w = np.full((mean.shape[0], 1), 1.0 / mean.shape[0]) if weights is None else np.asarray(weights)[:, None]
     out = []
     for p in probs:
         z = ndtri(p)
         lo, hi = (mean + z * sd).min(axis=0), (mean + z * sd).max(axis=0)
         for _ in range(200):
             mid = 0.5 * (lo + hi)
-            below = ndtr((mid[None] - mean) / sd).mean(axis=0) < p
+            below = (w * ndtr((mid[None] - mean) / sd)).sum(axis=0) < p
             lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
             if np.all(hi - lo <= tol * np.maximum(1.0, np.abs(mid))):
                 break

@@ -15,6 +15,17 @@ Defaults (weakly informative, scaled to the data; `default_priors` shows them):
   `pacf.L{i}`             uniform(−1, 1) on the partial autocorrelations of the AR part
                           (the AR coefficients `ar.L{i}` follow from them and are stationary).
   `beta.<col>`            normal(0, 10·sd(y)/sd(x)).
+  `prob.<regime>`         beta(1, 99): a switching regime (engine.regimes) on about one step in a
+                          hundred, and rarer ones well supported.
+  `scale.<regime>`        log_normal(log(25·v), 1): the variance a regime adds to its disturbance,
+                          typically a jump of 5 sd(Δy), and kept away from 0 (where the regime
+                          would be indistinguishable from the normal one).
+  `nu.observation`        gamma(2, 0.1): the Student-t degrees of freedom (Juárez & Steel 2010), mean 20,
+                          mass from heavy tails (ν ≈ 2) to nearly Gaussian (ν ≈ 60).
+  `alpha.observation`     half_normal(1): the negative binomial's NB2 dispersion (Var = μ + α μ²),
+                          mass near 0 (the Poisson limit) and up to strong overdispersion.
+
+For counts the variances are those of the log mean, so v is taken from log(y + ½) (`transforms.scales`).
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ import numpy as np
 import numpyro.distributions as dist
 
 from .spec import ModelSpec, as_spec, param_names
-from .transforms import pacf_to_ar, scales
+from .transforms import POSITIVE_SCALES, ar_to_pacf, pacf_to_ar, scales
 
 #: family → (NumPyro class, argument names in constructor order)
 FAMILIES: dict[str, tuple[type, tuple[str, ...]]] = {
@@ -97,24 +108,16 @@ def params_to_site_values(spec: ModelSpec, pvec: jnp.ndarray) -> dict:
     values = {n: pvec[i] for i, n in enumerate(names) if not n.startswith("ar.L")}
     if spec.ar_order:
         j = names.index("ar.L1")
-        pacf = _ar_to_pacf(pvec[j:j + spec.ar_order])
+        pacf = ar_to_pacf(pvec[j:j + spec.ar_order])
         values.update({f"pacf.L{i + 1}": pacf[i] for i in range(spec.ar_order)})
     return values
 
 
-def _ar_to_pacf(phi: jnp.ndarray) -> jnp.ndarray:
-    """Step-down recursion (inverse of `pacf_to_ar`), traceable."""
-    p = phi.shape[-1]
-    pacf = [None] * p
-    for k in range(p - 1, -1, -1):
-        r = phi[k]
-        pacf[k] = r
-        if k:
-            phi = (phi[:k] + r * phi[:k][::-1]) / (1 - r * r)
-    return jnp.stack(pacf)
-
-
 def _default(spec: ModelSpec, name: str, scale: Mapping[str, float]) -> Prior:
+    if name == "nu.observation":
+        return Prior("gamma", (2.0, 0.1))
+    if name == "alpha.observation":
+        return Prior("half_normal", (1.0,))
     if name.startswith("sigma2."):
         return Prior("half_normal", (2.0 * scale[name],))
     if name == "frequency.cycle":
@@ -123,6 +126,10 @@ def _default(spec: ModelSpec, name: str, scale: Mapping[str, float]) -> Prior:
         return Prior("uniform", (0.0, 1.0))
     if name.startswith("pacf."):
         return Prior("uniform", (-1.0, 1.0))
+    if name.startswith("prob."):
+        return Prior("beta", (1.0, 99.0))
+    if name.startswith("scale."):
+        return Prior("log_normal", (float(np.log(25.0 * scale[name])), 1.0))
     return Prior("normal", (0.0, 10.0 * scale[name]))
 
 
@@ -130,14 +137,17 @@ def _support_problem(name: str, prior: Prior, spec: ModelSpec) -> str | None:
     """Why this prior cannot be put on this parameter (None if it can)."""
     fam, args = prior.family, prior.args
     lo_hi = {"uniform": args, "beta": (0.0, 1.0)}.get(fam)
-    if name.startswith("sigma2."):
+    if name.startswith(("sigma2.", "scale.")) or name in POSITIVE_SCALES:
         if fam in POSITIVE_FAMILIES or (fam == "uniform" and args[0] >= 0):
             return None
-        return "a variance must be positive; use a family on (0, ∞) such as half_normal or inverse_gamma"
+        what = "a variance" if name.startswith("sigma2.") else "it"
+        return f"{what} must be positive; use a family on (0, ∞) such as half_normal, gamma or inverse_gamma"
     bounds = {"frequency.cycle": tuple(spec.cycle.frequency_bounds) if spec.cycle else None,
               "damping.cycle": (0.0, 1.0)}.get(name)
     if name.startswith("pacf."):
         bounds = (-1.0, 1.0)
+    if name.startswith("prob."):
+        bounds = (0.0, 1.0)
     if bounds is not None:
         if lo_hi is not None and bounds[0] <= lo_hi[0] and lo_hi[1] <= bounds[1]:
             return None
@@ -248,8 +258,8 @@ def _auto_argument(name: str, family: str, arg: str, default: Prior) -> float:
     """The data-scaled value of one argument: the default's scale, or a neutral shape."""
     if family == default.family:
         return default.args[FAMILIES[family][1].index(arg)]
-    typical = default.args[0] if default.family == "half_normal" else (
-        default.args[1] if default.family == "normal" else 1.0)
+    typical = {"half_normal": lambda: default.args[0], "normal": lambda: default.args[1],
+               "log_normal": lambda: float(np.exp(default.args[0]))}.get(default.family, lambda: 1.0)()
     if arg in ("scale",):
         return typical
     if arg == "loc":
@@ -261,9 +271,9 @@ def _auto_argument(name: str, family: str, arg: str, default: Prior) -> float:
     if arg in ("concentration", "concentration1", "concentration0"):
         return 2.0 if family in ("gamma", "inverse_gamma") else 1.0
     if arg == "low":
-        return 0.0 if name.startswith(("sigma2.", "damping.")) else -1.0
+        return 0.0 if name.startswith(("sigma2.", "damping.", "prob.", "scale.")) else -1.0
     if arg == "high":
-        return 2.0 * typical if name.startswith("sigma2.") else 1.0
+        return 2.0 * typical if name.startswith(("sigma2.", "scale.")) else 1.0
     raise ValueError(f"prior for {name}: no automatic value for argument {arg} of {family}")
 
 

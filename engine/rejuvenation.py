@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .background import ShuttingDown, shutting_down, start_thread
+
 __all__ = [
     "MoveInfo", "systematic_resample", "rwm_init", "rwm_step", "resample_move", "RETRY_AFTER", "RejuvenationConfig", "MoveInput", "Closed", "Rejuvenator",
 ]
@@ -178,7 +180,7 @@ class Rejuvenator:
         """Start a move (read: the `MoveInput`, taken only when a move does start); returns False
         if not possible now (a move is running, the rejuvenator is closed, or no posterior is
         available)."""
-        if self.running or self._closing.is_set():
+        if self.running or self._closing.is_set() or shutting_down():
             return False
         factory = self._log_posterior()
         if factory is None:
@@ -214,8 +216,10 @@ class Rejuvenator:
                 self._emit({"kind": "rejuvenation_failed", "t_start": t0, "error": repr(exc), "failures": failures,
                             "retry_at": retry_at})
 
-        self._thread = threading.Thread(target=work, name="rejuvenation", daemon=True)
-        self._thread.start()
+        try:   # the process's exit hook stops it (and joins it) like every engine thread
+            self._thread = start_thread(work, name="rejuvenation", stop=self._closing.set)
+        except ShuttingDown:
+            return False
         if not background:
             self._thread.join()
         return True

@@ -17,9 +17,10 @@ from typing import Any, Mapping
 import numpy as np
 
 __all__ = [
-    "TREND_KINDS", "REGRESSION_MODES", "SEASONAL_FORMS", "SpecificationWarning", "MAX_STATES",
-    "MAX_HISTORY_BYTES", "format_period", "Seasonal", "Cycle", "Regression", "ModelSpec", "as_spec",
-    "param_names", "seasonal_param_name", "variance_names",
+    "TREND_KINDS", "REGRESSION_MODES", "SEASONAL_FORMS", "OBSERVATION_FAMILIES", "COUNT_FAMILIES",
+    "SpecificationWarning", "MAX_STATES", "MAX_HISTORY_BYTES", "REGIME_KINDS", "format_period", "Seasonal", "Cycle",
+    "Regression", "Observation", "ModelSpec", "as_spec", "param_names", "seasonal_param_name", "variance_names",
+    "observation_param_names", "require_gaussian",
 ]
 
 
@@ -41,7 +42,22 @@ TREND_KINDS: dict[str, tuple[bool, bool, bool, bool, bool]] = {
 }
 
 REGRESSION_MODES = ("parameters", "state", "time_varying")
+
+# Switching regimes (`regimes` in the spec), in state order: each is a per-step event that adds the
+# variance `scale.<kind>` to one disturbance with probability `prob.<kind>` (engine.regimes):
+# kind -> (the disturbance it inflates, what the model needs for it to exist)
+REGIME_KINDS: dict[str, tuple[str, str]] = {
+    "outlier": ("the observation noise ε_t", ""),
+    "level_shift": ("the level's disturbance", "a level"),
+    "slope_shift": ("the slope's disturbance", "a trend (slope)"),
+    "seasonal_break": ("every seasonal's disturbance", "a seasonal"),
+}
 SEASONAL_FORMS = ("dummy", "trig")
+# How y_t depends on the signal θ_t = Z_t α_t + d_t: gaussian y = θ + ε; student_t the same with a
+# Student-t ε (scale² sigma2.irregular, nu.observation degrees of freedom); poisson and
+# negative_binomial (NB2, variance μ + α μ², alpha.observation) counts with log mean θ_t + log E_t.
+OBSERVATION_FAMILIES = ("gaussian", "student_t", "poisson", "negative_binomial")
+COUNT_FAMILIES = ("poisson", "negative_binomial")
 
 
 class SpecificationWarning(UserWarning):
@@ -170,6 +186,53 @@ class Regression:
 
 
 @dataclass(frozen=True)
+class Observation:
+    """The observation family, and for counts the column of exposures E_t > 0 (log μ_t = θ_t + log E_t)."""
+
+    family: str = "gaussian"
+    offset: str | None = None
+
+    @property
+    def is_count(self) -> bool:
+        return self.family in COUNT_FAMILIES
+
+    @property
+    def is_gaussian(self) -> bool:
+        return self.family == "gaussian"
+
+    def to_dict(self) -> dict:
+        d = {"family": self.family}
+        if self.offset is not None:
+            d["offset"] = self.offset
+        return d
+
+
+def _observation(d: Any) -> Observation:
+    """Parse the 'observation' field: a dict {'family': ..., 'offset': <exposure column>} or a family name."""
+    if d is None:
+        return Observation()
+    if isinstance(d, str):
+        d = {"family": d}
+    if not isinstance(d, Mapping):
+        _fail("observation", f"expected a dict like {{'family': 'poisson'}}, got {_shown(d)}",
+              f"Choose a family among {', '.join(OBSERVATION_FAMILIES)}")
+    _check_fields("observation", d, {"family", "offset"})
+    family = d.get("family", "gaussian")
+    if not isinstance(family, str) or family not in OBSERVATION_FAMILIES:
+        _fail("observation.family", f"unknown family {_shown(family)}",
+              f"Choose one of {', '.join(OBSERVATION_FAMILIES)}")
+    offset = d.get("offset")
+    if offset is not None:
+        if not isinstance(offset, str) or not offset:
+            _fail("observation.offset", f"expected a column name, got {_shown(offset)}",
+                  "Name the column of exposures (positive numbers), or leave it out")
+        if family not in COUNT_FAMILIES:
+            _fail("observation.offset", f"an exposure column applies to counts, not to family {family!r}",
+                  f"Remove it, or use one of {', '.join(COUNT_FAMILIES)}")
+    return Observation(family, offset)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A structural time-series model: y_t = level + seasonals + cycle + AR + xβ + ε_t."""
 
@@ -180,6 +243,8 @@ class ModelSpec:
     ar_order: int = 0
     regression: Regression | None = None
     priors: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = field(default=())
+    regimes: tuple[str, ...] = ()   # switching regimes, in REGIME_KINDS order
+    observation: Observation = Observation()
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -193,7 +258,8 @@ class ModelSpec:
             return d
         if not isinstance(d, Mapping):
             raise ValueError(f"a model spec must be a dict, got {type(d).__name__}")
-        known = {"irregular", "level", "seasonal", "cycle", "autoregressive", "regression", "priors"}
+        known = {"irregular", "level", "seasonal", "cycle", "autoregressive", "regression", "priors", "regimes",
+                 "observation"}
         unknown = sorted(map(str, set(d) - known))
         if unknown:
             _fail(unknown[0], "unknown field", f"Valid fields are {sorted(known)}")
@@ -211,7 +277,18 @@ class ModelSpec:
             if not isinstance(level_kind, str) or level_kind not in TREND_KINDS:
                 _fail("level.kind", f"unknown kind {level_kind!r}",
                       f"Choose one of {', '.join(TREND_KINDS)}")
-        irregular = _flag("irregular", d.get("irregular"), TREND_KINDS[level_kind][0] if level_kind else True)
+        observation = _observation(d.get("observation"))
+        # counts have no irregular: their noise is the count distribution's
+        irregular = _flag("irregular", d.get("irregular"),
+                          False if observation.is_count else TREND_KINDS[level_kind][0] if level_kind else True)
+        if observation.is_count and irregular:
+            _fail("irregular", f"a {observation.family} observation has no irregular component (the count "
+                               "distribution is the observation noise)", "Set 'irregular': false or leave it out")
+        if observation.family == "student_t":
+            if d.get("irregular") is False:
+                _fail("irregular", "a student_t observation needs the irregular: sigma2.irregular is its scale²",
+                      "Set 'irregular': true or leave it out")
+            irregular = True
         if level_kind == "irregular":
             level_kind = None  # the 'irregular' trend kind means: no level, no trend
 
@@ -315,7 +392,11 @@ class ModelSpec:
             priors.append((k, tuple(sorted(v.items()))))
 
         spec = cls(irregular=irregular, level=level_kind, seasonal=tuple(seasonals), cycle=cycle,
-                   ar_order=order, regression=regression, priors=tuple(sorted(priors)))
+                   ar_order=order, regression=regression, priors=tuple(sorted(priors)), observation=observation)
+        spec = dataclasses.replace(spec, regimes=_regimes(d.get("regimes"), spec))
+        if spec.regimes and not observation.is_gaussian:
+            _fail("regimes", f"switching regimes apply to gaussian observations, not to family {observation.family!r}",
+                  "Remove the regimes, or use family 'gaussian'")
         if spec.n_states > MAX_STATES:
             where, states, fix = spec._biggest_part(given_index)
             _fail(where, f"the model would have {spec.n_states} states, {states} of them in {where.split('.')[0]}; "
@@ -324,7 +405,7 @@ class ModelSpec:
                 and not spec.ar_order and spec.regression is None:
             _fail("irregular", "the model is empty (no irregular, level, seasonal, cycle, AR or regression)",
                   "Add at least one component")
-        if not spec.has_stochastic_element:
+        if not spec.has_stochastic_element and not observation.is_count:
             # Nothing random but the initial state: after the diffuse steps y is known exactly, every
             # F*_t is 0 and the likelihood ignores the data. statsmodels adds an irregular; so do we.
             warnings.warn("spec: the model has no stochastic element (no irregular, no stochastic "
@@ -356,6 +437,10 @@ class ModelSpec:
             d["regression"] = self.regression.to_dict()
         if self.priors:
             d["priors"] = {k: dict(v) for k, v in self.priors}
+        if self.regimes:
+            d["regimes"] = {k: True for k in self.regimes}
+        if self.observation != Observation():
+            d["observation"] = self.observation.to_dict()
         return d
 
     def to_json(self) -> str:
@@ -458,6 +543,27 @@ class ModelSpec:
                   f"{fix}, or use a shorter series")
 
 
+def _regimes(value: Any, spec: ModelSpec) -> tuple[str, ...]:
+    """The `regimes` field: a dict kind → true/false (null or {} for none), each kind one the model can
+    carry (a level shift needs a level, ...); returned in REGIME_KINDS order."""
+    if value is None or value is False:
+        return ()
+    if not isinstance(value, Mapping):
+        _fail("regimes", f"expected a dict of regime kinds to true/false, got {_shown(value)}",
+              f"Example: {{'outlier': true, 'level_shift': true}}; kinds are {list(REGIME_KINDS)}")
+    _check_fields("regimes", value, set(REGIME_KINDS))
+    level, _, trend, _ = spec.trend_flags
+    has = {"outlier": True, "level_shift": level, "slope_shift": trend, "seasonal_break": bool(spec.seasonal)}
+    chosen = []
+    for kind, (_, needs) in REGIME_KINDS.items():
+        if _flag(f"regimes.{kind}", value.get(kind), False):
+            if not has[kind]:
+                _fail(f"regimes.{kind}", f"a {kind.replace('_', ' ')} needs {needs} in the model",
+                      f"Add {needs}, or set regimes.{kind} to false")
+            chosen.append(kind)
+    return tuple(chosen)
+
+
 def as_spec(spec: Mapping | ModelSpec) -> ModelSpec:
     """Accept a ModelSpec or a plain dict."""
     return ModelSpec.from_dict(spec)
@@ -488,7 +594,24 @@ def param_names(spec: Mapping | ModelSpec) -> list[str]:
     names += [f"ar.L{i + 1}" for i in range(spec.ar_order)]
     if spec.regression is not None and spec.regression.coefficients == "parameters":
         names += [f"beta.{c}" for c in spec.exog_columns]
-    return names
+    for kind in spec.regimes:
+        names += [f"prob.{kind}", f"scale.{kind}"]
+    return names + observation_param_names(spec)
+
+
+def observation_param_names(spec: ModelSpec) -> list[str]:
+    """The observation family's own parameters (after the structural ones): Student-t degrees of
+    freedom `nu.observation`, negative binomial (NB2) dispersion `alpha.observation`."""
+    return {"student_t": ["nu.observation"], "negative_binomial": ["alpha.observation"]}.get(
+        spec.observation.family, [])
+
+
+def require_gaussian(spec: ModelSpec, what: str) -> None:
+    """Refuse a non-Gaussian observation family in a computation made for Gaussian observations only
+    (the Kalman filter would treat counts as exact observations of the signal: a silent error)."""
+    if not spec.observation.is_gaussian:
+        _fail("observation.family", f"{what} supports the gaussian family only, got {spec.observation.family!r}",
+              "Use engine.loglik or engine.nongaussian for this family, or family 'gaussian'")
 
 
 def seasonal_param_name(spec: ModelSpec, s: Seasonal) -> str:

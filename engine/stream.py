@@ -21,6 +21,8 @@ from typing import Any, Callable, Iterable, NamedTuple
 import jax
 import numpy as np
 
+from .background import start_thread
+
 __all__ = [
     "StreamBatch", "StreamError", "StreamStats", "StreamRunner",
 ]
@@ -98,6 +100,7 @@ class StreamRunner:
         self._paused = False
         self._credits_producer = 0   # observations the producer may pull while paused
         self._credits_engine = 0     # observations the engine may process while paused
+        self._in_flight = False      # a batch was taken and is not published yet
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.errors: list[StreamError] = []
@@ -148,13 +151,14 @@ class StreamRunner:
             raise RuntimeError("this StreamRunner was already started; make a new one to stream again")
         self._paused = paused
         self._started_at = time.perf_counter()
-        self._threads = [threading.Thread(target=self._produce, name="stream-source", daemon=True),
-                         threading.Thread(target=self._consume, name="stream-engine", daemon=True)]
-        for th in self._threads:
-            th.start()
+        # the process's exit hook stops and joins them (engine.background)
+        self._threads = [start_thread(self._produce, name="stream-source", stop=self._signal_stop),
+                         start_thread(self._consume, name="stream-engine", stop=self._signal_stop)]
         return self
 
     def pause(self):
+        """No observation is taken after this returns (until `step` or `resume`); a batch taken
+        before goes on to its subscribers: `wait_idle` says when it has."""
         with self._cond:
             self._paused = True
             self._credits_producer = self._credits_engine = 0
@@ -174,6 +178,14 @@ class StreamRunner:
             self._credits_producer += max(0, self._credits_engine - self._queue.qsize())
             self._cond.notify_all()
 
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no batch is in flight (taken from the queue, not yet published), or the
+        runner ended. After `pause()`, True means the subscribers have seen every observation
+        that will go through until the next `step` or `resume`; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._in_flight or self._stop.is_set()
+                                       or self.finished.is_set() or self.failed, timeout)
+
     @property
     def paused(self) -> bool:
         return self._paused
@@ -186,10 +198,14 @@ class StreamRunner:
         """Stop both threads and wait for them (the batch being processed is finished first).
         Observations already taken from the source but not yet filtered (at most queue_size) are
         not lost: `unprocessed()` returns them once the threads have ended."""
+        self._signal_stop()
+        self.join(timeout)
+
+    def _signal_stop(self):
+        """Ask both threads to stop after the batch in hand (does not wait)."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
-        self.join(timeout)
 
     def unprocessed(self) -> list[tuple[float, np.ndarray | None]]:
         """(y, exog) of what the source gave but the filter never saw, in order (after `stop`); a
@@ -278,6 +294,9 @@ class StreamRunner:
                         break
                     except queue.Full:
                         continue
+                if queued:
+                    with self._cond:   # the engine may be waiting for it
+                        self._cond.notify_all()
                 if not queued:   # taken from the source during a stop: kept for `unprocessed`
                     self._leftover.append((y, x))
                 if self._stop.is_set():
@@ -290,42 +309,47 @@ class StreamRunner:
         while not self._stop.is_set():
             try:
                 self._queue.put(_END, timeout=0.1)
+                with self._cond:
+                    self._cond.notify_all()
                 return
             except queue.Full:
                 continue
 
     def _take_batch(self):
-        """Up to batch_size queued observations (waits for the first); None at the end."""
-        if not self._wait_turn("_credits_engine"):
-            return None
+        """Up to batch_size queued observations (waits for the first); None at the end.
+
+        The pause check and each take from the queue happen under one lock, so once `pause()`
+        has returned no observation is taken without a step's credit: only a batch already
+        taken goes on (`wait_idle` waits for it)."""
         batch = []
-        while not self._stop.is_set():
-            try:
-                item = self._queue.get(timeout=0.1)
-                break
-            except queue.Empty:
-                continue
-        else:
-            return None
-        if item is _END:
-            return _END
-        batch.append(item)
-        while len(batch) < self.batch_size:
-            with self._cond:
-                if self._paused:
-                    if self._credits_engine <= 0:
+        with self._cond:
+            while True:
+                if self._stop.is_set():
+                    return None
+                if not (self._paused and self._credits_engine <= 0):
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        pass
+                    else:
                         break
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
+                self._cond.wait(0.1)   # the producer notifies after each put, a pause after resume/step
             if item is _END:
-                self._queue.put(_END)   # seen again after this batch
-                break
-            with self._cond:   # a pause() since the check above has reset the credits: none below 0
+                return _END
+            while True:
                 if self._paused:
                     self._credits_engine = max(0, self._credits_engine - 1)
-            batch.append(item)
+                batch.append(item)
+                self._in_flight = True
+                if len(batch) >= self.batch_size or (self._paused and self._credits_engine <= 0):
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _END:
+                    self._queue.put(_END)   # seen again after this batch
+                    break
         return batch
 
     def _consume(self):
@@ -357,3 +381,6 @@ class StreamRunner:
             self._engine_ms.extend([engine_s / len(batch)] * len(batch))
             self._total_ms.extend(latency.tolist())
             self._publish(StreamBatch(t, y, info, engine_s, latency))
+            with self._cond:
+                self._in_flight = False
+                self._cond.notify_all()

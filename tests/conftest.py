@@ -39,6 +39,35 @@ def pytest_configure(config):
         config.addinivalue_line("filterwarnings", line)
 
 
+def _group(item) -> str:
+    """The pytest-xdist group of a test: one served app and one Chromium for all the browser
+    tests, one kernel per notebook, the tests of an engine package together (tests/engine/kalman/
+    ...: its modules compile the same models), else its module (whose fixtures and compiled
+    programs its tests share)."""
+    path = item.nodeid.split("::")[0]
+    if path.startswith("tests/ui/"):
+        return "tests/ui"
+    if path.startswith("tests/notebooks/"):
+        return item.nodeid
+    parts = path.split("/")
+    if parts[:2] == ["tests", "engine"] and len(parts) > 3:
+        return "/".join(parts[:3])
+    return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run on several CPUs (`pytest -n 2 --dist loadgroup --no-loadscope-reorder`, as `make test`
+    does): each group (see `_group`) stays on one worker, and the longest groups (the browser
+    tests, then the notebooks) are handed out first so that no worker is left with a long group
+    at the end."""
+    if getattr(config.option, "dist", "no") == "no":
+        return
+    first = ("tests/ui/", "tests/notebooks/")
+    items.sort(key=lambda item: next((i for i, p in enumerate(first) if item.nodeid.startswith(p)), len(first)))
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_group(item)))
+
+
 @pytest.fixture(autouse=True)
 def _fixed_numpy_seed():
     """Every test starts from the same global numpy seed."""

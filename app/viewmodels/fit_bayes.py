@@ -9,7 +9,6 @@ import json
 import os
 import re
 import tempfile
-import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ from engine.spec import ModelSpec
 from ..plots import BAND_PROB
 from ..workers import SessionWorker
 from .data_model import DataModel
+from .job import CancelFlag, Job
 from .priors_model import PriorsModel
 
 LAPLACE_DRAWS = 500
@@ -124,8 +124,9 @@ def from_posterior(spec: ModelSpec, idata, y, exog) -> BayesResult:
                        y=np.asarray(y, dtype=float), exog=_as_array(spec, exog))
 
 
-class BayesFitModel(param.Parameterized):
-    """Runs the MAP or NUTS fit of the current data and spec (with priors); keeps the latest result.
+class BayesFitModel(Job):
+    """Runs the MAP or NUTS fit of the current data and spec (with priors) as a `Job` (its phase
+    is "compiling" while the sampler compiles, then "sampling"); keeps the latest result.
 
     `posterior` (the NUTS InferenceData, fitted or reloaded) is what the streaming engine starts
     from: watch it to build an online belief. `extra_parts` lets other areas (the online belief)
@@ -137,39 +138,27 @@ class BayesFitModel(param.Parameterized):
     draws = param.Integer(default=500, bounds=(10, 20000))
     seed = param.Integer(default=0, bounds=(0, None))
 
-    status = param.Selector(default="idle", objects=["idle", "compiling", "running", "done", "cancelled", "error"],
-                            constant=True)
-    message = param.String(default="", constant=True)
     progress = param.Integer(default=0, bounds=(0, 100), constant=True, doc="NUTS progress, percent")
     result = param.ClassSelector(class_=BayesResult, default=None, allow_None=True, constant=True)
     posterior = param.Parameter(default=None, constant=True, doc="The latest NUTS posterior (InferenceData)")
 
     def __init__(self, data: DataModel, priors: PriorsModel, worker: SessionWorker, **params):
-        super().__init__(**params)
-        self.data, self.priors, self.worker = data, priors, worker
-        self._cancel: threading.Event | None = None
+        super().__init__(worker, **params)
+        self.data, self.priors = data, priors
         self._compiled: set = set()
         self.extra_parts: dict[str, tuple] = {}
 
-    def _set(self, **values):
-        with param.edit_constant(self):
-            self.param.update(**values)
-
-    @property
-    def busy(self) -> bool:
-        return self.status in ("compiling", "running")
-
     def _ready_spec(self) -> ModelSpec | None:
         if not self.data.ready:
-            self._set(status="error", message=self.data.error or "Load a dataset first.")
+            self.refuse(self.data.error or "Load a dataset first.")
             return None
         spec = self.priors.spec
         if spec is None:
             problem = "; ".join(self.priors.spec_model.errors.values()) or "the model is not valid"
-            self._set(status="error", message=f"Fix the model first: {problem}")
+            self.refuse(f"Fix the model first: {problem}")
             return None
         if self.priors.errors:
-            self._set(status="error", message="Fix the priors first: " + "; ".join(self.priors.errors.values()))
+            self.refuse("Fix the priors first: " + "; ".join(self.priors.errors.values()))
             return None
         return spec
 
@@ -177,44 +166,32 @@ class BayesFitModel(param.Parameterized):
         """Start a MAP fit in the worker (None when busy or the inputs are not valid)."""
         if self.busy or (spec := self._ready_spec()) is None:
             return None
-        self._set(status="running", progress=0, message="Finding the posterior mode (MAP) and its Laplace "
-                                                         "approximation…")
-        return self.worker.submit(map_fit, spec, self.data.y, self.data.exog_frame,
-                                  on_done=self._done, on_error=self._failed)
+        y, exog = self.data.y, self.data.exog_frame
+        return self.submit(lambda cancel: map_fit(spec, y, exog), on_done=self._done, progress=0,
+                           message="Finding the posterior mode (MAP) and its Laplace approximation…")
 
     def run_nuts(self) -> Future | None:
         """Start a NUTS fit in the worker; progress arrives through the session's event loop."""
         if self.busy or (spec := self._ready_spec()) is None:
             return None
-        self._cancel = cancel = threading.Event()
         key = (spec, len(self.data.y), self.warmup, self.draws, self.chains)
         first = key not in self._compiled
-        self._set(status="compiling" if first else "running", progress=0,
-                  message="Compiling the sampler for this model (the first NUTS fit of a model takes a while)…"
-                  if first else "Sampling…")
-        total_chains = self.chains
+        chains, warmup, draws, seed = self.chains, self.warmup, self.draws, self.seed
+        y, exog = self.data.y, self.data.exog_frame
 
-        def progress(chain, iteration, total):
-            if self.worker.closed:  # the session ended: stop sampling instead of running on unseen
-                cancel.set()
-            elif chain == total_chains - 1:
-                self.worker.post(lambda: self._progress(iteration, total))
+        def work(cancel: CancelFlag) -> BayesResult:
+            def progress(chain, iteration, total):
+                if chain == chains - 1:
+                    i = min(iteration, total)
+                    self.report(phase="sampling", progress=int(round(100 * i / total)),
+                                message=f"Sampling: iteration {i} of {total} (warm-up {warmup}).")
+            return nuts_fit(spec, y, exog, chains=chains, warmup=warmup, draws=draws, seed=seed,
+                            progress=progress, cancel=cancel)
 
         self._compiled.add(key)
-        return self.worker.submit(
-            lambda: nuts_fit(spec, self.data.y, self.data.exog_frame, chains=self.chains, warmup=self.warmup,
-                             draws=self.draws, seed=self.seed, progress=progress, cancel=cancel),
-            on_done=self._done, on_error=self._failed)
-
-    def cancel(self) -> None:
-        """Ask a running NUTS fit to stop (it stops at its next progress step)."""
-        if self._cancel is not None:
-            self._cancel.set()
-
-    def _progress(self, iteration: int, total: int) -> None:
-        if self.busy:
-            self._set(status="running", progress=int(round(100 * min(iteration, total) / total)),
-                      message=f"Sampling: iteration {min(iteration, total)} of {total} (warm-up {self.warmup}).")
+        return self.submit(work, on_done=self._done, progress=0, phase="compiling" if first else "sampling",
+                           message="Compiling the sampler for this model (the first NUTS fit of a model takes a "
+                                   "while)…" if first else "Sampling…")
 
     def _done(self, result: BayesResult) -> None:
         extra = {"posterior": result.idata} if result.method == "nuts" else {}
@@ -223,19 +200,15 @@ class BayesFitModel(param.Parameterized):
             msg = f"NUTS finished: {code_names(d.verdict, result.summary['parameter'])}."
         else:
             msg = "MAP fit finished (bands from its Laplace approximation)."
-        self._set(result=result, status="done", progress=100 if result.method == "nuts" else self.progress,
-                  message=msg, **extra)
+        self.finish("done", msg, result=result, progress=100 if result.method == "nuts" else self.progress, **extra)
 
     def restore(self, result: BayesResult | None, posterior, message: str) -> None:
         """Show a fit rebuilt elsewhere (a reloaded session): its result and NUTS posterior (either may be None)."""
-        self._set(result=result, posterior=posterior, status="done" if result is not None else "idle",
+        self._set(result=result, posterior=posterior, status="done" if result is not None else "idle", phase="",
                   progress=100 if result is not None and result.method == "nuts" else 0, message=message)
 
-    def _failed(self, exc: BaseException) -> None:
-        if isinstance(exc, engine.FitCancelled):
-            self._set(status="cancelled", message=f"{exc}. The previous result (if any) is kept.")
-        else:
-            self._set(status="error", message=f"The fit failed: {exc}")
+    def failure_message(self, exc: BaseException) -> str:
+        return f"The fit failed: {exc}"
 
     # -- save and reload -----------------------------------------------------------------
     def spec_file(self) -> io.BytesIO:
@@ -272,18 +245,17 @@ class BayesFitModel(param.Parameterized):
                     idata.load()
                 spec = engine.spec_of(idata)
                 self._load_spec(spec)
-                self._set(status="running", message=f"Loaded the posterior from {filename}; computing its "
-                                                     "diagnostics and bands…")
                 y, exog = fitted_data(idata)
-                return self.worker.submit(from_posterior, spec, idata, y, exog,
-                                          on_done=self._done, on_error=self._failed)
+                return self.submit(lambda cancel: from_posterior(spec, idata, y, exog), on_done=self._done,
+                                   message=f"Loaded the posterior from {filename}; computing its diagnostics and "
+                                           "bands…")
             for part, (_save, load) in self.extra_parts.items():
                 if name.startswith(part):
                     load(content)
                     return None
             raise ValueError("expected a model spec (.json) or a posterior (.nc)")
         except (ValueError, UnicodeDecodeError, OSError, RecursionError) as exc:   # RecursionError: deep JSON
-            self._set(status="error", message=f"Could not load {filename}: {exc}")
+            self.refuse(f"Could not load {filename}: {exc}")
             return None
 
     def _load_spec(self, spec: ModelSpec) -> None:
@@ -336,31 +308,29 @@ def forecast_bands(spec: ModelSpec, posterior, y, steps: int, index: pd.Index | 
     return ForecastBands(label, pd.DataFrame({"time": times[start:n], "y": y[start:]}), future)
 
 
-class ForecastModel(param.Parameterized):
+class ForecastModel(Job):
     """The posterior forecast of the session's latest fit: the NUTS draws, the MAP fit's Laplace draws,
-    or the quick fit's estimate (one draw: the plug-in forecast). Recomputed in the session's worker
-    when a fit finishes or the horizon changes; at most one computation runs, the latest request wins."""
+    or the quick fit's estimate (one draw: the plug-in forecast). A `Job`, recomputed in the session's
+    worker when a fit finishes or the horizon changes; at most one computation runs, the latest
+    request wins."""
 
     steps = param.Integer(default=24, bounds=(1, 500), doc="Steps ahead")
-    status = param.Selector(default="idle", objects=["idle", "running", "done", "error"], constant=True)
-    message = param.String(default="", constant=True)
     result = param.ClassSelector(class_=ForecastBands, default=None, allow_None=True, constant=True)
 
     def __init__(self, data: DataModel, worker: SessionWorker, bayes: BayesFitModel | None = None, fit=None,
                  **params):
-        super().__init__(**params)
-        self.data, self.worker = data, worker
+        super().__init__(worker, **params)
+        self.data = data
         self._source: tuple | None = None      # (spec, posterior, y, label) of the latest fit
         self._wanted = 0                       # id of the latest request; older results are dropped
-        self._running = False
+        self._computing = 0                    # id of the request being computed
+        self._in_worker = False                # a computation is queued or running (a fit's end may idle the status)
         if bayes is not None:
             bayes.param.watch(self._on_bayes, ["result"])
         if fit is not None:
             fit.param.watch(self._on_quick_fit, ["result"])
-
-    def _set(self, **values):
-        with param.edit_constant(self):
-            self.param.update(**values)
+            fit.forecast_steps = self.steps   # the quick fit compiles this forecast's program meanwhile
+            self.param.watch(lambda e: setattr(fit, "forecast_steps", e.new), ["steps"])
 
     def _on_bayes(self, event):
         r = event.new
@@ -377,7 +347,7 @@ class ForecastModel(param.Parameterized):
         self._source = source
         if source is None:
             self._wanted += 1
-            self._set(result=None, status="idle", message="")
+            self._set(result=None, status="idle", phase="", message="")
             return None
         return self.refresh()
 
@@ -385,30 +355,41 @@ class ForecastModel(param.Parameterized):
     def refresh(self) -> Future | None:
         """Forecast the latest fit in the worker; while one runs, the next starts when it ends."""
         self._wanted += 1
-        if self._source is None or self._running:
+        if self._source is None or self._in_worker:
             return None
         return self._submit()
 
     def _submit(self) -> Future | None:
         spec, posterior, y, label = self._source
         if spec.regression is not None:
-            self._set(status="error", result=None, message="A model with regressors needs their future values "
-                                                            "to forecast; they are not known here.")
+            self._set(result=None)
+            self.refuse("A model with regressors needs their future values to forecast; they are not known here.")
             return None
         index = self.data.index if self.data.frame is not None else None
-        wanted, self._running = self._wanted, True
-        self._set(status="running", message=f"Forecasting {self.steps} steps from the {label}…")
-        return self.worker.submit(forecast_bands, spec, posterior, y, self.steps, index, label,
-                                  on_done=lambda bands: self._finish(wanted, result=bands),
-                                  on_error=lambda exc: self._finish(wanted, error=exc))
+        self._computing, steps = self._wanted, self.steps
+        self._in_worker = True
+        return self.submit(lambda cancel: forecast_bands(spec, posterior, y, steps, index, label),
+                           message=f"Forecasting {steps} steps from the {label}…", on_done=self._done)
 
-    def _finish(self, wanted: int, result: ForecastBands | None = None, error: BaseException | None = None):
-        self._running = False
-        if wanted != self._wanted:             # superseded while it ran
-            if self._source is not None:
-                self._submit()
-        elif error is not None:
-            self._set(status="error", message=f"The forecast failed: {error}")
-        else:
-            self._set(result=result, status="done", message=f"{len(result.future)} steps ahead from the "
-                                                             f"{result.label}: forecast mean with 50% and 95% bands.")
+    def _superseded(self) -> bool:
+        """A newer request came while this one ran: run that one instead (True), or nothing when
+        there is no fit any more."""
+        self._in_worker = False
+        if self._computing == self._wanted:
+            return False
+        self._set(status="idle", phase="")
+        if self._source is not None:
+            self._submit()
+        return True
+
+    def _done(self, result: ForecastBands) -> None:
+        if not self._superseded():
+            self.finish("done", f"{len(result.future)} steps ahead from the {result.label}: forecast mean with "
+                                "50% and 95% bands.", result=result)
+
+    def _failed(self, exc: BaseException) -> None:
+        if not self._superseded():
+            super()._failed(exc)
+
+    def failure_message(self, exc: BaseException) -> str:
+        return f"The forecast failed: {exc}"

@@ -17,6 +17,7 @@ from engine.spec import ModelSpec
 
 from ..workers import SessionWorker
 from .data_model import DataModel
+from .job import Job
 from .spec_model import SpecModel
 
 BAND_Z = 1.959963984540054  # 95% normal band
@@ -40,6 +41,7 @@ class QuickFit:
     y: np.ndarray | None = None                           # (time,) the series it was fitted to
     warnings: tuple[str, ...] = ()                        # what makes the fit less exact than it looks
     se_notes: dict[str, str] = field(default_factory=dict)  # why a standard error is not defined, by parameter
+    auxiliary: dict[str, np.ndarray] = field(default_factory=dict)  # name → auxiliary residuals (time,)
 
     def fields(self) -> dict:
         """The estimates and statistics as plain JSON values (`from_fields` rebuilds the rest)."""
@@ -67,24 +69,41 @@ class QuickFit:
 
 
 def quick_fit(spec: ModelSpec, y: np.ndarray, exog: pd.DataFrame | None,
-              progress: Callable[[str], None] | None = None) -> QuickFit:
+              progress: Callable[[str], None] | None = None, forecast_steps: int | None = None) -> QuickFit:
     """Maximum likelihood (`engine.fit_mle`), then the smoothed components at the estimate.
 
     The smoother's program depends only on the model and the series' shape: it compiles on a
     second thread at a valid start while the fit runs (the first fit of a model is mostly
-    compiling). progress: as `engine.fit_mle`'s, called from the calling thread.
+    compiling), and so does, with `forecast_steps`, the program of the plug-in forecast that the
+    Fit tab shows next (`engine.posterior_forecast` over one draw; models with regressors have
+    none). progress: as `engine.fit_mle`'s, called from the calling thread.
     """
     say = progress or (lambda text: None)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamssm-smoother") as pool:
-        smoother = pool.submit(engine.smooth, spec, start_params(spec, y, exog), y, exog)
+        start = start_params(spec, y, exog)
+        compiling = [pool.submit(engine.smooth, spec, start, y, exog)]
+        if forecast_steps and spec.regression is None:
+            compiling.append(pool.submit(engine.posterior_forecast, spec, start, y, int(forecast_steps)))
         res = engine.fit_mle(spec, y, exog, progress=say)
         say("smoothing the components")
-        smoother.exception()   # a failure shows in the smoothing below, at the estimate
+        for job in compiling:
+            job.exception()   # a failure shows in the smoothing below or in the forecast, at the estimate
     return from_fields(res.spec, {"params": dict(res.params), "se": dict(res.se), "loglik": res.loglik,
                                   "aic": res.aic, "bic": res.bic, "converged": res.converged,
                                   "message": res.message, "n_obs": res.n_obs, "warnings": list(res.warnings),
                                   "se_notes": dict(res.se_notes)},
                        y, exog)
+
+
+def auxiliary_residuals(spec: ModelSpec, smoothed: engine.SmoothedComponents) -> dict[str, np.ndarray]:
+    """The residual checks of a fit: the auxiliary residuals of the irregular (outliers) and of the
+    level and slope (`trend`) disturbances (breaks), those the model has as stochastic."""
+    out = {"irregular": np.asarray(smoothed.auxiliary_measurement)}
+    state = np.asarray(smoothed.auxiliary_state)
+    for selector in engine.component_selectors(spec):
+        if selector.name in ("level", "trend"):
+            out[selector.name] = state[:, selector.states[0]]
+    return {name: values for name, values in out.items() if np.isfinite(values).any()}
 
 
 def from_fields(spec: ModelSpec, fields: dict, y: np.ndarray, exog: pd.DataFrame | None) -> QuickFit:
@@ -98,23 +117,23 @@ def from_fields(spec: ModelSpec, fields: dict, y: np.ndarray, exog: pd.DataFrame
                     float(fields["aic"]), float(fields["bic"]), bool(fields["converged"]), str(fields["message"]),
                     int(fields["n_obs"]), comps, np.asarray(y, dtype=float),
                     tuple(str(w) for w in fields.get("warnings", ())),
-                    {str(k): str(v) for k, v in fields.get("se_notes", {}).items()})
+                    {str(k): str(v) for k, v in fields.get("se_notes", {}).items()}, auxiliary_residuals(spec, sm))
 
 
-class FitModel(param.Parameterized):
-    """Runs `quick_fit` for the current data and spec; keeps the latest result."""
+class FitModel(Job):
+    """Runs `quick_fit` for the current data and spec (a `Job`: status, phase, message); keeps the
+    latest result."""
 
-    status = param.Selector(default="idle", objects=["idle", "running", "done", "error"], constant=True)
-    message = param.String(default="", constant=True)
     result = param.ClassSelector(class_=QuickFit, default=None, allow_None=True, constant=True)
     stale = param.Boolean(default=False, constant=True, doc="The data or spec changed since the fit")
-    phase = param.String(default="", constant=True, doc="What a running fit is doing now")
+    forecast_steps = param.Integer(default=None, allow_None=True, bounds=(1, None),
+                                   doc="Steps of the forecast shown after a fit (its program compiles while the "
+                                       "fit runs); set by the forecast view-model")
 
     def __init__(self, data: DataModel, spec: SpecModel, worker: SessionWorker, **params):
-        super().__init__(**params)
-        self.data, self.spec_model, self.worker = data, spec, worker
+        super().__init__(worker, **params)
+        self.data, self.spec_model = data, spec
         self._fitted_on = None
-        self._run_id = 0          # which fit's progress the page shows
         data.param.watch(self._mark_stale, ["frame", "target", "exog", "log_transform"])
         spec.param.watch(self._mark_stale, ["spec"])
 
@@ -123,40 +142,30 @@ class FitModel(param.Parameterized):
                 self.data.log_transform, self.data.time_column)
 
     def _mark_stale(self, *_):
-        with param.edit_constant(self):
-            self.stale = self.result is not None and self._inputs() != self._fitted_on
-
-    def _set(self, **values):
-        with param.edit_constant(self):
-            self.param.update(**values)
+        self._set(stale=self.result is not None and self._inputs() != self._fitted_on)
 
     def run_quick_fit(self) -> Future | None:
-        """Start the fit in the worker; returns its future (None when the inputs are not valid)."""
-        if self.status == "running":
+        """Start the fit in the worker; returns its future (None when the inputs are not valid or a
+        fit is running)."""
+        if self.busy:
             return None
         spec = self.spec_model.spec
         if not self.data.ready:
-            self._set(status="error", message=self.data.error or "Load a dataset first.")
+            self.refuse(self.data.error or "Load a dataset first.")
             return None
         if spec is None:
             problem = "; ".join(self.spec_model.errors.values()) or "the model is not valid"
-            self._set(status="error", message=f"Fix the model first: {problem}")
+            self.refuse(f"Fix the model first: {problem}")
             return None
-        inputs = self._inputs()
-        self._run_id = run_id = self._run_id + 1
-        self._set(status="running", phase="starting", message=self._running_message("starting"))
-        progress = lambda text: self.worker.post(lambda: self._progress(run_id, text))
-        return self.worker.submit(quick_fit, spec, self.data.y, self.data.exog_frame, progress,
-                                  on_done=lambda r: self._done(r, inputs), on_error=self._failed)
+        inputs, y, exog, steps = self._inputs(), self.data.y, self.data.exog_frame, self.forecast_steps
+        progress = lambda phase: self.report(phase=phase, message=self._running_message(phase))
+        return self.submit(lambda cancel: quick_fit(spec, y, exog, progress, steps),
+                           message=self._running_message("starting"), phase="starting",
+                           on_done=lambda r: self._done(r, inputs))
 
     @staticmethod
     def _running_message(phase: str) -> str:
         return f"Fitting by maximum likelihood: {phase}…"
-
-    def _progress(self, run_id: int, phase: str) -> None:
-        """Show the running fit's phase (posted from the worker; a late one of a finished fit is dropped)."""
-        if self.status == "running" and run_id == self._run_id:
-            self._set(phase=phase, message=self._running_message(phase))
 
     def _done(self, result: QuickFit, inputs) -> None:
         """Publish a finished fit. The status is set last and whatever happens: a watcher of the result
@@ -170,12 +179,12 @@ class FitModel(param.Parameterized):
             log.exception("showing the quick fit failed")
             note += f" Part of the page could not show it ({type(exc).__name__}: {exc})."
         finally:
-            self._set(status="done", phase="", message=f"Fitted {result.n_obs} observations.{note}")
+            self.finish("done", f"Fitted {result.n_obs} observations.{note}")
 
     def restore(self, result: QuickFit | None, message: str) -> None:
         """Show a fit rebuilt elsewhere (a reloaded session) as a fit of the current data and spec."""
         self._fitted_on = self._inputs()
-        self._set(result=result, status="done" if result is not None else "idle", stale=False,
+        self._set(result=result, status="done" if result is not None else "idle", stale=False, phase="",
                   message=message if result is not None else "")
 
     @property
@@ -183,5 +192,5 @@ class FitModel(param.Parameterized):
         """The shown fit's verdict: None without a fit."""
         return None if self.result is None else self.result.converged
 
-    def _failed(self, exc: BaseException) -> None:
-        self._set(status="error", phase="", message=f"The fit failed: {exc}")
+    def failure_message(self, exc: BaseException) -> str:
+        return f"The fit failed: {exc}"

@@ -4,6 +4,7 @@ with progress, cancel, a per-series result table and a drill-down into one serie
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import re
 import time
@@ -16,14 +17,15 @@ import param
 
 import engine
 from engine import cluster
-from engine.data import DATASETS_DIR
 from engine.fleet import ANOMALY_Z
 from engine.spec import ModelSpec
 
 from ..workers import SessionWorker
-from .data_model import UPLOAD, DataModel
+from .data_model import UPLOAD, DataModel, series_titles
 from .job import CancelFlag, Job
 from .spec_model import SpecModel
+
+log = logging.getLogger("streamssm.app")
 
 SYNTHETIC = "synthetic fleet"
 NO_UPLOAD = "Upload a wide CSV: a time column and one numeric column per series."
@@ -71,16 +73,6 @@ def wide_datasets() -> list[str]:
     cat = engine.list_datasets()
     wide = cat["layout"] == "wide" if "layout" in cat else pd.Series(False, index=cat.index)
     return list(cat.loc[wide.fillna(False).astype(bool), "name"])
-
-
-def series_titles(dataset: str) -> dict[str, str]:
-    """Series id → title from a shipped dataset's titles file (empty when it has none)."""
-    entry = engine.catalogue_entry(dataset)
-    name = entry.get("series_titles")
-    if not name:
-        return {}
-    titles = pd.read_csv(DATASETS_DIR / name, dtype=str)
-    return dict(zip(titles["series"], titles["title"]))
 
 
 @dataclass(frozen=True)
@@ -340,6 +332,8 @@ class FleetModel(Job):
                     res, cancelled = engine.fit_many(spec, wide, progress=progress, cancel=cancel, **options), False
                 except engine.FleetCancelled as exc:
                     res, cancelled = exc.partial, True
+                    log.info("session %s: fleet job cancelled%s: %s", self.worker.session_id,
+                             " (the session closed)" if self.worker.closed else "", exc)
             table = res.table.copy() if res is not None else pd.DataFrame(columns=["series", "status"])
             if data.titles:
                 table.insert(1, "title", [data.titles.get(s, "") for s in table["series"]])

@@ -53,7 +53,7 @@ log = logging.getLogger("streamssm.app")
 DATASET = "rest of the dataset"
 DEMO_LENGTH = 2000        # observations in a demo stream
 DEMO_DRAWS = 200          # draws of a demo's posterior bank
-STATUSES = ["idle", "starting", "playing", "paused", "finished", "stopped", "error"]
+STATUSES = ["idle", "starting", "playing", "pausing", "paused", "finished", "stopped", "error"]
 FORECAST_EVERY_S = 0.25   # the forecast panel is refreshed at most this often
 FRAME_S = 0.1             # the page is updated at most this often while the stream runs
 MAX_HORIZON = 500         # forecast steps the x-axis is extended by (the `horizon` bound)
@@ -483,7 +483,7 @@ class StreamModel(param.Parameterized):
     # -- controls --------------------------------------------------------------------
     def play(self) -> Future | None:
         """Start a new run (building the filter in the worker) or resume a paused one."""
-        if self.runner is not None and self.status == "paused":
+        if self.runner is not None and self.status in ("pausing", "paused"):
             self.runner.resume()
             self._set(status="playing", message="")
             return None
@@ -492,8 +492,28 @@ class StreamModel(param.Parameterized):
         return self._start(paused=False)
 
     def pause(self) -> None:
-        if self.runner is not None and self.status == "playing":
-            self.runner.pause()
+        """Let no further observation through. The runner stops taking observations at once, but a
+        batch it had taken still goes through the filter: the status is "pausing" until that batch
+        is shown, then "paused" with the exact count (which then stays until Play or Step)."""
+        runner = self.runner
+        if runner is None or self.status != "playing":
+            return
+        runner.pause()
+        self._set(status="pausing")
+
+        def wait():   # a thread of its own: the batch in flight may be compiling
+            runner.wait_idle()
+            if not self._closed:
+                self._dispatch(partial(self._paused, runner))
+
+        threading.Thread(target=wait, name="stream-pausing", daemon=True).start()
+
+    def _paused(self, runner: engine.StreamRunner) -> None:
+        """The runner took its last batch before the pause through: show it, then say "paused"."""
+        if runner is not self.runner or self.status != "pausing" or not runner.paused:
+            return   # resumed, stopped or replaced meanwhile
+        self._drain()
+        if self.status == "pausing":   # not finished or failed by that last batch
             self._set(status="paused")
 
     def step(self, n: int = 1) -> Future | None:
@@ -564,8 +584,9 @@ class StreamModel(param.Parameterized):
                 self._dispatch(partial(self._refit_done, swapped))
             done.set_result(swapped)
 
-        self._refit_thread = threading.Thread(target=run, name="stream-refit", daemon=True)
-        self._refit_thread.start()
+        # the process's exit hook closes the filter (its move gives up) and waits for this thread
+        self._refit_thread = engine.background.start_thread(run, name="stream-refit",
+                                                            stop=lambda: filt.close(timeout=0))
         return done
 
     def _refit_job(self, filt: engine.OnlineFilter, plan: StreamPlan) -> bool:
@@ -772,7 +793,7 @@ class StreamModel(param.Parameterized):
                 values.update(status="error", message=f"The stream failed: {errors[0].get('error')}")
             elif setbacks:   # the stream goes on with the bank it has
                 what = "refit" if setbacks[-1]["kind"] == "rejuvenation_failed" else "forecast"
-                going = "goes on with" if self.status in ("playing", "paused") else "keeps"
+                going = "goes on with" if self.status in ("playing", "pausing", "paused") else "keeps"
                 values["message"] = (f"The background {what} failed ({setbacks[-1].get('error')}); the stream "
                                      f"{going} the current draws.")
         runner = self.runner

@@ -93,23 +93,33 @@ class UploadBox(JSComponent):
     def __init__(self, **params):
         super().__init__(**params)
         self._parts: list[bytes] = []
+        # The limit the server enforces, fixed when the box is made: `max_bytes` is synced with the
+        # page, which can change it, so it only tells the browser what to refuse before sending.
+        self._limit = int(self.max_bytes)
+        self._refused: str | None = None   # the upload refused last: its remaining chunks are dropped
 
     def _handle_msg(self, msg) -> None:
-        """One message from the browser: a refusal, or one chunk of a file (the last sets `value`)."""
+        """One message from the browser: a refusal, or one chunk of a file (the last sets `value`).
+        The server's own limit holds whatever the page says: a file declared, or found, larger
+        is dropped with the chunks received so far."""
         try:
             name, size = str(msg["name"]), int(msg["size"])
-            if msg["kind"] == "refused" or size > self.max_bytes:
-                self._parts = []
-                self.message = (f"{name} is {format_size(size)}, over the {format_size(self.max_bytes)} limit, "
-                                "so it was not uploaded: choose a smaller file.")
+            if msg["kind"] == "refused" or size > self._limit:
+                self._refuse(name, size)
                 return
             index, total = int(msg["index"]), int(msg["total"])
             if index == 0:
-                self._parts, self.message = [], ""
+                self._parts, self.message, self._refused = [], "", None
+            elif self._refused == name:
+                return
             if index != len(self._parts) or index >= total:
                 raise ValueError(f"part {index + 1} of {total} arrived out of order")
             self._parts.append(b64decode(msg["data"], validate=True))
-            if sum(map(len, self._parts)) > size:
+            received = sum(map(len, self._parts))
+            if received > self._limit:
+                self._refuse(name, received)
+                return
+            if received > size:
                 raise ValueError("more bytes arrived than the file has")
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             self._parts = []
@@ -121,6 +131,12 @@ class UploadBox(JSComponent):
         with param.parameterized.discard_events(self):
             self.value = None  # the same file again is a new value
         self.param.update(filename=name, value=raw)
+
+
+    def _refuse(self, name: str, size: int) -> None:
+        self._parts, self._refused = [], name
+        self.message = (f"{name} is {format_size(size)}, over the "
+                        f"{format_size(self._limit)} limit, so it was not uploaded: choose a smaller file.")
 
 
 def error_alert(model: param.Parameterized, name: str = "error") -> pn.pane.Alert:

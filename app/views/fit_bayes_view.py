@@ -50,7 +50,7 @@ class BayesFitView(pn.viewable.Viewer):
         self._cancel.on_click(lambda _: m.cancel())
         self._bar = pn.indicators.Progress(value=0, max=100, width=400, css_classes=["nuts-progress"])
         self._status = pn.pane.Alert("", visible=False, sizing_mode="stretch_width")
-        m.param.watch(self._on_status, ["status", "message", "progress"])
+        m.param.watch(self._on_status, ["status", "phase", "message", "progress"])
         self._on_status()
         save = pn.Row(w.FileDownload(callback=m.spec_file, filename="spec.json", label="Download spec (JSON)"),
                       w.FileDownload(callback=m.posterior_file, filename="posterior.nc",
@@ -69,7 +69,7 @@ class BayesFitView(pn.viewable.Viewer):
         m = self.model
         self._map.disabled = self._nuts.disabled = m.busy
         self._cancel.disabled = not m.busy
-        self._bar.value = -1 if m.status == "compiling" else m.progress  # -1: indeterminate while compiling
+        self._bar.value = -1 if m.busy and m.phase == "compiling" else m.progress  # -1: indeterminate while compiling
         kind = {"error": "danger", "cancelled": "warning", "done": "success"}.get(m.status, "info")
         if m.status == "done" and m.result is not None and m.result.diagnosis is not None \
                 and not m.result.diagnosis.trustworthy:

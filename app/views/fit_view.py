@@ -6,7 +6,7 @@ from __future__ import annotations
 import panel as pn
 import param
 
-from ..plots import decomposition_plot
+from ..plots import auxiliary_plot, decomposition_plot
 from ..viewmodels import FitModel
 from .fit_bayes_view import BayesFitView, ForecastView
 
@@ -57,8 +57,19 @@ class FitView(pn.viewable.Viewer):
             "### Decomposition",
             pn.pane.HoloViews(decomposition_plot(data.index, data.y, data.target_label, r.components),
                               sizing_mode="stretch_width"),
+            *self._residual_checks(r, data.index),
             sizing_mode="stretch_width",
         )
+
+    @staticmethod
+    def _residual_checks(r, index) -> list:
+        if not r.auxiliary:
+            return []
+        return ["### Residual checks\nAuxiliary residuals: the smoothed disturbances standardised, N(0, 1) where "
+                "the model holds. Beyond ±1.96, an irregular residual marks an outlier there, a level or slope "
+                "(trend) residual a break.",
+                pn.pane.HoloViews(auxiliary_plot(index, r.auxiliary), sizing_mode="stretch_width",
+                                  css_classes=["auxiliary-residuals"])]
 
     def __panel__(self):
         return self._layout

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import panel as pn
 import param
 
-from ..plots import learn_plot
+from ..plots import learn_plot, time_label
 from ..viewmodels import LearnModel
 
 SLIDER_DECADES = 3  # each variance slider spans 10^±3 around its starting value
@@ -106,10 +105,3 @@ class LearnView(pn.viewable.Viewer):
 
     def __panel__(self):
         return self._layout
-
-
-def time_label(time) -> str:
-    """A step's time as the data give it: a date without a clock when the clock reads midnight."""
-    if isinstance(time, pd.Timestamp) and time == time.normalize():
-        return time.strftime("%Y-%m-%d")
-    return str(time)

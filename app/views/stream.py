@@ -173,11 +173,11 @@ class StreamView(pn.viewable.Viewer):
         busy = m.status in ("starting", "playing")
         self._play.disabled = m.status in ("starting", "playing")
         self._pause.disabled = m.status != "playing"
-        self._stop.disabled = not busy and m.status != "paused"
+        self._stop.disabled = not busy and m.status not in ("pausing", "paused")
         self._refit.visible = m.drift_alarm
         # while a run goes on, a message is a setback it survived (a failed refit or forecast)
         kind = {"error": "danger", "starting": "info", "finished": "success", "playing": "warning",
-                "paused": "warning"}.get(m.status, "light")
+                "pausing": "warning", "paused": "warning"}.get(m.status, "light")
         self._alert.param.update(object=m.message, alert_type=kind, visible=bool(m.message))
         label = f" — {m.posterior_label}" if m.posterior_label else ""
         alarm = " — **drift alarm**: the model no longer fits the recent data" if m.drift_alarm else ""

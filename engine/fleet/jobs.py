@@ -14,11 +14,14 @@ from typing import Callable, Mapping
 import numpy as np
 import pandas as pd
 
+from .. import background
 from ..bayes import FitCancelled
 from ..cores import usable_cores
+from ..domains import check_params
 from ..model import as_param_vector
 from ..priors import resolve_priors
-from ..spec import ModelSpec, as_spec, param_names
+from ..regimes import refuse_regimes
+from ..spec import ModelSpec, as_spec, param_names, require_gaussian
 from .batch import METHODS, Batch, BatchOutput, FleetJob, failed_output, run_batch, table_columns
 from .scoring import MAX_ITER
 from .table import as_series_table, batch_bounds, default_batch_size
@@ -64,8 +67,10 @@ def _filter_params(spec: ModelSpec, params, ids: list) -> tuple[dict | None, np.
         missing = [i for i in ids if i not in table.index]
         if missing:
             raise ValueError(f"the params table has no row for series {missing[:5]}{' …' if len(missing) > 5 else ''}")
-        return None, table.loc[ids, names].to_numpy(dtype=float)
-    as_param_vector(spec, params)   # validates names
+        rows = table.loc[ids, names].to_numpy(dtype=float)
+        check_params(spec, rows, name="the params table", rows="series", labels=ids)
+        return None, rows
+    check_params(spec, as_param_vector(spec, params))   # validates names and ranges
     return {n: float(params[n]) for n in names}, None
 
 
@@ -94,6 +99,8 @@ def fit_many(spec, Y, exog=None, *, method: str = "mle", backend: str = "local",
     keep=True also returns each series' posterior and online belief.
     """
     spec = as_spec(spec)
+    refuse_regimes(spec, "fit_many")
+    require_gaussian(spec, "fit_many")
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not known; use one of {METHODS}")
     if backend not in BACKENDS:
@@ -124,6 +131,13 @@ def fit_many(spec, Y, exog=None, *, method: str = "mle", backend: str = "local",
         if progress is not None:
             progress(done[0], n_series)
 
+    with background.job("fit_many", cancel) as cancel:   # the process's exit cancels it
+        return _run(job, batches, finished, cancel, done, n_series, backend, address, max_retries)
+
+
+def _run(job: FleetJob, batches: list[Batch], finished: Callable[[Batch], None], cancel, done: list[int],
+         n_series: int, backend: str, address: str | None, max_retries: int) -> FleetResult:
+    """Run the batches on the backend; `FleetCancelled` with the finished ones once `cancel` is set."""
     outputs: dict[int, BatchOutput] = {}
     if backend == "local":
         outputs = _run_local(job, batches, finished, cancel)

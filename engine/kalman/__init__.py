@@ -38,6 +38,7 @@ fuses the whole update into a few elementwise loops over the batch:
 | `run`                      | scan     | per step or chunk   | dense or Cholesky     | scan | its path's           |
 | `run_chunked`              | scan     | per chunk           | dense or Cholesky     | scan | hand-written (dense) |
 | `mean_pass`                | scan     | gains given         | none: shared K_t, F_t | scan | autodiff             |
+| `smooth_full`              | smoother | backward pass       | dense                 | scan | autodiff             |
 | `smooth_one`               | smoother | backward pass       | dense                 | scan | autodiff             |
 
 `observe` and `predict` are the halves of `full_step`; `diffuse_step` is `full_step` in the diffuse
@@ -59,7 +60,9 @@ When each is chosen:
   prefix and `standard_step_fused` after it. The parallel filter (`engine.parallel`) runs `run`
   over the diffuse prefix and vectorises `observe` over time after it.
 * `mean_pass` serves many series that share one system and one missing-data pattern (the
-  gains of one member's kept `run`); `smooth_one` smooths one member's kept `run`.
+  gains of one member's kept `run`); `smooth_full` smooths one member's kept `run`: states,
+  disturbances and the r/N recursions from one backward pass (`smooth_one`: the states alone;
+  `disturbances`: the smoothed disturbances from r, N and the gains).
 
 Modules: `state` (FilterState, Augmented, StepInfo, Phase, StepKind, init, phase_of, tolerances),
 `augmented` (the augmented filter's step, scan and collapse), `ops`
@@ -70,7 +73,7 @@ from .ops import (dense_cov, design_states, factor_psd, mat_vec, mat_z, outer, r
                   symmetrize, tria, tria_batch_last, z_dot)
 from .packed import pack, packed_entry, packed_mat_z, packed_pairs, standard_step_packed, unpack
 from .scan import CHUNK_STEPS, mean_pass, run, run_chunked
-from .smoother import SmoothResult, smooth_one
+from .smoother import SmootherOutput, SmoothResult, disturbances, smooth_full, smooth_one
 from .state import (LOG_2PI, TOL_DIFFUSE, TOL_STEADY, Augmented, FilterState, Phase, StepInfo, StepKind,
                     augmented_init, batch_last, converged, init, phase_of)
 from .augmented import COLLAPSE_PIVOT, augmented_scan, augmented_step, collapse, collapse_state, reached_solve
@@ -79,13 +82,13 @@ from .steps import (diffuse_scan, diffuse_step, full_step, observe, predict, sca
 from .tangents import diffuse_scan_custom_jvp, standard_scan_custom_jvp
 
 __all__ = [
-    "FilterState", "Augmented", "StepInfo", "Phase", "StepKind", "SmoothResult", "TOL_DIFFUSE", "TOL_STEADY",
-    "LOG_2PI", "COLLAPSE_PIVOT",
+    "FilterState", "Augmented", "StepInfo", "Phase", "StepKind", "SmoothResult", "SmootherOutput", "TOL_DIFFUSE",
+    "TOL_STEADY", "LOG_2PI", "COLLAPSE_PIVOT",
     "CHUNK_STEPS", "batch_last", "init", "phase_of", "converged",
     "step", "diffuse_step", "settled_step", "full_step", "observe", "predict", "steady_step", "scalar_observe",
     "standard_step_fused", "standard_step_packed", "diffuse_scan", "diffuse_scan_custom_jvp", "standard_scan",
     "standard_scan_custom_jvp",
-    "steady_scan", "run", "run_chunked", "mean_pass", "smooth_one",
+    "steady_scan", "run", "run_chunked", "mean_pass", "smooth_full", "smooth_one", "disturbances",
     "pack", "unpack", "packed_pairs", "packed_entry", "packed_mat_z",
     "augmented_init", "augmented_step", "augmented_scan", "collapse", "collapse_state", "reached_solve",
     "tria", "tria_batch_last", "safe_sqrt", "factor_psd", "mat_vec", "outer", "symmetrize", "dense_cov", "z_dot",

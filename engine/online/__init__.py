@@ -20,8 +20,8 @@ The package, by job:
 """
 
 from ..rejuvenation import RejuvenationConfig, Rejuvenator
-from .bank import (OnlineForecast, StepFlags, catch_up, forecast, init, make_bank, select_step, standard_step,
-                   steady_step, step, step_flags, step_many, phase_of_flags)
+from .bank import (OnlineForecast, Prediction, StepFlags, catch_up, forecast, init, make_bank, predict_step,
+                   select_step, standard_step, steady_step, step, step_flags, step_many, phase_of_flags)
 from .draws import fit_priors, posterior_draws
 from .filter import OnlineFilter
 from .mixture import BAND_LEVELS, PROBS, mixture_moments, mixture_quantiles
@@ -30,7 +30,8 @@ from .state import Bank, Belief, OnlineConfig, as_config
 
 __all__ = [
     "OnlineConfig", "as_config", "Bank", "Belief", "OnlineInfo", "OnlineForecast",
-    "make_bank", "init", "step", "standard_step", "steady_step", "step_many", "catch_up", "forecast",
+    "make_bank", "init", "step", "predict_step", "Prediction", "standard_step", "steady_step", "step_many",
+    "catch_up", "forecast",
     "StepFlags", "step_flags", "phase_of_flags", "select_step",
     "OnlineFilter", "RejuvenationConfig", "Rejuvenator", "posterior_draws", "fit_priors", "component_names",
     "PROBS", "BAND_LEVELS", "mixture_moments", "mixture_quantiles",

@@ -27,7 +27,8 @@ from jax import lax
 from .. import kalman
 from ..components import component_selectors
 from ..model import batch_systems
-from ..spec import ModelSpec, as_spec
+from ..regimes import refuse_regimes
+from ..spec import ModelSpec, as_spec, require_gaussian
 from ..system import System, layout
 from .covariance import _dense, _is_packed, _standard_update, _use_packed
 from .mixture import PROBS, mixture_moments, mixture_quantiles
@@ -50,6 +51,8 @@ class OnlineForecast(NamedTuple):
 def make_bank(spec, params) -> Bank:
     """Systems for S parameter draws (draw, param): built once per bank, batch-last."""
     spec = as_spec(spec)
+    refuse_regimes(spec, "the online bank")
+    require_gaussian(spec, "the online bank")
     params = jnp.asarray(params, dtype=jnp.float64)
     exog = jnp.zeros((1, spec.k_exog)) if spec.regression is not None else None
     return Bank(params, kalman.batch_last(batch_systems(spec, params, exog)))
@@ -266,21 +269,39 @@ def catch_up(config: OnlineConfig, bank: Bank, belief: Belief, ys, exog=None) ->
     return belief._replace(filter=fs, log_weight=lw - jax.scipy.special.logsumexp(lw), t=belief.t + ys.shape[0])
 
 
+class Prediction(NamedTuple):
+    """The predictive of y_t from the predicted belief (a_t, P_t), per draw, before y_t is seen."""
+
+    mean: jnp.ndarray          # (draw,) μ = z·a + d
+    var: jnp.ndarray           # (draw,) F = z P z + H (finite part)
+    design: jnp.ndarray        # (state, draw) z_t
+    cov_design: jnp.ndarray    # (state, draw) P_t z_t = Cov(α_t, z·α_t)
+    diffuse: jnp.ndarray       # (draw,) bool: z P∞ z > 0, the predictive is improper
+
+
+def predict_step(config: OnlineConfig, bank: Bank, fs: kalman.FilterState, exog_t=None):
+    """One step of every draw with y_t unobserved: (the filter state at t+1, the `Prediction` of y_t).
+
+    The predict-only step of `forecast`, and of anything that runs the bank forward without
+    conditioning on what it sees (a counterfactual: `engine.impact`). fs: dense P."""
+    lay = layout(config.spec)
+    z, d = _design(config.spec, bank, exog_t)
+    nan = jnp.full(d.shape, jnp.nan, dtype=jnp.float64)   # strongly typed: the next state has the types of this one
+    fs, si = kalman.step(lay, bank.system, fs, nan, d, z, sqrt=config.sqrt, keep=True)
+    Pz = kalman.mat_vec(si.pred_cov, z)
+    var = jnp.sum(z * Pz, axis=0) + bank.system.obs_var
+    diffuse = jnp.einsum("ib,ijb,jb->b", z, si.pred_diffuse, z) > kalman.TOL_DIFFUSE
+    return fs, Prediction(jnp.sum(z * si.pred_mean, axis=0) + d, var, z, Pz, diffuse)
+
+
 def forecast(config: OnlineConfig, bank: Bank, belief: Belief, steps: int, exog_future=None) -> OnlineForecast:
     """h = 1..steps predictive of y from the belief: a run of predict-only steps, O(steps)."""
-    spec = config.spec
-    lay = layout(spec)
-    n_draws = bank.params.shape[0]
+    lay = layout(config.spec)
     xs = jnp.zeros((steps, 0)) if exog_future is None else jnp.asarray(exog_future, dtype=jnp.float64)
-    nan = jnp.full(n_draws, jnp.nan)
 
     def body(fs, x_t):
-        z, d = _design(spec, bank, None if exog_future is None else x_t)
-        fs, si = kalman.step(lay, bank.system, fs, nan, d, z, sqrt=config.sqrt, keep=True)
-        mu = jnp.sum(z * si.pred_mean, axis=0) + d
-        var = jnp.einsum("ib,ijb,jb->b", z, si.pred_cov, z) + bank.system.obs_var
-        diffuse = jnp.einsum("ib,ijb,jb->b", z, si.pred_diffuse, z) > kalman.TOL_DIFFUSE
-        return fs, (mu, jnp.where(diffuse, jnp.inf, var))
+        fs, pred = predict_step(config, bank, fs, None if exog_future is None else x_t)
+        return fs, (pred.mean, jnp.where(pred.diffuse, jnp.inf, pred.var))
 
     _, (mu, var) = lax.scan(body, _dense(lay, belief.filter), xs)
     w = jnp.exp(belief.log_weight)

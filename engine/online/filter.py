@@ -8,12 +8,14 @@ a `Rejuvenator` (`engine.rejuvenation`), swapping each moved bank in at the next
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..domains import check_params
 from ..model import as_param_vector
 from ..rejuvenation import Closed, MoveInput, RejuvenationConfig, Rejuvenator
 from ..system import check_exog, check_finite, layout
@@ -28,6 +30,38 @@ from .state import Bank, Belief, as_config
 # a moved bank keeps up with the stream on its own thread until at most this many observations
 # are left for the swap
 SWAP_BACKLOG = 16
+
+
+def _refuse_non_numbers(values) -> None:
+    """TypeError unless every observation is a real number or None (missing, as NaN): numpy would
+    read '1100' or True as a number."""
+    kind = np.asarray(values).dtype.kind
+    if kind in "fiu":
+        return
+    if kind == "O" and all(v is None or isinstance(v, (int, float, np.integer, np.floating))
+                           and not isinstance(v, (bool, np.bool_)) for v in np.asarray(values, dtype=object).reshape(-1)):
+        return
+    raise TypeError(f"observations must be numbers (NaN for missing), got {_shown(values)}")
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_one(y) -> None:
+    """Refuse anything but one observation (a number, NaN or None for missing) for `update`."""
+    _refuse_non_numbers(y)
+    if np.size(y) != 1:
+        raise ValueError(f"update takes one observation (a number, NaN for missing), got {_shown(y)} of shape "
+                         f"{np.shape(y)}; pass several with update_many")
+
+@partial(jax.jit, static_argnums=1)
+def _first_steps(info: OnlineInfo, n: int) -> OnlineInfo:
+    """The first n steps of a padded micro-batch's info (time-leading arrays), in one program per
+    (bucket, n): slicing each field eagerly compiled one small program per field for every new
+    batch length."""
+    return jax.tree_util.tree_map(lambda a: a[:n], info)
 
 
 class OnlineFilter:
@@ -57,6 +91,7 @@ class OnlineFilter:
         self.config = config = as_config(config)
         spec = config.spec
         params = np.atleast_2d(np.asarray(as_param_vector(spec, params), dtype=float))
+        check_params(spec, params, name="the bank's draws", rows="draw")
         self.bank: Bank = _make_bank_jit(spec, jnp.asarray(params))
         y_hist = np.zeros(0) if y_history is None else np.asarray(getattr(y_history, "values", y_history), float)
         if y_hist.ndim != 1:
@@ -160,6 +195,7 @@ class OnlineFilter:
 
     def check_input(self, ys, exog=None) -> tuple[np.ndarray, np.ndarray | None]:
         """Validated (ys (time,), exog (time, k) or None) for an update; raises naming what is wrong."""
+        _refuse_non_numbers(ys)
         try:
             arr = np.asarray(ys, dtype=float)
         except (TypeError, ValueError) as exc:
@@ -175,6 +211,7 @@ class OnlineFilter:
 
     def update(self, y, exog=None) -> OnlineInfo:
         """Consume one observation (NaN: predict only). Returns its `OnlineInfo` (device arrays)."""
+        check_one(y)
         ys, x = self.check_input([y], None if exog is None else [exog])
         y = float(ys[0])
         self._swap_in_moved_bank()
@@ -198,7 +235,7 @@ class OnlineFilter:
         self._belief, info = fn(self.config, self.bank, self._belief, y_pad, x_pad, n_valid)
         self._history.extend(ys, x)
         if len(y_pad) > n:
-            info = jax.tree_util.tree_map(lambda a: a[:n], info)
+            info = _first_steps(info, n)
         self._after_update(info, n - 1, observed)
         return info
 

@@ -46,6 +46,8 @@ def test_decomposition_axes_are_the_engine_components(nile):
     assert labels == ["flow", *[k for k in comps if k != "level"]]
     titles = [f.title.text for f in figs]
     assert all(BAND_LABEL in t for t in titles) and not [t for t in titles if "slope" in t or "HDI" in t]
+    # the stacked panels' time axes line up: each spans the data exactly (the observations' panel too)
+    assert {(f.x_range.start, f.x_range.end) for f in figs} == {(0, len(nile) - 1)}
 
 
 def test_posterior_bands_are_equal_tailed_and_match_the_quick_fits_for_one_draw(nile):
@@ -62,6 +64,7 @@ def test_posterior_bands_are_equal_tailed_and_match_the_quick_fits_for_one_draw(
     figs = figures(band_plot(np.arange(len(nile)), nile, "flow", bands))
     assert [f.yaxis[0].axis_label for f in figs] == list(bands)
     assert all(f"posterior mean and {BAND_LABEL}" in f.title.text for f in figs)
+    assert {(f.x_range.start, f.x_range.end) for f in figs} == {(0, len(nile) - 1)}
     assert all(f.sizing_mode in ("stretch_width", "stretch_both", "scale_width") for f in figs)
 
 

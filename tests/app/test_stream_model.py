@@ -211,7 +211,8 @@ def test_a_failed_refit_is_reported_and_the_stream_goes_on(session):
     received = model.n_received
     _wait_for(lambda: model.n_received > received)
     model.pause()
-    assert model.status == "paused" and model.runner.paused
+    _wait_for(lambda: model.status == "paused")
+    assert model.runner.paused
     model.max_speed = True
     model.play()
     _wait_for(lambda: model.status == "finished")
@@ -255,6 +256,26 @@ def test_step_pause_play_stop_and_shutdown(session):
     assert model.rows["t"].iloc[0] == 50
     assert model.shutdown()                   # the session closes: the runner's threads end
     assert _stream_threads() == []
+
+
+def test_pause_shows_exactly_what_the_filter_took(session):
+    """Pause says "pausing" until the batch the engine had taken is shown, then "paused": the
+    count shown is the filter's own (history + shown = its t) and stays put until Play."""
+    _, _, model = session
+    model.rate = 10.0
+    model.play().result()
+    _wait_for(lambda: model.n_received >= 2)
+    time.sleep(0.05)   # half a period: the engine waits for the next observation
+    model.pause()
+    assert model.status in ("pausing", "paused")
+    _wait_for(lambda: model.status == "paused")
+    shown = model.n_received
+    assert model.filter.t == model._plan.t0 + shown == model._plan.t0 + model.runner.stats().n_obs
+    time.sleep(0.5)    # five observations' time at the stream's rate
+    assert model.status == "paused" and model.n_received == shown and model.filter.t == model._plan.t0 + shown
+    model.play()
+    _wait_for(lambda: model.n_received > shown)
+    assert model.shutdown()
 
 
 def test_stream_needs_a_fit():

@@ -44,12 +44,14 @@ def _env() -> dict:
     return env
 
 
-def _cluster_processes(temp_dir: str) -> list[psutil.Process]:
-    """This cluster's processes: those naming its temp dir, and all their descendants."""
+def _cluster_processes(temp_dir: str, port: int | None = None) -> list[psutil.Process]:
+    """This cluster's processes: those naming its temp dir or its head's port (the Ray client
+    server names only the head's address), and all their descendants."""
     roots = []
     for p in psutil.process_iter(["cmdline"]):
         try:
-            if temp_dir in " ".join(p.info["cmdline"] or []):
+            cmdline = " ".join(p.info["cmdline"] or [])
+            if temp_dir in cmdline or (port is not None and "ray" in cmdline and f":{port} " in cmdline + " "):
                 roots.append(p)
         except psutil.Error:
             continue
@@ -90,7 +92,7 @@ def ray_cluster(tmp_path_factory):
         yield {"address": f"127.0.0.1:{port}", "temp_dir": temp_dir}
     finally:
         cluster.shutdown()
-        for p in _cluster_processes(temp_dir):
+        for p in _cluster_processes(temp_dir, port):
             try:
                 p.kill()
             except psutil.Error:

@@ -133,8 +133,8 @@ def test_a_stalled_line_search_at_a_stationary_point_counts_as_converged():
 
 def test_fit_on_an_ill_conditioned_diffuse_start_says_so():
     """A daily series with two yearly harmonics: the diffuse start is ill-conditioned (the
-    augmented reference in test_kalman shows Koopman's recursion off there), so the fit uses the
-    augmented filter and says so in a warning and on the result; a well-conditioned fit says nothing."""
+    augmented reference in tests/engine/kalman/test_scan.py shows Koopman's recursion off there), so the
+    fit uses the augmented filter and says so in a warning and on the result; a well-conditioned fit says nothing."""
     y = engine.load_dataset("births")["births"].to_numpy(dtype=float)[:400]
     spec = {"level": {"kind": "local_level"}, "seasonal": [{"period": 7, "form": "trig", "harmonics": 3},
                                                             {"period": 365, "form": "trig", "harmonics": 2}]}
@@ -230,3 +230,18 @@ def test_fits_explain_exactly_their_undefined_standard_errors(case, fits):
     _, _, ours, _, _, _ = fits(case)
     assert set(ours.se_notes) == {n for n, s in ours.se.items() if not np.isfinite(s)}
     assert all(ours.se_notes.values())
+
+
+def test_find_jump_names_the_coordinate_of_a_discontinuity_and_none_on_a_smooth_objective():
+    """A stalled line search is checked for a jump of ℓ: found along the coordinate that has one,
+    at the nearest step that crosses it, with its size in nats; none for a smooth objective."""
+    from engine.mle import find_jump
+
+    n = 50
+    smooth = lambda u: float(np.sum((u - 1.0) ** 2)) / n
+    grad = lambda u: 2 * (u - 1.0) / n
+    u = np.array([0.3, 0.4999])
+    assert find_jump(smooth, u, grad(u), n) is None
+    jumpy = lambda u: smooth(u) + (3.0 / n if u[1] > 0.5 else 0.0)   # ℓ falls by 3 nats past u₁ = 0.5
+    i, du, change = find_jump(jumpy, u, grad(u), n)
+    assert (i, du) == (1, 1e-3) and change == pytest.approx(-3.0, abs=0.01)

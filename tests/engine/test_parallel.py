@@ -1,7 +1,7 @@
 """The associative-scan filter and smoother (`engine.parallel`) against the sequential exact-diffuse ones.
 
 The reference is the sequential filter (`filter="standard"`), itself checked against statsmodels
-in test_kalman. Log-likelihoods agree to 1e-8 relative (~1e-12 is typical), moments to 1e-8
+in tests/engine/kalman. Log-likelihoods agree to 1e-8 relative (~1e-12 is typical), moments to 1e-8
 relative to their largest magnitude, gradients to 1e-6. Series are short: the scan compiles
 slowly on a CPU (a few seconds per shape), and its depth, not its length, is what is tested.
 """

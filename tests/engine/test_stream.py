@@ -274,3 +274,30 @@ def test_a_demo_stream_through_the_runner_flags_exactly_its_outliers():
     flagged = [n_hist + t for b in got.batches for t, _, info in b.steps() if info.anomaly]
     injected = sorted(e.start for e in demo.events if e.kind == "outlier" and e.start >= n_hist)
     assert len(injected) >= 4 and flagged == injected
+
+
+def test_pause_is_exact_once_idle():
+    """After pause() and wait_idle(), nothing more reaches the subscribers: a paced stream whose
+    engine thread waits for the next observation takes none that arrives after the pause."""
+    y = _series()
+    runner = engine.StreamRunner(_filter(), y, rate=10.0, batch_size=4)
+    got = Collector(n=2)
+    runner.subscribe(got)
+    runner.start()
+    assert got.reached.wait(HANG_GUARD)
+    time.sleep(0.05)                 # half a period: the engine thread waits for the next observation
+    runner.pause()
+    assert runner.wait_idle(HANG_GUARD)
+    at_pause = got.count
+    time.sleep(0.5)                  # 5 more observations' time at the stream's rate
+    assert got.count == at_pause < len(y)
+    runner.step(2)
+    got.n, got.reached = at_pause + 2, threading.Event()
+    assert got.reached.wait(HANG_GUARD) and runner.wait_idle(HANG_GUARD)
+    time.sleep(0.2)
+    assert got.count == at_pause + 2
+    runner.rate = None
+    runner.resume()
+    assert runner.finished.wait(HANG_GUARD)
+    runner.join()
+    np.testing.assert_array_equal(np.concatenate([b.t for b in got.batches]), np.arange(len(y)))

@@ -34,7 +34,13 @@ CHROMIUM_ARGS = [
 ]
 # `panel serve app` serves the directory-format app under /<dirname>.
 APP_ROUTE = "/app"
-SERVER_START_TIMEOUT_S = 120.0
+SERVER_START_TIMEOUT_S = 360.0   # a busy 2-core machine imports the app and renders its first page slowly
+FIRST_PAGE_TIMEOUT_S = 60.0      # one request for the page while it starts (each session builds every tab)
+# How long a server's Ray driver keeps trying to reach a Ray it has lost before it ends its
+# process (Ray's gcs_rpc_server_reconnect_timeout_s): Ray's default, and the test server's,
+# shorter, so that a test of what the server does after that grace period waits seconds, not minutes.
+RAY_DEFAULT_RECONNECT_S = 60
+RAY_RECONNECT_S = 15
 
 
 def _free_port() -> int:
@@ -66,6 +72,7 @@ def _stop(proc: subprocess.Popen) -> None:
 class PanelServer:
     url: str
     log_path: Path
+    ray_reconnect_s: int   # the grace period of its Ray driver for a lost Ray
 
     def log(self) -> str:
         """Everything the server has printed so far (stdout and stderr)."""
@@ -73,11 +80,12 @@ class PanelServer:
 
 
 @contextlib.contextmanager
-def serve_app(log_path: Path, warm_up: bool = False):
+def serve_app(log_path: Path, warm_up: bool = False, ray_reconnect_s: int = RAY_DEFAULT_RECONNECT_S):
     """Run ``python -m panel serve app`` on a free loopback port (its output in log_path) until the block ends.
 
     warm_up: let the server compile the shipped datasets' Quick fits in the background, as
-    `make serve` does (off by default: the tests' own fits then have both cores)."""
+    `make serve` does (off by default: the tests' own fits then have both cores).
+    ray_reconnect_s: the server's grace period for a lost Ray."""
     port = _free_port()
     host = "127.0.0.1"
     cmd = [
@@ -91,7 +99,7 @@ def serve_app(log_path: Path, warm_up: bool = False):
         "--unused-session-lifetime", "500",
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu", BOKEH_RESOURCES="server",
-               STREAMSSM_WARMUP="1" if warm_up else "0")
+               STREAMSSM_WARMUP="1" if warm_up else "0", RAY_gcs_rpc_server_reconnect_timeout_s=str(ray_reconnect_s))
     url = f"http://{host}:{port}{APP_ROUTE}"
 
     with open(log_path, "wb") as log:
@@ -109,7 +117,7 @@ def serve_app(log_path: Path, warm_up: bool = False):
                     f"command: {' '.join(cmd)}\n--- server output ---\n{_read_tail(log_path)}"
                 )
             try:
-                with urllib.request.urlopen(url, timeout=10) as resp:
+                with urllib.request.urlopen(url, timeout=FIRST_PAGE_TIMEOUT_S) as resp:
                     if resp.status == 200:
                         break
             except urllib.error.HTTPError as exc:
@@ -126,7 +134,7 @@ def serve_app(log_path: Path, warm_up: bool = False):
                     f"(last error: {last_error!r})\n--- server output ---\n{_read_tail(log_path)}"
                 )
             time.sleep(0.5)
-        yield PanelServer(url=url, log_path=log_path)
+        yield PanelServer(url=url, log_path=log_path, ray_reconnect_s=ray_reconnect_s)
     finally:
         _stop(proc)
 
@@ -134,7 +142,7 @@ def serve_app(log_path: Path, warm_up: bool = False):
 @pytest.fixture(scope="session")
 def panel_server(tmp_path_factory) -> PanelServer:
     """The served app for the test session."""
-    with serve_app(tmp_path_factory.mktemp("panel-server") / "server.log") as server:
+    with serve_app(tmp_path_factory.mktemp("panel-server") / "server.log", ray_reconnect_s=RAY_RECONNECT_S) as server:
         yield server
 
 

@@ -50,6 +50,22 @@ def _streamed(page) -> int:
     return int(STATUS.search(text).group(1))
 
 
+def _fit_and_play(page, app_url, slowest: bool = False) -> None:
+    """Quick-fit Nile, then play its stream (at 1 observation/s when `slowest`) until three
+    observations are plotted."""
+    _open(page, app_url)
+    _tab(page, "Fit")
+    page.get_by_role("button", name="Quick fit (maximum likelihood)").click()
+    page.get_by_text("sigma2.level").first.wait_for(state="visible", timeout=240_000)
+    _tab(page, "Stream")
+    if slowest:   # the speed slider's handle to its lowest value, with the keyboard
+        speed = page.locator(".bk-input-group", has=page.locator(".bk-slider-title", has_text="Speed (obs/s)"))
+        speed.locator(".noUi-handle").first.press("Home")
+        page.get_by_text(re.compile(r"Speed \(obs/s\): 1(\.0+)?$")).first.wait_for(state="visible")
+    page.get_by_role("button", name="Play", exact=True).click()
+    page.wait_for_function(f"({PLOTTED_ROWS})() >= 3", timeout=240_000)
+
+
 def test_stream_grows_throughput_shows_and_closing_stops_the_runner(app_url, browser, panel_server):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
@@ -58,13 +74,7 @@ def test_stream_grows_throughput_shows_and_closing_stops_the_runner(app_url, bro
     page.on("console", lambda msg: errors.append(f"console: {msg.text}") if msg.type == "error" else None)
     page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
     page.console_errors = errors
-    _open(page, app_url)
-    _tab(page, "Fit")
-    page.get_by_role("button", name="Quick fit (maximum likelihood)").click()
-    page.get_by_text("sigma2.level").first.wait_for(state="visible", timeout=240_000)
-    _tab(page, "Stream")
-    page.get_by_role("button", name="Play", exact=True).click()
-    page.wait_for_function(f"({PLOTTED_ROWS})() >= 3", timeout=240_000)
+    _fit_and_play(page, app_url)
     first = page.evaluate(PLOTTED_ROWS)
     page.wait_for_function(f"({PLOTTED_ROWS})() > {first}")
     page.get_by_text("finished").first.wait_for(state="visible")
@@ -105,3 +115,20 @@ def test_stream_grows_throughput_shows_and_closing_stops_the_runner(app_url, bro
     context.close()
     _wait_log(panel_server, rf"session {re.escape(sid)} stream stopped \(runner still running: False, "
               r"refit still running: False\)")
+
+
+def test_pause_holds_the_count_it_shows(page, app_url, panel_server):
+    """After Pause the status reads "paused" only once the batch the engine had taken is shown;
+    from then on the count and the plotted rows stay where they are until Play."""
+    _fit_and_play(page, app_url, slowest=True)
+    page.get_by_role("button", name="Pause", exact=True).click()
+    page.locator(".stream-status", has_text="paused").first.wait_for(state="visible")
+    at_pause = _streamed(page)
+    assert 3 <= at_pause < 50
+    page.wait_for_timeout(3000)   # three observations' time at 1 obs/s
+    status = page.get_by_text(STATUS).first.inner_text()
+    assert status.startswith("paused") and _streamed(page) == at_pause, (at_pause, status)
+    assert page.evaluate(PLOTTED_ROWS) == at_pause
+    page.get_by_role("button", name="Play", exact=True).click()
+    page.wait_for_function(f"({PLOTTED_ROWS})() > {at_pause}")
+    _assert_clean(page, panel_server)

@@ -1,0 +1,101 @@
+"""Non-Gaussian observations (Student-t, Poisson, negative binomial) on the structural models.
+
+The states are those of the linear Gaussian structural model; y_t depends on the signal
+θ_t = Z_t α_t + d_t through the spec's `observation.family` (`families`). Two likelihoods:
+
+* `approximate`: the Gaussian model at the mode of p(θ | y) (`approx`), deterministic and
+  differentiable, its log-likelihood the Laplace approximation (counts) — for fast fits and as
+  the proposal of
+* `loglik_importance`: the exact likelihood by importance sampling over whole signal paths drawn
+  with the simulation smoother (`importance`), with antithetic draws and a Monte Carlo standard
+  error, deterministic for a given seed.
+
+`engine.loglik` returns the importance estimate for these families (method="importance", the
+default) or the approximation (method="laplace").
+
+Modules: `families` (densities, pseudo-observations, data checks), `approx` (the mode, the
+approximating model), `importance` (the simulation smoother and the estimate).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..model import as_param_vector, as_series
+from ..spec import ModelSpec, as_spec
+from ..system import check_exog
+from . import approx as approx_module, families, importance
+from .approx import ApproxModel, approx_model
+from .families import check_observations
+from .importance import DRAWS, ImportanceResult, importance_loglik
+
+__all__ = ["METHODS", "DRAWS", "ApproxModel", "ImportanceResult", "prepare", "approximate", "loglik_importance",
+           "loglik", "check_observations", "families", "importance"]
+
+METHODS = ("importance", "laplace")
+
+
+def prepare(spec, params, y, exog=None, exposure=None):
+    """Checked inputs: (spec, parameter vector (k,), y (time,), exog (time, k) or None, offset log E_t (time,)).
+
+    The data must suit the family (`check_observations`) and the parameters their ranges."""
+    spec = as_spec(spec)
+    if spec.observation.is_gaussian:
+        raise ValueError("spec field 'observation.family': the gaussian family needs no approximation; "
+                         "use engine.loglik, which is exact for it")
+    y = as_series(y)
+    spec.check_data(y.shape[0])
+    x = check_exog(spec, exog, y.shape[0])
+    x = None if x is None else jnp.asarray(x)[: y.shape[0]]
+    pvec = as_param_vector(spec, params)
+    if isinstance(y, jax.core.Tracer):
+        offset = jnp.zeros(y.shape[0]) if exposure is None else jnp.log(jnp.asarray(exposure)[: y.shape[0]])
+    else:
+        offset = jnp.asarray(check_observations(spec, np.asarray(y), exposure))
+    if not isinstance(pvec, jax.core.Tracer):
+        _check_params(spec, np.asarray(pvec))
+    return spec, pvec, y, x, offset
+
+
+def _check_params(spec: ModelSpec, pvec: np.ndarray) -> None:
+    from ..spec import param_names
+    for name, value in zip(param_names(spec), pvec):
+        positive = name.startswith("sigma2.") or name in ("nu.observation", "alpha.observation")
+        if positive and not (np.isfinite(value) and value > 0 if not name.startswith("sigma2.")
+                             else np.isfinite(value) and value >= 0):
+            raise ValueError(f"parameter {name} = {value:g} is out of range: it must be "
+                             f"{'≥ 0' if name.startswith('sigma2.') else '> 0'} and finite")
+
+
+def approximate(spec, params, y, exog=None, exposure=None, *, max_iter: int = approx_module.MAX_ITER,
+                tol: float = approx_module.TOL) -> ApproxModel:
+    """The Gaussian model at the mode of p(θ | y) and its approximate (Laplace) log-likelihood.
+
+    Differentiable in the parameters (implicit differentiation at the mode). `converged` says
+    whether the mode was reached within max_iter iterations."""
+    spec, pvec, y, x, offset = prepare(spec, params, y, exog, exposure)
+    return approx_model(spec, pvec, y, x, offset, max_iter, tol)
+
+
+def loglik_importance(spec, params, y, exog=None, exposure=None, *, draws: int = DRAWS, seed: int = 0,
+                      max_iter: int = approx_module.MAX_ITER, tol: float = approx_module.TOL) -> ImportanceResult:
+    """The exact log-likelihood by importance sampling over `draws` signal paths (antithetic pairs),
+    with its Monte Carlo standard error and the weights' ESS; the same for the same seed."""
+    spec, pvec, y, x, offset = prepare(spec, params, y, exog, exposure)
+    if draws < 2:
+        raise ValueError(f"draws must be at least 2 (one antithetic pair), got {draws}")
+    return importance_loglik(jax.random.PRNGKey(seed), spec, pvec, y, x, offset, draws, max_iter, tol)
+
+
+def loglik(spec, params, y, exog=None, exposure=None, *, method: str = "importance", draws: int = DRAWS,
+           seed: int = 0) -> jnp.ndarray:
+    """The log-likelihood of a non-Gaussian model: by importance sampling (the default; exact up to
+    Monte Carlo error, deterministic for a seed) or, with method="laplace", the approximation at
+    the mode (deterministic, differentiable)."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not known; use one of {METHODS}")
+    if method == "laplace":
+        return approximate(spec, params, y, exog, exposure).loglik
+    return loglik_importance(spec, params, y, exog, exposure, draws=draws, seed=seed).loglik
