@@ -32,7 +32,7 @@ from numpyro.infer.util import ParamInfo, potential_energy
 from . import background, kalman, regimes
 from .compiled import on_trim
 from .cores import usable_cores
-from .model import as_param_vector, batch_systems, prepare_fit
+from .model import as_param_vector, augmented_needed, batch_systems, prepare_fit
 from .priors import (POSITIVE_FAMILIES, Prior, make_distribution, params_to_site_values, resolve_priors, sample_sites,
                      site_values_to_params)
 from .spec import ModelSpec, as_spec, param_names
@@ -47,26 +47,28 @@ class FitCancelled(RuntimeError):
 
 # --------------------------------------------------------------------------- the model
 
-def _loglik_terms_batch(spec: ModelSpec, pvec, y, x):
+def _loglik_terms_batch(spec: ModelSpec, pvec, y, x, augmented: bool = True):
     """Pointwise log-likelihoods (time, batch) of y (time,) under parameters pvec (batch, k); the
-    collapsed switching filter's (`engine.regimes`) for a spec with regimes."""
+    collapsed switching filter's (`engine.regimes`) for a spec with regimes. augmented: as
+    `kalman.run`'s (`model.augmented_needed`)."""
     n = pvec.shape[0]
     if spec.regimes:
         return regimes.loglik_terms_batch(spec, pvec, jnp.broadcast_to(y[:, None], (y.shape[0], n)), x)
-    _, ll = kalman.run(layout(spec), batch_systems(spec, pvec, x), jnp.broadcast_to(y[:, None], (y.shape[0], n)))
+    _, ll = kalman.run(layout(spec), batch_systems(spec, pvec, x), jnp.broadcast_to(y[:, None], (y.shape[0], n)),
+                       augmented=augmented)
     return ll
 
 
-def loglik_value(spec: ModelSpec, pvec, y, x):
+def loglik_value(spec: ModelSpec, pvec, y, x, augmented: bool = True):
     """The exact log-likelihood of one parameter vector (plain JAX: any order of derivatives)."""
-    return jnp.sum(_loglik_terms_batch(spec, pvec[None], y, x)[:, 0])
+    return jnp.sum(_loglik_terms_batch(spec, pvec[None], y, x, augmented)[:, 0])
 
 
 FORWARD_MODE_MAX_PARAMS = 4   # up to this many parameters, k forward tangents beat one reverse pass
 
 
-@partial(jax.jit, static_argnames=("spec",))
-def _value_and_grad_batch(spec: ModelSpec, P, y, x):
+@partial(jax.jit, static_argnames=("spec", "augmented"))
+def _value_and_grad_batch(spec: ModelSpec, P, y, x, augmented: bool = True):
     """Per-member log-likelihoods (batch,) and gradients (batch, k) from one batched filter.
 
     Jitted so that the many re-traces of a sampler's loop body (vmap of a while loop traces
@@ -76,7 +78,7 @@ def _value_and_grad_batch(spec: ModelSpec, P, y, x):
     once) gives every member's derivative; few parameters use forward mode (no stored
     residuals, no reverse scan), more use one reverse pass with a ones cotangent.
     """
-    f = lambda P: jnp.sum(_loglik_terms_batch(spec, P, y, x), axis=0)
+    f = lambda P: jnp.sum(_loglik_terms_batch(spec, P, y, x, augmented), axis=0)
     k = P.shape[1]
     if k <= FORWARD_MODE_MAX_PARAMS:
         def along(j):
@@ -91,7 +93,7 @@ _NO_MESH = jax.sharding.AbstractMesh((), ())
 
 
 @lru_cache(maxsize=64)
-def _sampler_loglik(spec: ModelSpec) -> Callable:
+def _sampler_loglik(spec: ModelSpec, augmented: bool = True) -> Callable:
     """log p(y | θ) for a sampler's chain: a custom VJP whose value and gradient come from one
     `_value_and_grad_batch` pass (forward mode for few parameters, with the filter's own
     tangent). First derivatives only."""
@@ -100,7 +102,7 @@ def _sampler_loglik(spec: ModelSpec) -> Callable:
         # JAX traces a custom VJP's forward pass inside an empty abstract-mesh context and the
         # primal outside any; the jit cache keys on that context, so fix it for every call
         with jax.sharding.use_abstract_mesh(_NO_MESH):
-            v, g = _value_and_grad_batch(spec, p[None], *data)
+            v, g = _value_and_grad_batch(spec, p[None], *data, augmented)
         return v[0], g[0]
 
     @jax.custom_vjp
@@ -115,11 +117,12 @@ def _sampler_loglik(spec: ModelSpec) -> Callable:
 
 
 def _model(spec: ModelSpec, families: tuple[str, ...], y, x, prior_args, *, for_sampler: bool = False,
-           likelihood: bool = True):
+           likelihood: bool = True, augmented: bool = True):
     """NumPyro model: one sample site per parameter with its prior; the Kalman likelihood as a factor.
 
     for_sampler: use the first-derivative likelihood with the filter's own tangent (`_sampler_loglik`).
     likelihood: False leaves the factor out (the prior and the transforms' Jacobians only).
+    augmented: as `kalman.run`'s, decided from the data before tracing (`_shapes`).
     """
     sites = sample_sites(spec)
     values = {name: numpyro.sample(name, make_distribution(fam, args))
@@ -129,7 +132,8 @@ def _model(spec: ModelSpec, families: tuple[str, ...], y, x, prior_args, *, for_
         for i in range(spec.ar_order):
             numpyro.deterministic(f"ar.L{i + 1}", pvec[param_names(spec).index(f"ar.L{i + 1}")])
     if likelihood:
-        ll = _sampler_loglik(spec)(pvec, (y, x)) if for_sampler else loglik_value(spec, pvec, y, x)
+        ll = (_sampler_loglik(spec, augmented)(pvec, (y, x)) if for_sampler
+              else loglik_value(spec, pvec, y, x, augmented))
         numpyro.factor("loglik", ll)
 
 
@@ -183,7 +187,7 @@ def _coordinates(spec: ModelSpec, families: tuple[str, ...], shapes: tuple, for_
     the model declares it at evaluation time, so prior numbers (and bounds) are arguments.
     likelihood=False: the prior part of the potential only.
     """
-    model = partial(_model, spec, families, for_sampler=for_sampler, likelihood=likelihood)
+    model = partial(_model, spec, families, for_sampler=for_sampler, likelihood=likelihood, augmented=shapes[2])
 
     def potential_fn_gen(*args):
         return partial(potential_energy, model, args, {})
@@ -191,14 +195,16 @@ def _coordinates(spec: ModelSpec, families: tuple[str, ...], shapes: tuple, for_
     return _Coordinates(potential_fn_gen, unravel)
 
 
-def _shapes(y, x) -> tuple:
-    """The data shapes a compiled potential depends on: (time, exog shape or None)."""
-    return int(y.shape[0]), None if x is None else tuple(x.shape)
+def _shapes(spec: ModelSpec, y, x) -> tuple:
+    """What of the data a compiled potential depends on: (time, exog shape or None, whether the
+    filter carries the augmented filter through the diffuse phase: `model.augmented_needed` of
+    y's pattern of observations, True where y is traced)."""
+    return int(y.shape[0]), None if x is None else tuple(x.shape), augmented_needed(spec, y)
 
 
 def _vector_potential(spec: ModelSpec, families: tuple[str, ...], args) -> Callable:
     """−log p(θ(z) | y) − log |dθ/dz| as a function of the unconstrained vector z (k,)."""
-    co = _coordinates(spec, families, _shapes(args[0], args[1]))
+    co = _coordinates(spec, families, _shapes(spec, args[0], args[1]))
     potential = co.potential_fn_gen(*args)
     return lambda z: potential(co.unravel(z))
 
@@ -503,7 +509,7 @@ def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: 
                            max_tree_depth=max_tree_depth)
     prob = make_problem(spec, y, exog, priors)
     spec, args = prob.spec, prob.args
-    shapes = _shapes(prob.y, prob.x)
+    shapes = _shapes(spec, prob.y, prob.x)
     chunk_len = _chunk_len(warmup, draws)
     sampler = _sampler(spec, prob.families, shapes, warmup, chunk_len, float(target_accept), int(max_tree_depth),
                        bool(dense_mass))

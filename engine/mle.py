@@ -11,7 +11,6 @@ far more than the fit).
 from __future__ import annotations
 
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import product
@@ -22,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
-from .model import DiffuseConditioningWarning, as_param_vector, diffuse_conditioning, loglik, prepare_fit
+from .model import (DiffuseConditioningWarning, as_param_vector, augmented_needed, diffuse_conditioning, loglik,
+                    prepare_fit, terms_with)
 from .spec import ModelSpec, param_names
 from .system import diffuse_states, layout
 from .transforms import constrain, scales, unconstrain
@@ -70,10 +70,11 @@ class MLEResult:
 FORWARD_MODE_MAX_PARAMS = 10
 
 
-@partial(jax.jit, static_argnames=("spec", "filter"))
-def _evaluate(spec: ModelSpec, u, y, x, scale_vec, filter: str = "auto"):
+@partial(jax.jit, static_argnames=("spec", "augmented"))
+def _evaluate(spec: ModelSpec, u, y, x, scale_vec, augmented: bool = True):
     """At the unconstrained vector u (param,): the objective −ℓ(θ(u))/T, its gradient in u, θ(u)
     and the transform's Jacobian ∂θ/∂u (param, param). The one compiled program of a fit.
+    augmented: `model.augmented_needed` of y (decided where y is concrete).
 
     Up to FORWARD_MODE_MAX_PARAMS parameters take one forward tangent per direction, more take
     the reverse pass.
@@ -83,7 +84,7 @@ def _evaluate(spec: ModelSpec, u, y, x, scale_vec, filter: str = "auto"):
 
     def objective_and_params(u):
         params = to_params(u)
-        return -loglik(spec, params, y, x, filter) / y.shape[0], params
+        return -jnp.sum(terms_with(spec, as_param_vector(spec, params), y, x, "auto", augmented)) / y.shape[0], params
 
     k = u.shape[0]
     if k <= FORWARD_MODE_MAX_PARAMS:
@@ -298,18 +299,14 @@ def fit_mle(spec, y, exog=None, *, start=None, maxiter: int = 500, n_starts: int
         candidates = unconstrain(spec, np.asarray(as_param_vector(spec, start)), scale)[None]
     else:
         candidates = start_points(spec)
-    evaluate_with = lambda filter: lambda u: _evaluate(spec, jnp.asarray(u, dtype=jnp.float64), y, x, scale_vec,
-                                                        filter)
+    augmented = augmented_needed(spec, y)
+    evaluate = lambda u: _evaluate(spec, jnp.asarray(u, dtype=jnp.float64), y, x, scale_vec, augmented)  # noqa: E731
+    # which directions the diffuse start identifies, and how well, hardly depends on the parameters
+    # (information only: NumPy, no program; every filter's diffuse phase is exact)
+    caution = diffuse_conditioning(spec, constrain(spec, jnp.asarray(candidates[0]), scale), y, x)
     say("compiling the likelihood and its gradient (once per model and series length)")
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        # the usual program compiles while the diffuse start is checked (two programs, two cores)
-        first = pool.submit(evaluate_with("auto"), candidates[0])
-        # which directions the diffuse start identifies, and how well, hardly depends on the parameters
-        caution = diffuse_conditioning(spec, constrain(spec, jnp.asarray(candidates[0]), scale), y, x)
-        first = first.result()
-    evaluate = evaluate_with("auto")
+    values = [float(evaluate(candidates[0])[0])]
     say(f"scoring {len(candidates)} start points")
-    values = [float(first[0])]
     values += [float(evaluate(u)[0]) for u in candidates[len(values):]]
     values = np.where(np.isfinite(values), values, np.inf)
     order = np.argsort(values)[: max(1, n_starts)]

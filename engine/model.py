@@ -22,11 +22,12 @@ from . import regimes as _regimes
 from .components import ComponentSelector, component_selectors
 from .domains import check_params
 from .spec import ModelSpec, as_spec, param_names, require_gaussian
-from .system import (System, build_system, check_exog, check_finite, diffuse_states, layout, params_from_vector,
-                     params_to_vector)
+from .system import (System, build_system, check_exog, check_finite, diffuse_states, fixed_diffuse_system, layout,
+                     params_from_vector, params_to_vector)
 
 __all__ = [
-    "FILTERS", "as_param_vector", "as_series", "batch_systems", "filter_batch", "prepare_inputs",
+    "FILTERS", "as_param_vector", "as_series", "batch_systems", "filter_batch", "augmented_needed", "terms_with",
+    "prepare_inputs",
     "prepare_fit", "FIT_SCALE", "check_fit_scale", "loglik_terms", "loglik", "loglik_many", "FilterResult", "filter_series",
     "DiffuseConditioningWarning", "diffuse_conditioning", "SmoothedComponents", "smooth", "smooth_prepared",
     "standardised",
@@ -84,9 +85,11 @@ def batch_systems(spec: ModelSpec, pvec: jnp.ndarray, exog) -> System:
     return jax.vmap(one, in_axes=(0, None if exog is None or exog.ndim == 2 else 0))(pvec, exog)
 
 
-@partial(jax.jit, static_argnames=("spec", "sqrt", "keep", "parallel"))
-def filter_batch(spec: ModelSpec, pvec, Y, exog, sqrt: bool, keep: bool, parallel: bool = False):
-    """Filter Y (time, batch) with parameters pvec (batch, k); `parallel`: by associative scan.
+@partial(jax.jit, static_argnames=("spec", "sqrt", "keep", "parallel", "augmented"))
+def filter_batch(spec: ModelSpec, pvec, Y, exog, sqrt: bool, keep: bool, parallel: bool = False,
+                 augmented: bool = True):
+    """Filter Y (time, batch) with parameters pvec (batch, k); `parallel`: by associative scan;
+    augmented: as `kalman.run`'s (False only where `augmented_needed` says so for Y's pattern).
 
     A spec with regimes gives the collapsed switching filter's log-likelihood terms
     (`engine.regimes`); its per-step moments are `engine.regimes.filter_series`."""
@@ -97,7 +100,19 @@ def filter_batch(spec: ModelSpec, pvec, Y, exog, sqrt: bool, keep: bool, paralle
     lay = layout(spec)
     if parallel:
         return _parallel.run(lay, batch_systems(spec, pvec, exog), Y, keep=keep)
-    return kalman.run(lay, batch_systems(spec, pvec, exog), Y, sqrt=sqrt, keep=keep)
+    return kalman.run(lay, batch_systems(spec, pvec, exog), Y, sqrt=sqrt, keep=keep, augmented=augmented)
+
+
+def augmented_needed(spec: ModelSpec, y) -> bool:
+    """Whether the filter must carry the augmented filter through the diffuse phase of y (time,):
+    False only where Koopman's recursion alone is exact for the spec's fixed diffuse states and
+    y's observed steps (`kalman.koopman_exact`, NumPy, no compilation); True for traced y, for
+    diffuse states whose transition depends on the parameters (a cycle) or regressors in the
+    state, and wherever the start is ill-conditioned."""
+    fixed = fixed_diffuse_system(spec)
+    if fixed is None or isinstance(y, jax.core.Tracer):
+        return True
+    return not kalman.koopman_exact(*kalman.koopman_pivots(*fixed, ~np.isnan(np.asarray(y, dtype=float))))
 
 
 def prepare_inputs(spec, params, y, exog, check: bool = False) -> tuple[ModelSpec, jnp.ndarray, jnp.ndarray,
@@ -169,8 +184,14 @@ def loglik_terms(spec, params, y, exog=None, filter: str = "auto") -> jnp.ndarra
     filter: "standard", "sqrt" (Cholesky), "parallel" (associative scan, `engine.parallel`) or
     "auto" (parallel on a GPU/TPU for long series, else standard)."""
     spec, pvec, y, x = prepare_inputs(spec, params, y, exog, check=True)
+    return terms_with(spec, pvec, y, x, filter, augmented_needed(spec, y))
+
+
+def terms_with(spec: ModelSpec, pvec, y, x, filter: str, augmented: bool) -> jnp.ndarray:
+    """`loglik_terms` of prepared inputs (`prepare_inputs`) with the augmented filter's decision
+    given (`augmented_needed`, taken where y is still concrete: a jitted caller's y is traced)."""
     sqrt, par = _filter_for(filter, spec, y.shape[0])
-    _, ll = filter_batch(spec, pvec[None], y[:, None], x, sqrt, False, par)
+    _, ll = filter_batch(spec, pvec[None], y[:, None], x, sqrt, False, par, augmented)
     return ll[:, 0]
 
 
@@ -327,10 +348,16 @@ def diffuse_conditioning(spec, params, y, exog=None) -> str | None:
     harmonics of a yearly seasonal over the first days of a daily series) the pivots fall
     geometrically and some lie between round-off and the rank threshold: a step is then
     mis-classified, or divided by a near-zero F∞², and the log-likelihood (statsmodels'
-    too) is off by units or more. Such a pivot is the signal checked here.
+    too) is off by units or more. Such a pivot is the signal checked here. The pivots come from
+    `kalman.koopman_pivots` in NumPy (no compiled program): they depend on the diffuse states' T
+    and Z and on which y_t are observed, not on the variances.
     """
-    res = filter_series(spec, params, y, exog, filter="standard")
-    f_inf = np.abs(np.asarray(res.diffuse_var))
+    spec, pvec, y, x = prepare_inputs(spec, params, y, exog)
+    idx = np.asarray(diffuse_states(layout(spec)), dtype=int)
+    system = build_system(spec, params_from_vector(spec, pvec), x, y.shape[0])   # eager: no program compiled
+    T = np.asarray(system.transition)[np.ix_(idx, idx)]
+    z = np.asarray(system.design)[..., idx]
+    f_inf = np.abs(kalman.koopman_pivots(T, z, ~np.isnan(np.asarray(y)))[0])
     top = float(f_inf.max(initial=0.0))
     if top == 0.0:
         return None

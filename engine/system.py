@@ -22,7 +22,7 @@ from .components import blocks
 from .spec import ModelSpec, as_spec, param_names
 
 __all__ = [
-    "Layout", "System", "layout", "block_structure", "diffuse_states", "build_system", "transition_apply",
+    "Layout", "System", "layout", "block_structure", "fixed_diffuse_system", "diffuse_states", "build_system", "transition_apply",
     "transition_sandwich", "design_at", "params_from_vector", "params_to_vector", "check_exog",
     "check_finite",
 ]
@@ -71,6 +71,37 @@ def block_structure(spec: ModelSpec) -> tuple[tuple[str, int, str, bool, np.ndar
 
     jax.eval_shape(describe, {n: jax.ShapeDtypeStruct((), jnp.float64) for n in param_names(spec)})
     return tuple(out)
+
+
+@lru_cache(maxsize=512)
+def fixed_diffuse_system(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray] | None:
+    """(T, z) of the diffuse states alone, (diffuse, diffuse) and (diffuse,), where neither depends
+    on the parameters or the data (NumPy constants, read as `block_structure` reads the designs);
+    None where one does (a cycle's transition, regressors in the state)."""
+    if spec.regression_in_state:
+        return None
+    parts = []
+
+    def describe(params):
+        for b in blocks(spec, params):
+            if b.stationary_cov is None:
+                parts.append(np.array(b.transition, dtype=float) if isinstance(b.transition, np.ndarray) else None)
+                parts.append(np.array(b.design, dtype=float))
+        return 0.0
+
+    jax.eval_shape(describe, {n: jax.ShapeDtypeStruct((), jnp.float64) for n in param_names(spec)})
+    transitions, designs = parts[0::2], parts[1::2]
+    if any(t is None for t in transitions):
+        return None
+    n = sum(t.shape[0] for t in transitions)
+    T, start = np.zeros((n, n)), 0
+    for t in transitions:
+        T[start:start + t.shape[0], start:start + t.shape[0]] = t
+        start += t.shape[0]
+    z = np.concatenate(designs) if designs else np.zeros(0)
+    for a in (T, z):
+        a.setflags(write=False)   # shared by every caller of the cache
+    return T, z
 
 
 @lru_cache(maxsize=512)

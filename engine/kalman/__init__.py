@@ -43,7 +43,8 @@ fuses the whole update into a few elementwise loops over the batch:
 
 `observe` and `predict` are the halves of `full_step`; `diffuse_step` is `full_step` in the diffuse
 phase with `augmented_step` and `collapse_state` after it, and `run_chunked` runs a diffuse chunk
-as `diffuse_scan_custom_jvp`, `augmented_scan` and one `collapse_state` at its end;
+as `diffuse_scan_custom_jvp`, `augmented_scan` and one `collapse_state` at its end (Koopman's
+steps alone where `koopman_exact` says they are exact for the spec and data: `run`'s `augmented`);
 `diffuse_scan_custom_jvp` falls back to plain autodiff where P∞ has a tangent (cycle and AR models); `ops.tria` has a rule of its own.
 
 When each is chosen:
@@ -76,7 +77,8 @@ from .scan import CHUNK_STEPS, mean_pass, run, run_chunked
 from .smoother import SmootherOutput, SmoothResult, disturbances, smooth_full, smooth_one
 from .state import (LOG_2PI, TOL_DIFFUSE, TOL_STEADY, Augmented, FilterState, Phase, StepInfo, StepKind,
                     augmented_init, batch_last, converged, init, phase_of)
-from .augmented import COLLAPSE_PIVOT, augmented_scan, augmented_step, collapse, collapse_state, reached_solve
+from .augmented import (COLLAPSE_PIVOT, augmented_scan, augmented_step, collapse, collapse_state, koopman_exact,
+                        koopman_pivots, reached_solve)
 from .steps import (diffuse_scan, diffuse_step, full_step, observe, predict, scalar_observe, settled_step,
                     standard_scan, standard_step_fused, steady_scan, steady_step, step)
 from .tangents import diffuse_scan_custom_jvp, standard_scan_custom_jvp
@@ -91,6 +93,7 @@ __all__ = [
     "steady_scan", "run", "run_chunked", "mean_pass", "smooth_full", "smooth_one", "disturbances",
     "pack", "unpack", "packed_pairs", "packed_entry", "packed_mat_z",
     "augmented_init", "augmented_step", "augmented_scan", "collapse", "collapse_state", "reached_solve",
+    "koopman_pivots", "koopman_exact",
     "tria", "tria_batch_last", "safe_sqrt", "factor_psd", "mat_vec", "outer", "symmetrize", "dense_cov", "z_dot",
     "mat_z", "rows_apply", "design_states", "rows_z_dot",
 ]

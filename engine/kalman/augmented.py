@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ..system import Layout, transition_apply
 from .ops import tria_batch_last
-from .state import LOG_2PI, Augmented, Phase
+from .state import LOG_2PI, TOL_DIFFUSE, Augmented, Phase
 
 # An equilibrated S (unit diagonal) is collapsed once its smallest Cholesky pivot is above this:
 # every diffuse direction is then identified to about this relative precision. Until then the
@@ -49,6 +50,47 @@ from .state import LOG_2PI, Augmented, Phase
 # costs up to 1e-7 in the standard steps after it. Well-conditioned starts pass it at once.
 COLLAPSE_PIVOT = 1e-6
 UNREACHED = 1e-12   # eigenvalues of S below this fraction of the largest: a direction no observation reaches
+
+
+# Koopman's recursion alone is exact to round-off where every F∞_t of its diffuse phase is clearly
+# a pivot or clearly none: above WELL_RESOLVED of the largest (the P* update divides by F∞², so
+# the round-off it amplifies stays below 1e-10 relative) or below ROUND_OFF of it, each also
+# 100× away from the absolute threshold TOL_DIFFUSE that classifies the step.
+WELL_RESOLVED, ROUND_OFF = 1e-3, 1e-12
+
+
+def koopman_pivots(T: np.ndarray, z: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, bool]:
+    """F∞_t at the observed steps of Koopman's diffuse phase, and whether the phase ends within
+    the series (NumPy: a property of the diffuse states' T and z and of which y_t are observed, not
+    of the variances). T (d, d); z (d,), or (time, d) for a time-varying design; observed (time,)."""
+    P = np.eye(T.shape[0])
+    pivots = []
+    for t, obs in enumerate(observed):
+        if np.sum(P * P) <= TOL_DIFFUSE:
+            return np.asarray(pivots), True
+        if obs:
+            z_t = z[t] if z.ndim == 2 else z
+            Pz = P @ z_t
+            f = float(z_t @ Pz)
+            pivots.append(f)
+            if f > TOL_DIFFUSE:
+                P = P - np.outer(Pz, Pz) / f
+        P = T @ P @ T.T
+    return np.asarray(pivots), bool(np.sum(P * P) <= TOL_DIFFUSE)
+
+
+def koopman_exact(pivots: np.ndarray, ended: bool) -> bool:
+    """Whether Koopman's recursion alone is exact to round-off for these pivots (`koopman_pivots`):
+    then the augmented filter would only confirm its terms and may be left out."""
+    if not ended:
+        return False
+    if pivots.size == 0:
+        return True
+    f = np.abs(pivots)
+    top = f.max()
+    resolved = (f >= WELL_RESOLVED * top) & (f >= 100 * TOL_DIFFUSE)
+    none = (f <= ROUND_OFF * top) & (f <= TOL_DIFFUSE / 100)
+    return bool(np.all(resolved | none))
 
 
 def augmented_step(lay: Layout, T, q, H, aug: Augmented, y, d, z, reported, sqrt: bool) -> Augmented:

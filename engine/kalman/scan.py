@@ -21,7 +21,7 @@ CHUNK_STEPS = 32    # time steps per phase decision in `run` (see `run_chunked`)
 
 
 def run(lay: Layout, system: System, y: jnp.ndarray, *, sqrt: bool = False, keep: bool = False,
-        state: FilterState | None = None):
+        state: FilterState | None = None, augmented: bool = True):
     """Filter a batch over time.
 
     system: batched with the batch axis LEADING (as `jax.vmap(build_system)` gives it);
@@ -29,6 +29,11 @@ def run(lay: Layout, system: System, y: jnp.ndarray, *, sqrt: bool = False, keep
     StepInfo (batch last) if keep else loglik (time, batch)). One series without a time-varying
     design, when only the log-likelihood terms are wanted, takes `run_chunked`; otherwise every
     step is a `step` (one phase decision per step).
+
+    augmented: False where Koopman's recursion alone is known to be exact for this spec and
+    pattern of observations (`augmented.koopman_exact`, decided before tracing): `run_chunked`
+    then carries no augmented filter (its tangents cost the sampler as much as the rest of a
+    short series). Every other path carries it regardless.
     """
     n_time, batch = y.shape
     system = batch_last(system)
@@ -38,7 +43,7 @@ def run(lay: Layout, system: System, y: jnp.ndarray, *, sqrt: bool = False, keep
     d = jnp.broadcast_to(d if d.ndim == 2 else d[None], (n_time, batch))
     time_varying = lay.time_varying_design
     if batch == 1 and not (keep or time_varying):   # batches keep the per-step phase switch
-        return run_chunked(lay, system, state, y, d, sqrt)
+        return run_chunked(lay, system, state if augmented else state._replace(augmented=None), y, d, sqrt)
 
     def steps(state, xs, settled: bool):
         def body(carry, xs):
@@ -85,7 +90,8 @@ def run_chunked(lay: Layout, system: System, state: FilterState, y, d, sqrt: boo
     update, no branching). Each phase is exact for the steps it is given; diffuse and standard
     chunks carry hand-written tangents (`diffuse_scan_custom_jvp`, `standard_scan_custom_jvp`),
     and diffuse steps are rematerialised in reverse mode so that they store only their inputs.
-    Same results as stepping with `step`, up to when the steady state starts.
+    Same results as stepping with `step`, up to when the steady state starts. A state without
+    an augmented filter (None) runs Koopman's diffuse steps alone (see `run`'s `augmented`).
     """
     n_time, batch = y.shape
     rest = max(n_time - len(diffuse_states(lay)), 0)
@@ -98,7 +104,7 @@ def run_chunked(lay: Layout, system: System, state: FilterState, y, d, sqrt: boo
     def diffuse(st, xs):   # exact in every case: Koopman's steps, the augmented filter beside them, the collapse
         args = (lay, st, system.transition, z, system.obs_var, system.state_var, *xs)
         new, ll = diffuse_scan(*args, sqrt=True) if sqrt else diffuse_scan_custom_jvp(*args)
-        if ll.shape[0] == 0:
+        if ll.shape[0] == 0 or st.augmented is None:   # None: Koopman's recursion is exact here (`run`)
             return new, ll
         aug = augmented_scan(lay, system.transition, system.state_var, system.obs_var, st.augmented, *xs, z, ll, sqrt)
         new, correction = collapse_state(new._replace(augmented=aug), st.diffuse, sqrt)

@@ -343,7 +343,7 @@ def test_a_chain_starts_with_the_exact_potential_and_gradient_of_the_posterior()
     sites = sample_sites(prob.spec)
     starts = _initial_points(prob.families, [prob.priors[n].args for n in sites], seed=4, chains=3)
     ll, grad = _start_likelihood(prob, starts)   # 3 × 17 rows: one padded chunk
-    sampler = _sampler(prob.spec, prob.families, _shapes(prob.y, prob.x), 10, _chunk_len(10, 10), 0.8, 5, False)
+    sampler = _sampler(prob.spec, prob.families, _shapes(prob.spec, prob.y, prob.x), 10, _chunk_len(10, 10), 0.8, 5, False)
     logp, _, _ = engine.log_posterior(CYCLE_AR, y)
     value_and_grad = jax.jit(jax.value_and_grad(logp))
     order = sorted(sites)

@@ -207,7 +207,7 @@ def test_map_and_nuts_log_densities_hold_the_exact_likelihood(case):
     spec, y, exog, p = case_inputs(case)
     ref = exact(spec, p, y, exog)
     prob = bayes.make_problem(spec, y, exog)
-    shapes = bayes._shapes(prob.args[0], prob.args[1])
+    shapes = bayes._shapes(prob.spec, prob.args[0], prob.args[1])
     z = bayes._maps(prob)[0](jnp.asarray(p))
 
     def potential(**kw):
