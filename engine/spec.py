@@ -19,7 +19,7 @@ import numpy as np
 __all__ = [
     "TREND_KINDS", "REGRESSION_MODES", "SEASONAL_FORMS", "OBSERVATION_FAMILIES", "COUNT_FAMILIES",
     "SpecificationWarning", "MAX_STATES", "MAX_HISTORY_BYTES", "REGIME_KINDS", "format_period", "Seasonal", "Cycle",
-    "Regression", "Observation", "ModelSpec", "as_spec", "param_names", "seasonal_param_name", "variance_names",
+    "Regression", "Observation", "Initialization", "INITIALIZATIONS", "ModelSpec", "as_spec", "param_names", "seasonal_param_name", "variance_names",
     "observation_param_names", "require_gaussian",
 ]
 
@@ -232,6 +232,84 @@ def _observation(d: Any) -> Observation:
     return Observation(family, offset)
 
 
+INITIALIZATIONS = ("diffuse", "approximate_diffuse", "known")
+APPROXIMATE_DIFFUSE_VARIANCE = 1e6   # statsmodels' `initial_variance`
+
+
+@dataclass(frozen=True)
+class Initialization:
+    """The initial state α₁, named as statsmodels' `initialization` options.
+
+    "diffuse" (the default): exact diffuse on the nonstationary states (level, trend, seasonals,
+    cycle, regressors in the state), the stationary covariance on AR states. "approximate_diffuse":
+    the same states start N(0, variance·I) instead (statsmodels' `initialize_approximate_diffuse`,
+    variance 1e6 by default; every observation counts, statsmodels' `loglikelihood_burn = 0`).
+    "known": α₁ ~ N(mean, cov) over the whole state vector in the engine's state order
+    (statsmodels' `initialize_known`); cov may be singular (0: a known value).
+    """
+
+    kind: str = "diffuse"
+    variance: float = APPROXIMATE_DIFFUSE_VARIANCE
+    mean: tuple[float, ...] = ()
+    cov: tuple[tuple[float, ...], ...] = ()
+
+    def to_dict(self) -> dict:
+        if self.kind == "approximate_diffuse":
+            return {"kind": self.kind, "variance": self.variance}
+        if self.kind == "known":
+            return {"kind": self.kind, "mean": list(self.mean), "cov": [list(r) for r in self.cov]}
+        return {"kind": self.kind}
+
+
+def _initialization(d: Any, n_states: int) -> Initialization:
+    """Parse the 'initialization' field: a kind name, or a dict {'kind': ..., ...} with the kind's
+    numbers (approximate_diffuse: 'variance'; known: 'mean' (state,) and 'cov' (state, state))."""
+    if d is None:
+        return Initialization()
+    if isinstance(d, str):
+        d = {"kind": d}
+    if not isinstance(d, Mapping):
+        _fail("initialization", f"expected a kind name or a dict like {{'kind': 'known', 'mean': [...], "
+                                f"'cov': [[...]]}}, got {_shown(d)}", f"Choose a kind among {', '.join(INITIALIZATIONS)}")
+    kind = d.get("kind", "diffuse")
+    if not isinstance(kind, str) or kind not in INITIALIZATIONS:
+        _fail("initialization.kind", f"unknown kind {_shown(kind)}", f"Choose one of {', '.join(INITIALIZATIONS)}")
+    _check_fields("initialization", d, {"kind", *{"approximate_diffuse": ("variance",),
+                                                    "known": ("mean", "cov")}.get(kind, ())})
+    if kind == "approximate_diffuse":
+        variance = _number("initialization.variance", d.get("variance", APPROXIMATE_DIFFUSE_VARIANCE),
+                           "Give a large positive variance, e.g. 1e6")
+        if not (math.isfinite(variance) and variance > 0):
+            _fail("initialization.variance", f"must be a positive finite number, got {_shown(variance)}",
+                  "Give a large positive variance, e.g. 1e6")
+        return Initialization(kind, variance=variance)
+    if kind == "known":
+        fix = (f"Give 'mean' as {n_states} numbers and 'cov' as a {n_states}×{n_states} symmetric positive "
+               f"semi-definite matrix (lists of lists), in the model's state order")
+        for name in ("mean", "cov"):
+            if name not in d:
+                _fail(f"initialization.{name}", "missing: a known initial state needs its mean and covariance", fix)
+        try:
+            mean = np.asarray(d["mean"], dtype=float)
+            cov = np.asarray(d["cov"], dtype=float)
+        except (TypeError, ValueError):
+            _fail("initialization", f"mean and cov must be numbers, got {_shown(d['mean'])} and {_shown(d['cov'])}",
+                  fix)
+        if mean.shape != (n_states,):
+            _fail("initialization.mean", f"expected {n_states} numbers (the model has {n_states} states), "
+                                         f"got shape {mean.shape}", fix)
+        if cov.shape != (n_states, n_states):
+            _fail("initialization.cov", f"expected a {n_states}×{n_states} matrix, got shape {cov.shape}", fix)
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(cov))):
+            _fail("initialization", "mean and cov must be finite", fix)
+        if not np.allclose(cov, cov.T, rtol=1e-12, atol=0):
+            _fail("initialization.cov", "not symmetric", fix)
+        if n_states and np.linalg.eigvalsh(cov).min() < -1e-10 * max(1.0, float(np.abs(cov).max())):
+            _fail("initialization.cov", "not positive semi-definite (a negative eigenvalue)", fix)
+        return Initialization(kind, mean=tuple(map(float, mean)), cov=tuple(tuple(map(float, r)) for r in cov))
+    return Initialization(kind)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A structural time-series model: y_t = level + seasonals + cycle + AR + xβ + ε_t."""
@@ -245,6 +323,7 @@ class ModelSpec:
     priors: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = field(default=())
     regimes: tuple[str, ...] = ()   # switching regimes, in REGIME_KINDS order
     observation: Observation = Observation()
+    initialization: Initialization = Initialization()
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -259,7 +338,7 @@ class ModelSpec:
         if not isinstance(d, Mapping):
             raise ValueError(f"a model spec must be a dict, got {type(d).__name__}")
         known = {"irregular", "level", "seasonal", "cycle", "autoregressive", "regression", "priors", "regimes",
-                 "observation"}
+                 "observation", "initialization"}
         unknown = sorted(map(str, set(d) - known))
         if unknown:
             _fail(unknown[0], "unknown field", f"Valid fields are {sorted(known)}")
@@ -413,6 +492,8 @@ class ModelSpec:
                           "statsmodels UnobservedComponents does. Set 'irregular': true to say so explicitly",
                           SpecificationWarning, stacklevel=2)
             spec = dataclasses.replace(spec, irregular=True)
+        spec = dataclasses.replace(spec, initialization=_initialization(d.get("initialization"),
+                                                                                  max(spec.n_states, 1)))
         if spec.priors:
             from .priors import check_priors  # priors builds on this module
             bare = dataclasses.replace(spec, priors=())
@@ -441,6 +522,8 @@ class ModelSpec:
             d["regimes"] = {k: True for k in self.regimes}
         if self.observation != Observation():
             d["observation"] = self.observation.to_dict()
+        if self.initialization != Initialization():
+            d["initialization"] = self.initialization.to_dict()
         return d
 
     def to_json(self) -> str:

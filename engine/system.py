@@ -22,7 +22,8 @@ from .components import blocks
 from .spec import ModelSpec, as_spec, param_names
 
 __all__ = [
-    "Layout", "System", "layout", "block_structure", "fixed_diffuse_system", "diffuse_states", "build_system", "transition_apply",
+    "Layout", "System", "layout", "block_structure", "fixed_diffuse_system", "diffuse_states", "build_system",
+    "initial_state", "transition_apply",
     "transition_sandwich", "design_at", "params_from_vector", "params_to_vector", "check_exog",
     "check_finite",
 ]
@@ -78,6 +79,8 @@ def fixed_diffuse_system(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray] | Non
     """(T, z) of the diffuse states alone, (diffuse, diffuse) and (diffuse,), where neither depends
     on the parameters or the data (NumPy constants, read as `block_structure` reads the designs);
     None where one does (a cycle's transition, regressors in the state)."""
+    if spec.initialization.kind != "diffuse":
+        return np.zeros((0, 0)), np.zeros(0)
     if spec.regression_in_state:
         return None
     parts = []
@@ -107,8 +110,9 @@ def fixed_diffuse_system(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray] | Non
 @lru_cache(maxsize=512)
 def _layout(spec: ModelSpec) -> Layout:
     out, start, observed = [], 0, []
+    exact_diffuse = spec.initialization.kind == "diffuse"   # otherwise no state starts diffuse
     for name, k, kind, diffuse, design in block_structure(spec):
-        out.append((name, start, k, kind, diffuse))
+        out.append((name, start, k, kind, diffuse and exact_diffuse))
         observed += [start + i for i in np.flatnonzero(design)]
         start += k
     if start == 0:  # irregular only: one known, unused state (as statsmodels does)
@@ -162,7 +166,20 @@ def build_system(spec: ModelSpec | Mapping, params: Mapping[str, jnp.ndarray],
         else:
             k = spec.k_exog
             Z = jnp.concatenate([jnp.broadcast_to(Z[: m - k], (x.shape[0], m - k)), x], axis=1)
-    return System(T, Z, d, H, q, jnp.zeros(m), P0, Pinf)
+    a1, P0, Pinf = initial_state(spec, P0, Pinf)
+    return System(T, Z, d, H, q, a1, P0, Pinf)
+
+
+def initial_state(spec: ModelSpec, P0: jnp.ndarray, Pinf: jnp.ndarray):
+    """(a₁, P*₁, P∞₁) under the spec's `initialization`, from the default exact-diffuse P*₁ (the
+    stationary blocks' covariance) and P∞₁ (the identity on the diffuse blocks)."""
+    init = spec.initialization
+    m = P0.shape[0]
+    if init.kind == "approximate_diffuse":
+        return jnp.zeros(m), P0 + init.variance * Pinf, jnp.zeros_like(Pinf)
+    if init.kind == "known":
+        return jnp.asarray(init.mean), jnp.asarray(init.cov), jnp.zeros_like(Pinf)
+    return jnp.zeros(m), P0, Pinf
 
 
 def transition_apply(lay: Layout, T: jnp.ndarray, X: jnp.ndarray) -> jnp.ndarray:
