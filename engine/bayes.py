@@ -626,10 +626,10 @@ def _start_likelihood(prob: Problem, starts: np.ndarray):
     return ll[:, 0], {n: grad[:, i] for i, n in enumerate(order)}
 
 
-@partial(jax.jit, static_argnames=("spec",))
-def _pointwise_chunk(spec, theta, y, x):
+@partial(jax.jit, static_argnames=("spec", "augmented"))
+def _pointwise_chunk(spec, theta, y, x, augmented: bool = True):
     """(CHUNK_DRAWS, time) log-likelihood terms for a chunk of draws (CHUNK_DRAWS, param)."""
-    return _loglik_terms_batch(spec, theta, y, x).T
+    return _loglik_terms_batch(spec, theta, y, x, augmented).T
 
 
 def pointwise_loglik(spec, theta, y, exog=None) -> np.ndarray:
@@ -645,6 +645,7 @@ def pointwise_loglik(spec, theta, y, exog=None) -> np.ndarray:
     if n == 0:
         return np.zeros((0, y.shape[0]))
     padded = np.concatenate([theta, np.repeat(theta[-1:], -n % CHUNK_DRAWS, axis=0)])
-    chunks = [_pointwise_chunk(spec, jnp.asarray(padded[i:i + CHUNK_DRAWS]), y, x)   # all dispatched,
-              for i in range(0, n, CHUNK_DRAWS)]                                     # then gathered
+    augmented = augmented_needed(spec, y)
+    chunks = [_pointwise_chunk(spec, jnp.asarray(padded[i:i + CHUNK_DRAWS]), y, x, augmented)   # all dispatched,
+              for i in range(0, n, CHUNK_DRAWS)]                                                # then gathered
     return np.concatenate([np.asarray(c) for c in chunks])[:n]

@@ -31,19 +31,20 @@ def run(lay: Layout, system: System, y: jnp.ndarray, *, sqrt: bool = False, keep
     step is a `step` (one phase decision per step).
 
     augmented: False where Koopman's recursion alone is known to be exact for this spec and
-    pattern of observations (`augmented.koopman_exact`, decided before tracing): `run_chunked`
-    then carries no augmented filter (its tangents cost the sampler as much as the rest of a
-    short series). Every other path carries it regardless.
+    pattern of observations (`augmented.koopman_exact`, decided before tracing): no step carries
+    the augmented filter (its tangents cost the sampler as much as the rest of a short series).
     """
     n_time, batch = y.shape
     system = batch_last(system)
     if state is None:
         state = init(lay, system, sqrt)
+    if not augmented:
+        state = state._replace(augmented=None)
     d = system.obs_intercept
     d = jnp.broadcast_to(d if d.ndim == 2 else d[None], (n_time, batch))
     time_varying = lay.time_varying_design
     if batch == 1 and not (keep or time_varying):   # batches keep the per-step phase switch
-        return run_chunked(lay, system, state if augmented else state._replace(augmented=None), y, d, sqrt)
+        return run_chunked(lay, system, state, y, d, sqrt)
 
     def steps(state, xs, settled: bool):
         def body(carry, xs):

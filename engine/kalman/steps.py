@@ -130,6 +130,8 @@ def diffuse_step(lay: Layout, system: System, state: FilterState, y, d, z, sqrt:
     joins that step's term. Same returns as `full_step`; the state's `diffuse` flag is the phase's
     (true until the collapse)."""
     new, info = full_step(lay, system, state, y, d, z, Phase.DIFFUSE, sqrt, keep)
+    if state.augmented is None:   # Koopman's recursion is exact here (`run`'s `augmented`)
+        return new, info
     llf = info.loglik if keep else info
     aug = augmented_step(lay, system.transition, system.state_var, system.obs_var, state.augmented, y, d, z, llf,
                          sqrt)

@@ -102,3 +102,14 @@ def test_the_samplers_likelihood_takes_the_decision_from_the_data():
     pot = {kw: float(c.potential_fn_gen(*prob.args)(c.unravel(z))) for kw, c in co.items()}
     ll = pot[("likelihood", False)] - pot[("for_sampler", True)]
     assert ll == pytest.approx(sm_model(AIR, y).loglike(AIR_P), rel=1e-9, abs=0)
+
+
+def test_batched_pointwise_terms_without_it_equal_statsmodels():
+    """The per-step batched filter (`pointwise_loglik`: the fit's log_likelihood group) leaves it
+    out too where it may, and keeps statsmodels' terms, gaps in the diffuse phase included."""
+    y = air()
+    y[[3, 40]] = np.nan
+    draws = np.stack([AIR_P, AIR_P * np.array([0.7, 0.8, 2.0, 0.9])])
+    terms = bayes.pointwise_loglik(AIR, draws, y)
+    for row, p in zip(terms, draws):
+        np.testing.assert_allclose(row, sm_model(AIR, y).loglikeobs(p), rtol=1e-9, atol=1e-11)
