@@ -289,7 +289,10 @@ def test_chunked_filter_on_series_near_the_length_of_its_diffuse_phase(n_time):
     v, g = jax.value_and_grad(lambda q: engine.loglik(spec, q, y, filter="standard"))(p)
     v_ref, g_ref = jax.value_and_grad(lambda q: stepwise_loglik(spec, q, y))(p)
     assert float(v) == pytest.approx(float(v_ref), rel=1e-10)
-    np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-7, atol=1e-9 * np.max(np.abs(g_ref)))
+    # with no more observations than diffuse states the likelihood is flat in the parameters: the
+    # exact gradient is 0 (Koopman's recursion alone, exact here) and the stepwise one round-off
+    atol = max(1e-9 * np.max(np.abs(g_ref)), 1e-6)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-7, atol=atol)
 
 
 # -- jit, vmap, batches -----------------------------------------------------------------------
