@@ -23,16 +23,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..domains import check_params
 from ..model import as_param_vector, as_series
-from ..spec import ModelSpec, as_spec
+from ..spec import as_spec
 from ..system import check_exog
-from . import approx as approx_module, families, importance
+from . import approx as approx_module, families, fit, importance
 from .approx import ApproxModel, approx_model
 from .families import check_observations
 from .importance import DRAWS, ImportanceResult, importance_loglik
+from .fit import CorrectionWarning, corrected_summary, fit_map, fit_nuts, posterior_weights
 
-__all__ = ["METHODS", "DRAWS", "ApproxModel", "ImportanceResult", "prepare", "approximate", "loglik_importance",
-           "loglik", "check_observations", "families", "importance"]
+__all__ = ["METHODS", "DRAWS", "ApproxModel", "ImportanceResult", "prepare", "prepare_data", "approximate",
+           "loglik_importance", "loglik", "check_observations", "families", "importance", "fit", "fit_map", "fit_nuts",
+           "CorrectionWarning", "corrected_summary", "posterior_weights"]
 
 METHODS = ("importance", "laplace")
 
@@ -41,6 +44,14 @@ def prepare(spec, params, y, exog=None, exposure=None):
     """Checked inputs: (spec, parameter vector (k,), y (time,), exog (time, k) or None, offset log E_t (time,)).
 
     The data must suit the family (`check_observations`) and the parameters their ranges."""
+    spec, y, x, offset = prepare_data(spec, y, exog, exposure)
+    pvec = as_param_vector(spec, params)
+    check_params(spec, pvec)
+    return spec, pvec, y, x, offset
+
+
+def prepare_data(spec, y, exog=None, exposure=None):
+    """Checked data of a non-Gaussian spec: (spec, y (time,), exog (time, k) or None, offset log E_t (time,))."""
     spec = as_spec(spec)
     if spec.observation.is_gaussian:
         raise ValueError("spec field 'observation.family': the gaussian family needs no approximation; "
@@ -49,24 +60,11 @@ def prepare(spec, params, y, exog=None, exposure=None):
     spec.check_data(y.shape[0])
     x = check_exog(spec, exog, y.shape[0])
     x = None if x is None else jnp.asarray(x)[: y.shape[0]]
-    pvec = as_param_vector(spec, params)
     if isinstance(y, jax.core.Tracer):
         offset = jnp.zeros(y.shape[0]) if exposure is None else jnp.log(jnp.asarray(exposure)[: y.shape[0]])
     else:
         offset = jnp.asarray(check_observations(spec, np.asarray(y), exposure))
-    if not isinstance(pvec, jax.core.Tracer):
-        _check_params(spec, np.asarray(pvec))
-    return spec, pvec, y, x, offset
-
-
-def _check_params(spec: ModelSpec, pvec: np.ndarray) -> None:
-    from ..spec import param_names
-    for name, value in zip(param_names(spec), pvec):
-        positive = name.startswith("sigma2.") or name in ("nu.observation", "alpha.observation")
-        if positive and not (np.isfinite(value) and value > 0 if not name.startswith("sigma2.")
-                             else np.isfinite(value) and value >= 0):
-            raise ValueError(f"parameter {name} = {value:g} is out of range: it must be "
-                             f"{'≥ 0' if name.startswith('sigma2.') else '> 0'} and finite")
+    return spec, y, x, offset
 
 
 def approximate(spec, params, y, exog=None, exposure=None, *, max_iter: int = approx_module.MAX_ITER,

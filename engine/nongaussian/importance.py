@@ -102,7 +102,9 @@ def importance_from_system(key, spec: ModelSpec, system: System, pvec, y, offset
     otherwise than exact diffuse); traceable."""
     lay = layout(spec)
     approx = approx_from_system(spec, system, pvec, y, offset, max_iter, tol)
-    pseudo_y, pseudo_var = jax.lax.stop_gradient((approx.pseudo_y, approx.pseudo_var))
+    # no stop_gradient on the proposal: with the key fixed (common random numbers) the estimate is
+    # a smooth function of ψ, and its derivative (through the mode, implicitly) is exact for it
+    pseudo_y, pseudo_var = approx.pseudo_y, approx.pseudo_var
     n_pairs = max(-(-n_draws // 2), 1)
     thetas, _, ll_g = signal_draws(key, lay, system, pseudo_y, pseudo_var, n_pairs)
     obs_p = observation_params(spec, pvec)
