@@ -13,8 +13,10 @@ prior): `run` takes the model's where it has no diffuse states, else the caller'
   mode of each particle's own p(θ_t | α_{t−1}⁽ⁱ⁾, y_t) (the local Laplace approximation, a few
   Newton or EM steps with `pseudo_observations`), drawn exactly by conditioning the bootstrap
   draw on the pseudo-observation (α = α⁺ + K(ỹ − z α⁺ − d − ε), ε ~ N(0, H̃): Matheron's rule)
-  and weighed by p(y | θ) g(ỹ | α_{t−1}) / g(ỹ | θ). Systematic resampling when the ESS falls
-  below half the particles. The sum of the steps' log p̂(y_t | y_{1:t−1}) is the usual
+  and weighed by p(y | θ) g(ỹ | α_{t−1}) / g(ỹ | θ); as an auxiliary particle filter (Pitt &
+  Shephard 1999), the ancestors are first drawn by the Laplace estimate of each particle's
+  predictive likelihood, so the look-ahead term does not spread the weights. The bootstrap
+  filter resamples (systematically) when the ESS falls below half the particles. The sum of the steps' log p̂(y_t | y_{1:t−1}) is the usual
   estimate of the log-likelihood (its exponential is unbiased).
 * EKF and UKF: the Gaussian filter matching the first two moments of y_t | θ_t
   (`mean_variance`) by linearising the mean at the predicted state (EKF, a Fahrmeir-style
@@ -104,51 +106,73 @@ def particle_step(key, family: str, guided: bool, model: SequentialModel, state:
     k_eta, k_eps, k_res = jax.random.split(key, 3)
     n, m = state.pred_mean.shape
     observed = ~jnp.isnan(y_t)
-    # the bootstrap draw α⁺ ~ N(pred_mean, pred_cov)
-    alpha = state.pred_mean + jax.random.normal(k_eta, (n, m)) @ _sqrt(state.pred_cov).T
-    theta_prior = alpha @ z_t + d_t
-    mu, var, _ = mean_variance(family, theta_prior, offset_t, model.obs)
+    eta = jax.random.normal(k_eta, (n, m)) @ _sqrt(state.pred_cov).T
+    # the predictive moments of y_t from the bootstrap draws α⁺ ~ N(pred_mean, pred_cov)
+    mu, var, _ = mean_variance(family, (state.pred_mean + eta) @ z_t + d_t, offset_t, model.obs)
     w_prev = jnp.exp(state.log_weight)
     pred_mean = jnp.sum(w_prev * mu)
     pred_var = jnp.sum(w_prev * (var + mu * mu)) - pred_mean ** 2
     y_b = jnp.broadcast_to(y_t, (n,))
     off_b = jnp.broadcast_to(offset_t, (n,))
     if guided:
-        # each particle's local Gaussian approximation: the mode of p(y|θ) N(θ; μ_i, s²)
-        Pz = state.pred_cov @ z_t
-        s2 = z_t @ Pz
-        mu_i = state.pred_mean @ z_t + d_t
-
-        def iterate(theta, _):
-            y_tilde, H = pseudo_observations(family, y_b, theta, off_b, model.obs)
-            return (mu_i * H + y_tilde * s2) / (H + s2), None
-
-        theta_hat = lax.scan(iterate, mu_i, None, length=GUIDE_ITERATIONS)[0]
-        y_tilde, H = pseudo_observations(family, y_b, theta_hat, off_b, model.obs)
-        F = s2 + H
-        gain = Pz[None, :] / F[:, None]                                    # (particle, state)
-        eps = jnp.sqrt(H) * jax.random.normal(k_eps, (n,))
-        alpha_g = alpha + gain * (y_tilde - theta_prior - eps)[:, None]
-        alpha = jnp.where(observed, alpha_g, alpha)
-        theta = alpha @ z_t + d_t
-        e_pred, e_obs = y_tilde - mu_i, y_tilde - theta
-        log_g_pred = -0.5 * (LOG_2PI + jnp.log(F) + e_pred * e_pred / F)
-        log_g_obs = -0.5 * (LOG_2PI + jnp.log(H) + e_obs * e_obs / H)
-        increment = log_density(family, y_b, theta, off_b, model.obs) + log_g_pred - log_g_obs
+        alpha, log_w, loglik = _guided(k_eps, k_res, family, model, state, eta, observed, y_b, z_t, d_t, off_b)
     else:
-        increment = log_density(family, y_b, theta_prior, off_b, model.obs)
-    increment = jnp.where(observed, increment, 0.0)
-    joint = state.log_weight + increment
-    loglik = logsumexp(joint)
-    log_w = joint - loglik
+        alpha = state.pred_mean + eta
+        increment = jnp.where(observed, log_density(family, y_b, alpha @ z_t + d_t, off_b, model.obs), 0.0)
+        joint = state.log_weight + increment
+        loglik = logsumexp(joint)
+        log_w = joint - loglik
     w = jnp.exp(log_w)
     mean = w @ alpha
     filtered_var = w @ (alpha - mean) ** 2
     ess = 1.0 / jnp.sum(w * w)
-    idx = jnp.where(ess < RESAMPLE_BELOW * n, _systematic(k_res, log_w), jnp.arange(n))
-    log_w = jnp.where(ess < RESAMPLE_BELOW * n, -jnp.log(n), log_w[idx])
+    if guided:   # the next step's first stage resamples
+        idx = jnp.arange(n)
+    else:
+        resample = ess < RESAMPLE_BELOW * n
+        idx = jnp.where(resample, _systematic(k_res, log_w), jnp.arange(n))
+        log_w = jnp.where(resample, -jnp.log(n), log_w[idx])
     new = ParticleState(alpha[idx] @ model.transition.T, jnp.diag(model.state_var), log_w)
     return new, SequentialInfo(jnp.where(observed, loglik, 0.0), pred_mean, pred_var, mean, filtered_var, ess)
+
+
+def _log_normal(x, mean, var):
+    e = x - mean
+    return -0.5 * (LOG_2PI + jnp.log(var) + e * e / var)
+
+
+def _guided(k_eps, k_res, family, model, state, eta, observed, y_b, z_t, d_t, off_b):
+    """The guided step as an auxiliary particle filter: each particle's local Gaussian approximation
+    gives its proposal and a look-ahead λ_i ≈ log p(y_t | α_{t−1}⁽ⁱ⁾) (Laplace); ancestors are drawn
+    by W_{t−1} e^λ, propagated by the proposal and weighed by the rest. (alpha, log_w, loglik)."""
+    n = eta.shape[0]
+    Pz = state.pred_cov @ z_t
+    s2 = z_t @ Pz
+    mu_i = state.pred_mean @ z_t + d_t
+
+    def iterate(theta, _):
+        y_tilde, H = pseudo_observations(family, y_b, theta, off_b, model.obs)
+        return (mu_i * H + y_tilde * s2) / (H + s2), None
+
+    theta_hat = lax.scan(iterate, mu_i, None, length=GUIDE_ITERATIONS)[0]
+    y_tilde, H = pseudo_observations(family, y_b, theta_hat, off_b, model.obs)
+    F = s2 + H
+    log_pred = _log_normal(y_tilde, mu_i, F)
+    look_ahead = jnp.where(observed, log_density(family, y_b, theta_hat, off_b, model.obs) + log_pred
+                           - _log_normal(y_tilde, theta_hat, H), 0.0)
+    first = state.log_weight + look_ahead
+    stage1 = logsumexp(first)
+    anc = jnp.where(observed, _systematic(k_res, first - stage1), jnp.arange(n))
+    alpha_plus = state.pred_mean[anc] + eta
+    eps = jnp.sqrt(H[anc]) * jax.random.normal(k_eps, (n,))
+    alpha = alpha_plus + (Pz[None, :] / F[anc][:, None]) * (y_tilde[anc] - alpha_plus @ z_t - d_t - eps)[:, None]
+    alpha = jnp.where(observed, alpha, alpha_plus)
+    theta = alpha @ z_t + d_t
+    increment = (log_density(family, y_b, theta, off_b, model.obs) - _log_normal(y_tilde[anc], theta, H[anc])
+                 + log_pred[anc] - look_ahead[anc])
+    joint = jnp.where(observed, -jnp.log(n) + increment, state.log_weight)
+    stage2 = logsumexp(joint)
+    return alpha, joint - stage2, stage1 + stage2
 
 
 # ------------------------------------------------------------------------------ EKF and UKF

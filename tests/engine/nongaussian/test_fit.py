@@ -19,19 +19,19 @@ from . import grid as G
 
 RNG = np.random.default_rng(7)
 T = 40
-COUNTS = RNG.poisson(np.exp(np.cumsum(RNG.normal(0, 0.3, T)) - 0.5)).astype(float)   # mostly 0 and 1
+COUNTS = RNG.poisson(np.exp(np.cumsum(RNG.normal(0, 0.2, T)) + 1.2)).astype(float)   # 0 to 10
 COUNTS[12] = np.nan
 SPEC = {"level": "local_level", "observation": "poisson"}
 PRIOR_SCALE = 0.3
 PRIORS = {"sigma2.level": {"dist": "half_normal", "scale": PRIOR_SCALE}}
-U = np.linspace(-9.0, 0.5, 40)           # u = log sigma2.level: the quadrature's nodes
-LEVELS = np.linspace(-7.0, 3.0, 401)
+U = np.linspace(-8.0, 0.5, 40)           # u = log sigma2.level: the quadrature's nodes
+LEVELS = np.linspace(-8.0, 5.0, 651)
 
 
 @pytest.fixture(scope="module")
 def exact_log_posterior():
     """log p(u | y) + const on U (u = log σ², the Jacobian included), from the grid filter."""
-    ll = np.array([G.local_level_loglik(G.poisson, COUNTS, np.exp(u), LEVELS) for u in U])
+    ll = np.array([G.local_level_filter(G.poisson, COUNTS, np.exp(u), LEVELS)[0].sum() for u in U])
     return ll, ll + stats.halfnorm.logpdf(np.exp(U), scale=PRIOR_SCALE) + U
 
 
