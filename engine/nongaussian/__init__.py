@@ -11,10 +11,13 @@ The states are those of the linear Gaussian structural model; y_t depends on the
   error, deterministic for a given seed.
 
 `engine.loglik` returns the importance estimate for these families (method="importance", the
-default) or the approximation (method="laplace").
+default), the approximation (method="laplace") or, for the Student-t, importance sampling over
+its latent scales (method="mixture", `mixture`).
 
-Modules: `families` (densities, pseudo-observations, data checks), `approx` (the mode, the
-approximating model), `importance` (the simulation smoother and the estimate).
+Modules: `families` (densities, pseudo-observations, moments, data checks), `approx` (the mode,
+the approximating model), `importance` (the simulation smoother and the estimate), `mixture`
+(the Student-t as a scale mixture), `fit` (MAP, and NUTS with the importance correction),
+`sequential` (particle filters, EKF, UKF: init/step pairs for any family).
 """
 
 from __future__ import annotations
@@ -27,17 +30,17 @@ from ..domains import check_params
 from ..model import as_param_vector, as_series
 from ..spec import as_spec
 from ..system import check_exog
-from . import approx as approx_module, families, fit, importance
+from . import approx as approx_module, families, fit, importance, mixture, sequential
 from .approx import ApproxModel, approx_model
 from .families import check_observations
 from .importance import DRAWS, ImportanceResult, importance_loglik
 from .fit import CorrectionWarning, corrected_summary, fit_map, fit_nuts, posterior_weights
 
 __all__ = ["METHODS", "DRAWS", "ApproxModel", "ImportanceResult", "prepare", "prepare_data", "approximate",
-           "loglik_importance", "loglik", "check_observations", "families", "importance", "fit", "fit_map", "fit_nuts",
+           "loglik_importance", "loglik", "check_observations", "families", "importance", "fit", "fit_map", "fit_nuts", "mixture", "sequential",
            "CorrectionWarning", "corrected_summary", "posterior_weights"]
 
-METHODS = ("importance", "laplace")
+METHODS = ("importance", "laplace", "mixture")
 
 
 def prepare(spec, params, y, exog=None, exposure=None):
@@ -90,10 +93,16 @@ def loglik_importance(spec, params, y, exog=None, exposure=None, *, draws: int =
 def loglik(spec, params, y, exog=None, exposure=None, *, method: str = "importance", draws: int = DRAWS,
            seed: int = 0) -> jnp.ndarray:
     """The log-likelihood of a non-Gaussian model: by importance sampling (the default; exact up to
-    Monte Carlo error, deterministic for a seed) or, with method="laplace", the approximation at
-    the mode (deterministic, differentiable)."""
+    Monte Carlo error, deterministic for a seed), with method="laplace" the approximation at the
+    mode (deterministic, differentiable), or for the Student-t with method="mixture" importance
+    sampling over its latent scales (`mixture`: better where outliers make the default's weights
+    degenerate)."""
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not known; use one of {METHODS}")
     if method == "laplace":
         return approximate(spec, params, y, exog, exposure).loglik
+    if method == "mixture":
+        if exposure is not None:
+            raise ValueError("exposure applies to count families; the scale mixture is the Student-t's")
+        return mixture.loglik_mixture(spec, params, y, exog, draws=draws, seed=seed).loglik
     return loglik_importance(spec, params, y, exog, exposure, draws=draws, seed=seed).loglik
