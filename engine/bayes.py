@@ -317,6 +317,9 @@ def fit_map(spec, y, exog=None, *, priors: Mapping | None = None, start=None, ma
     if not as_spec(spec).observation.is_gaussian:
         from .nongaussian import fit as ng_fit
         return ng_fit.fit_map(spec, y, exog, exposure, priors=priors, start=start, maxiter=maxiter, **nongaussian)
+    if exposure is not None or nongaussian:
+        raise ValueError(f"{', '.join(['exposure'] * (exposure is not None) + sorted(nongaussian))} apply to "
+                         "non-Gaussian observation families; this model is gaussian")
     from .mle import start_points
     from .transforms import constrain, scales
 
@@ -519,6 +522,9 @@ def fit_nuts(spec, y, exog=None, *, chains: int = 4, warmup: int = 1000, draws: 
                                priors=priors, target_accept=target_accept, max_tree_depth=max_tree_depth,
                                time_index=time_index,
                                **({} if correction_draws is None else {"correction_draws": correction_draws}))
+    if exposure is not None or correction_draws is not None:
+        raise ValueError("exposure and correction_draws apply to non-Gaussian observation families; this model is "
+                         "gaussian")
 
     check_sampler_settings(chains=chains, warmup=warmup, draws=draws, target_accept=target_accept,
                            max_tree_depth=max_tree_depth)

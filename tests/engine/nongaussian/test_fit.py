@@ -58,7 +58,10 @@ def test_nuts_with_the_importance_correction_matches_quadrature(exact_log_poster
     grid_at = interpolate.CubicSpline(U, ll_grid)(u[inside])
     est = np.asarray(idata.sample_stats["loglik"]).ravel()[inside]
     se = np.asarray(idata.sample_stats["loglik_se"]).ravel()[inside]
-    assert np.all(np.abs(est - grid_at) < 5 * se + 0.01), np.max(np.abs(est - grid_at) - 5 * se)
+    # (each estimate's se, from 50 antithetic pairs, is itself noisy: most draws within 4 se,
+    # and no bias on average)
+    assert np.mean(np.abs(est - grid_at) < 4 * se + 0.01) > 0.95
+    assert abs(np.mean(est - grid_at)) < 4 * np.sqrt(np.mean(se ** 2) / len(se)) + 0.01
     # the corrected posterior: within 4 Monte Carlo standard errors (the chains' ESS, shrunk by the
     # weights' ESS fraction)
     w = ng.posterior_weights(idata)
