@@ -12,8 +12,10 @@ fit q(λ) = Π_t Gamma(a_t, b_t) of p(λ | y) (a few coordinate-ascent passes: a
 b_t = (ν + E[(y_t − θ_t)²]/σ²)/2, with the smoothed mean and variance of θ_t under the Gaussian
 model at E[λ]). Where an outlier makes p(θ_t | y) heavy-tailed or bimodal, the Gaussian
 proposal over θ (`importance`) degenerates; here an outlier only puts a small λ_t in q, and the
-draws' weights stay balanced (measured: ν = 3 with t₃ outliers, ESS 31 of 20000 with the
-Gaussian proposal against thousands here; see tests/engine/nongaussian/test_mixture.py).
+draws' weights stay balanced (measured on a local level with t₃ outliers, ν = 3, T = 60,
+20000 draws: ESS 4294 against 823 with the Gaussian proposal, se 0.014 against 0.036 nats).
+It costs one Kalman filter per draw, so where the Gaussian proposal's weights are healthy
+(ν ≥ 5, say) that proposal is the cheaper; `engine.loglik(method="mixture")` chooses this one.
 """
 
 from __future__ import annotations
