@@ -15,10 +15,16 @@ into the domain by `engine.transforms`) the parameters are tracers and nothing i
 | `damping.cycle`     | 0 < ρ < 1 (a damped cycle's stationary start needs ρ < 1)          |
 | `frequency.cycle`   | within the cycle's period bounds: 2π/hi ≤ λ ≤ 2π/lo                |
 | `ar.L1 … ar.Lp`     | stationary: every root of 1 − φ₁z − … − φ_p z^p outside the unit circle |
+| `prob.*`            | 0 ≤ p < 1, and Σ prob.* < 1 (the normal regime keeps a probability) |
+| `scale.*`           | finite and ≥ 0 (a variance a regime adds)                          |
+| `nu.observation`    | > 0 (the Student-t's degrees of freedom)                           |
+| `alpha.observation` | > 0 (the negative binomial's dispersion)                           |
 | anything else       | finite                                                            |
 
 A single variance at exactly 0 is valid (a deterministic level, trend or seasonal; an MLE at
-its boundary), as in statsmodels.
+its boundary), as in statsmodels. "Every variance 0" is refused for the Gaussian family only:
+a count's noise is its own distribution, so a deterministic signal still has a likelihood;
+the Student-t needs its scale² `sigma2.irregular` > 0 instead.
 """
 
 from __future__ import annotations
@@ -30,7 +36,11 @@ import numpy as np
 
 from .spec import ModelSpec, as_spec, param_names
 
-__all__ = ["check_params", "param_range"]
+__all__ = ["check_params", "param_range", "FAMILY_PARAMS"]
+
+# the observation families' own parameters (`spec.observation_param_names`): positive
+FAMILY_PARAMS = {"nu.observation": "the Student-t's degrees of freedom",
+                 "alpha.observation": "the negative binomial's dispersion"}
 
 
 def param_range(spec: ModelSpec, name: str) -> str:
@@ -43,6 +53,12 @@ def param_range(spec: ModelSpec, name: str) -> str:
         lo, hi = spec.cycle.frequency_bounds
         p_lo, p_hi = spec.cycle.period_bounds
         return f"[{lo:.6g}, {hi:.6g}] (2π / period, for the spec's period bounds [{p_lo:g}, {p_hi:g}])"
+    if name.startswith("prob."):
+        return "[0, 1) (a regime's probability; the regimes' probabilities sum to less than 1)"
+    if name.startswith("scale."):
+        return "[0, ∞) (the variance a regime adds)"
+    if name in FAMILY_PARAMS:
+        return f"(0, ∞) ({FAMILY_PARAMS[name]})"
     if name.startswith("ar.L"):
         return ("the stationary region: every root of 1 − φ₁z − … − φ_p z^p outside the unit circle"
                 + (" (−1 < ar.L1 < 1)" if spec.ar_order == 1 else ""))
@@ -78,18 +94,38 @@ def check_params(spec, params, *, name: str = "params", rows: str = "row", label
     for j, pname in enumerate(names):
         col = table[:, j]
         bad = ~np.isfinite(col)
-        if pname.startswith("sigma2."):
+        if pname.startswith(("sigma2.", "scale.")):
             bad |= col < 0
+        elif pname.startswith("prob."):
+            bad |= (col < 0) | (col >= 1)
         elif pname == "damping.cycle":
             bad |= (col <= 0) | (col >= 1)
         elif pname == "frequency.cycle":
             lo, hi = spec.cycle.frequency_bounds
             bad |= (col < lo * (1 - 1e-12)) | (col > hi * (1 + 1e-12))
+        elif pname in FAMILY_PARAMS:
+            bad |= col <= 0
         if bad.any():
             i = int(np.argmax(bad))
-            refuse(i, f"{pname} = {float(col[i])!r} is outside its valid range {param_range(spec, pname)}")
+            refuse(i, f"parameter {pname} = {float(col[i]):g} is out of range {param_range(spec, pname)}"
+                   if pname in FAMILY_PARAMS else
+                   f"{pname} = {float(col[i])!r} is outside its valid range {param_range(spec, pname)}")
+    probs = [j for j, n in enumerate(names) if n.startswith("prob.")]
+    if len(probs) > 1:
+        total = table[:, probs].sum(axis=1)
+        bad = total >= 1
+        if bad.any():
+            i = int(np.argmax(bad))
+            refuse(i, f"the regimes' probabilities ({', '.join(f'{names[j]} = {table[i, j]:.6g}' for j in probs)}) "
+                   f"sum to {total[i]:.6g} ≥ 1: the normal regime has none left; lower them")
+    if spec.observation.family == "student_t":
+        j = names.index("sigma2.irregular")
+        zero = table[:, j] == 0
+        if zero.any():
+            refuse(int(np.argmax(zero)), "sigma2.irregular = 0.0: it is the Student-t's scale², which must be > 0 "
+                   "(a t with scale 0 has no density); give it a positive value")
     variances = [j for j, n in enumerate(names) if n.startswith("sigma2.")]
-    if variances:
+    if variances and spec.observation.is_gaussian:
         zero = np.all(table[:, variances] == 0, axis=1)
         if zero.any():
             refuse(int(np.argmax(zero)), f"every variance ({', '.join(names[j] for j in variances)}) is 0: the "

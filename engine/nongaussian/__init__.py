@@ -11,10 +11,13 @@ The states are those of the linear Gaussian structural model; y_t depends on the
   error, deterministic for a given seed.
 
 `engine.loglik` returns the importance estimate for these families (method="importance", the
-default) or the approximation (method="laplace").
+default), the approximation (method="laplace") or, for the Student-t, importance sampling over
+its latent scales (method="mixture", `mixture`).
 
-Modules: `families` (densities, pseudo-observations, data checks), `approx` (the mode, the
-approximating model), `importance` (the simulation smoother and the estimate).
+Modules: `families` (densities, pseudo-observations, moments, data checks), `approx` (the mode,
+the approximating model), `importance` (the simulation smoother and the estimate), `mixture`
+(the Student-t as a scale mixture), `fit` (MAP, and NUTS with the importance correction),
+`sequential` (particle filters, EKF, UKF: init/step pairs for any family).
 """
 
 from __future__ import annotations
@@ -23,24 +26,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..domains import check_params
 from ..model import as_param_vector, as_series
-from ..spec import ModelSpec, as_spec
+from ..spec import as_spec
 from ..system import check_exog
-from . import approx as approx_module, families, importance
+from . import approx as approx_module, families, fit, importance, mixture, sequential
 from .approx import ApproxModel, approx_model
 from .families import check_observations
 from .importance import DRAWS, ImportanceResult, importance_loglik
+from .fit import CorrectionWarning, corrected_summary, fit_map, fit_nuts, posterior_weights
 
-__all__ = ["METHODS", "DRAWS", "ApproxModel", "ImportanceResult", "prepare", "approximate", "loglik_importance",
-           "loglik", "check_observations", "families", "importance"]
+__all__ = ["METHODS", "DRAWS", "ApproxModel", "ImportanceResult", "prepare", "prepare_data", "approximate",
+           "loglik_importance", "loglik", "check_observations", "families", "importance", "fit", "fit_map", "fit_nuts", "mixture", "sequential",
+           "CorrectionWarning", "corrected_summary", "posterior_weights"]
 
-METHODS = ("importance", "laplace")
+METHODS = ("importance", "laplace", "mixture")
 
 
 def prepare(spec, params, y, exog=None, exposure=None):
     """Checked inputs: (spec, parameter vector (k,), y (time,), exog (time, k) or None, offset log E_t (time,)).
 
     The data must suit the family (`check_observations`) and the parameters their ranges."""
+    spec, y, x, offset = prepare_data(spec, y, exog, exposure)
+    pvec = as_param_vector(spec, params)
+    check_params(spec, pvec)
+    return spec, pvec, y, x, offset
+
+
+def prepare_data(spec, y, exog=None, exposure=None):
+    """Checked data of a non-Gaussian spec: (spec, y (time,), exog (time, k) or None, offset log E_t (time,))."""
     spec = as_spec(spec)
     if spec.observation.is_gaussian:
         raise ValueError("spec field 'observation.family': the gaussian family needs no approximation; "
@@ -49,24 +63,11 @@ def prepare(spec, params, y, exog=None, exposure=None):
     spec.check_data(y.shape[0])
     x = check_exog(spec, exog, y.shape[0])
     x = None if x is None else jnp.asarray(x)[: y.shape[0]]
-    pvec = as_param_vector(spec, params)
     if isinstance(y, jax.core.Tracer):
         offset = jnp.zeros(y.shape[0]) if exposure is None else jnp.log(jnp.asarray(exposure)[: y.shape[0]])
     else:
         offset = jnp.asarray(check_observations(spec, np.asarray(y), exposure))
-    if not isinstance(pvec, jax.core.Tracer):
-        _check_params(spec, np.asarray(pvec))
-    return spec, pvec, y, x, offset
-
-
-def _check_params(spec: ModelSpec, pvec: np.ndarray) -> None:
-    from ..spec import param_names
-    for name, value in zip(param_names(spec), pvec):
-        positive = name.startswith("sigma2.") or name in ("nu.observation", "alpha.observation")
-        if positive and not (np.isfinite(value) and value > 0 if not name.startswith("sigma2.")
-                             else np.isfinite(value) and value >= 0):
-            raise ValueError(f"parameter {name} = {value:g} is out of range: it must be "
-                             f"{'≥ 0' if name.startswith('sigma2.') else '> 0'} and finite")
+    return spec, y, x, offset
 
 
 def approximate(spec, params, y, exog=None, exposure=None, *, max_iter: int = approx_module.MAX_ITER,
@@ -92,10 +93,16 @@ def loglik_importance(spec, params, y, exog=None, exposure=None, *, draws: int =
 def loglik(spec, params, y, exog=None, exposure=None, *, method: str = "importance", draws: int = DRAWS,
            seed: int = 0) -> jnp.ndarray:
     """The log-likelihood of a non-Gaussian model: by importance sampling (the default; exact up to
-    Monte Carlo error, deterministic for a seed) or, with method="laplace", the approximation at
-    the mode (deterministic, differentiable)."""
+    Monte Carlo error, deterministic for a seed), with method="laplace" the approximation at the
+    mode (deterministic, differentiable), or for the Student-t with method="mixture" importance
+    sampling over its latent scales (`mixture`: better where outliers make the default's weights
+    degenerate)."""
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not known; use one of {METHODS}")
     if method == "laplace":
         return approximate(spec, params, y, exog, exposure).loglik
+    if method == "mixture":
+        if exposure is not None:
+            raise ValueError("exposure applies to count families; the scale mixture is the Student-t's")
+        return mixture.loglik_mixture(spec, params, y, exog, draws=draws, seed=seed).loglik
     return loglik_importance(spec, params, y, exog, exposure, draws=draws, seed=seed).loglik

@@ -28,14 +28,14 @@ from jax.scipy.special import betaln, gammaln
 
 from ..spec import ModelSpec, param_names
 
-__all__ = ["ObservationParams", "observation_params", "log_density", "pseudo_observations", "start_signal",
-           "check_observations"]
+__all__ = ["ObservationParams", "observation_params", "log_density", "pseudo_observations", "mean_variance",
+           "start_signal", "check_observations"]
 
 
 class ObservationParams(NamedTuple):
     """The family's parameters (those a family does not use are 1)."""
 
-    scale2: jnp.ndarray   # Student-t σ² (`sigma2.irregular`)
+    scale2: jnp.ndarray   # Student-t σ², Gaussian variance (`sigma2.irregular`; 0 without an irregular)
     nu: jnp.ndarray       # Student-t degrees of freedom (`nu.observation`)
     alpha: jnp.ndarray    # NB2 dispersion (`alpha.observation`)
 
@@ -45,8 +45,9 @@ def observation_params(spec: ModelSpec, pvec: jnp.ndarray) -> ObservationParams:
     names = param_names(spec)
     get = lambda n: pvec[names.index(n)] if n in names else jnp.ones(())
     family = spec.observation.family
-    return ObservationParams(get("sigma2.irregular") if family == "student_t" else jnp.ones(()),
-                             get("nu.observation"), get("alpha.observation"))
+    scale2 = (get("sigma2.irregular") if spec.irregular else jnp.zeros(())) if family in ("student_t", "gaussian") \
+        else jnp.ones(())
+    return ObservationParams(scale2, get("nu.observation"), get("alpha.observation"))
 
 
 def _observed(y):
@@ -59,7 +60,10 @@ def log_density(family: str, y, theta, offset, p: ObservationParams) -> jnp.ndar
 
     offset: log E_t (counts), added to θ_t for the log mean."""
     observed, y0 = _observed(y)
-    if family == "student_t":
+    if family == "gaussian":
+        e = y0 - theta
+        ll = -0.5 * (jnp.log(2 * jnp.pi * p.scale2) + e * e / p.scale2)
+    elif family == "student_t":
         nu, s2 = p.nu, p.scale2
         e = y0 - theta
         # log Γ((ν+1)/2) − log Γ(ν/2) = log Γ(½) − log B(½, ν/2): betaln keeps it exact for large ν
@@ -84,10 +88,13 @@ def pseudo_observations(family: str, y, theta, offset, p: ObservationParams) -> 
     """(ỹ, H̃), each (time,): the Gaussian observation model matching log p(y | θ) at θ (see the
     module's docstring). Missing y_t gives ỹ_t = NaN, H̃_t = 1."""
     observed, y0 = _observed(y)
-    if family == "student_t":
+    if family == "gaussian":
+        H = jnp.broadcast_to(p.scale2, jnp.shape(theta))
+        y_tilde = y0 + 0.0 * theta
+    elif family == "student_t":
         e = y0 - theta
         H = (p.nu * p.scale2 + e * e) / (p.nu + 1)
-        y_tilde = y0
+        y_tilde = y0 + 0.0 * theta
     else:
         mu = jnp.exp(theta + offset)
         if family == "poisson":
@@ -99,6 +106,16 @@ def pseudo_observations(family: str, y, theta, offset, p: ObservationParams) -> 
             score = (y0 - mu) / (1 + am)
         y_tilde = theta + H * score
     return jnp.where(observed, y_tilde, jnp.nan), jnp.where(observed, H, 1.0)
+
+
+def mean_variance(family: str, theta, offset, p: ObservationParams):
+    """(E[y | θ], Var[y | θ], dE[y | θ]/dθ) elementwise: the moments the EKF and UKF match.
+    The Student-t's variance ν σ²/(ν − 2) is infinite for ν ≤ 2 (then NaN: those filters do not apply)."""
+    if family in ("gaussian", "student_t"):
+        var = p.scale2 if family == "gaussian" else jnp.where(p.nu > 2, p.nu * p.scale2 / (p.nu - 2), jnp.nan)
+        return theta, jnp.broadcast_to(var, jnp.shape(theta)), jnp.ones_like(theta)
+    mu = jnp.exp(theta + offset)
+    return mu, mu if family == "poisson" else mu + p.alpha * mu * mu, mu
 
 
 def start_signal(family: str, y, offset) -> jnp.ndarray:
