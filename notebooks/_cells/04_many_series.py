@@ -43,7 +43,7 @@ FAST = os.environ.get("STREAMSSM_FAST") == "1"   # small settings for the test s
 # **outliers** of 6-12 noise s.d. The truth table says which sensor has what.
 
 # %%
-n_series, n_time = (300, 240) if FAST else (2000, 500)
+n_series, n_time = (200, 240) if FAST else (2000, 500)
 fleet = engine.make_fleet(n_series, n_time, seed=0)
 spec, truth = fleet.spec, fleet.truth
 names = engine.param_names(spec)
