@@ -55,14 +55,35 @@ def _group(item) -> str:
     return path
 
 
+# The groups that take longest on one worker (measured with --durations), longest first: the
+# scheduler hands them out in this order, then the others in collection order, so that the last
+# groups to start are short ones and neither worker is left alone with a long group at the end.
+LONGEST_FIRST = (
+    "tests/ui/",
+    "tests/engine/kalman/",
+    "tests/notebooks/test_notebooks.py::test_notebook_runs[04",
+    "tests/notebooks/test_notebooks.py::test_notebook_runs[02",
+    "tests/notebooks/test_notebooks.py::test_notebook_runs[03",
+    "tests/engine/impact/",
+    "tests/engine/online/",
+    "tests/engine/nongaussian/",
+    "tests/app/test_stream_model.py",
+    "tests/engine/test_bayes.py",
+    "tests/engine/fleet/",
+    "tests/engine/test_parallel.py",
+    "tests/engine/test_demo.py",
+    "tests/engine/test_persist.py",
+    "tests/notebooks/",
+)
+
+
 def pytest_collection_modifyitems(config, items):
     """Run on several CPUs (`pytest -n 2 --dist loadgroup --no-loadscope-reorder`, as `make test`
-    does): each group (see `_group`) stays on one worker, and the longest groups (the browser
-    tests, then the notebooks) are handed out first so that no worker is left with a long group
-    at the end."""
+    does): each group (see `_group`) stays on one worker, and the longest groups
+    (`LONGEST_FIRST`) are handed out first."""
     if getattr(config.option, "dist", "no") == "no":
         return
-    first = ("tests/ui/", "tests/notebooks/")
+    first = LONGEST_FIRST
     items.sort(key=lambda item: next((i for i, p in enumerate(first) if item.nodeid.startswith(p)), len(first)))
     for item in items:
         item.add_marker(pytest.mark.xdist_group(_group(item)))

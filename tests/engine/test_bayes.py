@@ -172,7 +172,10 @@ def test_nuts_recovers_the_parameters_of_simulated_trend_seasonal_ar_data():
     truth = {"sigma2.irregular": 0.3, "sigma2.level": 0.2, "sigma2.trend": 0.01, "sigma2.seasonal": 0.05,
              "sigma2.ar": 1.0, "ar.L1": 0.6}
     y = np.asarray(engine.simulate(jax.random.PRNGKey(7), spec, truth, 300))
-    idata = engine.fit_nuts(spec, y, chains=4, warmup=400, draws=400, seed=0)
+    # 4 x 200 draws give a bulk ESS of 260-690 per parameter: the 0.5% and 99.5% quantiles are
+    # then within about 0.01 in probability of the posterior's, and the truth sits between its
+    # 0.07 and 0.78 quantiles (the same as with 4 x 400 draws)
+    idata = engine.fit_nuts(spec, y, chains=4, warmup=200, draws=200, seed=0)
     assert engine.diagnose(idata).divergences == 0
     for name, value in truth.items():
         lo, hi = np.quantile(np.asarray(idata.posterior[name]), [0.005, 0.995])
@@ -281,6 +284,8 @@ def test_map_with_wide_priors_is_near_the_mle():
     # log-normal prior on σ² is flat in log σ² up to −log σ², which the Jacobian +log σ² cancels
     for n, v in mle.params.items():
         assert fit.params[n] == pytest.approx(v, rel=2e-3)
+    # the MLE maximises the likelihood: the MAP's log-likelihood can only be lower
+    assert fit.converged and fit.loglik <= mle.loglik + 1e-6
 
 
 def test_nuts_on_an_ar_model_keeps_every_draw_stationary_and_says_a_short_run_is_not_trustworthy():

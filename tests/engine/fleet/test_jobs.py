@@ -77,7 +77,7 @@ def test_progress_cancel_and_a_failing_batch(fleet):
 def test_late_starters_fit_as_given_and_keep_their_belief():
     """A batch with late starters (moved to the end for the fit): rows equal fit_mle's, the
     table's log-likelihood is the series' own, and the kept belief continues the series online."""
-    fl = engine.make_fleet(4, 80, seed=5, period=6)
+    fl = engine.make_fleet(4, 60, seed=5, period=6)   # the module fleet's length: fit_mle and loglik are compiled
     Y = fl.Y.copy()
     Y[1, :13] = np.nan
     Y[3, :25] = np.nan
