@@ -198,6 +198,27 @@ def _jump_message(spec: ModelSpec, names: list[str], u: np.ndarray, jump: tuple[
     return text + "."
 
 
+def _unbounded_message(spec: ModelSpec, params: dict[str, float]) -> str | None:
+    """Why an optimum with a diffuse damped cycle whose damping went to 0 is not a maximum, else None.
+
+    Under the exact diffuse start a damped cycle's diffuse states are multiplied by ρ at every step;
+    as ρ → 0 the data stop seeing them and the diffuse log-likelihood grows like −log ρ without
+    bound (de Jong's −½ log|S| term), so an optimiser runs to ρ = 0 and reports a large ℓ that no
+    model deserves. statsmodels' recursion ends the diffuse phase at a tolerance instead and gets a
+    finite, but arbitrary, value there.
+    """
+    if spec.cycle is None or not spec.cycle.damped or spec.initialization.kind != "diffuse":
+        return None
+    rho = params.get("damping.cycle")
+    if rho is None or rho > 1e-3:
+        return None
+    return (f"the optimiser ran to damping.cycle = {rho:.3g}: with a diffuse start the log-likelihood of a "
+            f"damped cycle grows without bound as its damping goes to 0 (about −log ρ), so this is not a "
+            f"maximum and the log-likelihood reported is not comparable. These data hardly identify the cycle: "
+            f"fit a simpler model (no cycle, or no irregular), or start the model from a proper initial state "
+            f"(the spec's initialization)")
+
+
 def _observed_information(evaluate: Callable, spec: ModelSpec, params: np.ndarray, scale: dict[str, float],
                           n_time: int) -> np.ndarray:
     """−∂²ℓ/∂θ² (param, param) at θ = params, by differences of the exact gradient ∂ℓ/∂θ.
@@ -353,6 +374,9 @@ def fit_mle(spec, y, exog=None, *, start=None, maxiter: int = 500, n_starts: int
     n_diffuse = len(diffuse_states(layout(spec)))
     df_model = len(names) + n_diffuse   # Durbin & Koopman (2012) §7.4, as statsmodels
     params = {k: float(v) for k, v in zip(names, params_np)}
+    unbounded = _unbounded_message(spec, params)
+    if unbounded is not None:
+        converged, message = False, unbounded
     if caution:
         caution += (" The engine's filters carry the augmented filter through the diffuse phase, so this fit, "
                     "and the smoothing, forecasts and streams after it, use the exact likelihood.")
