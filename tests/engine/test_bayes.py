@@ -238,7 +238,7 @@ def test_progress_reports_every_chain_up_to_the_total(iid_fit):
 def test_refit_on_new_data_of_the_same_shape_does_not_recompile(iid_fit):
     y, idata, _ = iid_fit
     prob = engine.bayes.make_problem(IID, y, priors=IID_PRIOR)
-    shapes = (y.shape[0], None)
+    shapes = engine.bayes._shapes(prob.spec, y, None)
     sampler = _sampler(prob.spec, prob.families, shapes, 300, engine.bayes._chunk_len(300, 500), 0.8, 10, False)
     # a fit in this test (the suite may have trimmed the compiled programs since the fixture's)
     engine.fit_nuts(IID, y, chains=4, warmup=300, draws=500, seed=0, priors=IID_PRIOR)

@@ -42,7 +42,7 @@ def test_trimming_empties_the_engines_own_caches_of_executables():
     from engine import bayes
 
     spec = bayes.as_spec({"irregular": True, "level": {"kind": "local_level"}})
-    bayes._sampler(spec, ("half_normal", "half_normal"), (20, None), 10, 10, 0.8, 5, False)
+    bayes._sampler(spec, ("half_normal", "half_normal"), (20, None, False), 10, 10, 0.8, 5, False)
     assert bayes._sampler.cache_info().currsize >= 1
     assert compiled.trim_compiled(fraction=0.0)
     assert bayes._sampler.cache_info().currsize == 0

@@ -93,7 +93,11 @@ def test_sessions_are_separate_and_closing_stops_the_worker(app_url, browser, pa
         _tab(b, "Model")
         b.get_by_text('"local_level"').first.wait_for(state="visible")
         assert b.get_by_text('"local_linear_trend"').count() == 0
-        # session a's worker has a thread (the teaching filter ran in it); closing a stops it
+        # session a's worker has a thread (the teaching filter runs in it); once the Learn tab shows
+        # the filter for the new model its job is done, and closing a stops the thread
+        _tab(a, "Learn")
+        a.get_by_text("step kind").first.wait_for(state="visible", timeout=120_000)
+        a.get_by_text("trend").first.wait_for(state="visible", timeout=120_000)
         sid = _session_id(a)
         contexts[0].close()
         m = _wait_log(panel_server, rf"session {re.escape(sid)} closed: (\d+) worker thread")

@@ -169,5 +169,9 @@ def test_fused_standard_step_equals_the_filters_step(form):
         np.testing.assert_allclose(ll, info.loglik, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(v, info.innovation, rtol=1e-12, atol=1e-12)
         for name, a, b in zip(ref._fields, ours, ref):
-            np.testing.assert_allclose(np.asarray(a, float), np.asarray(b, float), rtol=1e-11, atol=1e-11, err_msg=name)
+            la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+            assert len(la) == len(lb), name
+            for x, w in zip(la, lb):
+                np.testing.assert_allclose(np.asarray(x, float), np.asarray(w, float), rtol=1e-11, atol=1e-11,
+                                           err_msg=name)
         st = ours
