@@ -59,6 +59,7 @@ WORKER_ENV = {
 }
 
 HEAD_START_TIMEOUT_S = 180.0   # a busy machine takes its time to start a local Ray's GCS server and raylet
+RAYLET_REGISTER_S = 120.0     # how long the helper waits for its raylet to register (Ray's own wait: 30 s)
 HEAD_STOP_TIMEOUT_S = 20.0     # the helper stops its cluster on SIGTERM; past this it is killed
 
 log = logging.getLogger("streamssm.ray")
@@ -221,7 +222,7 @@ def _init(ray, address: str | None, timeout: float, num_cpus: int | None):
                 ray.init(address=head.address, _node_ip_address="127.0.0.1", runtime_env=runtime_env,
                          log_to_driver=False, configure_logging=False)
                 break
-            except Exception as err:   # Ray gives its raylet a fixed 30 s to register, too short on a busy machine
+            except Exception as err:   # a head that missed one of Ray's start-up deadlines (a busy machine): again
                 ray.shutdown()
                 head.stop()
                 if attempt == LOCAL_START_ATTEMPTS - 1:
@@ -290,8 +291,23 @@ except (AttributeError, OSError):
     pass
 if os.getppid() != int(sys.argv[1]):
     sys.exit(0)   # the parent is already gone
+import time
+import ray._private.services as services
+_get_node = services.get_node
+
+def get_node(*args, **kwargs):   # Ray waits a fixed 30 s for its raylet to register: too short on a busy machine
+    deadline = time.monotonic() + float(sys.argv[2])
+    while True:
+        try:
+            return _get_node(*args, **kwargs)
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+services.get_node = get_node
 from ray.scripts.scripts import main
-sys.argv = ["ray", *sys.argv[2:]]
+sys.argv = ["ray", *sys.argv[3:]]
 sys.exit(main())
 """
 
@@ -304,7 +320,7 @@ class _LocalHead:
         port, client_port, agent_port = _free_ports(3)
         self.address = f"127.0.0.1:{port}"
         self._log = tempfile.NamedTemporaryFile(prefix="streamssm-ray-head-", suffix=".log", delete=False)
-        command = [sys.executable, "-c", _HEAD_MAIN, str(os.getpid()), "start", "--head", "--block",
+        command = [sys.executable, "-c", _HEAD_MAIN, str(os.getpid()), str(RAYLET_REGISTER_S), "start", "--head", "--block",
                    "--node-ip-address=127.0.0.1", f"--port={port}", f"--ray-client-server-port={client_port}",
                    f"--dashboard-agent-listen-port={agent_port}", "--include-dashboard=false",
                    "--disable-usage-stats"]
