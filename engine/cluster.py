@@ -293,10 +293,10 @@ if os.getppid() != int(sys.argv[1]):
     sys.exit(0)   # the parent is already gone
 import time
 import ray._private.services as services
-_get_node = services.get_node
+_get_node, _register_s = services.get_node, float(sys.argv[2])
 
 def get_node(*args, **kwargs):   # Ray waits a fixed 30 s for its raylet to register: too short on a busy machine
-    deadline = time.monotonic() + float(sys.argv[2])
+    deadline = time.monotonic() + _register_s
     while True:
         try:
             return _get_node(*args, **kwargs)
@@ -317,12 +317,16 @@ class _LocalHead:
     process bound to 127.0.0.1 on free ports, its output in a temporary file."""
 
     def __init__(self, num_cpus: int | None):
-        port, client_port, agent_port = _free_ports(3)
+        # every port given: Ray's raylet waits for a file naming an agent's port chosen by the agent
+        # itself, a wait it gives up (and crashes) on a busy machine
+        port, client_port, listen_port, agent_port, env_agent_port, metrics_port = _free_ports(6)
         self.address = f"127.0.0.1:{port}"
         self._log = tempfile.NamedTemporaryFile(prefix="streamssm-ray-head-", suffix=".log", delete=False)
         command = [sys.executable, "-c", _HEAD_MAIN, str(os.getpid()), str(RAYLET_REGISTER_S), "start", "--head", "--block",
                    "--node-ip-address=127.0.0.1", f"--port={port}", f"--ray-client-server-port={client_port}",
-                   f"--dashboard-agent-listen-port={agent_port}", "--include-dashboard=false",
+                   f"--dashboard-agent-listen-port={listen_port}", f"--dashboard-agent-grpc-port={agent_port}",
+                   f"--runtime-env-agent-port={env_agent_port}", f"--metrics-export-port={metrics_port}",
+                   "--include-dashboard=false",
                    "--disable-usage-stats"]
         if num_cpus is not None:
             command.append(f"--num-cpus={int(num_cpus)}")
