@@ -1,7 +1,7 @@
 """The private local Ray is started from a single-threaded helper process, so a process with
 threads (a server, JAX) never forks for it: JAX's warning that `os.fork()` was called in its
-multi-threaded process does not appear, and the helper and its cluster end when the process
-disconnects."""
+multi-threaded process does not appear; a helper that dies is reported and the next job starts
+another (the process lives on); the helper and its cluster end when the process disconnects."""
 
 from __future__ import annotations
 
@@ -34,6 +34,17 @@ local_table = engine.fit_many(spec, Y, method="filter", params=params).table
 assert np.allclose(ray_table["loglik"], local_table["loglik"], rtol=1e-12, atol=0)
 names = {p.name() for p in psutil.Process().children(recursive=True)}
 assert {"gcs_server", "raylet"} <= names, names
+# a helper that dies is reported and replaced, and this process lives on (Ray's own client would
+# end it once its lost cluster stays away past the reconnect timeout)
+helper, = [p for p in psutil.Process().children() if "--head" in p.cmdline()]
+helper.kill()
+deadline = time.monotonic() + 60
+while cluster._state["head"] is not None and time.monotonic() < deadline:
+    time.sleep(0.5)
+assert cluster._state["head"] is None, "the dead helper was not noticed"
+time.sleep(float(os.environ["RAY_gcs_rpc_server_reconnect_timeout_s"]) + 5)
+again = engine.fit_many(spec, Y, method="filter", backend="ray", params=params).table
+assert np.allclose(again["loglik"], local_table["loglik"], rtol=1e-12, atol=0)
 cluster.shutdown()
 deadline = time.monotonic() + 30
 while psutil.Process().children(recursive=True) and time.monotonic() < deadline:
@@ -48,8 +59,10 @@ print("clean")
 def test_local_ray_starts_without_forking_this_process():
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["RAY_gcs_rpc_server_reconnect_timeout_s"] = "10"   # Ray's grace period for a lost cluster, shortened
     done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=540)
     out = done.stdout + done.stderr
     assert done.returncode == 0 and "clean" in done.stdout, out[-4000:]
     assert "os.fork() was called" not in out, out[-4000:]
+    assert "the local Ray stopped" in out, out[-4000:]
