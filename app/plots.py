@@ -17,11 +17,38 @@ _OPTS = dict(responsive=True, height=260, show_grid=True, tools=["hover"])
 STACKED = dict(padding=(0, 0.05))   # stacked panels over the same time span: no x padding, so their time axes line up
 
 
-def time_label(time) -> str:
-    """A step's time as the data give it: a date without a clock when the clock reads midnight."""
-    if isinstance(time, pd.Timestamp) and time == time.normalize():
-        return time.strftime("%Y-%m-%d")
-    return str(time)
+def time_format(index) -> str | None:
+    """How the times of `index` are best written, by the data's spacing (the median gap between
+    consecutive times): "%Y" for yearly data, "quarter" for quarterly, "%Y-%m" for monthly, a
+    date for daily or weekly data, a date and clock below a day ("%Y-%m-%d %H:%M", with seconds
+    where any time has them). None for an index that is not of times (steps are then numbers)."""
+    times = pd.Index(index)
+    if not isinstance(times, pd.DatetimeIndex):
+        return None
+    if len(times) < 2:
+        return "%Y-%m-%d" if (times == times.normalize()).all() else "%Y-%m-%d %H:%M:%S"
+    days = np.median(np.abs(np.diff(times.values).astype("timedelta64[s]").astype(float))) / 86400
+    if days >= 360:
+        return "%Y"
+    if 85 <= days <= 95:
+        return "quarter"
+    if 27 <= days <= 32:
+        return "%Y-%m"
+    if days >= 1 and (times == times.normalize()).all():
+        return "%Y-%m-%d"
+    return "%Y-%m-%d %H:%M" if (times.second == 0).all() else "%Y-%m-%d %H:%M:%S"
+
+
+def time_label(time, index=None) -> str:
+    """A step's time as the data's frequency writes it (`time_format` of `index`, the series' times):
+    "1913" for yearly data, "1960-Q1" quarterly, "1960-03" monthly, "2020-05-04" daily, a clock
+    below a day. Without `index`, a date without a clock when the clock reads midnight."""
+    if not isinstance(time, pd.Timestamp):
+        return str(time)
+    fmt = time_format(pd.DatetimeIndex([time]) if index is None else index)
+    if fmt == "quarter":
+        return f"{time.year}-Q{time.quarter}"
+    return time.strftime(fmt or "%Y-%m-%d %H:%M:%S")
 
 
 def series_plot(index: pd.Index, y: np.ndarray, label: str) -> hv.Curve:
@@ -122,7 +149,7 @@ def beyond_band(index, values: np.ndarray, limit: float = BAND_Z) -> list[tuple[
     out = np.flatnonzero(np.abs(np.nan_to_num(values)) > limit)
     out = out[np.argsort(-np.abs(values[out]), kind="stable")]
     times = pd.Index(index)
-    return [(int(i), time_label(times[i]), float(values[i])) for i in out]
+    return [(int(i), time_label(times[i], times), float(values[i])) for i in out]
 
 
 def auxiliary_plot(index, residuals: dict[str, np.ndarray], n_named: int = 8) -> hv.Layout:

@@ -22,6 +22,14 @@ from engine import background
 
 log = logging.getLogger("streamssm.app")
 
+_WARMING = threading.Event()   # set while a server's warm-up runs (one per process)
+
+
+def warming() -> bool:
+    """Whether this process's warm-up (`start_warmup`) is still compiling: a visitor's first fit
+    meanwhile shares the two cores with it, and the Fit tab says so."""
+    return _WARMING.is_set()
+
 
 def warm_quick_fits(datasets: Sequence[str] | None = None, *, forecast: bool = True,
                     stop: threading.Event | None = None) -> dict[str, float | str]:
@@ -77,9 +85,13 @@ def start_warmup(datasets: Sequence[str] | None = None, *, niceness: int = 10,
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
         except (AttributeError, OSError):
             pass
-        warm_quick_fits(datasets, forecast=forecast, stop=stop)
+        try:
+            warm_quick_fits(datasets, forecast=forecast, stop=stop)
+        finally:
+            _WARMING.clear()
 
     # the engine's exit hook sets `stop` and waits for the dataset in hand, so that a server
     # stopped mid-compile does not tear the interpreter down under XLA
+    _WARMING.set()
     thread = background.start_thread(run, name="streamssm-warmup", stop=stop.set)
     return thread, stop

@@ -67,6 +67,7 @@ def run_one(name: str) -> dict:
     from app.viewmodels.fit_model import quick_fit
     import engine
 
+    engine.enable_compilation_cache()   # as the server's start does (STREAMSSM_JAX_CACHE names the folder)
     imported = time.perf_counter() - t0
     spec_dict, y = case_data(name)
     spec = engine.ModelSpec.from_dict(spec_dict)

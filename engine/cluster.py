@@ -17,14 +17,26 @@ thread, and a minute later the process's own Ray client gave up and ended the wh
 So Ray is started and stopped on `_OWNER`, one thread that lives as long as the process.
 While a job runs on one cluster, a job asking for another is refused (one process joins one
 Ray at a time), never allowed to disconnect the first.
+
+A local Ray is not started inside this process: Ray starts its GCS server and raylet with a
+`fork` that runs Python in the child, unsafe (and warned about) in a process with threads, as
+a server always is. `_LocalHead` starts them from a small single-threaded helper process
+(`ray start --head --block`, bound to 127.0.0.1), which this process then joins by address. The
+helper ends with the owner thread (a parent-death signal) and stops its cluster as it ends; a
+helper that dies meanwhile is reported (logged, and the next job starts a new one).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
+import time
 from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
@@ -46,8 +58,14 @@ WORKER_ENV = {
     "JAX_ENABLE_X64": "1",
 }
 
+HEAD_START_TIMEOUT_S = 180.0   # a busy machine takes its time to start a local Ray's GCS server and raylet
+RAYLET_REGISTER_S = 120.0     # how long the helper waits for its raylet to register (Ray's own wait: 30 s)
+HEAD_STOP_TIMEOUT_S = 20.0     # the helper stops its cluster on SIGTERM; past this it is killed
+
+log = logging.getLogger("streamssm.ray")
+
 _lock = threading.Lock()
-_state: dict[str, Any] = {"started_here": False, "address": None, "jobs": 0}
+_state: dict[str, Any] = {"started_here": False, "address": None, "jobs": 0, "head": None}
 
 
 class _Owner:
@@ -79,7 +97,11 @@ class _Owner:
 
     def _serve(self) -> None:
         while True:
-            item = self._calls.get()
+            try:
+                item = self._calls.get(timeout=1.0)
+            except queue.Empty:
+                _watch_head()
+                continue
             if item is None:
                 _disconnect()
                 return
@@ -139,6 +161,17 @@ def _loopback_only() -> None:
     constants.ENABLE_RAY_CLUSTER = False
 
 
+def _token_authentication() -> None:
+    """Token authentication for a local Ray, as `ray.init` gives the Ray it starts itself, unless
+    RAY_AUTH_MODE says otherwise: this process and the head it starts (which inherits the mode
+    from the environment) agree on it, and the token is created where there is none."""
+    from ray._private.authentication.authentication_token_setup import (
+        enable_token_auth_by_default, ensure_token_if_auth_enabled)
+
+    enable_token_auth_by_default()
+    ensure_token_if_auth_enabled(None, create_token_if_missing=True)
+
+
 def connect(address: str | None = None, *, num_cpus: int | None = None, timeout: float = CONNECT_TIMEOUT_S):
     """Connect this process to Ray.
 
@@ -181,22 +214,21 @@ def _init(ray, address: str | None, timeout: float, num_cpus: int | None):
     runtime_env = {"env_vars": dict(WORKER_ENV)}
     if address is None:
         _loopback_only()
-        saved = os.environ.pop("RAY_ADDRESS", None)   # a stray RAY_ADDRESS must not redirect a local run
-        try:
-            for attempt in range(LOCAL_START_ATTEMPTS):
-                try:
-                    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                             _node_ip_address="127.0.0.1", runtime_env=runtime_env, log_to_driver=False,
-                             configure_logging=False)
-                    break
-                except Exception as err:   # Ray gives its raylet a fixed 30 s to register, too short on a busy machine
-                    ray.shutdown()
-                    if "timed out during startup" not in str(err) or attempt == LOCAL_START_ATTEMPTS - 1:
-                        raise
-        finally:
-            if saved is not None:
-                os.environ["RAY_ADDRESS"] = saved
+        _token_authentication()
+        for attempt in range(LOCAL_START_ATTEMPTS):
+            head = _LocalHead(num_cpus)
+            try:
+                head.wait_started(HEAD_START_TIMEOUT_S)
+                ray.init(address=head.address, _node_ip_address="127.0.0.1", runtime_env=runtime_env,
+                         log_to_driver=False, configure_logging=False)
+                break
+            except Exception as err:   # a head that missed one of Ray's start-up deadlines (a busy machine): again
+                ray.shutdown()
+                head.stop()
+                if attempt == LOCAL_START_ATTEMPTS - 1:
+                    raise RuntimeError(f"could not start a local Ray ({LOCAL_START_ATTEMPTS} tries): {err}") from None
         _state["started_here"] = True
+        _state["head"] = head
     else:
         if address == "auto" and os.environ.get("RAY_ADDRESS"):
             _probe(os.environ["RAY_ADDRESS"], timeout)
@@ -231,7 +263,128 @@ def _disconnect() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
-    _state.update(started_here=False, address=None)
+    if _state["head"] is not None:
+        _state["head"].stop()
+    _state.update(started_here=False, address=None, head=None)
+
+
+def _watch_head() -> None:
+    """On the owner thread: when the local Ray's helper has died, say so and disconnect (before
+    Ray's own client gives up on its lost cluster and ends this process); the next job starts a
+    new local Ray. No lock: only the owner thread changes the connection (and a caller holding
+    the lock may be waiting for the owner)."""
+    head = _state["head"]
+    if head is None or head.alive():
+        return
+    log.error("the local Ray stopped (its head process exited with %s); running fleet jobs fail, the next one "
+              "starts a new local Ray. Its last words:\n%s", head.returncode(), head.output_tail())
+    _disconnect()
+
+
+# Run by `_LocalHead` in a fresh interpreter: end with the thread that started it (Linux's
+# parent-death signal), then become `ray start --head --block`, which stops its cluster on SIGTERM.
+_HEAD_MAIN = """
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+except (AttributeError, OSError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(0)   # the parent is already gone
+import time
+import ray._private.services as services
+_get_node, _register_s = services.get_node, float(sys.argv[2])
+
+def get_node(*args, **kwargs):   # Ray waits a fixed 30 s for its raylet to register: too short on a busy machine
+    deadline = time.monotonic() + _register_s
+    while True:
+        try:
+            return _get_node(*args, **kwargs)
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+services.get_node = get_node
+from ray.scripts.scripts import main
+sys.argv = ["ray", *sys.argv[3:]]
+sys.exit(main())
+"""
+
+
+class _LocalHead:
+    """A private local Ray for this process: `ray start --head --block` in a single-threaded helper
+    process bound to 127.0.0.1 on free ports, its output in a temporary file."""
+
+    def __init__(self, num_cpus: int | None):
+        # every port given: Ray's raylet waits for a file naming an agent's port chosen by the agent
+        # itself, a wait it gives up (and crashes) on a busy machine
+        port, client_port, listen_port, agent_port, env_agent_port, metrics_port = _free_ports(6)
+        self.address = f"127.0.0.1:{port}"
+        self._log = tempfile.NamedTemporaryFile(prefix="streamssm-ray-head-", suffix=".log", delete=False)
+        command = [sys.executable, "-c", _HEAD_MAIN, str(os.getpid()), str(RAYLET_REGISTER_S), "start", "--head", "--block",
+                   "--node-ip-address=127.0.0.1", f"--port={port}", f"--ray-client-server-port={client_port}",
+                   f"--dashboard-agent-listen-port={listen_port}", f"--dashboard-agent-grpc-port={agent_port}",
+                   f"--runtime-env-agent-port={env_agent_port}", f"--metrics-export-port={metrics_port}",
+                   "--include-dashboard=false",
+                   "--disable-usage-stats"]
+        if num_cpus is not None:
+            command.append(f"--num-cpus={int(num_cpus)}")
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}   # a stray RAY_ADDRESS must not redirect it
+        env.update(LOOPBACK_ENV)
+        self._proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                                      env=env, close_fds=True)
+
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def returncode(self) -> int | None:
+        return self._proc.poll()
+
+    def output_tail(self, limit: int = 3000) -> str:
+        try:
+            with open(self._log.name, errors="replace") as f:
+                return f.read()[-limit:]
+        except OSError:
+            return "<no output>"
+
+    def wait_started(self, timeout: float) -> None:
+        """Until `ray start` says its node is up; a RuntimeError with its output if it ends or times out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "Ray runtime started" in self.output_tail(limit=10**6):
+                return
+            if not self.alive():
+                raise RuntimeError(f"`ray start --head` exited with {self.returncode()}:\n{self.output_tail()}")
+            time.sleep(0.2)
+        raise RuntimeError(f"`ray start --head` did not start within {timeout:g} s:\n{self.output_tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM (the helper stops its cluster), a kill past HEAD_STOP_TIMEOUT_S; the output file goes."""
+        if self.alive():
+            self._proc.terminate()
+            try:
+                self._proc.wait(HEAD_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._log.close()
+        try:
+            os.unlink(self._log.name)
+        except OSError:
+            pass
+
+
+def _free_ports(n: int) -> list[int]:
+    """n distinct ports free on 127.0.0.1 now."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 @contextmanager

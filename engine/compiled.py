@@ -162,5 +162,8 @@ def enable_compilation_cache() -> None:
     except OSError:
         return
     jax.config.update("jax_compilation_cache_dir", where)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    # every program, the small ones too: a fit's eager slices and reshapes are about 24 of its 28
+    # programs, each a fraction of a second to compile (more on a busy machine), and a fresh
+    # process that reads its large programs from disk would otherwise compile them all again
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 

@@ -165,7 +165,11 @@ class FitModel(Job):
 
     @staticmethod
     def _running_message(phase: str) -> str:
-        return f"Fitting by maximum likelihood: {phase}…"
+        from ..warmup import warming
+
+        note = (" (the server is still compiling the shipped datasets' models since its start: until it has, a "
+                "first fit takes longer)") if warming() else ""
+        return f"Fitting by maximum likelihood: {phase}…{note}"
 
     def _done(self, result: QuickFit, inputs) -> None:
         """Publish a finished fit. The status is set last and whatever happens: a watcher of the result

@@ -94,7 +94,7 @@ class BayesFitView(pn.viewable.Viewer):
             parts.append("### Diagnostics")
             cols = ["parameter", "mean", "sd", "r_hat", "ess_bulk", "ess_tail", "div_shift", "prior_quantile"]
             parts.append(pn.pane.DataFrame(r.summary[[c for c in cols if c in r.summary]], index=False,
-                                           float_format="{:.4g}".format))
+                                           float_format="{:.4g}".format, na_rep="—"))   # div_shift: no divergences
             parts.append(f"divergences: {d.divergences}")
         else:
             parts.append(pn.pane.DataFrame(r.summary, index=False, float_format="{:.6g}".format))

@@ -82,7 +82,7 @@ class LearnView(pn.viewable.Viewer):
         comps = s.components
         level = comps.loc[comps["component"] == "level", "posterior mean"]
         level = float(level.iloc[0]) if len(level) else None   # a model may have no level (or no state)
-        summary = (f"**t = {s.t}** ({time_label(s.time)}) — step kind: **{s.kind}**\n\n"
+        summary = (f"**t = {s.t}** ({time_label(s.time, d.index)}) — step kind: **{s.kind}**\n\n"
                    "| quantity | value |\n|---|---|\n"
                    + "".join(f"| {markdown_text(name)} | {value:.6g} |\n" for name, value in m.summary_rows()))
         table = (pn.pane.DataFrame(comps, index=False, float_format="{:.5g}".format, na_rep="—",

@@ -43,8 +43,8 @@ def test_quick_fit_keeps_the_auxiliary_residuals_of_its_smoother(nile, fit):
 def test_the_nile_outlier_and_break_are_named_by_date(nile, fit):
     index = nile[0]
     irregular, level = beyond_band(index, fit.auxiliary["irregular"]), beyond_band(index, fit.auxiliary["level"])
-    assert irregular[0][1] == "1913-01-01" and irregular[0][2] < -BAND_Z
-    assert level[0][1] == "1898-01-01" and level[0][2] < -BAND_Z      # η_1898 moves the level of 1899
+    assert irregular[0][1] == "1913" and irregular[0][2] < -BAND_Z
+    assert level[0][1] == "1898" and level[0][2] < -BAND_Z      # η_1898 moves the level of 1899
     for named, values in ((irregular, fit.auxiliary["irregular"]), (level, fit.auxiliary["level"])):
         outside = np.abs(np.nan_to_num(values)) > BAND_Z
         assert sorted(i for i, _, _ in named) == list(np.flatnonzero(outside))

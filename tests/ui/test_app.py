@@ -59,9 +59,9 @@ def test_nile_local_level_fit_and_learn(app_url, page, panel_server):
     page.locator("canvas").first.wait_for(state="attached")
     _tab(page, "Learn")
     page.get_by_text("step kind").first.wait_for(state="visible", timeout=120_000)
-    page.get_by_text("(1871-01-01").first.wait_for(state="visible")
+    page.get_by_text("(1871)").first.wait_for(state="visible")
     page.get_by_role("button", name="Step forward ▶").click()
-    page.get_by_text("(1872-01-01").first.wait_for(state="visible")
+    page.get_by_text("(1872)").first.wait_for(state="visible")
     page.get_by_text("Kalman gain").first.wait_for(state="visible")
     _assert_clean(page, panel_server)
 
