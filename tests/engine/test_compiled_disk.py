@@ -38,5 +38,7 @@ def _fit_in_a_fresh_process(cache: Path) -> tuple[int, int]:
 def test_a_second_process_reads_every_program_from_disk(tmp_path):
     cache = tmp_path / "jax-cache"
     asked, read = _fit_in_a_fresh_process(cache)
-    assert asked >= 5 and read == 0     # the fit's large programs and the small ones beside them, all new
+    # the fit's large programs and the small ones beside them (a program asked for twice in this
+    # process may already come from the entry it wrote itself)
+    assert asked >= 5 and read < asked
     assert _fit_in_a_fresh_process(cache) == (asked, asked)
