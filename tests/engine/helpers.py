@@ -198,3 +198,22 @@ def exact_posterior(y):
     """The exact posterior of σ² given y (NaN skipped), as a scipy distribution."""
     obs = y[~np.isnan(y)]
     return scipy.stats.invgamma(A + len(obs) / 2, scale=B + np.sum(obs ** 2) / 2)
+
+
+def potential_likelihoods(prob, params) -> tuple[float, float]:
+    """(the likelihood inside the MAP objective, the one inside the NUTS sampler's potential) at
+    `params` for a `bayes.make_problem` problem: each potential less its prior part."""
+    import jax.numpy as jnp
+
+    from engine import bayes
+
+    shapes = bayes._shapes(prob.spec, prob.args[0], prob.args[1])
+    z = bayes._maps(prob)[0](jnp.asarray(params))
+
+    def potential(**kw):
+        co = bayes._coordinates(prob.spec, prob.families, shapes, **kw)
+        return float(co.potential_fn_gen(*prob.args)(co.unravel(z)))
+
+    prior = potential(likelihood=False)
+    return (prior - float(bayes._vector_potential(prob.spec, prob.families, prob.args)(z)),
+            prior - potential(for_sampler=True))
