@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import statsmodels.api as sm
